@@ -1,0 +1,193 @@
+//! Just enough of a BTF reader to find struct member offsets and enum values in the running
+//! kernel's `/sys/kernel/btf/vmlinux`.
+//!
+//! aya's Rust programs cannot carry CO-RE relocations, so the offsets the programs use are
+//! looked up here at load time and handed over in `Config`. aya's own BTF types keep member
+//! offsets private and the crates that expose them are LGPL; the format is small enough
+//! (Documentation/bpf/btf.rst) to read directly.
+
+use anyhow::{bail, Context, Result};
+
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+pub struct Btf {
+    data: Vec<u8>,
+    strings: usize,
+    /// Byte offset of each type record in `data`; type id N is at index N - 1.
+    types: Vec<usize>,
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Self> {
+        let path = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(path).with_context(|| {
+            format!("cannot read {path}: this kernel lacks BTF (CONFIG_DEBUG_INFO_BTF); pfault needs it to find kernel struct offsets")
+        })?;
+        Self::parse(data)
+    }
+
+    pub fn parse(data: Vec<u8>) -> Result<Self> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != 0xeb9f {
+            bail!("not a little-endian BTF blob");
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) as usize;
+        let hdr_len = u32_at(4);
+        let (type_off, type_len, str_off) = (u32_at(8), u32_at(12), u32_at(16));
+        let start = hdr_len + type_off;
+        let end = start + type_len;
+        let mut types = Vec::with_capacity(type_len / 24);
+        let mut o = start;
+        while o + 12 <= end {
+            types.push(o);
+            let info = u32_at(o + 4);
+            let (kind, vlen) = ((info >> 24) as u32 & 0x1f, info & 0xffff);
+            o += 12
+                + match kind {
+                    1 | 14 | 17 => 4,                                         // INT, VAR, DECL_TAG
+                    3 => 12,                                                  // ARRAY
+                    KIND_STRUCT | KIND_UNION | 15 | KIND_ENUM64 => 12 * vlen, // and DATASEC
+                    KIND_ENUM | 13 => 8 * vlen,                               // and FUNC_PROTO
+                    _ => 0,
+                };
+        }
+        Ok(Self {
+            data,
+            strings: hdr_len + str_off,
+            types,
+        })
+    }
+
+    fn u32_at(&self, o: usize) -> u32 {
+        u32::from_le_bytes(self.data[o..o + 4].try_into().unwrap())
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let s = &self.data[self.strings + off as usize..];
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    fn kind(&self, id: u32) -> u32 {
+        (self.u32_at(self.types[id as usize - 1] + 4) >> 24) & 0x1f
+    }
+
+    fn find(&self, kinds: &[u32], name: &str) -> Option<u32> {
+        (1..=self.types.len() as u32).find(|&id| {
+            let o = self.types[id as usize - 1];
+            kinds.contains(&self.kind(id)) && self.name(self.u32_at(o)) == name.as_bytes()
+        })
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> u32 {
+        while id != 0
+            && matches!(
+                self.kind(id),
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+            )
+        {
+            id = self.u32_at(self.types[id as usize - 1] + 8);
+        }
+        id
+    }
+
+    /// Byte offset of `member` in the struct or union `id`, looking inside anonymous members.
+    fn member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
+        let o = self.types[id as usize - 1];
+        let info = self.u32_at(o + 4);
+        let kind_flag = info >> 31 != 0;
+        for i in 0..(info & 0xffff) as usize {
+            let m = o + 12 + 12 * i;
+            let (name_off, ty, raw_off) = (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8));
+            let bits = if kind_flag {
+                raw_off & 0xff_ffff
+            } else {
+                raw_off
+            };
+            let ty = self.resolve(ty);
+            if name_off == 0 && matches!(self.kind(ty), KIND_STRUCT | KIND_UNION) {
+                if let Some((off, t)) = self.member(ty, member) {
+                    return Some((bits / 8 + off, t));
+                }
+            } else if self.name(name_off) == member.as_bytes() {
+                return Some((bits / 8, ty));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of a dotted member path, e.g. `offset_of("file", "f_path.dentry")`.
+    pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
+        let mut id = self
+            .find(&[KIND_STRUCT, KIND_UNION], strukt)
+            .with_context(|| format!("kernel BTF has no struct {strukt}"))?;
+        let mut total = 0;
+        for part in path.split('.') {
+            let (off, ty) = self
+                .member(id, part)
+                .with_context(|| format!("kernel BTF: struct {strukt} has no member {path}"))?;
+            total += off;
+            id = ty;
+        }
+        Ok(total)
+    }
+
+    /// All `(name, value)` pairs of an enum.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, u64)>> {
+        let id = self
+            .find(&[KIND_ENUM, KIND_ENUM64], name)
+            .with_context(|| format!("kernel BTF has no enum {name}"))?;
+        let o = self.types[id as usize - 1];
+        let vlen = (self.u32_at(o + 4) & 0xffff) as usize;
+        let wide = self.kind(id) == KIND_ENUM64;
+        Ok((0..vlen)
+            .map(|i| {
+                let (m, v) = if wide {
+                    let m = o + 12 + 12 * i;
+                    (
+                        m,
+                        self.u32_at(m + 4) as u64 | (self.u32_at(m + 8) as u64) << 32,
+                    )
+                } else {
+                    let m = o + 12 + 8 * i;
+                    (m, self.u32_at(m + 4) as u64)
+                };
+                (
+                    String::from_utf8_lossy(self.name(self.u32_at(m))).into_owned(),
+                    v,
+                )
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the running kernel's BTF: every offset pfault needs must be found there.
+    #[test]
+    fn finds_kernel_offsets() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("no /sys/kernel/btf/vmlinux here; skipping");
+            return;
+        };
+        assert_eq!(btf.offset_of("vm_area_struct", "vm_start").unwrap(), 0);
+        assert_eq!(btf.offset_of("vm_area_struct", "vm_end").unwrap(), 8);
+        assert!(
+            btf.offset_of("mm_struct", "brk").unwrap()
+                > btf.offset_of("mm_struct", "start_brk").unwrap()
+        );
+        assert_eq!(btf.offset_of("qstr", "name").unwrap(), 8);
+        let reasons = btf.enum_values("vm_fault_reason").unwrap();
+        assert!(reasons.contains(&("VM_FAULT_MAJOR".to_string(), 4)));
+        assert!(reasons.contains(&("VM_FAULT_RETRY".to_string(), 0x400)));
+    }
+}

@@ -1,0 +1,42 @@
+//! The command line: subcommands in the conventions of bcc, bpftrace and perf.
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::trace::TraceArgs;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pfault",
+    version,
+    about = "Page-fault tracer for Linux on eBPF: who faults, where, on what, how long"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One line per page fault: address, access, kind, latency, mapping, stacks
+    Trace(TraceArgs),
+    /// What this kernel offers (BTF, kprobes, fentry, tracefs, ring buffer) and which probe mode the tools use
+    Probes,
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
+}
+
+pub fn completions(shell: clap_complete::Shell) -> Result<Option<i32>> {
+    clap_complete::generate(shell, &mut Cli::command(), "pfault", &mut std::io::stdout());
+    Ok(None)
+}
+
+pub fn man() -> Result<Option<i32>> {
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+    Ok(None)
+}

@@ -1,0 +1,121 @@
+//! Full paths for the mappings the kernel names by device, inode and basename.
+//!
+//! The programs see a VMA's file as `(dev, ino, dentry basename)`; /proc/PID/maps has the
+//! full path. Each process's maps are read when it is first seen and again when an address
+//! falls outside them (a new mmap), so paths are known even after it exits.
+
+use std::collections::HashMap;
+
+use pfault_common::*;
+
+#[derive(Clone, Debug)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    pub ino: u64,
+    pub path: String,
+}
+
+#[derive(Default)]
+struct ProcMaps {
+    entries: Vec<MapEntry>,
+    /// /proc/PID/maps could not be read (the process is gone): do not try again.
+    gone: bool,
+}
+
+#[derive(Default)]
+pub struct Mappings {
+    procs: HashMap<u32, ProcMaps>,
+}
+
+pub fn read_proc_maps(pid: u32) -> Option<Vec<MapEntry>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(_perms), Some(off), Some(_dev), Some(ino)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.collect::<Vec<_>>().join(" ");
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        out.push(MapEntry {
+            start: u64::from_str_radix(s, 16).unwrap_or(0),
+            end: u64::from_str_radix(e, 16).unwrap_or(0),
+            file_offset: u64::from_str_radix(off, 16).unwrap_or(0),
+            ino: ino.parse().unwrap_or(0),
+            path,
+        });
+    }
+    Some(out)
+}
+
+/// The basename the kernel recorded, as text.
+pub fn cstr(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    std::str::from_utf8(&bytes[..end]).unwrap_or("?")
+}
+
+impl Mappings {
+    /// Remembers a process's mappings now, while it lives.
+    pub fn note_process(&mut self, pid: u32) {
+        self.procs
+            .entry(pid)
+            .or_insert_with(|| match read_proc_maps(pid) {
+                Some(entries) => ProcMaps {
+                    entries,
+                    gone: false,
+                },
+                None => ProcMaps {
+                    entries: Vec::new(),
+                    gone: true,
+                },
+            });
+    }
+
+    /// The mapping of `pid` that holds `addr` (and, when given, is inode `ino`).
+    pub fn lookup(&mut self, pid: u32, addr: u64, ino: Option<u64>) -> Option<&MapEntry> {
+        self.note_process(pid);
+        let p = self.procs.get_mut(&pid)?;
+        let find = |entries: &[MapEntry]| {
+            entries
+                .iter()
+                .position(|e| e.start <= addr && addr < e.end && ino.is_none_or(|i| e.ino == i))
+        };
+        let mut idx = find(&p.entries);
+        if idx.is_none() && !p.gone {
+            match read_proc_maps(pid) {
+                Some(entries) => p.entries = entries,
+                None => p.gone = true,
+            }
+            idx = find(&p.entries);
+        }
+        idx.map(|i| &p.entries[i])
+    }
+
+    /// How a fault's mapping reads: a full path, `[anon]`, `[heap]`, `[stack]`, or `-` when
+    /// no mapping holds the address.
+    pub fn describe(&mut self, pid: u32, addr: u64, m: &Mapping) -> String {
+        match m.kind {
+            MAP_FILE => match self.lookup(pid, addr, Some(m.ino)) {
+                Some(e) if !e.path.is_empty() => e.path.clone(),
+                _ => format!(
+                    "{} (dev {}:{} ino {})",
+                    cstr(&m.name),
+                    m.dev >> 20,
+                    m.dev & 0xfffff,
+                    m.ino
+                ),
+            },
+            MAP_ANON => "[anon]".into(),
+            MAP_HEAP => "[heap]".into(),
+            MAP_STACK => "[stack]".into(),
+            MAP_NONE => "-".into(),
+            _ => "?".into(),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Output formats and where output goes. One module per format; subcommands render their
+//! own rows and hand them to these writers.
+
+pub mod json;
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Columns for people
+    #[default]
+    Text,
+    /// JSON Lines: one object per line
+    Json,
+}
+
+/// Where results go: stdout, or the file given with `--output`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Output format
+    #[arg(short = 'o', long = "format", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write results to FILE instead of stdout
+    #[arg(long = "output", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// Opens the destination now, so an unwritable file fails before any probe is attached.
+    pub fn open(&self) -> Result<Box<dyn Write>> {
+        Ok(match &self.file {
+            Some(path) => Box::new(BufWriter::with_capacity(
+                1 << 16,
+                File::create(path).with_context(|| {
+                    format!(
+                        "cannot write {}: choose a writable --output path",
+                        path.display()
+                    )
+                })?,
+            )),
+            None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),
+        })
+    }
+}

@@ -1,0 +1,311 @@
+//! The `#[repr(C)]` types that pfault's eBPF programs write and its userspace reads.
+//!
+//! Nothing but plain data lives here: both sides must agree on every byte, so every struct
+//! is `#[repr(C)]` with explicit padding and no pointers.
+#![no_std]
+
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of a mapped file's name (the dentry's basename).
+pub const NAME_LEN: usize = 48;
+/// Frames kept per stack, the kernel's default `perf_event_max_stack`.
+pub const MAX_STACK: usize = 127;
+/// Sub-buckets per power of two in latency histograms (log-linear, about 19% wide).
+pub const HIST_SUB: usize = 4;
+/// Latency histogram buckets: up to 2^40 ns (about 18 minutes).
+pub const HIST_BUCKETS: usize = 160;
+
+/// What became of a fault.
+pub const KIND_MINOR: u8 = 0;
+pub const KIND_MAJOR: u8 = 1;
+/// Entered the fault handler but never completed it (SIGSEGV, SIGBUS, OOM, EFAULT, ...).
+pub const KIND_ERROR: u8 = 2;
+
+/// What the faulting address was mapped to.
+pub const MAP_UNKNOWN: u8 = 0;
+pub const MAP_FILE: u8 = 1;
+pub const MAP_ANON: u8 = 2;
+pub const MAP_HEAP: u8 = 3;
+pub const MAP_STACK: u8 = 4;
+/// No VMA covers the address.
+pub const MAP_NONE: u8 = 5;
+
+/// x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h).
+pub const PF_PROT: u32 = 1 << 0;
+pub const PF_WRITE: u32 = 1 << 1;
+pub const PF_USER: u32 = 1 << 2;
+pub const PF_INSTR: u32 = 1 << 4;
+
+/// Which probe saw the fault's completion.
+pub const SRC_TRACEPOINT: u8 = 0;
+pub const SRC_HANDLE_MM_FAULT: u8 = 1;
+
+/// `Config::flags` bits.
+pub const CFG_FILTER_COMM: u32 = 1 << 0;
+/// Filter by the `TRACED` map of tgids (a command and its children).
+pub const CFG_FOLLOW: u32 = 1 << 1;
+pub const CFG_MAPPING: u32 = 1 << 2;
+pub const CFG_USTACK: u32 = 1 << 3;
+pub const CFG_KSTACK: u32 = 1 << 4;
+/// One ring-buffer record per fault (`trace`).
+pub const CFG_OUT_EVENTS: u32 = 1 << 5;
+/// Counts per stack (`stackcount`).
+pub const CFG_OUT_STACKS: u32 = 1 << 6;
+/// Counts per file (`ffaults`).
+pub const CFG_OUT_FILES: u32 = 1 << 7;
+/// Counts and latency per process (`stat`, `top`).
+pub const CFG_OUT_PROCS: u32 = 1 << 8;
+/// Aggregations keyed by thread, not process.
+pub const CFG_PER_THREAD: u32 = 1 << 9;
+/// Aggregations keep the tgid in the key (stackcount `-P`).
+pub const CFG_PER_PROCESS: u32 = 1 << 10;
+
+/// `Config::modes` bits.
+pub const MODE_USER: u32 = 1;
+pub const MODE_KERNEL: u32 = 2;
+
+/// Indexes of the per-CPU `COUNTERS` array: everything the kernel side could not record.
+pub const CNT_RINGBUF_LOST: u32 = 0;
+pub const CNT_PENDING_FULL: u32 = 1;
+pub const CNT_STACK_COLLISION: u32 = 2;
+pub const CNT_STACK_MISSING: u32 = 3;
+pub const CNT_AGG_FULL: u32 = 4;
+pub const CNT_VMA_BUSY: u32 = 5;
+pub const CNT_MAX: u32 = 8;
+
+/// Kernel struct field offsets and enum values, read from the running kernel's BTF at load
+/// time (aya's Rust programs cannot carry CO-RE relocations). Zero means "not found".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub vma_vm_start: u32,
+    pub vma_vm_end: u32,
+    pub vma_vm_pgoff: u32,
+    pub vma_vm_file: u32,
+    pub vma_vm_mm: u32,
+    pub file_f_inode: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub mm_start_brk: u32,
+    pub mm_brk: u32,
+    pub mm_start_stack: u32,
+    pub regs_ip: u32,
+    /// `enum vm_fault_reason` values.
+    pub vm_fault_major: u32,
+    pub vm_fault_retry: u32,
+    pub vm_fault_error: u32,
+    /// `enum fault_flag` values.
+    pub fault_flag_write: u32,
+    pub fault_flag_user: u32,
+    pub fault_flag_instruction: u32,
+    pub fault_flag_tried: u32,
+    /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
+    pub tp_fork_child_pid: u32,
+    pub _pad: u32,
+}
+
+/// Read-only settings handed to the programs at load time (global `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// 0: any process.
+    pub tgid: u32,
+    /// 0: any thread.
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub min_latency_ns: u64,
+    pub flags: u32,
+    /// Bit `1 << KIND_*` set for each kind wanted.
+    pub kinds: u32,
+    /// `MODE_USER | MODE_KERNEL`.
+    pub modes: u32,
+    pub _pad: u32,
+    pub off: Offsets,
+}
+
+/// Where a faulting address lies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Mapping {
+    pub vm_start: u64,
+    /// Offset of the faulting page in the file (`MAP_FILE` only).
+    pub offset: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub name: [u8; NAME_LEN],
+}
+
+/// One fault, as `trace` receives it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FaultEvent {
+    /// CLOCK_MONOTONIC at the fault's entry.
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub ip: u64,
+    pub latency_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// x86 error code (`PF_*`), or one rebuilt from the fault flags on the `handle_mm_fault`
+    /// path when no exception preceded it (get_user_pages).
+    pub error_code: u32,
+    /// `vm_fault_t` as returned by `handle_mm_fault` (0 when the probe path cannot see it).
+    pub vm_fault: u32,
+    pub kind: u8,
+    pub source: u8,
+    /// Bytes of `FaultEventStacks::ustack` / `kstack` filled.
+    pub ustack_bytes: u16,
+    pub kstack_bytes: u16,
+    pub _pad: u16,
+    pub comm: [u8; COMM_LEN],
+    pub map: Mapping,
+}
+
+/// A `FaultEvent` followed by its stacks (`trace -U/-K`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FaultEventStacks {
+    pub ev: FaultEvent,
+    pub ustack: [u64; MAX_STACK],
+    pub kstack: [u64; MAX_STACK],
+}
+
+/// Key of the `STACK_COUNTS` map (`stackcount`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    /// 0 unless counting per process.
+    pub tgid: u32,
+    pub kind: u32,
+    /// Negative: no stack of that kind (not asked for, or not walkable).
+    pub ustack_id: i32,
+    pub kstack_id: i32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of the `FILE_COUNTS` map (`ffaults`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub tgid: u32,
+    pub dev: u32,
+    pub ino: u64,
+    /// `MAP_*`
+    pub map_kind: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileCounts {
+    /// Indexed by `KIND_*`.
+    pub counts: [u64; 3],
+    pub name: [u8; NAME_LEN],
+}
+
+/// Key of the `PROC_STATS` map (`stat`, `top`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcKey {
+    pub tgid: u32,
+    /// 0 unless counting per thread.
+    pub tid: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcStats {
+    /// Indexed by `KIND_*`.
+    pub counts: [u64; 3],
+    pub latency_sum_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    /// Latency of completed faults, log-linear buckets (see [`hist_bucket`]).
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+/// Bucket of a latency in the log-linear histogram: exact below 4, then `HIST_SUB`
+/// buckets per power of two. Written without `leading_zeros` (no BPF instruction for it).
+#[inline(always)]
+pub fn hist_bucket(v: u64) -> usize {
+    if v < 4 {
+        return v as usize;
+    }
+    // floor(log2(v)) by binary search: six bounded steps the verifier accepts.
+    let mut lg = 0u64;
+    let mut x = v;
+    if x >= 1 << 32 {
+        x >>= 32;
+        lg += 32;
+    }
+    if x >= 1 << 16 {
+        x >>= 16;
+        lg += 16;
+    }
+    if x >= 1 << 8 {
+        x >>= 8;
+        lg += 8;
+    }
+    if x >= 1 << 4 {
+        x >>= 4;
+        lg += 4;
+    }
+    if x >= 1 << 2 {
+        x >>= 2;
+        lg += 2;
+    }
+    if x >= 1 << 1 {
+        lg += 1;
+    }
+    let idx = 4 * (lg - 1) + ((v >> (lg - 2)) & 3);
+    if idx >= HIST_BUCKETS as u64 {
+        HIST_BUCKETS - 1
+    } else {
+        idx as usize
+    }
+}
+
+/// Smallest latency that falls in bucket `idx`.
+pub fn hist_bucket_floor(idx: usize) -> u64 {
+    if idx < 4 {
+        return idx as u64;
+    }
+    let lg = idx / 4 + 1;
+    let sub = (idx % 4) as u64;
+    (4 + sub) << (lg - 2)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for FileKey {}
+    unsafe impl aya::Pod for FileCounts {}
+    unsafe impl aya::Pod for ProcKey {}
+    unsafe impl aya::Pod for ProcStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hist_buckets_are_monotonic_and_floors_match() {
+        let mut last = 0;
+        for v in 0..100_000u64 {
+            let b = hist_bucket(v);
+            assert!(b >= last, "bucket went down at {v}");
+            assert!(hist_bucket_floor(b) <= v, "floor above value at {v}");
+            assert_eq!(hist_bucket(hist_bucket_floor(b)), b);
+            last = b;
+        }
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+}

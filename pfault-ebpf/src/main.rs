@@ -1,0 +1,723 @@
+//! pfault's kernel side.
+//!
+//! A fault is seen in two halves. Its *entry* comes from the `exceptions:page_fault_*`
+//! tracepoints (address, ip, error code) or from `handle_mm_fault` itself (kprobe/fentry: the
+//! VMA and fault flags); the entry is parked per thread in `PENDING`. Its *completion* comes
+//! from the perf software events `PAGE_FAULTS_MIN/MAJ` (tracepoint path) or from the return of
+//! `handle_mm_fault` (kretprobe/fexit: the `VM_FAULT_*` result). A parked entry that never
+//! completes (the thread faults again, or exits) is an error fault. Every completion goes
+//! through [`finish`], which feeds whichever outputs userspace asked for: ring-buffer events,
+//! per-stack, per-file or per-process counts.
+#![no_std]
+#![no_main]
+// BPF has no compare-and-swap for `AtomicU64::fetch_add`; the intrinsic lowers to `lock xadd`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    ptr::{addr_of, addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_get_stackid},
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{
+        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
+    EbpfContext, Global,
+};
+use pfault_common::*;
+
+#[unsafe(no_mangle)]
+static CONFIG: Global<Config> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Reads one field of `CONFIG`. Volatile, so the loader's value is used and not the zeroed
+/// initializer the compiler sees.
+macro_rules! conf {
+    ($($f:ident).+) => {
+        {
+            #[allow(unused_unsafe)]
+            let v = unsafe { read_volatile(addr_of!((*(addr_of!(CONFIG) as *const Config)).$($f).+)) };
+            v
+        }
+    };
+}
+
+/// Tgids to trace when following a command and its children.
+#[map]
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Fault entries waiting for their completion, by thread id.
+#[map]
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[map]
+static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(40960, 0);
+
+#[map]
+static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static PROC_STATS: HashMap<ProcKey, ProcStats> = HashMap::with_max_entries(8192, 0);
+
+/// A zeroed `ProcStats` to insert from: too big for the 512-byte stack. Only its comm and
+/// counts are ever written, so its histogram stays zero.
+#[map]
+static PROC_TEMPLATE: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    ts: u64,
+    addr: u64,
+    ip: u64,
+    error_code: u32,
+    /// `VM_FAULT_*` bits of earlier attempts (RETRY).
+    vm_fault: u32,
+    ustack_id: i32,
+    kstack_id: i32,
+    retried: u8,
+    has_map: u8,
+    _pad: [u8; 6],
+    map: Mapping,
+}
+
+const EEXIST: i64 = 17;
+const PAGE_MASK: u64 = !0xfff;
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> T {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or(core::mem::zeroed()) }
+}
+
+/// Is this task one the user asked for?
+#[inline(always)]
+fn wanted_task(tgid: u32, tid: u32) -> bool {
+    let want_tgid = conf!(tgid);
+    if want_tgid != 0 && want_tgid != tgid {
+        return false;
+    }
+    let want_tid = conf!(tid);
+    if want_tid != 0 && want_tid != tid {
+        return false;
+    }
+    let flags = conf!(flags);
+    if flags & CFG_FOLLOW != 0 && TRACED.get_ptr(tgid).is_none() {
+        return false;
+    }
+    if flags & CFG_FILTER_COMM != 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        let want = conf!(comm);
+        let mut i = 0;
+        while i < COMM_LEN {
+            if comm[i] != want[i] {
+                return false;
+            }
+            if comm[i] == 0 {
+                break;
+            }
+            i += 1;
+        }
+    }
+    true
+}
+
+/// Fills `m` from a `struct vm_area_struct *`: file, inode and offset, or which kind of
+/// anonymous memory (heap and stack as /proc/PID/maps tells them apart).
+#[inline(always)]
+fn read_vma(vma: u64, addr: u64, m: &mut Mapping) {
+    let start: u64 = read(vma, conf!(off.vma_vm_start));
+    let end: u64 = read(vma, conf!(off.vma_vm_end));
+    let file: u64 = read(vma, conf!(off.vma_vm_file));
+    m.vm_start = start;
+    if file != 0 {
+        let pgoff: u64 = read(vma, conf!(off.vma_vm_pgoff));
+        m.kind = MAP_FILE;
+        m.offset = (pgoff << 12) + ((addr & PAGE_MASK) - start);
+        let inode: u64 = read(file, conf!(off.file_f_inode));
+        m.ino = read(inode, conf!(off.inode_i_ino));
+        let sb: u64 = read(inode, conf!(off.inode_i_sb));
+        m.dev = read(sb, conf!(off.sb_s_dev));
+        let dentry: u64 = read(file, conf!(off.file_dentry));
+        let name: u64 = read(dentry, conf!(off.dentry_name));
+        unsafe {
+            let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut m.name);
+        }
+    } else {
+        let mm: u64 = read(vma, conf!(off.vma_vm_mm));
+        let start_brk: u64 = read(mm, conf!(off.mm_start_brk));
+        let brk: u64 = read(mm, conf!(off.mm_brk));
+        let start_stack: u64 = read(mm, conf!(off.mm_start_stack));
+        m.kind = if mm != 0 && start <= brk && end >= start_brk {
+            MAP_HEAP
+        } else if mm != 0 && start <= start_stack && end >= start_stack {
+            MAP_STACK
+        } else {
+            MAP_ANON
+        };
+    }
+}
+
+#[repr(C)]
+struct VmaCtx {
+    addr: u64,
+    map: Mapping,
+}
+
+/// `bpf_find_vma` callback. Not `no_mangle`: the verifier wants a static function.
+#[inline(never)]
+extern "C" fn vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let ctx = unsafe { &mut *(ctx as *mut VmaCtx) };
+    read_vma(vma as u64, ctx.addr, &mut ctx.map);
+    0
+}
+
+/// Stack ids for `stackcount`, taken where the fault is raised.
+#[inline(always)]
+fn stack_id(ctx: *mut c_void, flag: u32, user: bool) -> i32 {
+    if conf!(flags) & flag == 0 {
+        return -1;
+    }
+    let f = if user { BPF_F_USER_STACK as u64 } else { 0 };
+    let id = unsafe { bpf_get_stackid(ctx, addr_of!(STACKS) as *mut c_void, f) };
+    if id < 0 {
+        count(if id == -EEXIST {
+            CNT_STACK_COLLISION
+        } else {
+            CNT_STACK_MISSING
+        });
+        return -1;
+    }
+    id as i32
+}
+
+/// Parks a fault's entry. `vma` is known on the `handle_mm_fault` path; on the tracepoint
+/// path the mapping is looked up with `bpf_find_vma`, and only when an output needs it.
+#[inline(always)]
+fn enter(ctx: *mut c_void, tid: u32, addr: u64, ip: u64, error_code: u32, vma: u64) {
+    let flags = conf!(flags);
+    let mut p = Pending {
+        ts: unsafe { bpf_ktime_get_ns() },
+        addr,
+        ip,
+        error_code,
+        vm_fault: 0,
+        ustack_id: -1,
+        kstack_id: -1,
+        retried: 0,
+        has_map: 0,
+        _pad: [0; 6],
+        map: Mapping {
+            vm_start: 0,
+            offset: 0,
+            ino: 0,
+            dev: 0,
+            kind: MAP_UNKNOWN,
+            _pad: [0; 3],
+            name: [0; NAME_LEN],
+        },
+    };
+    if flags & CFG_OUT_STACKS != 0 {
+        p.ustack_id = stack_id(ctx, CFG_USTACK, true);
+        p.kstack_id = stack_id(ctx, CFG_KSTACK, false);
+    }
+    if flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
+        p.has_map = 1;
+        if vma != 0 {
+            read_vma(vma, addr, &mut p.map);
+        } else {
+            let mut v = VmaCtx { addr, map: p.map };
+            let ret = unsafe {
+                bpf_find_vma(
+                    bpf_get_current_task_btf(),
+                    addr,
+                    vma_found as *mut c_void,
+                    addr_of_mut!(v) as *mut c_void,
+                    0,
+                )
+            };
+            if ret == 0 {
+                p.map = v.map;
+            } else if ret == -2 {
+                p.map.kind = MAP_NONE;
+            } else {
+                count(CNT_VMA_BUSY);
+            }
+        }
+    }
+    if PENDING.insert(tid, p, 0).is_err() {
+        count(CNT_PENDING_FULL);
+    }
+}
+
+/// A fault seen by the `exceptions:page_fault_*` tracepoints.
+#[inline(always)]
+fn on_exception(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !wanted_task(tgid, tid) {
+        return 0;
+    }
+    let addr: u64 = unsafe { ctx.read_at(8).unwrap_or(0) };
+    // Faults on kernel addresses (vmalloc and the like) never reach handle_mm_fault.
+    if (addr as i64) < 0 {
+        return 0;
+    }
+    let ip: u64 = unsafe { ctx.read_at(16).unwrap_or(0) };
+    let error_code: u64 = unsafe { ctx.read_at(24).unwrap_or(0) };
+    let mode = if error_code as u32 & PF_USER != 0 {
+        MODE_USER
+    } else {
+        MODE_KERNEL
+    };
+    if conf!(modes) & mode == 0 {
+        return 0;
+    }
+    flush_error(ctx.as_ptr(), tid, false);
+    enter(ctx.as_ptr(), tid, addr, ip, error_code as u32, 0);
+    0
+}
+
+#[tracepoint]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    on_exception(&ctx)
+}
+
+#[tracepoint]
+pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
+    on_exception(&ctx)
+}
+
+/// A parked entry of `tid` that will never complete is an error fault.
+#[inline(always)]
+fn flush_error(ctx: *mut c_void, tid: u32, stacks_ok: bool) {
+    if let Some(p) = PENDING.get_ptr(tid) {
+        finish(
+            ctx,
+            p,
+            KIND_ERROR,
+            unsafe { (*p).vm_fault },
+            0,
+            SRC_TRACEPOINT,
+            stacks_ok,
+        );
+        let _ = PENDING.remove(tid);
+    }
+}
+
+/// Completion on the tracepoint path: `mm_account_fault` raised PAGE_FAULTS_MIN/MAJ.
+#[inline(always)]
+fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = PENDING.get_ptr(tid) {
+        let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
+        finish(ctx.as_ptr(), p, kind, 0, latency, SRC_TRACEPOINT, true);
+        let _ = PENDING.remove(tid);
+    }
+    0
+}
+
+#[perf_event]
+pub fn fault_minor(ctx: PerfEventContext) -> u32 {
+    on_accounted(&ctx, KIND_MINOR)
+}
+
+#[perf_event]
+pub fn fault_major(ctx: PerfEventContext) -> u32 {
+    on_accounted(&ctx, KIND_MAJOR)
+}
+
+/// Entry of `handle_mm_fault(vma, address, flags, regs)`.
+#[inline(always)]
+fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u64) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !wanted_task(tgid, tid) {
+        return 0;
+    }
+    let user = fault_flags & conf!(off.fault_flag_user) != 0;
+    let mode = if user { MODE_USER } else { MODE_KERNEL };
+    if let Some(p) = PENDING.get_ptr_mut(tid) {
+        // The exception tracepoint parked this fault, or this is a retry: keep the first
+        // entry's time so the latency spans every attempt.
+        if unsafe { (*p).addr } & PAGE_MASK == addr & PAGE_MASK {
+            let wants_map = conf!(flags) & (CFG_MAPPING | CFG_OUT_FILES) != 0;
+            if wants_map && unsafe { (*p).has_map } == 0 || unsafe { (*p).map.kind } == MAP_UNKNOWN
+            {
+                unsafe {
+                    read_vma(vma, addr, &mut (*p).map);
+                    (*p).has_map = 1;
+                }
+            }
+            return 0;
+        }
+        flush_error(ctx, tid, false);
+    }
+    if conf!(modes) & mode == 0 {
+        return 0;
+    }
+    // get_user_pages faults have no exception (and no regs): rebuild an error code from the
+    // fault flags so access and mode still read right.
+    let mut error_code = 0;
+    if fault_flags & conf!(off.fault_flag_write) != 0 {
+        error_code |= PF_WRITE;
+    }
+    if user {
+        error_code |= PF_USER;
+    }
+    if fault_flags & conf!(off.fault_flag_instruction) != 0 {
+        error_code |= PF_INSTR;
+    }
+    let ip = if regs != 0 {
+        read(regs, conf!(off.regs_ip))
+    } else {
+        0
+    };
+    enter(ctx, tid, addr, ip, error_code, vma);
+    0
+}
+
+/// Return of `handle_mm_fault`: the `VM_FAULT_*` result says what became of the fault.
+#[inline(always)]
+fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = PENDING.get_ptr_mut(tid) else {
+        return 0;
+    };
+    let vm_fault = ret | unsafe { (*p).vm_fault };
+    if ret & conf!(off.vm_fault_retry) != 0 {
+        unsafe {
+            (*p).retried = 1;
+            (*p).vm_fault = vm_fault;
+        }
+        return 0;
+    }
+    // As mm_account_fault() counts: a retried fault is a major one.
+    let kind = if ret & conf!(off.vm_fault_error) != 0 {
+        KIND_ERROR
+    } else if ret & conf!(off.vm_fault_major) != 0 || unsafe { (*p).retried } != 0 {
+        KIND_MAJOR
+    } else {
+        KIND_MINOR
+    };
+    let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
+    finish(ctx, p, kind, vm_fault, latency, SRC_HANDLE_MM_FAULT, true);
+    let _ = PENDING.remove(tid);
+    0
+}
+
+#[kprobe]
+pub fn hmf_kprobe(ctx: ProbeContext) -> u32 {
+    let vma: u64 = ctx.arg(0).unwrap_or(0);
+    let addr: u64 = ctx.arg(1).unwrap_or(0);
+    let flags: u32 = ctx.arg(2).unwrap_or(0);
+    let regs: u64 = ctx.arg(3).unwrap_or(0);
+    on_hmf_enter(ctx.as_ptr(), vma, addr, flags, regs)
+}
+
+#[kretprobe]
+pub fn hmf_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: u32 = ctx.ret();
+    on_hmf_return(ctx.as_ptr(), ret)
+}
+
+#[fentry(function = "handle_mm_fault")]
+pub fn hmf_fentry(ctx: FEntryContext) -> u32 {
+    let vma: u64 = ctx.arg(0);
+    let addr: u64 = ctx.arg(1);
+    let flags: u32 = ctx.arg(2);
+    let regs: u64 = ctx.arg(3);
+    on_hmf_enter(ctx.as_ptr(), vma, addr, flags, regs)
+}
+
+#[fexit(function = "handle_mm_fault")]
+pub fn hmf_fexit(ctx: FExitContext) -> u32 {
+    // fexit sees the arguments, then the return value.
+    let ret: u32 = ctx.arg(4);
+    on_hmf_return(ctx.as_ptr(), ret)
+}
+
+/// A thread exits with a fault still parked: the fault killed it (SIGSEGV, SIGBUS, OOM).
+/// The user registers are still those of the fault, so its user stack can still be read.
+#[tracepoint]
+pub fn task_exit(ctx: TracePointContext) -> u32 {
+    flush_error(ctx.as_ptr(), bpf_get_current_pid_tgid() as u32, true);
+    0
+}
+
+/// Follow a traced command's children.
+#[tracepoint]
+pub fn task_fork(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if TRACED.get_ptr(tgid).is_some() {
+        let child: u32 = unsafe {
+            ctx.read_at(conf!(off.tp_fork_child_pid) as usize)
+                .unwrap_or(0)
+        };
+        if child != 0 && TRACED.insert(child, 1u8, 0).is_err() {
+            count(CNT_AGG_FULL);
+        }
+    }
+    0
+}
+
+/// Feeds one finished fault to every output userspace asked for.
+#[inline(always)]
+fn finish(
+    ctx: *mut c_void,
+    p: *const Pending,
+    kind: u8,
+    vm_fault: u32,
+    latency: u64,
+    source: u8,
+    stacks_ok: bool,
+) {
+    if conf!(kinds) & (1 << kind) == 0 {
+        return;
+    }
+    if kind != KIND_ERROR && latency < conf!(min_latency_ns) {
+        return;
+    }
+    let flags = conf!(flags);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if flags & CFG_OUT_EVENTS != 0 {
+        emit_event(
+            ctx, p, kind, vm_fault, latency, source, stacks_ok, tgid, tid, &comm,
+        );
+    }
+    if flags & CFG_OUT_STACKS != 0 {
+        let key = StackKey {
+            tgid: if flags & CFG_PER_PROCESS != 0 {
+                tgid
+            } else {
+                0
+            },
+            kind: kind as u32,
+            ustack_id: unsafe { (*p).ustack_id },
+            kstack_id: unsafe { (*p).kstack_id },
+            comm,
+        };
+        add_count(&STACK_COUNTS, &key);
+    }
+    if flags & CFG_OUT_FILES != 0 {
+        count_file(p, kind, tgid, &comm);
+    }
+    if flags & CFG_OUT_PROCS != 0 {
+        count_proc(kind, latency, tgid, tid, &comm);
+    }
+}
+
+#[inline(always)]
+fn add_count<K>(map: &HashMap<K, u64>, key: &K) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        atomic_add(v, 1);
+    } else if map.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
+        // Another CPU may have inserted it first.
+        match map.get_ptr_mut(key) {
+            Some(v) => atomic_add(v, 1),
+            None => count(CNT_AGG_FULL),
+        }
+    }
+}
+
+#[inline(always)]
+fn count_file(p: *const Pending, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]) {
+    let m = unsafe { &(*p).map };
+    let key = FileKey {
+        tgid,
+        dev: m.dev,
+        ino: m.ino,
+        map_kind: m.kind as u32,
+        _pad: 0,
+        comm: *comm,
+    };
+    let v = match FILE_COUNTS.get_ptr_mut(&key) {
+        Some(v) => v,
+        None => {
+            let fresh = FileCounts {
+                counts: [0; 3],
+                name: m.name,
+            };
+            let _ = FILE_COUNTS.insert(&key, &fresh, BPF_NOEXIST as u64);
+            match FILE_COUNTS.get_ptr_mut(&key) {
+                Some(v) => v,
+                None => return count(CNT_AGG_FULL),
+            }
+        }
+    };
+    atomic_add(unsafe { addr_of_mut!((*v).counts[(kind as usize) % 3]) }, 1);
+}
+
+#[inline(always)]
+fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]) {
+    let key = ProcKey {
+        tgid,
+        tid: if conf!(flags) & CFG_PER_THREAD != 0 {
+            tid
+        } else {
+            0
+        },
+    };
+    let v = match PROC_STATS.get_ptr_mut(&key) {
+        Some(v) => v,
+        None => {
+            let Some(t) = PROC_TEMPLATE.get_ptr_mut(0) else {
+                return;
+            };
+            unsafe {
+                (*t).comm = *comm;
+                (*t).counts = [0; 3];
+                (*t).latency_sum_ns = 0;
+            }
+            let _ = PROC_STATS.insert(&key, unsafe { &*t }, BPF_NOEXIST as u64);
+            match PROC_STATS.get_ptr_mut(&key) {
+                Some(v) => v,
+                None => return count(CNT_AGG_FULL),
+            }
+        }
+    };
+    unsafe {
+        atomic_add(addr_of_mut!((*v).counts[(kind as usize) % 3]), 1);
+        if kind != KIND_ERROR {
+            atomic_add(addr_of_mut!((*v).latency_sum_ns), latency);
+            atomic_add(addr_of_mut!((*v).hist[hist_bucket(latency)]), 1);
+        }
+    }
+}
+
+#[inline(always)]
+fn fill_event(
+    e: *mut FaultEvent,
+    p: *const Pending,
+    kind: u8,
+    vm_fault: u32,
+    latency: u64,
+    source: u8,
+    tgid: u32,
+    tid: u32,
+    comm: &[u8; COMM_LEN],
+) {
+    unsafe {
+        (*e).ts_ns = (*p).ts;
+        (*e).addr = (*p).addr;
+        (*e).ip = (*p).ip;
+        (*e).latency_ns = latency;
+        (*e).pid = tgid;
+        (*e).tid = tid;
+        (*e).error_code = (*p).error_code;
+        (*e).vm_fault = vm_fault;
+        (*e).kind = kind;
+        (*e).source = source;
+        (*e).ustack_bytes = 0;
+        (*e).kstack_bytes = 0;
+        (*e)._pad = 0;
+        (*e).comm = *comm;
+        (*e).map = (*p).map;
+    }
+}
+
+#[inline(always)]
+fn emit_event(
+    ctx: *mut c_void,
+    p: *const Pending,
+    kind: u8,
+    vm_fault: u32,
+    latency: u64,
+    source: u8,
+    stacks_ok: bool,
+    tgid: u32,
+    tid: u32,
+    comm: &[u8; COMM_LEN],
+) {
+    let flags = conf!(flags);
+    if flags & (CFG_USTACK | CFG_KSTACK) == 0 {
+        let Some(mut e) = EVENTS.reserve::<FaultEvent>(0) else {
+            return count(CNT_RINGBUF_LOST);
+        };
+        fill_event(
+            e.as_mut_ptr(),
+            p,
+            kind,
+            vm_fault,
+            latency,
+            source,
+            tgid,
+            tid,
+            comm,
+        );
+        e.submit(0);
+    } else {
+        let Some(mut e) = EVENTS.reserve::<FaultEventStacks>(0) else {
+            return count(CNT_RINGBUF_LOST);
+        };
+        let s = e.as_mut_ptr();
+        unsafe {
+            fill_event(
+                addr_of_mut!((*s).ev),
+                p,
+                kind,
+                vm_fault,
+                latency,
+                source,
+                tgid,
+                tid,
+                comm,
+            );
+            const BYTES: u32 = (MAX_STACK * 8) as u32;
+            if stacks_ok && flags & CFG_USTACK != 0 {
+                let n = bpf_get_stack(
+                    ctx,
+                    addr_of_mut!((*s).ustack) as *mut c_void,
+                    BYTES,
+                    BPF_F_USER_STACK as u64,
+                );
+                (*s).ev.ustack_bytes = if n > 0 { n as u16 } else { 0 };
+            }
+            if stacks_ok && flags & CFG_KSTACK != 0 {
+                let n = bpf_get_stack(ctx, addr_of_mut!((*s).kstack) as *mut c_void, BYTES, 0);
+                (*s).ev.kstack_bytes = if n > 0 { n as u16 } else { 0 };
+            }
+        }
+        e.submit(0);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; telling LLVM none is reachable lets it
+    // drop the (already proven impossible) bounds-check branches.
+    unsafe { core::hint::unreachable_unchecked() }
+}
