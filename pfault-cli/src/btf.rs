@@ -106,11 +106,7 @@ impl Btf {
         for i in 0..(info & 0xffff) as usize {
             let m = o + 12 + 12 * i;
             let (name_off, ty, raw_off) = (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8));
-            let bits = if kind_flag {
-                raw_off & 0xff_ffff
-            } else {
-                raw_off
-            };
+            let bits = if kind_flag { raw_off & 0xff_ffff } else { raw_off };
             let ty = self.resolve(ty);
             if name_off == 0 && matches!(self.kind(ty), KIND_STRUCT | KIND_UNION) {
                 if let Some((off, t)) = self.member(ty, member) {
@@ -151,18 +147,12 @@ impl Btf {
             .map(|i| {
                 let (m, v) = if wide {
                     let m = o + 12 + 12 * i;
-                    (
-                        m,
-                        self.u32_at(m + 4) as u64 | (self.u32_at(m + 8) as u64) << 32,
-                    )
+                    (m, self.u32_at(m + 4) as u64 | (self.u32_at(m + 8) as u64) << 32)
                 } else {
                     let m = o + 12 + 8 * i;
                     (m, self.u32_at(m + 4) as u64)
                 };
-                (
-                    String::from_utf8_lossy(self.name(self.u32_at(m))).into_owned(),
-                    v,
-                )
+                (String::from_utf8_lossy(self.name(self.u32_at(m))).into_owned(), v)
             })
             .collect())
     }
@@ -182,8 +172,7 @@ mod tests {
         assert_eq!(btf.offset_of("vm_area_struct", "vm_start").unwrap(), 0);
         assert_eq!(btf.offset_of("vm_area_struct", "vm_end").unwrap(), 8);
         assert!(
-            btf.offset_of("mm_struct", "brk").unwrap()
-                > btf.offset_of("mm_struct", "start_brk").unwrap()
+            btf.offset_of("mm_struct", "brk").unwrap() > btf.offset_of("mm_struct", "start_brk").unwrap()
         );
         assert_eq!(btf.offset_of("qstr", "name").unwrap(), 8);
         let reasons = btf.enum_values("vm_fault_reason").unwrap();

@@ -66,10 +66,7 @@ impl Mappings {
         self.procs
             .entry(pid)
             .or_insert_with(|| match read_proc_maps(pid) {
-                Some(entries) => ProcMaps {
-                    entries,
-                    gone: false,
-                },
+                Some(entries) => ProcMaps { entries, gone: false },
                 None => ProcMaps {
                     entries: Vec::new(),
                     gone: true,

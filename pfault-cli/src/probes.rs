@@ -119,6 +119,32 @@ pub struct Losses {
     pub vma_busy: u64,
 }
 
+impl Losses {
+    /// The losses besides the ring buffer's, for the end-of-run line ("" when none).
+    pub fn others(&self) -> String {
+        [
+            (
+                self.pending_full,
+                "faults not tracked (more threads faulting at once than the pending map holds)",
+            ),
+            (
+                self.stack_collisions,
+                "stacks lost to stack-map hash collisions (raise --stack-entries)",
+            ),
+            (self.stack_missing, "stacks not walkable or stack map full"),
+            (
+                self.map_full,
+                "counts dropped because a count map was full (raise --map-entries)",
+            ),
+            (self.vma_busy, "mappings unknown (mmap lock contended)"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!(", {n} {what}"))
+        .collect()
+    }
+}
+
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -231,6 +257,8 @@ fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         mm_brk: btf.offset_of("mm_struct", "brk")?,
         mm_start_stack: btf.offset_of("mm_struct", "start_stack")?,
         regs_ip: btf.offset_of("pt_regs", "ip")?,
+        task_mm: btf.offset_of("task_struct", "mm")?,
+        mm_lock_seq: btf.offset_of("mm_struct", "mm_lock_seq").unwrap_or(0),
         vm_fault_major: enum_value(&reasons, "VM_FAULT_MAJOR")?,
         vm_fault_retry: enum_value(&reasons, "VM_FAULT_RETRY")?,
         vm_fault_error: error,
@@ -239,7 +267,6 @@ fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         fault_flag_instruction: enum_value(&flags, "FAULT_FLAG_INSTRUCTION")?,
         fault_flag_tried: enum_value(&flags, "FAULT_FLAG_TRIED")?,
         tp_fork_child_pid: tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?,
-        _pad: 0,
     };
     // Single-bit reasons only: the HWPOISON index mask is not a flag.
     let names = reasons
@@ -281,7 +308,7 @@ impl Engine {
             flags,
             kinds: plan.kinds,
             modes: plan.modes,
-            _pad: 0,
+            wakeup_bytes: plan.ringbuf_bytes / 16,
             off,
         };
         // Maps an output does not use shrink to one entry: they are preallocated.
@@ -302,9 +329,7 @@ impl Engine {
             .map_max_entries("STACK_COUNTS", size(CFG_OUT_STACKS, plan.agg_entries))
             .map_max_entries("FILE_COUNTS", size(CFG_OUT_FILES, plan.agg_entries))
             .map_max_entries("PROC_STATS", size(CFG_OUT_PROCS, 8192));
-        let mut ebpf = loader
-            .load(BPF_OBJECT)
-            .context("loading pfault's eBPF object")?;
+        let mut ebpf = loader.load(BPF_OBJECT).context("loading pfault's eBPF object")?;
         let (mode, refused) = attach(&mut ebpf, plan, flags)?;
         Ok(Engine {
             ebpf,
@@ -320,11 +345,7 @@ impl Engine {
         if self.refused.is_empty() {
             format!("probe mode {}", self.mode.name())
         } else {
-            format!(
-                "probe mode {} ({})",
-                self.mode.name(),
-                self.refused.join("; ")
-            )
+            format!("probe mode {} ({})", self.mode.name(), self.refused.join("; "))
         }
     }
 
@@ -352,10 +373,7 @@ impl Engine {
 }
 
 fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
-    let tp: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .context("missing program")?
-        .try_into()?;
+    let tp: &mut TracePoint = ebpf.program_mut(prog).context("missing program")?.try_into()?;
     tp.load().with_context(|| format!("loading {prog}"))?;
     tp.attach(category, name)
         .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
@@ -384,10 +402,7 @@ fn attach_kprobe(ebpf: &mut Ebpf) -> Result<()> {
         bail!("this kernel has no kprobes (CONFIG_KPROBES)");
     }
     for prog in ["hmf_kprobe", "hmf_kretprobe"] {
-        let kp: &mut KProbe = ebpf
-            .program_mut(prog)
-            .context("missing program")?
-            .try_into()?;
+        let kp: &mut KProbe = ebpf.program_mut(prog).context("missing program")?.try_into()?;
         kp.load()?;
         kp.attach("handle_mm_fault", 0)?;
     }
@@ -395,17 +410,12 @@ fn attach_kprobe(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 fn attach_accounting_events(ebpf: &mut Ebpf) -> Result<()> {
-    let cpus = online_cpus()
-        .map_err(|(_, e)| e)
-        .context("reading online CPUs")?;
+    let cpus = online_cpus().map_err(|(_, e)| e).context("reading online CPUs")?;
     for (prog, event) in [
         ("fault_minor", SoftwareEvent::PageFaultsMin),
         ("fault_major", SoftwareEvent::PageFaultsMaj),
     ] {
-        let pe: &mut PerfEvent = ebpf
-            .program_mut(prog)
-            .context("missing program")?
-            .try_into()?;
+        let pe: &mut PerfEvent = ebpf.program_mut(prog).context("missing program")?.try_into()?;
         pe.load().with_context(|| format!("loading {prog}"))?;
         for &cpu in &cpus {
             pe.attach(
@@ -414,9 +424,7 @@ fn attach_accounting_events(ebpf: &mut Ebpf) -> Result<()> {
                 SamplePolicy::Period(1),
                 false,
             )
-            .with_context(|| {
-                format!("attaching {prog} to the page-fault perf event on CPU {cpu}")
-            })?;
+            .with_context(|| format!("attaching {prog} to the page-fault perf event on CPU {cpu}"))?;
         }
     }
     Ok(())
@@ -427,13 +435,11 @@ fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<St
     let mut refused = Vec::new();
     let mode = match plan.probe {
         Some(ProbeMode::Fentry) => {
-            attach_fentry(ebpf)
-                .context("fentry on handle_mm_fault refused (try --probe tracepoint)")?;
+            attach_fentry(ebpf).context("fentry on handle_mm_fault refused (try --probe tracepoint)")?;
             ProbeMode::Fentry
         }
         Some(ProbeMode::Kprobe) => {
-            attach_kprobe(ebpf)
-                .context("kprobe on handle_mm_fault failed (try --probe tracepoint)")?;
+            attach_kprobe(ebpf).context("kprobe on handle_mm_fault failed (try --probe tracepoint)")?;
             ProbeMode::Kprobe
         }
         Some(ProbeMode::Tracepoint) => ProbeMode::Tracepoint,

@@ -20,6 +20,8 @@ use tokio::{
 
 use crate::probes::{Engine, Plan, TaskFilter};
 
+const RING_POLL: Duration = Duration::from_millis(20);
+
 /// Which processes to look at. Shared by every tracing subcommand.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TargetArgs {
@@ -80,9 +82,8 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 
 /// Checks that `pid` names a live process, and not one of its threads.
 pub fn check_pid(pid: u32) -> Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
-        anyhow::anyhow!("no such process: {pid} (check the PID with `ps -p {pid}`)")
-    })?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| anyhow::anyhow!("no such process: {pid} (check the PID with `ps -p {pid}`)"))?;
     let tgid = status
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
@@ -97,10 +98,7 @@ pub fn check_pid(pid: u32) -> Result<()> {
 fn resolve_program(prog: &str) -> Result<PathBuf> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
-            .map(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
+            .map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
             .unwrap_or(false)
     };
     if prog.contains('/') {
@@ -122,11 +120,7 @@ fn resolve_program(prog: &str) -> Result<PathBuf> {
 /// attached and its pid put in the filter before its first instruction. (std's `Command`
 /// waits for the exec, so it cannot hold a child back.)
 fn spawn_paused(argv: &[String]) -> Result<Paused> {
-    let prog = CString::new(
-        resolve_program(&argv[0])?
-            .into_os_string()
-            .into_encoded_bytes(),
-    )?;
+    let prog = CString::new(resolve_program(&argv[0])?.into_os_string().into_encoded_bytes())?;
     let args: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -254,10 +248,16 @@ impl Session {
                 }
                 _ = ticker.tick(), if period.is_some() => tick(&mut self.engine, false)?,
                 r = async {
+                    // The programs wake us only for a batch; poll for the trickle in between.
                     let (fd, f) = ring.as_mut().unwrap();
-                    let mut guard = fd.readable_mut().await?;
-                    drain(guard.get_inner_mut(), f)?;
-                    guard.clear_ready();
+                    match tokio::time::timeout(RING_POLL, fd.readable_mut()).await {
+                        Ok(guard) => {
+                            let mut guard = guard?;
+                            drain(guard.get_inner_mut(), f)?;
+                            guard.clear_ready();
+                        }
+                        Err(_) => drain(fd.get_mut(), f)?,
+                    }
                     anyhow::Ok(())
                 }, if ring.is_some() => r?,
             }

@@ -44,15 +44,6 @@ impl Frame {
             (None, None) => format!("{:#x} [unknown]", self.addr),
         }
     }
-
-    /// The name used in folded stacks and flame graphs.
-    pub fn name(&self) -> String {
-        match (&self.symbol, &self.module) {
-            (Some(s), _) => s.clone(),
-            (None, Some(m)) => format!("{}+{:#x}", basename(m), self.offset),
-            (None, None) => "[unknown]".into(),
-        }
-    }
 }
 
 fn basename(path: &str) -> &str {
@@ -105,6 +96,8 @@ impl Symbols {
     }
 
     fn stack(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
+        // A frame-pointer walk ends on a null return address.
+        let stack = &stack[..stack.iter().position(|&a| a == 0).unwrap_or(stack.len())];
         let lookups: Vec<u64> = stack
             .iter()
             .enumerate()
@@ -146,10 +139,16 @@ impl Symbols {
             let frames: Vec<Frame> = match results.get(i) {
                 Some(Symbolized::Sym(sym)) => {
                     let code = sym.code_info.as_deref();
-                    let module = sym
-                        .module
-                        .as_ref()
-                        .map(|m| m.to_string_lossy().into_owned());
+                    // blazesym names the file the symbols came from (maybe a separate debug
+                    // file); people want the mapped binary.
+                    let mapped = if pid == 0 {
+                        None
+                    } else {
+                        self.maps.lookup(pid, addr, None).map(|e| e.path.clone())
+                    };
+                    let module = mapped
+                        .filter(|p| !p.is_empty())
+                        .or_else(|| sym.module.as_ref().map(|m| m.to_string_lossy().into_owned()));
                     let mut frames: Vec<Frame> = sym
                         .inlined
                         .iter()

@@ -47,11 +47,7 @@ impl FaultFilterArgs {
     pub fn plan(&self, flags: u32) -> Plan {
         let mut plan = Plan::new(flags);
         if !self.kind.is_empty() {
-            plan.kinds = self
-                .kind
-                .iter()
-                .map(|k| 1 << *k as u32)
-                .fold(0, |a, b| a | b);
+            plan.kinds = self.kind.iter().map(|k| 1 << *k as u32).fold(0, |a, b| a | b);
         }
         if self.user_faults {
             plan.modes = MODE_USER;
@@ -288,14 +284,7 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
         "pfault: {} events, {} lost (ring buffer full){}",
         p.events,
         losses.ringbuf,
-        if losses.pending_full > 0 {
-            format!(
-                ", {} not tracked (too many threads in a fault at once)",
-                losses.pending_full
-            )
-        } else {
-            String::new()
-        }
+        losses.others()
     );
     Ok(match end {
         End::TargetExited(code) => code,

@@ -94,6 +94,10 @@ pub struct Offsets {
     pub mm_brk: u32,
     pub mm_start_stack: u32,
     pub regs_ip: u32,
+    pub task_mm: u32,
+    /// `mm_struct.mm_lock_seq`, bumped by every mmap-lock writer; 0 where the kernel has none
+    /// (then the per-thread mapping cache is off).
+    pub mm_lock_seq: u32,
     /// `enum vm_fault_reason` values.
     pub vm_fault_major: u32,
     pub vm_fault_retry: u32,
@@ -105,7 +109,6 @@ pub struct Offsets {
     pub fault_flag_tried: u32,
     /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
     pub tp_fork_child_pid: u32,
-    pub _pad: u32,
 }
 
 /// Read-only settings handed to the programs at load time (global `CONFIG`).
@@ -123,7 +126,8 @@ pub struct Config {
     pub kinds: u32,
     /// `MODE_USER | MODE_KERNEL`.
     pub modes: u32,
-    pub _pad: u32,
+    /// Wake the event reader once this many bytes wait in the ring buffer (it also polls).
+    pub wakeup_bytes: u32,
     pub off: Offsets,
 }
 

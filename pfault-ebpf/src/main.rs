@@ -13,6 +13,8 @@
 // BPF has no compare-and-swap for `AtomicU64::fetch_add`; the intrinsic lowers to `lock xadd`.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// Map keys and values go by reference: by value they would be copied onto the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use core::{
     ffi::c_void,
@@ -23,15 +25,14 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_get_stackid},
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
-        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext,
-        TracePointContext,
+        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext,
     },
     EbpfContext, Global,
 };
@@ -75,6 +76,10 @@ static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(163
 #[map]
 static PROC_STATS: HashMap<ProcKey, ProcStats> = HashMap::with_max_entries(8192, 0);
 
+/// Never written: the zeroed value new `PENDING` slots start from.
+#[map]
+static PENDING_TEMPLATE: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
 /// A zeroed `ProcStats` to insert from: too big for the 512-byte stack. Only its comm and
 /// counts are ever written, so its histogram stays zero.
 #[map]
@@ -96,8 +101,19 @@ struct Pending {
     kstack_id: i32,
     retried: u8,
     has_map: u8,
-    _pad: [u8; 6],
+    /// A fault is parked. Slots are reused in place rather than inserted and deleted per
+    /// fault (a preallocated hash map allocates on every insert); `task_exit` removes them.
+    active: u8,
+    _pad: [u8; 5],
     map: Mapping,
+    /// The thread's last VMA, valid while its mm's `mm_lock_seq` stays `cache_seq`: a fault
+    /// storm in one mapping costs one `bpf_find_vma`, not one per fault.
+    cache_mm: u64,
+    cache_end: u64,
+    cache_pgoff: u64,
+    cache_seq: u32,
+    _pad2: u32,
+    cache: Mapping,
 }
 
 const EEXIST: i64 = 17;
@@ -153,15 +169,16 @@ fn wanted_task(tgid: u32, tid: u32) -> bool {
 }
 
 /// Fills `m` from a `struct vm_area_struct *`: file, inode and offset, or which kind of
-/// anonymous memory (heap and stack as /proc/PID/maps tells them apart).
+/// anonymous memory (heap and stack as /proc/PID/maps tells them apart). Returns the VMA's
+/// end and page offset.
 #[inline(always)]
-fn read_vma(vma: u64, addr: u64, m: &mut Mapping) {
+fn read_vma(vma: u64, addr: u64, m: &mut Mapping) -> (u64, u64) {
     let start: u64 = read(vma, conf!(off.vma_vm_start));
     let end: u64 = read(vma, conf!(off.vma_vm_end));
     let file: u64 = read(vma, conf!(off.vma_vm_file));
+    let pgoff: u64 = read(vma, conf!(off.vma_vm_pgoff));
     m.vm_start = start;
     if file != 0 {
-        let pgoff: u64 = read(vma, conf!(off.vma_vm_pgoff));
         m.kind = MAP_FILE;
         m.offset = (pgoff << 12) + ((addr & PAGE_MASK) - start);
         let inode: u64 = read(file, conf!(off.file_f_inode));
@@ -186,11 +203,14 @@ fn read_vma(vma: u64, addr: u64, m: &mut Mapping) {
             MAP_ANON
         };
     }
+    (end, pgoff)
 }
 
 #[repr(C)]
 struct VmaCtx {
     addr: u64,
+    end: u64,
+    pgoff: u64,
     map: Mapping,
 }
 
@@ -198,7 +218,7 @@ struct VmaCtx {
 #[inline(never)]
 extern "C" fn vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
     let ctx = unsafe { &mut *(ctx as *mut VmaCtx) };
-    read_vma(vma as u64, ctx.addr, &mut ctx.map);
+    (ctx.end, ctx.pgoff) = read_vma(vma as u64, ctx.addr, &mut ctx.map);
     0
 }
 
@@ -221,63 +241,110 @@ fn stack_id(ctx: *mut c_void, flag: u32, user: bool) -> i32 {
     id as i32
 }
 
-/// Parks a fault's entry. `vma` is known on the `handle_mm_fault` path; on the tracepoint
-/// path the mapping is looked up with `bpf_find_vma`, and only when an output needs it.
+/// Parks a fault's entry in the thread's slot. `vma` is known on the `handle_mm_fault` path;
+/// on the tracepoint path the mapping is looked up at completion (see [`finish`]).
 #[inline(always)]
 fn enter(ctx: *mut c_void, tid: u32, addr: u64, ip: u64, error_code: u32, vma: u64) {
-    let flags = conf!(flags);
-    let mut p = Pending {
-        ts: unsafe { bpf_ktime_get_ns() },
-        addr,
-        ip,
-        error_code,
-        vm_fault: 0,
-        ustack_id: -1,
-        kstack_id: -1,
-        retried: 0,
-        has_map: 0,
-        _pad: [0; 6],
-        map: Mapping {
-            vm_start: 0,
-            offset: 0,
-            ino: 0,
-            dev: 0,
-            kind: MAP_UNKNOWN,
-            _pad: [0; 3],
-            name: [0; NAME_LEN],
-        },
-    };
-    if flags & CFG_OUT_STACKS != 0 {
-        p.ustack_id = stack_id(ctx, CFG_USTACK, true);
-        p.kstack_id = stack_id(ctx, CFG_KSTACK, false);
-    }
-    if flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
-        p.has_map = 1;
-        if vma != 0 {
-            read_vma(vma, addr, &mut p.map);
-        } else {
-            let mut v = VmaCtx { addr, map: p.map };
-            let ret = unsafe {
-                bpf_find_vma(
-                    bpf_get_current_task_btf(),
-                    addr,
-                    vma_found as *mut c_void,
-                    addr_of_mut!(v) as *mut c_void,
-                    0,
-                )
+    let p = match PENDING.get_ptr_mut(tid) {
+        Some(p) => p,
+        None => {
+            // Inserted from a zeroed per-CPU slot: a Pending is too big for the stack.
+            let Some(fresh) = PENDING_TEMPLATE.get_ptr(0) else {
+                return;
             };
-            if ret == 0 {
-                p.map = v.map;
-            } else if ret == -2 {
-                p.map.kind = MAP_NONE;
-            } else {
-                count(CNT_VMA_BUSY);
+            if PENDING.insert(tid, unsafe { &*fresh }, 0).is_err() {
+                return count(CNT_PENDING_FULL);
+            }
+            match PENDING.get_ptr_mut(tid) {
+                Some(p) => p,
+                None => return count(CNT_PENDING_FULL),
             }
         }
+    };
+    let flags = conf!(flags);
+    unsafe {
+        (*p).ts = bpf_ktime_get_ns();
+        (*p).addr = addr;
+        (*p).ip = ip;
+        (*p).error_code = error_code;
+        (*p).vm_fault = 0;
+        (*p).retried = 0;
+        (*p).has_map = 0;
+        (*p).ustack_id = -1;
+        (*p).kstack_id = -1;
+        if flags & CFG_OUT_STACKS != 0 {
+            (*p).ustack_id = stack_id(ctx, CFG_USTACK, true);
+            (*p).kstack_id = stack_id(ctx, CFG_KSTACK, false);
+        }
+        if vma != 0 && flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
+            (*p).map = core::mem::zeroed();
+            read_vma(vma, addr, &mut (*p).map);
+            (*p).has_map = 1;
+        }
+        (*p).active = 1;
     }
-    if PENDING.insert(tid, p, 0).is_err() {
-        count(CNT_PENDING_FULL);
+}
+
+/// The mapping of the parked fault `p`, from the thread's cache or `bpf_find_vma`.
+///
+/// `bpf_find_vma` costs more than the fault itself where interrupts are off (the exception
+/// tracepoints, the perf overflow path): it defers its unlock to an irq_work, a
+/// self-interrupt. Hence the lookup at completion, and the cache.
+#[inline(always)]
+fn mapping_of(p: *mut Pending) {
+    let out = unsafe { &mut (*p).map };
+    let addr = unsafe { (*p).addr };
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = read(task, conf!(off.task_mm));
+    let seq_off = conf!(off.mm_lock_seq);
+    // Odd: a writer holds the mmap lock (or the kernel has no sequence): do not cache.
+    let seq: u32 = if seq_off != 0 { read(mm, seq_off) } else { 1 };
+    unsafe {
+        let c = &(*p).cache;
+        if seq & 1 == 0
+            && (*p).cache_mm == mm
+            && (*p).cache_seq == seq
+            && c.vm_start <= addr
+            && addr < (*p).cache_end
+        {
+            *out = *c;
+            if out.kind == MAP_FILE {
+                out.offset = ((*p).cache_pgoff << 12) + ((addr & PAGE_MASK) - c.vm_start);
+            }
+            return;
+        }
     }
+    let mut v = VmaCtx {
+        addr,
+        end: 0,
+        pgoff: 0,
+        map: unsafe { core::mem::zeroed() },
+    };
+    let ret = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            vma_found as *mut c_void,
+            addr_of_mut!(v) as *mut c_void,
+            0,
+        )
+    };
+    if ret == 0 {
+        if seq & 1 == 0 {
+            unsafe {
+                (*p).cache_mm = mm;
+                (*p).cache_seq = seq;
+                (*p).cache_end = v.end;
+                (*p).cache_pgoff = v.pgoff;
+                (*p).cache = v.map;
+            }
+        }
+    } else if ret == -2 {
+        v.map.kind = MAP_NONE;
+    } else {
+        count(CNT_VMA_BUSY);
+    }
+    *out = v.map;
 }
 
 /// A fault seen by the `exceptions:page_fault_*` tracepoints.
@@ -321,17 +388,19 @@ pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
 /// A parked entry of `tid` that will never complete is an error fault.
 #[inline(always)]
 fn flush_error(ctx: *mut c_void, tid: u32, stacks_ok: bool) {
-    if let Some(p) = PENDING.get_ptr(tid) {
-        finish(
-            ctx,
-            p,
-            KIND_ERROR,
-            unsafe { (*p).vm_fault },
-            0,
-            SRC_TRACEPOINT,
-            stacks_ok,
-        );
-        let _ = PENDING.remove(tid);
+    if let Some(p) = PENDING.get_ptr_mut(tid) {
+        if unsafe { (*p).active } != 0 {
+            finish(
+                ctx,
+                p,
+                KIND_ERROR,
+                unsafe { (*p).vm_fault },
+                0,
+                SRC_TRACEPOINT,
+                stacks_ok,
+            );
+            unsafe { (*p).active = 0 };
+        }
     }
 }
 
@@ -339,10 +408,12 @@ fn flush_error(ctx: *mut c_void, tid: u32, stacks_ok: bool) {
 #[inline(always)]
 fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(p) = PENDING.get_ptr(tid) {
-        let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
-        finish(ctx.as_ptr(), p, kind, 0, latency, SRC_TRACEPOINT, true);
-        let _ = PENDING.remove(tid);
+    if let Some(p) = PENDING.get_ptr_mut(tid) {
+        if unsafe { (*p).active } != 0 {
+            let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
+            finish(ctx.as_ptr(), p, kind, 0, latency, SRC_TRACEPOINT, true);
+            unsafe { (*p).active = 0 };
+        }
     }
     0
 }
@@ -372,8 +443,7 @@ fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u
         // entry's time so the latency spans every attempt.
         if unsafe { (*p).addr } & PAGE_MASK == addr & PAGE_MASK {
             let wants_map = conf!(flags) & (CFG_MAPPING | CFG_OUT_FILES) != 0;
-            if wants_map && unsafe { (*p).has_map } == 0 || unsafe { (*p).map.kind } == MAP_UNKNOWN
-            {
+            if wants_map && unsafe { (*p).has_map } == 0 || unsafe { (*p).map.kind } == MAP_UNKNOWN {
                 unsafe {
                     read_vma(vma, addr, &mut (*p).map);
                     (*p).has_map = 1;
@@ -414,6 +484,9 @@ fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
     let Some(p) = PENDING.get_ptr_mut(tid) else {
         return 0;
     };
+    if unsafe { (*p).active } == 0 {
+        return 0;
+    }
     let vm_fault = ret | unsafe { (*p).vm_fault };
     if ret & conf!(off.vm_fault_retry) != 0 {
         unsafe {
@@ -432,7 +505,7 @@ fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
     };
     let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
     finish(ctx, p, kind, vm_fault, latency, SRC_HANDLE_MM_FAULT, true);
-    let _ = PENDING.remove(tid);
+    unsafe { (*p).active = 0 };
     0
 }
 
@@ -471,7 +544,9 @@ pub fn hmf_fexit(ctx: FExitContext) -> u32 {
 /// The user registers are still those of the fault, so its user stack can still be read.
 #[tracepoint]
 pub fn task_exit(ctx: TracePointContext) -> u32 {
-    flush_error(ctx.as_ptr(), bpf_get_current_pid_tgid() as u32, true);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    flush_error(ctx.as_ptr(), tid, true);
+    let _ = PENDING.remove(tid);
     0
 }
 
@@ -480,10 +555,7 @@ pub fn task_exit(ctx: TracePointContext) -> u32 {
 pub fn task_fork(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if TRACED.get_ptr(tgid).is_some() {
-        let child: u32 = unsafe {
-            ctx.read_at(conf!(off.tp_fork_child_pid) as usize)
-                .unwrap_or(0)
-        };
+        let child: u32 = unsafe { ctx.read_at(conf!(off.tp_fork_child_pid) as usize).unwrap_or(0) };
         if child != 0 && TRACED.insert(child, 1u8, 0).is_err() {
             count(CNT_AGG_FULL);
         }
@@ -495,7 +567,7 @@ pub fn task_fork(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn finish(
     ctx: *mut c_void,
-    p: *const Pending,
+    p: *mut Pending,
     kind: u8,
     vm_fault: u32,
     latency: u64,
@@ -512,18 +584,26 @@ fn finish(
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 && unsafe { (*p).has_map } == 0 {
+        mapping_of(p);
+    }
+    let map = unsafe { &(*p).map };
     if flags & CFG_OUT_EVENTS != 0 {
-        emit_event(
-            ctx, p, kind, vm_fault, latency, source, stacks_ok, tgid, tid, &comm,
-        );
+        let d = Done {
+            kind,
+            source,
+            stacks_ok,
+            vm_fault,
+            tgid,
+            tid,
+            latency,
+            comm,
+        };
+        emit_event(ctx, p, &d);
     }
     if flags & CFG_OUT_STACKS != 0 {
         let key = StackKey {
-            tgid: if flags & CFG_PER_PROCESS != 0 {
-                tgid
-            } else {
-                0
-            },
+            tgid: if flags & CFG_PER_PROCESS != 0 { tgid } else { 0 },
             kind: kind as u32,
             ustack_id: unsafe { (*p).ustack_id },
             kstack_id: unsafe { (*p).kstack_id },
@@ -532,7 +612,7 @@ fn finish(
         add_count(&STACK_COUNTS, &key);
     }
     if flags & CFG_OUT_FILES != 0 {
-        count_file(p, kind, tgid, &comm);
+        count_file(map, kind, tgid, &comm);
     }
     if flags & CFG_OUT_PROCS != 0 {
         count_proc(kind, latency, tgid, tid, &comm);
@@ -553,8 +633,7 @@ fn add_count<K>(map: &HashMap<K, u64>, key: &K) {
 }
 
 #[inline(always)]
-fn count_file(p: *const Pending, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]) {
-    let m = unsafe { &(*p).map };
+fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]) {
     let key = FileKey {
         tgid,
         dev: m.dev,
@@ -617,86 +696,72 @@ fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]
     }
 }
 
+/// Wakes the reader only when a batch waits: a wakeup per record is an irq_work per fault.
+/// The reader also polls, so a quiet trickle is still printed promptly.
 #[inline(always)]
-fn fill_event(
-    e: *mut FaultEvent,
-    p: *const Pending,
+fn wakeup_flag() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= conf!(wakeup_bytes) as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// A finished fault: what the outputs need besides its parked entry.
+struct Done {
     kind: u8,
-    vm_fault: u32,
-    latency: u64,
     source: u8,
+    /// The context can walk this fault's stacks (not so for an error found at a later entry).
+    stacks_ok: bool,
+    vm_fault: u32,
     tgid: u32,
     tid: u32,
-    comm: &[u8; COMM_LEN],
-) {
+    latency: u64,
+    comm: [u8; COMM_LEN],
+}
+
+#[inline(always)]
+fn fill_event(e: *mut FaultEvent, p: *const Pending, d: &Done) {
     unsafe {
         (*e).ts_ns = (*p).ts;
         (*e).addr = (*p).addr;
         (*e).ip = (*p).ip;
-        (*e).latency_ns = latency;
-        (*e).pid = tgid;
-        (*e).tid = tid;
+        (*e).latency_ns = d.latency;
+        (*e).pid = d.tgid;
+        (*e).tid = d.tid;
         (*e).error_code = (*p).error_code;
-        (*e).vm_fault = vm_fault;
-        (*e).kind = kind;
-        (*e).source = source;
+        (*e).vm_fault = d.vm_fault;
+        (*e).kind = d.kind;
+        (*e).source = d.source;
         (*e).ustack_bytes = 0;
         (*e).kstack_bytes = 0;
         (*e)._pad = 0;
-        (*e).comm = *comm;
+        (*e).comm = d.comm;
         (*e).map = (*p).map;
     }
 }
 
 #[inline(always)]
-fn emit_event(
-    ctx: *mut c_void,
-    p: *const Pending,
-    kind: u8,
-    vm_fault: u32,
-    latency: u64,
-    source: u8,
-    stacks_ok: bool,
-    tgid: u32,
-    tid: u32,
-    comm: &[u8; COMM_LEN],
-) {
+fn emit_event(ctx: *mut c_void, p: *const Pending, d: &Done) {
     let flags = conf!(flags);
     if flags & (CFG_USTACK | CFG_KSTACK) == 0 {
         let Some(mut e) = EVENTS.reserve::<FaultEvent>(0) else {
             return count(CNT_RINGBUF_LOST);
         };
-        fill_event(
-            e.as_mut_ptr(),
-            p,
-            kind,
-            vm_fault,
-            latency,
-            source,
-            tgid,
-            tid,
-            comm,
-        );
-        e.submit(0);
+        fill_event(e.as_mut_ptr(), p, d);
+        e.submit(wakeup_flag());
     } else {
         let Some(mut e) = EVENTS.reserve::<FaultEventStacks>(0) else {
             return count(CNT_RINGBUF_LOST);
         };
         let s = e.as_mut_ptr();
         unsafe {
-            fill_event(
-                addr_of_mut!((*s).ev),
-                p,
-                kind,
-                vm_fault,
-                latency,
-                source,
-                tgid,
-                tid,
-                comm,
-            );
+            fill_event(addr_of_mut!((*s).ev), p, d);
             const BYTES: u32 = (MAX_STACK * 8) as u32;
-            if stacks_ok && flags & CFG_USTACK != 0 {
+            if d.stacks_ok && flags & CFG_USTACK != 0 {
                 let n = bpf_get_stack(
                     ctx,
                     addr_of_mut!((*s).ustack) as *mut c_void,
@@ -705,12 +770,12 @@ fn emit_event(
                 );
                 (*s).ev.ustack_bytes = if n > 0 { n as u16 } else { 0 };
             }
-            if stacks_ok && flags & CFG_KSTACK != 0 {
+            if d.stacks_ok && flags & CFG_KSTACK != 0 {
                 let n = bpf_get_stack(ctx, addr_of_mut!((*s).kstack) as *mut c_void, BYTES, 0);
                 (*s).ev.kstack_bytes = if n > 0 { n as u16 } else { 0 };
             }
         }
-        e.submit(0);
+        e.submit(wakeup_flag());
     }
 }
 

@@ -1,1 +1,196 @@
+//! Helpers for pfault's end-to-end tests: build the C workloads, run pfault against them,
+//! and read the workloads' own ground truth (getrusage deltas they print).
 
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A scratch directory on disk (not tmpfs: major-fault tests need a real block device).
+pub fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target/e2e").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The pfault binary `cargo xtask test` built.
+pub fn pfault() -> Command {
+    let bin = std::env::var_os("PFAULT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/pfault"));
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests through `cargo xtask test`",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+/// Compiles `tests/workloads/NAME.c` once per change. -O0: gcc drops the frame of leaf
+/// functions even with -fno-omit-frame-pointer, and a frame-pointer walk then skips their caller.
+pub fn workload(name: &str) -> PathBuf {
+    let src = root().join("tests/workloads").join(format!("{name}.c"));
+    let out_dir = root().join("target/workloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(name);
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let header = root().join("tests/workloads/common.h");
+    if fresh(&out) < fresh(&src).max(fresh(&header)) {
+        let status = Command::new("cc")
+            .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc");
+        assert!(status.success(), "compiling {}", src.display());
+    }
+    out
+}
+
+/// `key=value` pairs a workload printed.
+pub fn kv(text: &str) -> HashMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+pub fn num(map: &HashMap<String, String>, key: &str) -> u64 {
+    map.get(key)
+        .unwrap_or_else(|| panic!("workload printed no {key}: {map:?}"))
+        .parse()
+        .unwrap()
+}
+
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Runs a command to completion, failing the test if it takes longer than `limit`.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_with_timeout(child, limit)
+}
+
+pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "timed out after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A workload started with `wait`, held until [`Held::go`].
+pub struct Held {
+    pub child: Child,
+    pub pid: u32,
+}
+
+impl Held {
+    pub fn start(cmd: &mut Command) -> Held {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = num(&kv(&line), "pid") as u32;
+        Held { child, pid }
+    }
+
+    /// Lets it run and returns what it printed.
+    pub fn go(mut self) -> String {
+        self.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let out = wait_with_timeout(self.child, Duration::from_secs(120));
+        assert!(out.status.success(), "workload failed: {:?}", out.status);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A pfault started in the background, known to have attached its probes.
+pub struct Attached {
+    child: Child,
+    head: String,
+    rest: std::thread::JoinHandle<String>,
+}
+
+impl Attached {
+    /// Starts pfault and waits until it has attached (it says its probe mode on stderr).
+    pub fn start(cmd: &mut Command) -> Attached {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pfault");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap() == 0 {
+                panic!("pfault exited before attaching: {head}");
+            }
+            head.push_str(&line);
+            if line.contains("probe mode") {
+                break;
+            }
+        }
+        // Keep draining stderr so pfault never blocks on it.
+        let rest = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut s);
+            s
+        });
+        Attached { child, head, rest }
+    }
+
+    /// Waits for pfault to end by itself; returns its whole stderr.
+    pub fn wait(mut self, limit: Duration) -> String {
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("pfault did not end by itself within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = self.child.wait().unwrap();
+        let stderr = self.head + &self.rest.join().unwrap();
+        assert!(status.success(), "pfault failed ({status}): {stderr}");
+        stderr
+    }
+}
+
+pub fn within(actual: u64, expected: u64, pct: f64) -> bool {
+    (actual as f64 - expected as f64).abs() <= expected as f64 * pct / 100.0
+}

@@ -1,1 +1,190 @@
-fn main() {}
+//! pfault's tasks: `cargo xtask run -- ARGS`, `cargo xtask test`, `cargo xtask build-ebpf`,
+//! `cargo xtask bench`, `cargo xtask vm-test`.
+//!
+//! Each task installs what it needs on a fresh machine (rust-src for nightly, bpf-linker
+//! built against the nightly toolchain's own LLVM, tracefs mounted) and says so.
+
+mod bench;
+mod toolchain;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <run [-- ARGS] | test | build-ebpf | bench | vm-test>";
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<String> = args.iter().skip(1).skip_while(|a| *a == "--").cloned().collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run(&rest),
+        Some("test") => test(),
+        Some("build-ebpf") => build_ebpf(),
+        Some("bench") => bench::run(&rest),
+        Some("vm-test") => vm::run(),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn say(msg: impl AsRef<str>) {
+    eprintln!("xtask: {}", msg.as_ref());
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+const OBJECT: &str = "pfault-cli/bpf/pfault.bpf.o";
+const STAMP: &str = "pfault-cli/bpf/pfault.bpf.o.sources";
+
+/// A hash of every file the eBPF object is built from (FNV-1a: a staleness check, not a
+/// security boundary).
+fn sources_hash() -> Result<String> {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["pfault-ebpf", "pfault-common"] {
+        collect(&root.join(dir), &mut files)?;
+    }
+    files.sort();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for f in files {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        for b in rel.bytes().chain([0]).chain(std::fs::read(&f)?).chain([0]) {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "rs" || x == "toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn object_is_fresh() -> Result<bool> {
+    let stamp = std::fs::read_to_string(root().join(STAMP)).unwrap_or_default();
+    Ok(stamp.trim() == sources_hash()? && root().join(OBJECT).exists())
+}
+
+/// Cargo of the nightly toolchain, for the bpfel target. Through `rustup run`: the CARGO that
+/// runs xtask is stable's own binary, which knows no `+nightly`.
+fn nightly_cargo() -> Command {
+    let mut c = Command::new("rustup");
+    c.current_dir(root())
+        .args(["run", "nightly", "cargo"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", root().join("target/bpf"))
+        .env("PATH", toolchain::path_with_cargo_bin());
+    c
+}
+
+/// Compiles pfault-ebpf with nightly for bpfel and returns the object's path.
+fn compile_ebpf() -> Result<PathBuf> {
+    toolchain::ensure_ebpf_toolchain()?;
+    say("building the eBPF object (nightly, bpfel-unknown-none)");
+    sh(nightly_cargo()
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+        )
+        .args(["build", "--quiet", "--release", "-p", "pfault-ebpf"])
+        .args(BPF_TARGET))?;
+    Ok(root().join("target/bpf/bpfel-unknown-none/release/pfault"))
+}
+
+const BPF_TARGET: [&str; 4] = ["--target", "bpfel-unknown-none", "-Z", "build-std=core"];
+
+/// Rebuilds the committed eBPF object and its source stamp.
+fn build_ebpf() -> Result<()> {
+    let built = compile_ebpf()?;
+    std::fs::copy(&built, root().join(OBJECT))?;
+    std::fs::write(root().join(STAMP), format!("{}\n", sources_hash()?))?;
+    say(format!(
+        "wrote {OBJECT} (commit it with the sources it was built from)"
+    ));
+    Ok(())
+}
+
+pub fn build_pfault() -> Result<PathBuf> {
+    sh(cargo().args(["build", "--quiet", "--release", "-p", "pfault-cli"]))?;
+    Ok(root().join("target/release/pfault"))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    if !object_is_fresh()? {
+        say("pfault-ebpf changed since the committed object was built: rebuilding it");
+        build_ebpf()?;
+    }
+    toolchain::ensure_tracefs()?;
+    let bin = build_pfault()?;
+    let status = Command::new(bin).args(args).status()?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test() -> Result<()> {
+    // The committed object is what users get: it must match the sources.
+    if !object_is_fresh()? {
+        bail!("{OBJECT} is stale against pfault-ebpf/pfault-common: run `cargo xtask build-ebpf` and commit the result");
+    }
+    // And the sources must still build with the toolchain this machine can install.
+    compile_ebpf()?;
+    toolchain::ensure_tracefs()?;
+    say("checking format and lints");
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let bin = build_pfault()?;
+    say("running unit and end-to-end tests (the e2e tests load pfault's programs into this kernel)");
+    sh(cargo()
+        .env("PFAULT_BIN", &bin)
+        .args(["test", "--release", "--workspace", "--", "--test-threads=1"]))?;
+    if std::env::var_os("PFAULT_SKIP_VM").is_none() {
+        vm::run()?;
+    }
+    Ok(())
+}

@@ -38,10 +38,7 @@ impl OutputArgs {
             Some(path) => Box::new(BufWriter::with_capacity(
                 1 << 16,
                 File::create(path).with_context(|| {
-                    format!(
-                        "cannot write {}: choose a writable --output path",
-                        path.display()
-                    )
+                    format!("cannot write {}: choose a writable --output path", path.display())
                 })?,
             )),
             None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),

@@ -1,0 +1,182 @@
+//! `pfault trace` against real workloads, checked against their own getrusage.
+
+use std::{collections::HashSet, process::Command, time::Duration};
+
+use pfault_tests::*;
+use serde_json::Value;
+
+fn events_of(path: &std::path::Path, pid: u64) -> Vec<Value> {
+    json_lines(path).into_iter().filter(|e| e["pid"] == pid).collect()
+}
+
+fn in_range(e: &Value, start: u64, end: u64) -> bool {
+    let a = e["addr"].as_u64().unwrap();
+    start <= a && a < end
+}
+
+#[test]
+fn anon_writer_gives_one_minor_write_fault_per_page() {
+    let dir = scratch("trace-anon");
+    let out = dir.join("events.json");
+    let run = run_with_timeout(
+        pfault()
+            .args(["trace", "-o", "json", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(workload("anon_writer"))
+            .arg("20000"),
+        Duration::from_secs(120),
+    );
+    assert!(
+        run.status.success(),
+        "pfault failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let truth = kv(&String::from_utf8_lossy(&run.stdout));
+    let (pid, minflt) = (num(&truth, "pid"), num(&truth, "minflt"));
+    let (start, end) = (num(&truth, "start"), num(&truth, "end"));
+    let faults: Vec<Value> = events_of(&out, pid)
+        .into_iter()
+        .filter(|e| in_range(e, start, end))
+        .collect();
+    assert!(
+        within(faults.len() as u64, minflt, 1.0),
+        "{} faults in the mapping, getrusage says {minflt}",
+        faults.len()
+    );
+    let pages: HashSet<u64> = faults.iter().map(|e| e["addr"].as_u64().unwrap() >> 12).collect();
+    assert_eq!(pages.len(), faults.len(), "a page faulted twice");
+    for e in &faults {
+        assert_eq!(e["kind"], "minor", "{e}");
+        assert_eq!(e["access"], "write", "{e}");
+        assert_eq!(e["mode"], "user", "{e}");
+        assert_eq!(e["mapping"], "[anon]", "{e}");
+        assert!(e["latency_ns"].as_u64().unwrap() > 0, "{e}");
+        assert!(e["ts_ns"].as_u64().unwrap() > 0, "{e}");
+    }
+}
+
+#[test]
+fn file_read_through_mmap_gives_major_faults_mapped_to_its_path() {
+    let dir = scratch("trace-file");
+    let data = dir.join("data.bin");
+    let pages = 4096u64;
+    let bytes: Vec<u8> = (0..pages * 4096).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&data, bytes).unwrap();
+    std::fs::File::open(&data).unwrap().sync_all().unwrap();
+    let out = dir.join("events.json");
+    let held = Held::start(Command::new(workload("file_reader")).arg(&data).arg("wait"));
+    let tracer = Attached::start(
+        pfault()
+            .args(["trace", "-o", "json", "--output"])
+            .arg(&out)
+            .args(["-p", &held.pid.to_string()]),
+    );
+    let truth = kv(&held.go());
+    // With -p, pfault ends by itself when the process exits.
+    let stderr = tracer.wait(Duration::from_secs(30));
+    assert!(stderr.contains("0 lost"), "{stderr}");
+    let (pid, majflt) = (num(&truth, "pid"), num(&truth, "majflt"));
+    assert!(
+        majflt >= pages * 99 / 100,
+        "the workload saw only {majflt} major faults: page cache not dropped?"
+    );
+    let (start, end) = (num(&truth, "start"), num(&truth, "end"));
+    let faults: Vec<Value> = events_of(&out, pid)
+        .into_iter()
+        .filter(|e| in_range(e, start, end))
+        .collect();
+    let majors: Vec<&Value> = faults.iter().filter(|e| e["kind"] == "major").collect();
+    assert!(
+        within(majors.len() as u64, majflt, 1.0),
+        "{} major faults, getrusage says {majflt}",
+        majors.len()
+    );
+    let path = data.canonicalize().unwrap();
+    for e in &majors {
+        assert_eq!(e["mapping"], path.to_str().unwrap(), "{e}");
+        assert_eq!(e["access"], "read", "{e}");
+        let offset = e["offset"].as_u64().unwrap();
+        assert_eq!(offset, (e["addr"].as_u64().unwrap() & !0xfff) - start, "{e}");
+    }
+}
+
+#[test]
+fn sigsegv_shows_as_an_error_fault() {
+    let dir = scratch("trace-segv");
+    let out = dir.join("events.json");
+    let run = run_with_timeout(
+        pfault()
+            .args(["trace", "-o", "json", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(workload("segv")),
+        Duration::from_secs(60),
+    );
+    // The command's fate is pfault's exit status: 128 + SIGSEGV.
+    assert_eq!(
+        run.status.code(),
+        Some(139),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let addr = num(&kv(&String::from_utf8_lossy(&run.stdout)), "addr");
+    let errors: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|e| e["kind"] == "error")
+        .collect();
+    let hit = errors
+        .iter()
+        .find(|e| e["addr"] == addr)
+        .unwrap_or_else(|| panic!("no error fault at {addr:#x}: {errors:?}"));
+    assert_eq!(hit["access"], "write");
+    assert_eq!(hit["mapping"], "-");
+    assert_eq!(hit["comm"], "segv");
+}
+
+#[test]
+fn json_trace_keeps_up_with_a_fast_faulter_or_counts_what_it_lost() {
+    let dir = scratch("trace-rate");
+    let out = dir.join("events.json");
+    let run = run_with_timeout(
+        pfault()
+            .args(["trace", "-o", "json", "--kind", "minor", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(workload("anon_writer"))
+            .args(["600000", "16384"]),
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.success(),
+        "pfault failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let truth = kv(&String::from_utf8_lossy(&run.stdout));
+    let (pid, minflt, secs) = (
+        num(&truth, "pid"),
+        num(&truth, "minflt"),
+        truth["seconds"].parse::<f64>().unwrap(),
+    );
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains(" events, "))
+        .expect("no summary line");
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let lost: u64 = words[words.iter().position(|w| *w == "lost").unwrap() - 1]
+        .parse()
+        .unwrap();
+    let seen = json_lines(&out)
+        .iter()
+        .filter(|e| e["pid"] == pid && e["mapping"] == "[anon]")
+        .count() as u64;
+    eprintln!(
+        "{minflt} faults in {secs:.2}s ({:.0}/s): {seen} traced, {lost} lost",
+        minflt as f64 / secs
+    );
+    assert!(
+        within(seen + lost, minflt, 1.0),
+        "traced {seen} + lost {lost} != getrusage {minflt}"
+    );
+}

@@ -1,0 +1,37 @@
+/* Shared by the workloads: ground truth from the kernel's own accounting. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct rusage ru_before;
+static struct timespec t_before;
+
+/* Holds the workload until its driver says go: a line on stdin when "wait" is passed,
+ * so a tracer can attach with -p first. */
+static void maybe_wait(int argc, char **argv, int idx) {
+    if (argc > idx && strcmp(argv[idx], "wait") == 0) {
+        printf("ready pid=%d\n", getpid());
+        fflush(stdout);
+        char buf[16];
+        if (!fgets(buf, sizeof buf, stdin)) exit(3);
+    }
+}
+
+static void begin(void) {
+    getrusage(RUSAGE_THREAD, &ru_before);
+    clock_gettime(CLOCK_MONOTONIC, &t_before);
+}
+
+static void end(void) {
+    struct rusage ru;
+    struct timespec t;
+    getrusage(RUSAGE_THREAD, &ru);
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    double secs = (t.tv_sec - t_before.tv_sec) + (t.tv_nsec - t_before.tv_nsec) / 1e9;
+    printf("pid=%d minflt=%ld majflt=%ld seconds=%.6f\n", getpid(), ru.ru_minflt - ru_before.ru_minflt,
+           ru.ru_majflt - ru_before.ru_majflt, secs);
+    fflush(stdout);
+}
