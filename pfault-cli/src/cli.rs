@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::trace::TraceArgs;
+use crate::{stackcount::StackcountArgs, trace::TraceArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// One line per page fault: address, access, kind, latency, mapping, stacks
     Trace(TraceArgs),
+    /// Fault counts per stack, counted in the kernel; folded stacks and flame graphs
+    Stackcount(StackcountArgs),
     /// What this kernel offers (BTF, kprobes, fentry, tracefs, ring buffer) and which probe mode the tools use
     Probes,
     /// Print shell completions

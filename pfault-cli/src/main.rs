@@ -1,6 +1,7 @@
 //! pfault: a page-fault tracer for Linux on eBPF. This file only parses the command line,
 //! dispatches to one module per subcommand, and turns errors into one line on stderr.
 
+mod agg;
 mod btf;
 mod cli;
 mod mappings;
@@ -8,6 +9,7 @@ mod output;
 mod probes;
 mod probes_cmd;
 mod session;
+mod stackcount;
 mod symbolize;
 mod trace;
 
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
+            Command::Stackcount(args) => stackcount::run(args).await,
             Command::Probes => probes_cmd::run(),
             Command::Completions { shell } => cli::completions(shell),
             Command::Man => cli::man(),

@@ -4,7 +4,10 @@
 //! full path. Each process's maps are read when it is first seen and again when an address
 //! falls outside them (a new mmap), so paths are known even after it exits.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use pfault_common::*;
 
@@ -17,16 +20,33 @@ pub struct MapEntry {
     pub path: String,
 }
 
-#[derive(Default)]
 struct ProcMaps {
     entries: Vec<MapEntry>,
     /// /proc/PID/maps could not be read (the process is gone): do not try again.
     gone: bool,
+    first_seen: Instant,
 }
+
+impl ProcMaps {
+    fn read(pid: u32) -> ProcMaps {
+        let entries = read_proc_maps(pid);
+        ProcMaps {
+            gone: entries.is_none(),
+            entries: entries.unwrap_or_default(),
+            first_seen: Instant::now(),
+        }
+    }
+}
+
+/// A new process keeps mapping libraries for a while after exec; its maps are read again
+/// during that time, so frames in them still resolve if it exits before pfault prints.
+const YOUNG: Duration = Duration::from_secs(10);
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 pub struct Mappings {
     procs: HashMap<u32, ProcMaps>,
+    last_refresh: Option<Instant>,
 }
 
 pub fn read_proc_maps(pid: u32) -> Option<Vec<MapEntry>> {
@@ -63,15 +83,26 @@ pub fn cstr(bytes: &[u8]) -> &str {
 impl Mappings {
     /// Remembers a process's mappings now, while it lives.
     pub fn note_process(&mut self, pid: u32) {
-        self.procs
-            .entry(pid)
-            .or_insert_with(|| match read_proc_maps(pid) {
-                Some(entries) => ProcMaps { entries, gone: false },
-                None => ProcMaps {
-                    entries: Vec::new(),
-                    gone: true,
-                },
-            });
+        self.procs.entry(pid).or_insert_with(|| ProcMaps::read(pid));
+    }
+
+    /// Re-reads the maps of processes first seen less than `YOUNG` ago, at most every
+    /// `REFRESH_EVERY`.
+    pub fn refresh_young(&mut self) {
+        if self.last_refresh.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        for (pid, p) in self
+            .procs
+            .iter_mut()
+            .filter(|(_, p)| !p.gone && p.first_seen.elapsed() < YOUNG)
+        {
+            // A process that is gone keeps its last map.
+            if let Some(entries) = read_proc_maps(*pid).filter(|e| !e.is_empty()) {
+                p.entries = entries;
+            }
+        }
     }
 
     /// The mapping of `pid` that holds `addr` (and, when given, is inode `ino`).

@@ -212,19 +212,16 @@ impl Session {
         Ok(())
     }
 
-    /// Runs until the duration passes, a signal arrives or the target exits. `ring`, when
-    /// given, is drained in batches as it fills; `tick` runs every interval and once at the end.
-    pub async fn run<F, G>(
+    /// Runs until the duration passes, a signal arrives or the target exits. Records from
+    /// `ring`, when given, go to `handler.record` in batches as they arrive; `handler.tick`
+    /// runs every `interval` and once at the end.
+    pub async fn run(
         &mut self,
         duration: &DurationArgs,
         interval: Option<f64>,
-        mut ring: Option<(&mut AsyncFd<RingBuf<MapData>>, F)>,
-        mut tick: G,
-    ) -> Result<End>
-    where
-        F: FnMut(&[u8]) -> Result<()>,
-        G: FnMut(&mut Engine, bool) -> Result<()>,
-    {
+        mut ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
+        handler: &mut dyn Handler,
+    ) -> Result<End> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let deadline = duration
@@ -246,26 +243,27 @@ impl Session {
                     drop(r?);
                     break End::TargetExited(self.reap());
                 }
-                _ = ticker.tick(), if period.is_some() => tick(&mut self.engine, false)?,
+                _ = ticker.tick(), if period.is_some() => handler.tick(&mut self.engine, false)?,
                 r = async {
                     // The programs wake us only for a batch; poll for the trickle in between.
-                    let (fd, f) = ring.as_mut().unwrap();
+                    let fd = ring.as_mut().unwrap();
                     match tokio::time::timeout(RING_POLL, fd.readable_mut()).await {
                         Ok(guard) => {
                             let mut guard = guard?;
-                            drain(guard.get_inner_mut(), f)?;
+                            drain(guard.get_inner_mut(), handler)?;
                             guard.clear_ready();
                         }
-                        Err(_) => drain(fd.get_mut(), f)?,
+                        Err(_) => drain(fd.get_mut(), handler)?,
                     }
+                    handler.idle();
                     anyhow::Ok(())
                 }, if ring.is_some() => r?,
             }
         };
-        if let Some((fd, f)) = ring.as_mut() {
-            drain(fd.get_mut(), f)?;
+        if let Some(fd) = ring.as_mut() {
+            drain(fd.get_mut(), handler)?;
         }
-        tick(&mut self.engine, true)?;
+        handler.tick(&mut self.engine, true)?;
         Ok(end)
     }
 
@@ -294,9 +292,25 @@ impl Drop for Session {
     }
 }
 
-fn drain<F: FnMut(&[u8]) -> Result<()>>(ring: &mut RingBuf<MapData>, f: &mut F) -> Result<()> {
+/// What a subcommand does with the run loop's records and ticks.
+pub trait Handler {
+    /// One ring-buffer record.
+    fn record(&mut self, _data: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// After each batch of records, or every poll period when none came.
+    fn idle(&mut self) {}
+
+    /// Every interval, and once at the end (`last`).
+    fn tick(&mut self, _engine: &mut Engine, _last: bool) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
     while let Some(item) = ring.next() {
-        f(&item)?;
+        handler.record(&item)?;
     }
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! Stack symbolization with blazesym, each address resolved once per run.
 //!
-//! A process's memory map is cached the first time it is seen, so its stacks still
-//! symbolize after it has exited (bpftrace prints raw addresses then). A frame blazesym
-//! cannot name still shows its module and file offset, from pfault's own copy of the maps.
+//! User addresses are turned into (binary, file offset) with pfault's own copy of each
+//! process's maps, taken while the process lives, and symbolized from the binary: stacks
+//! still symbolize after the process has exited (bpftrace prints raw addresses then), and a
+//! shared library's frames are resolved once for every process that maps it. A frame that
+//! cannot be named still shows its module and file offset.
 
 use std::{collections::HashMap, rc::Rc};
 
 use blazesym::symbolize::{
-    cache,
-    source::{Kernel, Process, Source},
+    source::{Elf, Kernel, Source},
     Input, Symbolized, Symbolizer,
 };
 use serde::Serialize;
@@ -46,16 +47,27 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// The name used in folded stacks and flame graphs.
+    pub fn name(&self) -> String {
+        match (&self.symbol, &self.module) {
+            (Some(s), _) => s.clone(),
+            (None, Some(m)) => format!("{}+{:#x}", basename(m), self.offset),
+            (None, None) => "[unknown]".into(),
+        }
+    }
+}
+
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
 pub struct Symbols {
     symbolizer: Symbolizer,
-    /// Frames by (pid, address); pid 0 is the kernel.
-    cache: HashMap<(u32, u64), Rc<[Frame]>>,
+    /// User frames by (binary, file offset): shared by every process mapping that binary,
+    /// and independent of the process still being alive. Kernel frames by ("", address).
+    cache: HashMap<(Rc<str>, u64), Rc<[Frame]>>,
     pub maps: Mappings,
-    cached_procs: HashMap<u32, bool>,
 }
 
 impl Default for Symbols {
@@ -65,136 +77,156 @@ impl Default for Symbols {
             symbolizer: Symbolizer::builder().enable_auto_reload(false).build(),
             cache: HashMap::new(),
             maps: Mappings::default(),
-            cached_procs: HashMap::new(),
         }
     }
 }
 
+/// Where a user address lies: the mapped binary and the offset in it.
+struct Located {
+    path: Rc<str>,
+    file_offset: u64,
+}
+
 impl Symbols {
-    /// Caches a process's memory map while it lives, for symbolizing after it exits.
+    /// Remembers a process's mappings while it lives, so its stacks symbolize after it exits.
     pub fn note_process(&mut self, pid: u32) {
-        if self.cached_procs.contains_key(&pid) {
-            return;
-        }
-        let ok = self
-            .symbolizer
-            .cache(&cache::Cache::from(cache::Process::new(pid.into())))
-            .is_ok();
-        self.cached_procs.insert(pid, ok);
         self.maps.note_process(pid);
     }
 
     /// Symbolizes a user stack (leaf first). Return addresses point after the call, so every
     /// frame but the leaf is looked up one byte earlier.
     pub fn user(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
-        self.note_process(pid);
-        self.stack(pid, stack)
-    }
-
-    pub fn kernel(&mut self, stack: &[u64]) -> Vec<Frame> {
-        self.stack(0, stack)
-    }
-
-    fn stack(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
-        // A frame-pointer walk ends on a null return address.
-        let stack = &stack[..stack.iter().position(|&a| a == 0).unwrap_or(stack.len())];
-        let lookups: Vec<u64> = stack
+        let stack = until_null(stack);
+        let located: Vec<Option<Located>> = stack
             .iter()
             .enumerate()
-            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+            .map(|(i, &a)| {
+                let a = if i == 0 { a } else { a.saturating_sub(1) };
+                self.maps.lookup(pid, a, None).map(|e| Located {
+                    path: e.path.as_str().into(),
+                    file_offset: a - e.start + e.file_offset,
+                })
+            })
             .collect();
-        let missing: Vec<u64> = lookups
-            .iter()
-            .copied()
-            .filter(|a| !self.cache.contains_key(&(pid, *a)))
-            .collect();
-        if !missing.is_empty() {
-            self.resolve(pid, &missing);
+        // Resolve what is not cached yet, one batch per binary.
+        let mut todo: HashMap<Rc<str>, Vec<u64>> = HashMap::new();
+        for l in located.iter().flatten() {
+            if l.path.starts_with('/') && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
+                todo.entry(l.path.clone()).or_default().push(l.file_offset);
+            }
+        }
+        for (path, offsets) in todo {
+            self.resolve_elf(pid, path, &offsets);
         }
         let mut out = Vec::with_capacity(stack.len());
-        for (&orig, a) in stack.iter().zip(&lookups) {
-            for f in self.cache[&(pid, *a)].iter() {
-                let mut f = f.clone();
-                f.addr = orig;
-                out.push(f);
+        for (&addr, l) in stack.iter().zip(&located) {
+            match l
+                .as_ref()
+                .and_then(|l| self.cache.get(&(l.path.clone(), l.file_offset)))
+            {
+                Some(frames) => out.extend(frames.iter().map(|f| Frame { addr, ..f.clone() })),
+                None => out.push(Frame {
+                    addr,
+                    symbol: None,
+                    offset: l.as_ref().map(|l| l.file_offset).unwrap_or(0),
+                    module: l.as_ref().map(|l| l.path.to_string()).filter(|p| !p.is_empty()),
+                    file: None,
+                    line: None,
+                    inlined: false,
+                }),
             }
         }
         out
     }
 
-    fn resolve(&mut self, pid: u32, addrs: &[u64]) {
-        let source = if pid == 0 {
-            Source::Kernel(Kernel::default())
-        } else {
-            let mut p = Process::new(pid.into());
-            // Once the process is gone, its cached map is all there is.
-            p.map_files = std::path::Path::new(&format!("/proc/{pid}")).exists();
-            Source::Process(p)
-        };
+    pub fn kernel(&mut self, stack: &[u64]) -> Vec<Frame> {
+        let stack = until_null(stack);
+        let kernel: Rc<str> = "".into();
+        let missing: Vec<u64> = stack
+            .iter()
+            .copied()
+            .filter(|a| !self.cache.contains_key(&(kernel.clone(), *a)))
+            .collect();
+        if !missing.is_empty() {
+            let results = self
+                .symbolizer
+                .symbolize(&Source::Kernel(Kernel::default()), Input::AbsAddr(&missing))
+                .unwrap_or_default();
+            for (i, &addr) in missing.iter().enumerate() {
+                self.cache.insert(
+                    (kernel.clone(), addr),
+                    frames_of(results.get(i), addr, None).into(),
+                );
+            }
+        }
+        stack
+            .iter()
+            .flat_map(|a| self.cache[&(kernel.clone(), *a)].iter().cloned())
+            .collect()
+    }
+
+    fn resolve_elf(&mut self, pid: u32, path: Rc<str>, offsets: &[u64]) {
+        // A process in another mount namespace maps files we see under its root.
+        let mut file = std::path::PathBuf::from(&*path);
+        if !file.exists() {
+            file = format!("/proc/{pid}/root{path}").into();
+        }
         let results = self
             .symbolizer
-            .symbolize(&source, Input::AbsAddr(addrs))
+            .symbolize(&Source::Elf(Elf::new(file)), Input::FileOffset(offsets))
             .unwrap_or_default();
-        for (i, &addr) in addrs.iter().enumerate() {
-            let frames: Vec<Frame> = match results.get(i) {
-                Some(Symbolized::Sym(sym)) => {
-                    let code = sym.code_info.as_deref();
-                    // blazesym names the file the symbols came from (maybe a separate debug
-                    // file); people want the mapped binary.
-                    let mapped = if pid == 0 {
-                        None
-                    } else {
-                        self.maps.lookup(pid, addr, None).map(|e| e.path.clone())
-                    };
-                    let module = mapped
-                        .filter(|p| !p.is_empty())
-                        .or_else(|| sym.module.as_ref().map(|m| m.to_string_lossy().into_owned()));
-                    let mut frames: Vec<Frame> = sym
-                        .inlined
-                        .iter()
-                        .rev()
-                        .map(|f| Frame {
-                            addr,
-                            symbol: Some(f.name.to_string()),
-                            offset: 0,
-                            module: module.clone(),
-                            file: f
-                                .code_info
-                                .as_ref()
-                                .map(|c| c.file.to_string_lossy().into_owned()),
-                            line: f.code_info.as_ref().and_then(|c| c.line),
-                            inlined: true,
-                        })
-                        .collect();
-                    frames.push(Frame {
-                        addr,
-                        symbol: Some(sym.name.to_string()),
-                        offset: sym.offset as u64,
-                        module,
-                        file: code.map(|c| c.file.to_string_lossy().into_owned()),
-                        line: code.and_then(|c| c.line),
-                        inlined: false,
-                    });
-                    frames
-                }
-                _ => {
-                    let entry = if pid == 0 {
-                        None
-                    } else {
-                        self.maps.lookup(pid, addr, None)
-                    };
-                    vec![Frame {
-                        addr,
-                        symbol: None,
-                        offset: entry.map(|e| addr - e.start + e.file_offset).unwrap_or(0),
-                        module: entry.map(|e| e.path.clone()).filter(|p| !p.is_empty()),
-                        file: None,
-                        line: None,
-                        inlined: false,
-                    }]
-                }
-            };
-            self.cache.insert((pid, addr), frames.into());
+        for (i, &off) in offsets.iter().enumerate() {
+            let frames = frames_of(results.get(i), off, Some(&path));
+            self.cache.insert((path.clone(), off), frames.into());
         }
     }
+}
+
+fn until_null(stack: &[u64]) -> &[u64] {
+    // A frame-pointer walk ends on a null return address.
+    &stack[..stack.iter().position(|&a| a == 0).unwrap_or(stack.len())]
+}
+
+/// Frames for one symbolized address: inlined callees first (leaf first), then the function.
+fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Vec<Frame> {
+    let Some(Symbolized::Sym(sym)) = result else {
+        return vec![Frame {
+            addr,
+            symbol: None,
+            offset: addr,
+            module: module.map(String::from),
+            file: None,
+            line: None,
+            inlined: false,
+        }];
+    };
+    let module = module.map(String::from);
+    let code = sym.code_info.as_deref();
+    let mut frames: Vec<Frame> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|f| Frame {
+            addr,
+            symbol: Some(f.name.to_string()),
+            offset: 0,
+            module: module.clone(),
+            file: f
+                .code_info
+                .as_ref()
+                .map(|c| c.file.to_string_lossy().into_owned()),
+            line: f.code_info.as_ref().and_then(|c| c.line),
+            inlined: true,
+        })
+        .collect();
+    frames.push(Frame {
+        addr,
+        symbol: Some(sym.name.to_string()),
+        offset: sym.offset as u64,
+        module,
+        file: code.map(|c| c.file.to_string_lossy().into_owned()),
+        line: code.and_then(|c| c.line),
+        inlined: false,
+    });
+    frames
 }

@@ -11,7 +11,7 @@ use crate::{
     mappings::cstr,
     output::{json, Format, OutputArgs},
     probes::{Plan, ProbeMode, VmFaultNames},
-    session::{event_ring, DurationArgs, End, Session, TargetArgs},
+    session::{event_ring, DurationArgs, End, Handler, Session, TargetArgs},
     symbolize::{Frame, Symbols},
 };
 
@@ -155,8 +155,10 @@ impl Printer {
         }
         Ok(())
     }
+}
 
-    fn event(&mut self, data: &[u8]) -> Result<()> {
+impl Handler for Printer {
+    fn record(&mut self, data: &[u8]) -> Result<()> {
         if data.len() < size_of::<FaultEvent>() {
             return Ok(());
         }
@@ -270,14 +272,7 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
         p.syms.note_process(pid);
     }
     p.header()?;
-    let end = session
-        .run(
-            &args.duration,
-            None,
-            Some((&mut ring, |data: &[u8]| p.event(data))),
-            |_, _| Ok(()),
-        )
-        .await?;
+    let end = session.run(&args.duration, None, Some(&mut ring), &mut p).await?;
     p.out.flush()?;
     let losses = session.engine.losses()?;
     eprintln!(

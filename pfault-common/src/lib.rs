@@ -56,8 +56,10 @@ pub const CFG_OUT_FILES: u32 = 1 << 7;
 pub const CFG_OUT_PROCS: u32 = 1 << 8;
 /// Aggregations keyed by thread, not process.
 pub const CFG_PER_THREAD: u32 = 1 << 9;
-/// Aggregations keep the tgid in the key (stackcount `-P`).
-pub const CFG_PER_PROCESS: u32 = 1 << 10;
+
+/// Send a [`TaskSeen`] record on a thread's first fault, so userspace can cache its
+/// process's mappings while it lives (stacks and paths still resolve after it exits).
+pub const CFG_NOTIFY_TASKS: u32 = 1 << 11;
 
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
@@ -171,6 +173,15 @@ pub struct FaultEvent {
     pub map: Mapping,
 }
 
+/// First fault of a thread, in the `EVENTS` ring buffer when `CFG_NOTIFY_TASKS` is set. Told
+/// apart from fault events by its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskSeen {
+    pub pid: u32,
+    pub tid: u32,
+}
+
 /// A `FaultEvent` followed by its stacks (`trace -U/-K`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -184,7 +195,7 @@ pub struct FaultEventStacks {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackKey {
-    /// 0 unless counting per process.
+    /// Always kept: a user stack is symbolized against its process's mappings.
     pub tgid: u32,
     pub kind: u32,
     /// Negative: no stack of that kind (not asked for, or not walkable).

@@ -117,6 +117,9 @@ struct Pending {
 }
 
 const EEXIST: i64 = 17;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const PAGE_MASK: u64 = !0xfff;
 
 #[inline(always)]
@@ -254,6 +257,15 @@ fn enter(ctx: *mut c_void, tid: u32, addr: u64, ip: u64, error_code: u32, vma: u
             };
             if PENDING.insert(tid, unsafe { &*fresh }, 0).is_err() {
                 return count(CNT_PENDING_FULL);
+            }
+            if conf!(flags) & CFG_NOTIFY_TASKS != 0 {
+                let seen = TaskSeen {
+                    pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                    tid,
+                };
+                if EVENTS.output::<TaskSeen>(&seen, BPF_RB_FORCE_WAKEUP).is_err() {
+                    count(CNT_RINGBUF_LOST);
+                }
             }
             match PENDING.get_ptr_mut(tid) {
                 Some(p) => p,
@@ -603,7 +615,7 @@ fn finish(
     }
     if flags & CFG_OUT_STACKS != 0 {
         let key = StackKey {
-            tgid: if flags & CFG_PER_PROCESS != 0 { tgid } else { 0 },
+            tgid,
             kind: kind as u32,
             ustack_id: unsafe { (*p).ustack_id },
             kstack_id: unsafe { (*p).kstack_id },
@@ -700,9 +712,6 @@ fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]
 /// The reader also polls, so a quiet trickle is still printed promptly.
 #[inline(always)]
 fn wakeup_flag() -> u64 {
-    const BPF_RB_AVAIL_DATA: u64 = 0;
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    const BPF_RB_FORCE_WAKEUP: u64 = 2;
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= conf!(wakeup_bytes) as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -134,6 +134,8 @@ const BPF_TARGET: [&str; 4] = ["--target", "bpfel-unknown-none", "-Z", "build-st
 
 /// Rebuilds the committed eBPF object and its source stamp.
 fn build_ebpf() -> Result<()> {
+    // Formatted first: `cargo fmt` after the stamp would make the object look stale.
+    sh(cargo().args(["fmt", "-p", "pfault-ebpf", "-p", "pfault-common"]))?;
     let built = compile_ebpf()?;
     std::fs::copy(&built, root().join(OBJECT))?;
     std::fs::write(root().join(STAMP), format!("{}\n", sources_hash()?))?;

@@ -1,6 +1,8 @@
 //! Output formats and where output goes. One module per format; subcommands render their
 //! own rows and hand them to these writers.
 
+pub mod flamegraph;
+pub mod folded;
 pub mod json;
 
 use std::{
@@ -44,4 +46,12 @@ impl OutputArgs {
             None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),
         })
     }
+}
+
+/// Wall-clock time as `HH:MM:SS`, for interval headers.
+pub fn clock() -> String {
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&now, &mut tm) };
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
 }

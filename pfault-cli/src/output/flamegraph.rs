@@ -1,0 +1,23 @@
+//! Flame graphs drawn with inferno from folded lines.
+
+use std::{fs::File, io::BufWriter, path::Path};
+
+use anyhow::{Context, Result};
+use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
+
+pub fn write_svg(path: &Path, title: &str, folded: &[String]) -> Result<()> {
+    let file = File::create(path)
+        .with_context(|| format!("cannot write {}: choose a writable --svg path", path.display()))?;
+    let mut opts = Options::default();
+    opts.title = title.to_string();
+    opts.count_name = "faults".into();
+    opts.colors = Palette::Basic(BasicPalette::Mem);
+    if folded.is_empty() {
+        // inferno refuses an empty profile; an empty graph still says "nothing faulted".
+        opts.title = format!("{title} (no faults)");
+        return flamegraph::from_lines(&mut opts, ["no_faults 1"].iter().copied(), BufWriter::new(file))
+            .context("drawing the flame graph");
+    }
+    flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), BufWriter::new(file))
+        .context("drawing the flame graph")
+}
