@@ -37,3 +37,17 @@ pub fn task_seen(data: &[u8]) -> Option<u32> {
 pub fn comm(bytes: &[u8]) -> String {
     crate::mappings::cstr(bytes).to_string()
 }
+
+/// Says on stderr what the kernel could not record, if anything. `ring_what` names what the
+/// ring buffer carried for this subcommand.
+pub fn report_losses(engine: &Engine, ring_what: &str) -> Result<()> {
+    let losses = engine.losses()?;
+    let others = losses.others();
+    if losses.ringbuf > 0 || !others.is_empty() {
+        eprintln!(
+            "pfault: {} {ring_what} lost (ring buffer full){others}",
+            losses.ringbuf
+        );
+    }
+    Ok(())
+}

@@ -3,7 +3,9 @@
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{stackcount::StackcountArgs, trace::TraceArgs};
+use crate::{
+    ffaults::FfaultsArgs, stackcount::StackcountArgs, stat::StatArgs, trace::TraceArgs,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,6 +24,10 @@ pub enum Command {
     Trace(TraceArgs),
     /// Fault counts per stack, counted in the kernel; folded stacks and flame graphs
     Stackcount(StackcountArgs),
+    /// Faults per file (or [anon]/[heap]/[stack]), minor and major apart, counted in the kernel
+    Ffaults(FfaultsArgs),
+    /// Fault counts, rates and latency percentiles per process or thread (perf stat, with more)
+    Stat(StatArgs),
     /// What this kernel offers (BTF, kprobes, fentry, tracefs, ring buffer) and which probe mode the tools use
     Probes,
     /// Print shell completions

@@ -4,12 +4,14 @@
 mod agg;
 mod btf;
 mod cli;
+mod ffaults;
 mod mappings;
 mod output;
 mod probes;
 mod probes_cmd;
 mod session;
 mod stackcount;
+mod stat;
 mod symbolize;
 mod trace;
 
@@ -32,6 +34,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
             Command::Stackcount(args) => stackcount::run(args).await,
+            Command::Ffaults(args) => ffaults::run(args).await,
+            Command::Stat(args) => stat::run(args).await,
             Command::Probes => probes_cmd::run(),
             Command::Completions { shell } => cli::completions(shell),
             Command::Man => cli::man(),

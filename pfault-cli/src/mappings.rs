@@ -16,6 +16,8 @@ pub struct MapEntry {
     pub start: u64,
     pub end: u64,
     pub file_offset: u64,
+    /// As the kernel keeps it in `super_block.s_dev`: major << 20 | minor.
+    pub dev: u32,
     pub ino: u64,
     pub path: String,
 }
@@ -54,7 +56,7 @@ pub fn read_proc_maps(pid: u32) -> Option<Vec<MapEntry>> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(_perms), Some(off), Some(_dev), Some(ino)) =
+        let (Some(range), Some(_perms), Some(off), Some(dev), Some(ino)) =
             (f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             continue;
@@ -67,6 +69,12 @@ pub fn read_proc_maps(pid: u32) -> Option<Vec<MapEntry>> {
             start: u64::from_str_radix(s, 16).unwrap_or(0),
             end: u64::from_str_radix(e, 16).unwrap_or(0),
             file_offset: u64::from_str_radix(off, 16).unwrap_or(0),
+            dev: dev
+                .split_once(':')
+                .and_then(|(ma, mi)| {
+                    Some(u32::from_str_radix(ma, 16).ok()? << 20 | u32::from_str_radix(mi, 16).ok()?)
+                })
+                .unwrap_or(0),
             ino: ino.parse().unwrap_or(0),
             path,
         });
@@ -125,25 +133,54 @@ impl Mappings {
         idx.map(|i| &p.entries[i])
     }
 
+    /// The path of file `(dev, ino)` as `pid` maps it.
+    pub fn path_of(&mut self, pid: u32, dev: u32, ino: u64) -> Option<&str> {
+        self.note_process(pid);
+        let p = self.procs.get_mut(&pid)?;
+        let find = |entries: &[MapEntry]| {
+            entries
+                .iter()
+                .position(|e| e.ino == ino && e.dev == dev && !e.path.is_empty())
+        };
+        let mut idx = find(&p.entries);
+        if idx.is_none() && !p.gone {
+            if let Some(entries) = read_proc_maps(pid) {
+                p.entries = entries;
+            }
+            idx = find(&p.entries);
+        }
+        idx.map(|i| p.entries[i].path.as_str())
+    }
+
+    /// A file the kernel named by basename, device and inode: its full path where a process
+    /// mapping it is known, else the basename with device and inode.
+    pub fn file_name(&mut self, pid: u32, dev: u32, ino: u64, basename: &str) -> String {
+        match self.path_of(pid, dev, ino) {
+            Some(p) => p.to_string(),
+            None => format!("{basename} (dev {}:{} ino {ino})", dev >> 20, dev & 0xfffff),
+        }
+    }
+
     /// How a fault's mapping reads: a full path, `[anon]`, `[heap]`, `[stack]`, or `-` when
     /// no mapping holds the address.
     pub fn describe(&mut self, pid: u32, addr: u64, m: &Mapping) -> String {
         match m.kind {
             MAP_FILE => match self.lookup(pid, addr, Some(m.ino)) {
                 Some(e) if !e.path.is_empty() => e.path.clone(),
-                _ => format!(
-                    "{} (dev {}:{} ino {})",
-                    cstr(&m.name),
-                    m.dev >> 20,
-                    m.dev & 0xfffff,
-                    m.ino
-                ),
+                _ => self.file_name(pid, m.dev, m.ino, cstr(&m.name)),
             },
-            MAP_ANON => "[anon]".into(),
-            MAP_HEAP => "[heap]".into(),
-            MAP_STACK => "[stack]".into(),
-            MAP_NONE => "-".into(),
-            _ => "?".into(),
+            kind => anon_label(kind).into(),
         }
+    }
+}
+
+/// The name of memory no file backs, as /proc/PID/maps writes it.
+pub fn anon_label(map_kind: u8) -> &'static str {
+    match map_kind {
+        MAP_ANON => "[anon]",
+        MAP_HEAP => "[heap]",
+        MAP_STACK => "[stack]",
+        MAP_NONE => "-",
+        _ => "?",
     }
 }

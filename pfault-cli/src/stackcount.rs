@@ -282,14 +282,7 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let end = session
         .run(&duration, interval, Some(&mut ring), &mut counter)
         .await?;
-    let losses = session.engine.losses()?;
-    let others = losses.others();
-    if losses.ringbuf > 0 || !others.is_empty() {
-        eprintln!(
-            "pfault: {} process notices lost (ring buffer full){others}",
-            losses.ringbuf
-        );
-    }
+    crate::agg::report_losses(&session.engine, "process notices")?;
     Ok(match end {
         End::TargetExited(code) => code,
         _ => None,

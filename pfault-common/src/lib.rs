@@ -240,6 +240,8 @@ pub struct ProcStats {
     /// Indexed by `KIND_*`.
     pub counts: [u64; 3],
     pub latency_sum_ns: u64,
+    /// Updated without atomics: two CPUs racing may keep the smaller of two new maxima.
+    pub latency_max_ns: u64,
     pub comm: [u8; COMM_LEN],
     /// Latency of completed faults, log-linear buckets (see [`hist_bucket`]).
     pub hist: [u64; HIST_BUCKETS],

@@ -691,6 +691,7 @@ fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]
                 (*t).comm = *comm;
                 (*t).counts = [0; 3];
                 (*t).latency_sum_ns = 0;
+                (*t).latency_max_ns = 0;
             }
             let _ = PROC_STATS.insert(&key, unsafe { &*t }, BPF_NOEXIST as u64);
             match PROC_STATS.get_ptr_mut(&key) {
@@ -703,6 +704,9 @@ fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]
         atomic_add(addr_of_mut!((*v).counts[(kind as usize) % 3]), 1);
         if kind != KIND_ERROR {
             atomic_add(addr_of_mut!((*v).latency_sum_ns), latency);
+            if latency > (*v).latency_max_ns {
+                (*v).latency_max_ns = latency;
+            }
             atomic_add(addr_of_mut!((*v).hist[hist_bucket(latency)]), 1);
         }
     }

@@ -3,7 +3,9 @@
 
 pub mod flamegraph;
 pub mod folded;
+pub mod hist;
 pub mod json;
+pub mod table;
 
 use std::{
     fs::File,

@@ -1,0 +1,189 @@
+//! `pfault ffaults`: faults per file, minor and major apart, counted in the kernel
+//! (bpftrace's ffaults.bt, on every probe path and with anonymous memory named).
+
+use std::io::Write;
+
+use anyhow::Result;
+use pfault_common::*;
+use serde::Serialize;
+
+use crate::{
+    agg::{comm, read_counts, task_seen},
+    mappings::{anon_label, cstr, Mappings},
+    output::{json, table, Format, OutputArgs},
+    probes::Engine,
+    session::{event_ring, DurationArgs, End, Handler, IntervalArgs, Session, TargetArgs},
+    trace::FaultFilterArgs,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    Total,
+    Major,
+    Minor,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FfaultsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub filter: FaultFilterArgs,
+    #[command(flatten)]
+    pub duration: DurationArgs,
+    #[command(flatten)]
+    pub interval: IntervalArgs,
+    /// Only the N rows with the most faults
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Sort rows by this count
+    #[arg(long, value_enum, default_value_t = SortKey::Total)]
+    pub sort: SortKey,
+    /// Largest first (default: largest last, at the bottom of the terminal)
+    #[arg(long)]
+    pub largest_first: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Count-map size: distinct (process, file) entries kept
+    #[arg(long, value_name = "N", default_value_t = 40960)]
+    pub map_entries: u32,
+}
+
+#[derive(Serialize)]
+struct Row {
+    pid: u32,
+    comm: String,
+    file: String,
+    minor: u64,
+    major: u64,
+    errors: u64,
+    total: u64,
+    bytes: u64,
+}
+
+struct Counter {
+    out: Box<dyn Write>,
+    args: FfaultsArgs,
+    maps: Mappings,
+}
+
+impl Counter {
+    fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
+        let mut rows: Vec<Row> = read_counts::<FileKey, FileCounts>(engine, "FILE_COUNTS", reset)?
+            .into_iter()
+            .map(|(k, v)| {
+                let file = if k.map_kind as u8 == MAP_FILE {
+                    self.maps.file_name(k.tgid, k.dev, k.ino, cstr(&v.name))
+                } else {
+                    anon_label(k.map_kind as u8).to_string()
+                };
+                let [minor, major, errors] = v.counts;
+                let total = minor + major + errors;
+                Row {
+                    pid: k.tgid,
+                    comm: comm(&k.comm),
+                    file,
+                    minor,
+                    major,
+                    errors,
+                    total,
+                    bytes: total * 4096,
+                }
+            })
+            .collect();
+        let key = |r: &Row| match self.args.sort {
+            SortKey::Total => r.total,
+            SortKey::Major => r.major,
+            SortKey::Minor => r.minor,
+        };
+        rows.sort_by_key(|r| std::cmp::Reverse(key(r)));
+        if let Some(n) = self.args.top {
+            rows.truncate(n);
+        }
+        if !self.args.largest_first {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+}
+
+impl Handler for Counter {
+    fn record(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(pid) = task_seen(data) {
+            self.maps.note_process(pid);
+        }
+        Ok(())
+    }
+
+    fn idle(&mut self) {
+        self.maps.refresh_young();
+    }
+
+    fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
+        let rows = self.rows(engine, !last)?;
+        match self.args.output.format {
+            Format::Json => {
+                for r in &rows {
+                    json::write_line(&mut self.out, r)?;
+                }
+            }
+            Format::Text => {
+                if !last {
+                    writeln!(self.out, "[{}]", crate::output::clock())?;
+                }
+                let mut t = table::Table::new(&[
+                    ("PID", true),
+                    ("COMM", false),
+                    ("MINOR", true),
+                    ("MAJOR", true),
+                    ("ERRORS", true),
+                    ("PAGES", true),
+                    ("BYTES", true),
+                    ("FILE", false),
+                ]);
+                for r in &rows {
+                    t.push(vec![
+                        r.pid.to_string(),
+                        r.comm.clone(),
+                        r.minor.to_string(),
+                        r.major.to_string(),
+                        r.errors.to_string(),
+                        r.total.to_string(),
+                        table::bytes(r.bytes),
+                        r.file.clone(),
+                    ]);
+                }
+                t.write(&mut self.out)?;
+            }
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
+    let mut plan = args.filter.plan(CFG_OUT_FILES | CFG_NOTIFY_TASKS);
+    plan.agg_entries = args.map_entries;
+    // Only TaskSeen records go through the ring buffer here.
+    plan.ringbuf_bytes = 256 << 10;
+    let out = args.output.open()?;
+    let mut session = Session::start(&args.target, None, &plan)?;
+    let mut ring = event_ring(&mut session.engine)?;
+    let (duration, interval) = (args.duration.clone(), args.interval.interval);
+    let mut counter = Counter {
+        out,
+        maps: Mappings::default(),
+        args,
+    };
+    if let Some(pid) = counter.args.target.pid {
+        counter.maps.note_process(pid);
+    }
+    let end = session
+        .run(&duration, interval, Some(&mut ring), &mut counter)
+        .await?;
+    crate::agg::report_losses(&session.engine, "process notices")?;
+    Ok(match end {
+        End::TargetExited(code) => code,
+        _ => None,
+    })
+}

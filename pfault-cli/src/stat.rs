@@ -1,0 +1,217 @@
+//! `pfault stat`: fault counts, rates and latency distributions per process (or thread),
+//! counted in the kernel. `perf stat -e minor-faults,major-faults`, with more.
+
+use std::{io::Write, time::Instant};
+
+use anyhow::{bail, Result};
+use pfault_common::*;
+use serde::Serialize;
+
+use crate::{
+    agg::{comm, read_counts},
+    output::{hist, json, table, Format, OutputArgs},
+    probes::Engine,
+    session::{DurationArgs, End, Handler, IntervalArgs, Session, TargetArgs},
+    trace::FaultFilterArgs,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct StatArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// All processes
+    #[arg(short, long, conflicts_with_all = ["pid", "command"])]
+    pub all: bool,
+    /// One row per thread
+    #[arg(short = 't', long)]
+    pub per_thread: bool,
+    /// Draw each process's latency histogram (log2 buckets, as bpftrace's hist())
+    #[arg(long)]
+    pub hist: bool,
+    #[command(flatten)]
+    pub filter: FaultFilterArgs,
+    #[command(flatten)]
+    pub duration: DurationArgs,
+    #[command(flatten)]
+    pub interval: IntervalArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+    mean: u64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tid: Option<u32>,
+    comm: String,
+    minor: u64,
+    major: u64,
+    errors: u64,
+    faults_per_sec: f64,
+    latency_ns: Percentiles,
+    #[serde(skip)]
+    hist: [u64; HIST_BUCKETS],
+}
+
+/// The latency below which `q` of the faults fall, from the log-linear histogram (the
+/// bucket's midpoint: within about 10%).
+fn percentile(hist: &[u64; HIST_BUCKETS], q: f64) -> u64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = (total as f64 * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            let lo = hist_bucket_floor(i);
+            let hi = if i + 1 < HIST_BUCKETS {
+                hist_bucket_floor(i + 1)
+            } else {
+                lo
+            };
+            return (lo + hi) / 2;
+        }
+    }
+    0
+}
+
+struct Stats {
+    out: Box<dyn Write>,
+    args: StatArgs,
+    since: Instant,
+}
+
+impl Stats {
+    fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
+        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
+        let mut rows: Vec<Row> = read_counts::<ProcKey, ProcStats>(engine, "PROC_STATS", reset)?
+            .into_iter()
+            .map(|(k, v)| {
+                let [minor, major, errors] = v.counts;
+                let done = minor + major;
+                Row {
+                    pid: k.tgid,
+                    tid: self.args.per_thread.then_some(k.tid),
+                    comm: comm(&v.comm),
+                    minor,
+                    major,
+                    errors,
+                    faults_per_sec: (done + errors) as f64 / secs,
+                    latency_ns: Percentiles {
+                        p50: percentile(&v.hist, 0.50),
+                        p90: percentile(&v.hist, 0.90),
+                        p99: percentile(&v.hist, 0.99),
+                        max: v.latency_max_ns,
+                        mean: v.latency_sum_ns.checked_div(done).unwrap_or(0),
+                    },
+                    hist: v.hist,
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.minor + r.major + r.errors));
+        if reset {
+            self.since = Instant::now();
+        }
+        Ok(rows)
+    }
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+impl Handler for Stats {
+    fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
+        let rows = self.rows(engine, !last)?;
+        match self.args.output.format {
+            Format::Json => {
+                for r in &rows {
+                    json::write_line(&mut self.out, r)?;
+                }
+            }
+            Format::Text => {
+                if !last {
+                    writeln!(self.out, "[{}]", crate::output::clock())?;
+                }
+                let mut cols = vec![("PID", true)];
+                if self.args.per_thread {
+                    cols.push(("TID", true));
+                }
+                cols.extend([
+                    ("COMM", false),
+                    ("MINOR", true),
+                    ("MAJOR", true),
+                    ("ERRORS", true),
+                    ("FAULTS/s", true),
+                    ("P50us", true),
+                    ("P90us", true),
+                    ("P99us", true),
+                    ("MAXus", true),
+                ]);
+                let mut t = table::Table::new(&cols);
+                for r in &rows {
+                    let mut cells = vec![r.pid.to_string()];
+                    cells.extend(r.tid.map(|t| t.to_string()));
+                    cells.extend([
+                        r.comm.clone(),
+                        r.minor.to_string(),
+                        r.major.to_string(),
+                        r.errors.to_string(),
+                        format!("{:.0}", r.faults_per_sec),
+                        us(r.latency_ns.p50),
+                        us(r.latency_ns.p90),
+                        us(r.latency_ns.p99),
+                        us(r.latency_ns.max),
+                    ]);
+                    t.push(cells);
+                }
+                t.write(&mut self.out)?;
+                if self.args.hist {
+                    for r in &rows {
+                        writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, r.comm)?;
+                        hist::write_log2_us(&mut self.out, &r.hist)?;
+                    }
+                }
+            }
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+pub async fn run(args: StatArgs) -> Result<Option<i32>> {
+    if !args.all && args.target.pid.is_none() && args.target.command.is_empty() && args.target.comm.is_none()
+    {
+        bail!("say what to count: -a (all processes), -p PID, -c COMM, or -- CMD ARGS");
+    }
+    let mut flags = CFG_OUT_PROCS;
+    if args.per_thread {
+        flags |= CFG_PER_THREAD;
+    }
+    let plan = args.filter.plan(flags);
+    let out = args.output.open()?;
+    let mut session = Session::start(&args.target, None, &plan)?;
+    let (duration, interval) = (args.duration.clone(), args.interval.interval);
+    let mut stats = Stats {
+        out,
+        args,
+        since: Instant::now(),
+    };
+    let end = session.run(&duration, interval, None, &mut stats).await?;
+    crate::agg::report_losses(&session.engine, "events")?;
+    Ok(match end {
+        End::TargetExited(code) => code,
+        _ => None,
+    })
+}
