@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
-    ffaults::FfaultsArgs, stackcount::StackcountArgs, stat::StatArgs, trace::TraceArgs,
+    ffaults::FfaultsArgs, stackcount::StackcountArgs, stat::StatArgs, top::TopArgs, trace::TraceArgs,
 };
 
 #[derive(Parser, Debug)]
@@ -28,6 +28,8 @@ pub enum Command {
     Ffaults(FfaultsArgs),
     /// Fault counts, rates and latency percentiles per process or thread (perf stat, with more)
     Stat(StatArgs),
+    /// A live view of the processes faulting most; q quits
+    Top(TopArgs),
     /// What this kernel offers (BTF, kprobes, fentry, tracefs, ring buffer) and which probe mode the tools use
     Probes,
     /// Print shell completions

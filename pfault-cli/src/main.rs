@@ -13,6 +13,7 @@ mod session;
 mod stackcount;
 mod stat;
 mod symbolize;
+mod top;
 mod trace;
 
 use std::process::ExitCode;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
             Command::Stackcount(args) => stackcount::run(args).await,
             Command::Ffaults(args) => ffaults::run(args).await,
             Command::Stat(args) => stat::run(args).await,
+            Command::Top(args) => top::run(args).await,
             Command::Probes => probes_cmd::run(),
             Command::Completions { shell } => cli::completions(shell),
             Command::Man => cli::man(),

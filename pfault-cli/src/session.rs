@@ -55,6 +55,8 @@ pub struct IntervalArgs {
 pub enum End {
     Duration,
     Signal,
+    /// The handler asked to stop.
+    Quit,
     /// The traced process or command exited; the command's exit code when pfault started it.
     TargetExited(Option<i32>),
 }
@@ -243,7 +245,12 @@ impl Session {
                     drop(r?);
                     break End::TargetExited(self.reap());
                 }
-                _ = ticker.tick(), if period.is_some() => handler.tick(&mut self.engine, false)?,
+                _ = ticker.tick(), if period.is_some() => {
+                    handler.tick(&mut self.engine, false)?;
+                    if handler.quit() {
+                        break End::Quit;
+                    }
+                }
                 r = async {
                     // The programs wake us only for a batch; poll for the trickle in between.
                     let fd = ring.as_mut().unwrap();
@@ -301,6 +308,11 @@ pub trait Handler {
 
     /// After each batch of records, or every poll period when none came.
     fn idle(&mut self) {}
+
+    /// Checked after every tick: the user asked to stop (`q` in `top`).
+    fn quit(&self) -> bool {
+        false
+    }
 
     /// Every interval, and once at the end (`last`).
     fn tick(&mut self, _engine: &mut Engine, _last: bool) -> Result<()> {

@@ -23,7 +23,7 @@ const RUNS: usize = 5;
 struct Tracer {
     name: &'static str,
     argv: Vec<String>,
-    /// What it prints once attached...
+    /// What it prints once attached ("": nothing; give it a second)...
     ready: &'static str,
     /// ...into this file when its output goes there (bpftrace -o), else on stdout or stderr.
     ready_file: Option<PathBuf>,
@@ -79,6 +79,10 @@ fn start(t: &Tracer) -> Result<Child> {
             }
         });
     }
+    if t.ready.is_empty() {
+        std::thread::sleep(Duration::from_secs(1));
+        return Ok(child);
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let in_file = t.ready_file.as_ref().is_some_and(|f| {
@@ -109,7 +113,7 @@ impl Drop for Running {
 
 fn stop(mut running: Running) -> Result<()> {
     let child = &mut running.0;
-    unsafe { libc_kill(child.id() as i32, 2) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait()?.is_none() {
         if Instant::now() > deadline {
@@ -119,11 +123,6 @@ fn stop(mut running: Running) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -144,12 +143,52 @@ fn measure(bin: &Path, tracer: Option<&Tracer>) -> Result<f64> {
     Ok(median(times))
 }
 
-struct Row {
-    job: &'static str,
-    tool: &'static str,
-    command: String,
-    secs: f64,
-    added_us: f64,
+fn pfault_tracer(name: &'static str, pfault: &str, args: &[&str]) -> Tracer {
+    let mut argv = vec![pfault.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    Tracer {
+        name,
+        argv,
+        ready: "probe mode",
+        ready_file: None,
+    }
+}
+
+/// bpftrace writing into `out` (its "Attaching" line lands there too).
+fn bpftrace(name: &'static str, out: PathBuf, program: &str) -> Tracer {
+    Tracer {
+        name,
+        argv: vec![
+            "bpftrace".into(),
+            "-o".into(),
+            out.to_string_lossy().into_owned(),
+            "-e".into(),
+            program.into(),
+        ],
+        ready: "Attaching",
+        ready_file: Some(out),
+    }
+}
+
+/// Wall seconds and peak RSS (KiB) of a command run to completion, median of RUNS.
+fn startup(argv: &[&str]) -> Result<(f64, u64)> {
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut status = 0;
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) } < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        runs.push((t.elapsed().as_secs_f64(), ru.ru_maxrss as u64));
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(runs[runs.len() / 2])
 }
 
 pub fn run(_args: &[String]) -> Result<()> {
@@ -160,30 +199,49 @@ pub fn run(_args: &[String]) -> Result<()> {
     let dir = bench_dir();
     std::fs::create_dir_all(&dir)?;
     let p = pfault.to_string_lossy().into_owned();
-    let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    // Each job: pfault's command, then the peer's doing the same job.
-    let jobs: Vec<(&'static str, Tracer, Tracer)> = vec![(
-        "print every fault",
-        Tracer {
-            name: "pfault trace -o json",
-            argv: vec![p.clone(), "trace".into(), "-o".into(), "json".into(), "--output".into(), out("trace.json")],
-            ready: "probe mode",
-            ready_file: None,
-        },
-        Tracer {
-            name: "bpftrace printf",
-            argv: vec![
-                "bpftrace".into(),
-                "-o".into(),
-                out("bpftrace-trace.txt"),
-                "-e".into(),
-                "tracepoint:exceptions:page_fault_user { printf(\"%d %d %s %lx %lx %lx\\n\", pid, tid, comm, args->address, args->ip, args->error_code); }"
-                    .into(),
+    let out = |name: &str| dir.join(name);
+    let trace_json = out("trace.json").to_string_lossy().into_owned();
+    // Each job: pfault's command first, then the peers doing the same job.
+    let jobs: Vec<(&'static str, Vec<Tracer>)> = vec![
+        (
+            "print every fault",
+            vec![
+                pfault_tracer("pfault trace -o json", &p, &["trace", "-o", "json", "--output", &trace_json]),
+                bpftrace(
+                    "bpftrace printf",
+                    out("bpftrace-trace.txt"),
+                    "tracepoint:exceptions:page_fault_user { printf(\"%d %d %s %lx %lx %lx\\n\", pid, tid, comm, args->address, args->ip, args->error_code); }",
+                ),
             ],
-            ready: "Attaching",
-            ready_file: Some(dir.join("bpftrace-trace.txt")),
-        },
-    )];
+        ),
+        (
+            "count per user stack",
+            vec![
+                pfault_tracer("pfault stackcount -U", &p, &["stackcount", "-U", "--output", "/dev/null"]),
+                bpftrace("bpftrace @[ustack, pid, comm]", out("bpftrace-stacks.txt"), "software:page-faults:1 { @[ustack, pid, comm] = count(); }"),
+            ],
+        ),
+        ("count per file", vec![pfault_tracer("pfault ffaults", &p, &["ffaults", "--output", "/dev/null"])]),
+        (
+            "count per process",
+            vec![
+                pfault_tracer("pfault stat -a", &p, &["stat", "-a", "--output", "/dev/null"]),
+                bpftrace("bpftrace @[pid, comm]", out("bpftrace-stat.txt"), "tracepoint:exceptions:page_fault_user { @[pid, comm] = count(); }"),
+                Tracer {
+                    name: "perf stat -a",
+                    argv: ["perf", "stat", "-a", "-e", "minor-faults,major-faults", "-o"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .chain([out("perf-stat.txt").to_string_lossy().into_owned()])
+                        .collect(),
+                    // perf stat prints nothing until it ends: give it the time it takes to open
+                    // its counters (it needs no compilation).
+                    ready: "",
+                    ready_file: None,
+                },
+            ],
+        ),
+    ];
     say(format!(
         "workload: {PAGES} anonymous pages written once each, median of {RUNS} runs per tool"
     ));
@@ -192,53 +250,51 @@ pub fn run(_args: &[String]) -> Result<()> {
         "no tracer: {base:.3} s ({:.2} us per fault)",
         base * 1e6 / PAGES as f64
     ));
-    let mut rows = Vec::new();
-    for (job, ours, peer) in &jobs {
-        for t in [ours, peer] {
-            let secs = measure(&bin, Some(t))?;
-            let added_us = (secs - base) * 1e6 / PAGES as f64;
-            say(format!(
-                "{}: {secs:.3} s, adds {added_us:.2} us per fault",
-                t.name
-            ));
-            rows.push(Row {
-                job,
-                tool: t.name,
-                command: t.argv[1..].join(" ").replace(&p, "pfault"),
-                secs,
-                added_us,
-            });
-        }
-    }
     let mut md = format!(
         "Workload: `anon_writer {PAGES} {CHUNK}` (writes {PAGES} fresh anonymous pages), median of {RUNS} runs; \
          no tracer: {base:.3} s ({:.2} us per fault).\n\n\
-         | job | tool | workload s | added us/fault | pfault / peer |\n|---|---|---|---|---|\n",
+         | job | tool | workload s | added us/fault | pfault / this |\n|---|---|---|---|---|\n",
         base * 1e6 / PAGES as f64
     );
-    for pair in rows.chunks(2) {
-        let ratio = pair[0].added_us / pair[1].added_us;
-        for (i, r) in pair.iter().enumerate() {
-            let ratio = if i == 0 {
-                format!("{ratio:.2}")
-            } else {
-                String::new()
+    let mut commands = String::new();
+    for (job, tracers) in &jobs {
+        let mut ours = None;
+        for t in tracers {
+            let secs = measure(&bin, Some(t))?;
+            let added = (secs - base) * 1e6 / PAGES as f64;
+            say(format!("{}: {secs:.3} s, adds {added:.2} us per fault", t.name));
+            let ratio = match ours {
+                None => {
+                    ours = Some(added);
+                    String::new()
+                }
+                Some(o) => format!("{:.2}", o / added),
             };
-            md += &format!(
-                "| {} | `{}` | {:.3} | {:.2} | {ratio} |\n",
-                r.job, r.tool, r.secs, r.added_us
-            );
+            md += &format!("| {job} | `{}` | {secs:.3} | {added:.2} | {ratio} |\n", t.name);
+            let cmd = t
+                .argv
+                .join(" ")
+                .replace(&p, "pfault")
+                .replace(&*dir.to_string_lossy(), "target/bench");
+            commands += &format!("- {}: `{cmd}`\n", t.name);
         }
     }
-    md += "\nCommands:\n\n";
-    for r in &rows {
-        md += &format!(
-            "- {}: `{}`\n",
-            r.tool,
-            r.command
-                .replace(&dir.to_string_lossy().into_owned(), "target/bench")
-        );
-    }
+    let (pf_s, pf_kb) = startup(&[&p, "stackcount", "-U", "-d", "0", "--output", "/dev/null"])?;
+    let (bt_s, bt_kb) = startup(&[
+        "bpftrace",
+        "-e",
+        "software:page-faults:1 { @[ustack, pid, comm] = count(); } BEGIN { exit(); }",
+    ])?;
+    md += &format!(
+        "\nStart-up (attach, then stop at once), median of {RUNS}:\n\n| tool | wall s | peak RSS MiB |\n|---|---|---|\n\
+         | `pfault stackcount -U -d 0` | {pf_s:.3} | {:.1} |\n| `bpftrace ... BEGIN {{ exit(); }}` | {bt_s:.3} | {:.1} |\n\
+         | pfault / bpftrace | {:.2} | {:.2} |\n",
+        pf_kb as f64 / 1024.0,
+        bt_kb as f64 / 1024.0,
+        pf_s / bt_s,
+        pf_kb as f64 / bt_kb as f64
+    );
+    md += &format!("\nCommands:\n\n{commands}");
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");
     say(format!("written to {}", dir.join("results.md").display()));
