@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
-    ffaults::FfaultsArgs, stackcount::StackcountArgs, stat::StatArgs, top::TopArgs, trace::TraceArgs,
+    ffaults::FfaultsArgs, pages::PagesArgs, stackcount::StackcountArgs, stat::StatArgs, top::TopArgs,
+    trace::TraceArgs,
 };
 
 #[derive(Parser, Debug)]
@@ -30,6 +31,8 @@ pub enum Command {
     Stat(StatArgs),
     /// A live view of the processes faulting most; q quits
     Top(TopArgs),
+    /// What a process's resident pages are: flags from /proc/kpageflags, like page-types -p
+    Pages(PagesArgs),
     /// What this kernel offers (BTF, kprobes, fentry, tracefs, ring buffer) and which probe mode the tools use
     Probes,
     /// Print shell completions

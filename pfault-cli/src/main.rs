@@ -7,6 +7,7 @@ mod cli;
 mod ffaults;
 mod mappings;
 mod output;
+mod pages;
 mod probes;
 mod probes_cmd;
 mod session;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             Command::Ffaults(args) => ffaults::run(args).await,
             Command::Stat(args) => stat::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Pages(args) => pages::run(args),
             Command::Probes => probes_cmd::run(),
             Command::Completions { shell } => cli::completions(shell),
             Command::Man => cli::man(),

@@ -194,3 +194,20 @@ impl Attached {
 pub fn within(actual: u64, expected: u64, pct: f64) -> bool {
     (actual as f64 - expected as f64).abs() <= expected as f64 * pct / 100.0
 }
+
+/// Starts a workload that sets up its memory, prints `ready pid=N key=value...` and waits for a
+/// line on stdin; returns it held (end it with [`Held::go`]) and what that line said.
+pub fn hold(cmd: &mut Command) -> (Held, HashMap<String, String>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn workload");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let said = kv(&line);
+    let pid = num(&said, "pid") as u32;
+    (Held { child, pid }, said)
+}

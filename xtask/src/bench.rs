@@ -294,6 +294,7 @@ pub fn run(_args: &[String]) -> Result<()> {
         pf_s / bt_s,
         pf_kb as f64 / bt_kb as f64
     );
+    md += &format!("\n### pfault pages\n\n{}", crate::bench_pages::run()?);
     md += &format!("\nCommands:\n\n{commands}");
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");

@@ -5,6 +5,7 @@
 //! built against the nightly toolchain's own LLVM, tracefs mounted) and says so.
 
 mod bench;
+mod bench_pages;
 mod toolchain;
 mod vm;
 
