@@ -42,6 +42,7 @@ impl ProcMaps {
 
 /// A new process keeps mapping libraries for a while after exec; its maps are read again
 /// during that time, so frames in them still resolve if it exits before pfault prints.
+const NEWBORN: Duration = Duration::from_secs(1);
 const YOUNG: Duration = Duration::from_secs(10);
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
@@ -94,21 +95,21 @@ impl Mappings {
         self.procs.entry(pid).or_insert_with(|| ProcMaps::read(pid));
     }
 
-    /// Re-reads the maps of processes first seen less than `YOUNG` ago, at most every
-    /// `REFRESH_EVERY`.
+    /// Re-reads the maps of young processes: on every call (each poll) in their first
+    /// second, when a program maps most of what it will, then every `REFRESH_EVERY` until
+    /// they are `YOUNG` no more.
     pub fn refresh_young(&mut self) {
-        if self.last_refresh.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
-            return;
+        let slow_due = self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if slow_due {
+            self.last_refresh = Some(Instant::now());
         }
-        self.last_refresh = Some(Instant::now());
-        for (pid, p) in self
-            .procs
-            .iter_mut()
-            .filter(|(_, p)| !p.gone && p.first_seen.elapsed() < YOUNG)
-        {
-            // A process that is gone keeps its last map.
-            if let Some(entries) = read_proc_maps(*pid).filter(|e| !e.is_empty()) {
-                p.entries = entries;
+        for (pid, p) in self.procs.iter_mut().filter(|(_, p)| !p.gone) {
+            let age = p.first_seen.elapsed();
+            if age < NEWBORN || slow_due && age < YOUNG {
+                // A process that is gone keeps its last map.
+                if let Some(entries) = read_proc_maps(*pid).filter(|e| !e.is_empty()) {
+                    p.entries = entries;
+                }
             }
         }
     }

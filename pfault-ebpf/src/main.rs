@@ -701,6 +701,8 @@ fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]
         }
     };
     unsafe {
+        // The latest name: a process forked by a shell is named by what it exec'd.
+        (*v).comm = *comm;
         atomic_add(addr_of_mut!((*v).counts[(kind as usize) % 3]), 1);
         if kind != KIND_ERROR {
             atomic_add(addr_of_mut!((*v).latency_sum_ns), latency);
