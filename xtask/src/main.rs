@@ -183,11 +183,52 @@ fn test() -> Result<()> {
         .args(["--", "-D", "warnings"]))?;
     let bin = build_pfault()?;
     say("running unit and end-to-end tests (the e2e tests load pfault's programs into this kernel)");
-    sh(cargo()
-        .env("PFAULT_BIN", &bin)
-        .args(["test", "--release", "--", "--test-threads=1"]))?;
+    let (passed, failed) = cargo_test(&bin)?;
+    if failed > 0 {
+        println!("tests: {passed} passed, {failed} failed");
+        bail!("{failed} tests failed");
+    }
     if std::env::var_os("PFAULT_SKIP_VM").is_none() {
         vm::run()?;
     }
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs the test suites (no doc-tests: there are none) echoing their output, and adds up
+/// their `test result:` lines for one closing line.
+fn cargo_test(bin: &Path) -> Result<(u64, u64)> {
+    let mut child = cargo()
+        .env("PFAULT_BIN", bin)
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap())) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split([';', '.'])
+                    .find_map(|part| part.trim().strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed ({status}) before reporting a failed test");
+    }
+    Ok((passed, failed))
 }
