@@ -110,7 +110,7 @@ impl Counter {
 impl Handler for Counter {
     fn record(&mut self, data: &[u8]) -> Result<()> {
         if let Some(pid) = task_seen(data) {
-            self.maps.note_process(pid);
+            self.maps.reread(pid);
         }
         Ok(())
     }

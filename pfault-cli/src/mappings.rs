@@ -80,7 +80,8 @@ pub fn read_proc_maps(pid: u32) -> Option<Vec<MapEntry>> {
             path,
         });
     }
-    Some(out)
+    // An exiting process (a zombie) reads as empty: that is no map, not an empty one.
+    (!out.is_empty()).then_some(out)
 }
 
 /// The basename the kernel recorded, as text.
@@ -95,6 +96,19 @@ impl Mappings {
         self.procs.entry(pid).or_insert_with(|| ProcMaps::read(pid));
     }
 
+    /// Reads a process's maps again now (it exec'd, or started a thread): a process that is
+    /// gone keeps the map it had.
+    pub fn reread(&mut self, pid: u32) {
+        let fresh = ProcMaps::read(pid);
+        match self.procs.get_mut(&pid) {
+            Some(p) if fresh.gone => p.gone = true,
+            Some(p) => p.entries = fresh.entries,
+            None => {
+                self.procs.insert(pid, fresh);
+            }
+        }
+    }
+
     /// Re-reads the maps of young processes: on every call (each poll) in their first
     /// second, when a program maps most of what it will, then every `REFRESH_EVERY` until
     /// they are `YOUNG` no more.
@@ -107,7 +121,7 @@ impl Mappings {
             let age = p.first_seen.elapsed();
             if age < NEWBORN || slow_due && age < YOUNG {
                 // A process that is gone keeps its last map.
-                if let Some(entries) = read_proc_maps(*pid).filter(|e| !e.is_empty()) {
+                if let Some(entries) = read_proc_maps(*pid) {
                     p.entries = entries;
                 }
             }

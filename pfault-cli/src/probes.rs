@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        FEntry, FExit, KProbe, PerfEvent, TracePoint,
+        FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint,
     },
     util::online_cpus,
     Btf as AyaBtf, Ebpf, EbpfLoader,
@@ -380,6 +380,15 @@ fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result
     Ok(())
 }
 
+/// The exception tracepoints, attached raw (programs and tracepoints share a name).
+fn raw_tracepoint(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let tp: &mut RawTracePoint = ebpf.program_mut(name).context("missing program")?.try_into()?;
+    tp.load().with_context(|| format!("loading {name}"))?;
+    tp.attach(name)
+        .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+    Ok(())
+}
+
 fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
     let btf = AyaBtf::from_sys_fs()?;
     let fe: &mut FEntry = ebpf
@@ -462,10 +471,10 @@ fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<St
     // paths they only catch faults that never reach it (bad address, bad access).
     if mode == ProbeMode::Tracepoint || errors_wanted {
         if plan.modes & MODE_USER != 0 {
-            tracepoint(ebpf, "page_fault_user", "exceptions", "page_fault_user")?;
+            raw_tracepoint(ebpf, "page_fault_user")?;
         }
         if plan.modes & MODE_KERNEL != 0 {
-            tracepoint(ebpf, "page_fault_kernel", "exceptions", "page_fault_kernel")?;
+            raw_tracepoint(ebpf, "page_fault_kernel")?;
         }
     }
     if mode == ProbeMode::Tracepoint {
@@ -475,6 +484,9 @@ fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<St
     tracepoint(ebpf, "task_exit", "sched", "sched_process_exit")?;
     if flags & CFG_FOLLOW != 0 {
         tracepoint(ebpf, "task_fork", "sched", "sched_process_fork")?;
+    }
+    if flags & CFG_NOTIFY_TASKS != 0 {
+        tracepoint(ebpf, "task_exec", "sched", "sched_process_exec")?;
     }
     Ok((mode, refused))
 }
@@ -511,15 +523,7 @@ pub fn report() -> Report {
             Err(e) => format!("no: {}", short_error(e)),
         },
     );
-    if let Ok(btf) = &btf {
-        add(
-            "kernel layout",
-            match kernel_layout(btf) {
-                Ok(_) => "all struct offsets and VM_FAULT_* values found in BTF".into(),
-                Err(e) => format!("incomplete: {e:#}"),
-            },
-        );
-    }
+    // Mounted first: the kernel layout includes a tracepoint format read from tracefs.
     let tracefs = if privileged.is_ok() {
         ensure_tracefs()
     } else {
@@ -533,6 +537,15 @@ pub fn report() -> Report {
             Err(e) => format!("no: {e}"),
         },
     );
+    if let Ok(btf) = &btf {
+        add(
+            "kernel layout",
+            match kernel_layout(btf) {
+                Ok(_) => "all struct offsets and VM_FAULT_* values found in BTF".into(),
+                Err(e) => format!("incomplete: {e:#}"),
+            },
+        );
+    }
     add(
         "exceptions tracepoints",
         yes_no(

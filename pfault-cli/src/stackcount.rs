@@ -221,7 +221,7 @@ fn merge_processes(rows: Vec<Row>) -> Vec<Row> {
 impl Handler for Counter {
     fn record(&mut self, data: &[u8]) -> Result<()> {
         if let Some(pid) = task_seen(data) {
-            self.syms.note_process(pid);
+            self.syms.process_changed(pid);
         }
         Ok(())
     }

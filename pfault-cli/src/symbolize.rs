@@ -93,6 +93,11 @@ impl Symbols {
         self.maps.note_process(pid);
     }
 
+    /// A process exec'd or started a thread: read its maps again while it lives.
+    pub fn process_changed(&mut self, pid: u32) {
+        self.maps.reread(pid);
+    }
+
     /// Symbolizes a user stack (leaf first). Return addresses point after the call, so every
     /// frame but the leaf is looked up one byte earlier.
     pub fn user(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
@@ -159,9 +164,16 @@ impl Symbols {
                 );
             }
         }
-        stack
+        let frames = stack
             .iter()
-            .flat_map(|a| self.cache[&(kernel.clone(), *a)].iter().cloned())
+            .flat_map(|a| self.cache[&(kernel.clone(), *a)].iter().cloned());
+        // An fexit program's stack starts in the program and its trampoline: not the fault's.
+        frames
+            .skip_while(|f| {
+                f.symbol
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("bpf_prog_") || s.starts_with("bpf_trampoline_"))
+            })
             .collect()
     }
 

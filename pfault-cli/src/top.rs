@@ -233,7 +233,7 @@ fn p99(hist: &[u64; HIST_BUCKETS]) -> u64 {
 impl Handler for Top {
     fn record(&mut self, data: &[u8]) -> Result<()> {
         if let Some(pid) = task_seen(data) {
-            self.maps.note_process(pid);
+            self.maps.reread(pid);
         }
         Ok(())
     }

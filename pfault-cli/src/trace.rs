@@ -8,6 +8,7 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
+    agg::task_seen,
     mappings::cstr,
     output::{json, Format, OutputArgs},
     probes::{Plan, ProbeMode, VmFaultNames},
@@ -159,6 +160,10 @@ impl Printer {
 
 impl Handler for Printer {
     fn record(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(pid) = task_seen(data) {
+            self.syms.process_changed(pid);
+            return Ok(());
+        }
         if data.len() < size_of::<FaultEvent>() {
             return Ok(());
         }
@@ -243,10 +248,16 @@ impl Handler for Printer {
         }
         Ok(())
     }
+
+    fn idle(&mut self) {
+        self.syms.maps.refresh_young();
+    }
 }
 
 pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
-    let mut flags = CFG_OUT_EVENTS | CFG_MAPPING;
+    // Processes are noted at their first fault and at exec, so their maps (full paths, and
+    // symbols with -U) are read while they live.
+    let mut flags = CFG_OUT_EVENTS | CFG_MAPPING | CFG_NOTIFY_TASKS;
     if args.user_stack {
         flags |= CFG_USTACK;
     }

@@ -57,8 +57,8 @@ pub const CFG_OUT_PROCS: u32 = 1 << 8;
 /// Aggregations keyed by thread, not process.
 pub const CFG_PER_THREAD: u32 = 1 << 9;
 
-/// Send a [`TaskSeen`] record on a thread's first fault, so userspace can cache its
-/// process's mappings while it lives (stacks and paths still resolve after it exits).
+/// Send a [`TaskSeen`] record on a thread's first fault and on exec, so userspace can read
+/// its process's mappings while it lives (stacks and paths still resolve after it exits).
 pub const CFG_NOTIFY_TASKS: u32 = 1 << 11;
 
 /// `Config::modes` bits.
@@ -173,8 +173,8 @@ pub struct FaultEvent {
     pub map: Mapping,
 }
 
-/// First fault of a thread, in the `EVENTS` ring buffer when `CFG_NOTIFY_TASKS` is set. Told
-/// apart from fault events by its size.
+/// First fault of a thread, or an exec, in the `EVENTS` ring buffer when `CFG_NOTIFY_TASKS`
+/// is set. Told apart from fault events by its size.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TaskSeen {

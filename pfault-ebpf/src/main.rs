@@ -29,10 +29,11 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_get_stackid},
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
-        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext,
+        FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
     },
     EbpfContext, Global,
 };
@@ -87,6 +88,25 @@ static PROC_TEMPLATE: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
+
+/// Set while a completion runs on this CPU. fexit and raw-tracepoint programs only guard
+/// against recursion of themselves, so a fault taken inside a completion (a user-stack walk
+/// meeting an unmapped page) runs the entry programs nested; they must not take the fault
+/// being completed for one that never completed.
+#[map]
+static COMPLETING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn completing() -> bool {
+    COMPLETING.get(0).is_some_and(|c| *c != 0)
+}
+
+#[inline(always)]
+fn set_completing(on: bool) {
+    if let Some(c) = COMPLETING.get_ptr_mut(0) {
+        unsafe { *c = on as u32 };
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -359,21 +379,26 @@ fn mapping_of(p: *mut Pending) {
     *out = v.map;
 }
 
-/// A fault seen by the `exceptions:page_fault_*` tracepoints.
+/// A fault seen by the `exceptions:page_fault_*` tracepoints, as raw tracepoints: the
+/// arguments come as they are, without the trace record a classic tracepoint program has
+/// built for it first (cheaper on every fault).
+/// `TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)`.
 #[inline(always)]
-fn on_exception(ctx: &TracePointContext) -> u32 {
+fn on_exception(ctx: &RawTracePointContext) -> u32 {
+    if completing() {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if !wanted_task(tgid, tid) {
         return 0;
     }
-    let addr: u64 = unsafe { ctx.read_at(8).unwrap_or(0) };
+    let addr: u64 = ctx.arg(0);
     // Faults on kernel addresses (vmalloc and the like) never reach handle_mm_fault.
     if (addr as i64) < 0 {
         return 0;
     }
-    let ip: u64 = unsafe { ctx.read_at(16).unwrap_or(0) };
-    let error_code: u64 = unsafe { ctx.read_at(24).unwrap_or(0) };
+    let error_code: u64 = ctx.arg(2);
     let mode = if error_code as u32 & PF_USER != 0 {
         MODE_USER
     } else {
@@ -382,18 +407,20 @@ fn on_exception(ctx: &TracePointContext) -> u32 {
     if conf!(modes) & mode == 0 {
         return 0;
     }
+    let regs: u64 = ctx.arg(1);
+    let ip = read(regs, conf!(off.regs_ip));
     flush_error(ctx.as_ptr(), tid, false);
     enter(ctx.as_ptr(), tid, addr, ip, error_code as u32, 0);
     0
 }
 
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
     on_exception(&ctx)
 }
 
-#[tracepoint]
-pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
     on_exception(&ctx)
 }
 
@@ -443,6 +470,9 @@ pub fn fault_major(ctx: PerfEventContext) -> u32 {
 /// Entry of `handle_mm_fault(vma, address, flags, regs)`.
 #[inline(always)]
 fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u64) -> u32 {
+    if completing() {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if !wanted_task(tgid, tid) {
@@ -562,6 +592,21 @@ pub fn task_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A traced process replaced its image: its maps are new, tell userspace while it lives.
+#[tracepoint]
+pub fn task_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if wanted_task(tgid, tid)
+        && EVENTS
+            .output::<TaskSeen>(&TaskSeen { pid: tgid, tid }, BPF_RB_FORCE_WAKEUP)
+            .is_err()
+    {
+        count(CNT_RINGBUF_LOST);
+    }
+    0
+}
+
 /// Follow a traced command's children.
 #[tracepoint]
 pub fn task_fork(ctx: TracePointContext) -> u32 {
@@ -575,9 +620,25 @@ pub fn task_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Feeds one finished fault to every output userspace asked for.
+/// Feeds one finished fault to every output userspace asked for, with nested entries held
+/// off (see `COMPLETING`).
 #[inline(always)]
 fn finish(
+    ctx: *mut c_void,
+    p: *mut Pending,
+    kind: u8,
+    vm_fault: u32,
+    latency: u64,
+    source: u8,
+    stacks_ok: bool,
+) {
+    set_completing(true);
+    feed_outputs(ctx, p, kind, vm_fault, latency, source, stacks_ok);
+    set_completing(false);
+}
+
+#[inline(always)]
+fn feed_outputs(
     ctx: *mut c_void,
     p: *mut Pending,
     kind: u8,

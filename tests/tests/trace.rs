@@ -180,3 +180,36 @@ fn json_trace_keeps_up_with_a_fast_faulter_or_counts_what_it_lost() {
         "traced {seen} + lost {lost} != getrusage {minflt}"
     );
 }
+
+#[test]
+fn user_stacks_of_a_command_that_exits_at_once_are_symbolized() {
+    let dir = scratch("trace-short");
+    let out = dir.join("events.json");
+    // A few milliseconds of life: over before pfault's reader would poll.
+    let run = run_with_timeout(
+        pfault()
+            .args(["trace", "-U", "-o", "json", "--kind", "minor", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(workload("anon_writer"))
+            .arg("500"),
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let truth = kv(&String::from_utf8_lossy(&run.stdout));
+    let (start, end) = (num(&truth, "start"), num(&truth, "end"));
+    let faults: Vec<Value> = events_of(&out, num(&truth, "pid"))
+        .into_iter()
+        .filter(|e| in_range(e, start, end))
+        .collect();
+    assert_eq!(faults.len() as u64, 500);
+    for e in &faults {
+        let names: Vec<&str> = e["ustack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["symbol"].as_str())
+            .collect();
+        assert_eq!(names.get(..2), Some(&["touch_pages", "main"][..]), "{e}");
+    }
+}

@@ -1,0 +1,310 @@
+#!/bin/busybox sh
+# PID 1 of the `cargo xtask vm-test` guest. It speaks to the host in console lines:
+#   @@vm check MODE TOOL pass|fail TEXT   one check (the host counts these)
+#   @@vm note TEXT                        why the check above failed
+#   @@vm done                             every check ran
+# A tool is tested by one function, check_TOOL MODE, which runs it on the workloads (run_tool)
+# and checks its output against their ground truth; add the tool to TOOLS.
+#
+# pfault's JSON is compact with a fixed field order ({"ts_ns":..,"pid":..,...}), so events are
+# matched with grep patterns: busybox awk costs about a millisecond a line under TCG.
+
+MODES="fentry kprobe tracepoint"
+TOOLS="trace stackcount ffaults stat"
+export ANON_PAGES=10000 DATA=/data/data.bin
+# Stack walks and symbols cost more: fewer pages for the run with -U -K.
+STACK_PAGES=500
+# A pfault run takes about 10 s under TCG: one that takes this long has hung.
+RUN_TIMEOUT=120
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# tracefs is left unmounted: mounting it is pfault's own job.
+
+note() { echo "@@vm note $*"; }
+
+# The virtio disk: major faults need a page cache that a block device backs.
+for m in $(cat /modules/order); do
+    insmod "/modules/$m.ko" || note "insmod $m failed"
+done
+mkdir -p /data
+mount -t ext4 -o ro /dev/vda /data || note "cannot mount /dev/vda, the disk holding $DATA"
+
+# verdict MODE TOOL PROBLEMS TEXT: the check's line, and its problems as notes ("" = pass).
+verdict() {
+    if [ -z "$3" ]; then
+        echo "@@vm check $1 $2 pass $4"
+    else
+        echo "@@vm check $1 $2 fail $4"
+        echo "$3" | while IFS= read -r l; do note "$l"; done
+    fi
+}
+
+# within A B: A is within 1% of B, and B is not 0.
+within() {
+    [ "$2" -gt 0 ] && [ $((($1 > $2 ? $1 - $2 : $2 - $1) * 100)) -le "$2" ]
+}
+
+# kv KEY FILE: the value of the KEY=VALUE a workload printed.
+kv() { tr ' ' '\n' <"$2" | sed -n "s/^$1=//p" | head -n 1; }
+
+# events PID LO HI <JSON: the events of PID at addresses in [LO, HI).
+events() {
+    grep -F "\"pid\":$1," |
+        awk -v lo="$2" -v hi="$3" '{ a = substr($0, index($0, "\"addr\":") + 7) + 0 } a >= lo && a < hi'
+}
+
+# run_tool TOOL MODE ARGS...: `pfault TOOL --probe MODE ARGS -- /w/run DIR` in DIR=/tmp/TOOL-MODE.
+# Sets $dir and leaves there the workloads' outputs (NAME.out) and pfault's (pfault.out,
+# pfault.err); pfault's exit status in $status.
+run_tool() {
+    tool=$1 mode=$2
+    shift 2
+    dir=/tmp/$tool-$mode
+    mkdir -p "$dir"
+    timeout $RUN_TIMEOUT pfault "$tool" --probe "$mode" "$@" -- /w/run "$dir" \
+        >"$dir/pfault.out" 2>"$dir/pfault.err"
+    status=$?
+}
+
+# What went wrong with the last run_tool, for a failing check's notes.
+run_problem() {
+    echo "pfault exited with status $status; its stderr ends:"
+    tail -n 5 "$dir/pfault.err"
+}
+
+check_probes() {
+    pfault probes >/tmp/probes.out 2>&1
+    status=$?
+    problems=""
+    for m in $MODES; do
+        grep -q "^mode $m  *available" /tmp/probes.out || problems="$problems
+$(grep "^mode $m " /tmp/probes.out || echo "no line for mode $m")"
+    done
+    grep -q "^kernel layout  *all " /tmp/probes.out || problems="$problems
+$(grep "^kernel layout" /tmp/probes.out || echo "no kernel layout line")"
+    [ "$status" = 0 ] || problems="$problems
+pfault probes exited with status $status"
+    verdict - probes "${problems#?}" "$(echo "$MODES" | sed 's/ /, /g') available, kernel layout complete"
+}
+
+check_trace() {
+    mode=$1
+    run_tool trace "$mode" -o json --output /tmp/trace-"$mode"/events.json
+    if [ "$status" != 0 ]; then
+        verdict "$mode" trace "$(run_problem)" "pfault trace on the workloads"
+        return
+    fi
+    trace_anon "$mode"
+    trace_file "$mode"
+    trace_segv "$mode"
+    trace_stacks "$mode"
+}
+
+# Fresh anonymous memory written a byte a page: one minor write fault per page, of a page not
+# present, that sets no VM_FAULT_* bit.
+trace_anon() {
+    pid=$(kv pid "$dir/anon.out") minflt=$(kv minflt "$dir/anon.out")
+    start=$(kv start "$dir/anon.out") end=$(kv end "$dir/anon.out")
+    if [ -z "$pid" ] || [ -z "$minflt" ] || [ -z "$end" ]; then
+        verdict "$1" trace "anon_writer printed: $(cat "$dir/anon.out")" "anon_writer: no ground truth"
+        return
+    fi
+    events "$pid" "$start" "$end" <"$dir/events.json" >"$dir/anon.json"
+    n=$(wc -l <"$dir/anon.json")
+    good='"access":"write","mode":"user","protection":false,"kind":"minor","flags":\[\],"latency_ns":[1-9][0-9]*,"mapping":"\[anon\]"'
+    odd=$(grep -v "$good" "$dir/anon.json")
+    twice=$(grep -o '"addr":[0-9]*' "$dir/anon.json" | sort | uniq -d | wc -l)
+    problems=""
+    within "$n" "$minflt" || problems="$problems
+$n faults traced in the mapping, getrusage says $minflt"
+    [ "$twice" = 0 ] || problems="$problems
+$twice addresses faulted more than once"
+    [ -z "$odd" ] || problems="$problems
+$(echo "$odd" | wc -l) events are not write/user/not-present/minor/no flags/latency > 0/[anon], e.g.:
+$(echo "$odd" | head -n 3)"
+    verdict "$1" trace "${problems#?}" \
+        "anon_writer: $n minor write faults on [anon], no flags, latency > 0 (getrusage minflt $minflt)"
+}
+
+# A file read through mmap after its page cache was dropped: one major read fault per page,
+# with VM_FAULT_MAJOR on the handle_mm_fault paths (the tracepoint path never sees the
+# VM_FAULT_* result: no flags).
+trace_file() {
+    case $1 in
+    tracepoint) flags='\[\]' shown="flags []" ;;
+    *) flags='\[[^]]*"MAJOR"[^]]*\]' shown="MAJOR in flags" ;;
+    esac
+    pid=$(kv pid "$dir/file.out") majflt=$(kv majflt "$dir/file.out")
+    start=$(kv start "$dir/file.out") end=$(kv end "$dir/file.out")
+    if [ -z "$pid" ] || [ -z "$majflt" ] || [ -z "$end" ]; then
+        verdict "$1" trace "file_reader printed: $(cat "$dir/file.out")" "file_reader: no ground truth"
+        return
+    fi
+    pages=$(($(wc -c <"$DATA") / 4096))
+    events "$pid" "$start" "$end" <"$dir/events.json" | grep -F '"kind":"major"' >"$dir/file.json"
+    n=$(wc -l <"$dir/file.json")
+    good="\"access\":\"read\",\"mode\":\"user\",\"protection\":false,\"kind\":\"major\",\"flags\":$flags,\"latency_ns\":[1-9][0-9]*,\"mapping\":\"$DATA\","
+    odd=$(grep -v "$good" "$dir/file.json")
+    misplaced=$(awk -v lo="$start" '{
+        a = substr($0, index($0, "\"addr\":") + 7) + 0
+        o = substr($0, index($0, "\"offset\":") + 9) + 0
+    } o != a - a % 4096 - lo' "$dir/file.json")
+    problems=""
+    [ "$majflt" -ge $((pages * 99 / 100)) ] || problems="$problems
+the workload saw $majflt major faults for $pages pages: page cache not dropped?"
+    within "$n" "$majflt" || problems="$problems
+$n major faults traced in the mapping, getrusage says $majflt"
+    [ -z "$odd" ] || problems="$problems
+$(echo "$odd" | wc -l) events are not read/user/not-present/$shown/latency > 0/$DATA, e.g.:
+$(echo "$odd" | head -n 3)"
+    [ -z "$misplaced" ] || problems="$problems
+$(echo "$misplaced" | wc -l) events have an offset that is not their page's in the file, e.g.:
+$(echo "$misplaced" | head -n 3)"
+    verdict "$1" trace "${problems#?}" \
+        "file_reader: $n major read faults on $DATA at their offsets, $shown (getrusage majflt $majflt)"
+}
+
+# A write to an address no mapping holds: an error fault there, and the process killed.
+trace_segv() {
+    addr=$(kv addr "$dir/segv.out") died=$(kv status "$dir/segv.out")
+    if [ -z "$addr" ]; then
+        verdict "$1" trace "segv printed: $(cat "$dir/segv.out")" "segv: no ground truth"
+        return
+    fi
+    hits=$(grep -c "\"comm\":\"segv\",\"addr\":$addr,.*\"access\":\"write\",\"mode\":\"user\",.*\"kind\":\"error\",.*\"mapping\":\"-\"" \
+        "$dir/events.json")
+    problems=""
+    [ "$died" = 139 ] || problems="$problems
+segv's shell saw status $died, not 139 (128 + SIGSEGV)"
+    [ "$hits" = 1 ] || problems="$problems
+$hits write/user error faults of segv at $addr with no mapping, not 1; its events:
+$(grep '"comm":"segv"' "$dir/events.json" | tail -n 3)"
+    verdict "$1" trace "${problems#?}" "segv: $hits error write fault at $addr (status $died)"
+}
+
+# Stacks are taken when a fault completes: on the handle_mm_fault paths, inside its fexit or
+# kretprobe, where a stack walk that faults must not disturb the fault being finished. The
+# anon_writer with -U -K: no error faults at all, one minor fault per page of its mapping, each
+# with a user stack that starts at the faulting ip and goes on to touch_pages' caller, and on
+# the handle_mm_fault paths a kernel stack through do_user_addr_fault (the tracepoint path
+# completes in a perf event that holds only the user registers: no kernel stack).
+trace_stacks() {
+    dir=/tmp/trace-$1-stacks
+    mkdir -p "$dir"
+    timeout $RUN_TIMEOUT pfault trace -o json -U -K --probe "$1" --output "$dir/events.json" \
+        -- /w/anon_writer $STACK_PAGES >"$dir/anon.out" 2>"$dir/pfault.err"
+    status=$?
+    pid=$(kv pid "$dir/anon.out") minflt=$(kv minflt "$dir/anon.out")
+    start=$(kv start "$dir/anon.out") end=$(kv end "$dir/anon.out")
+    if [ "$status" != 0 ] || [ -z "$pid" ] || [ -z "$minflt" ] || [ -z "$end" ]; then
+        verdict "$1" trace "$(run_problem)" "-U -K: anon_writer: no ground truth"
+        return
+    fi
+    case $1 in
+    tracepoint) kstack='' shown="" ;;
+    *) kstack='"kstack":\[.*"symbol":"do_user_addr_fault"' shown=", kernel stacks through do_user_addr_fault" ;;
+    esac
+    errors=$(grep -F "\"pid\":$pid," "$dir/events.json" | grep '"kind":"error"')
+    events "$pid" "$start" "$end" <"$dir/events.json" >"$dir/anon.json"
+    n=$(wc -l <"$dir/anon.json")
+    odd=$(awk '{
+        ip = substr($0, index($0, "\"ip\":") + 5) + 0
+        u = index($0, "\"ustack\":")
+        ustack = substr($0, u, index($0, "\"kstack\":") - u)
+        leaf = substr(ustack, index(ustack, "\"addr\":") + 7) + 0
+        frames = gsub(/\{"addr":/, "", ustack)
+    } !/"kind":"minor"/ || leaf != ip || frames < 2' "$dir/anon.json")
+    nokstack=""
+    [ -z "$kstack" ] || nokstack=$(grep -v "$kstack" "$dir/anon.json")
+    problems=""
+    [ -z "$errors" ] || problems="$problems
+$(echo "$errors" | wc -l) error faults, e.g.:
+$(echo "$errors" | head -n 2 | cut -c 1-600)"
+    within "$n" "$minflt" || problems="$problems
+$n faults traced in the mapping, getrusage says $minflt"
+    [ -z "$odd" ] || problems="$problems
+$(echo "$odd" | wc -l) events are not minor with a user stack from ip on, e.g.:
+$(echo "$odd" | head -n 2 | cut -c 1-600)"
+    [ -z "$nokstack" ] || problems="$problems
+$(echo "$nokstack" | wc -l) events have no kernel stack through do_user_addr_fault, e.g.:
+$(echo "$nokstack" | head -n 2 | cut -c 1-600)"
+    verdict "$1" trace "${problems#?}" \
+        "-U -K: anon_writer: no errors, $n minor faults, user stacks from ip on$shown (getrusage minflt $minflt)"
+}
+
+# number KEY <JSON: the number after "KEY": in the (first) line.
+number() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" | head -n 1; }
+
+# counts_verdict MODE TOOL WHAT ACTUAL EXPECTED ...: pass when every ACTUAL is within 1% of
+# its EXPECTED (pairs after WHAT), with the numbers in the line.
+counts_verdict() {
+    mode=$1 tool=$2 what=$3
+    shift 3
+    problems="" shown=""
+    while [ $# -ge 2 ]; do
+        a=${1:-0} e=${2:-0}
+        within "$a" "$e" || problems="$problems
+counted $a where the workload's getrusage says $e"
+        shown="$shown $a/$e"
+        shift 2
+    done
+    verdict "$mode" "$tool" "${problems#?}" "$what (pfault/getrusage:$shown)"
+}
+
+# Counts per stack: the stack ending in the function that faults is named and counted.
+check_stackcount() {
+    run_tool stackcount "$1" -U -P -o json --output /tmp/stackcount-"$1"/stacks.json
+    if [ "$status" != 0 ]; then
+        verdict "$1" stackcount "$(run_problem)" "pfault stackcount on the workloads"
+        return
+    fi
+    anon=$(grep -F '"comm":"anon_writer","kind":"minor"' "$dir/stacks.json" |
+        grep '"ustack":\[{"addr":[0-9]*,"symbol":"touch_pages"' | number count)
+    file=$(grep -F '"comm":"file_reader","kind":"major"' "$dir/stacks.json" |
+        grep '"ustack":\[{"addr":[0-9]*,"symbol":"read_pages"' | number count)
+    counts_verdict "$1" stackcount "touch_pages minor and read_pages major stacks" \
+        "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")"
+}
+
+# Counts per file: [anon] for the writer, the data file's path for the reader.
+check_ffaults() {
+    run_tool ffaults "$1" -o json --output /tmp/ffaults-"$1"/files.json
+    if [ "$status" != 0 ]; then
+        verdict "$1" ffaults "$(run_problem)" "pfault ffaults on the workloads"
+        return
+    fi
+    # Rows are per (process, comm): before its exec the child was the shell.
+    anon=$(grep -F "\"pid\":$(kv pid "$dir/anon.out"),\"comm\":\"anon_writer\",\"file\":\"[anon]\"" "$dir/files.json" |
+        number minor)
+    file=$(grep -F "\"file\":\"$DATA\"" "$dir/files.json" | number major)
+    counts_verdict "$1" ffaults "[anon] minor and $DATA major rows" \
+        "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")"
+}
+
+# Counts per process: minor for the writer, major for the reader, one error for segv.
+check_stat() {
+    run_tool stat "$1" -o json --output /tmp/stat-"$1"/procs.json
+    if [ "$status" != 0 ]; then
+        verdict "$1" stat "$(run_problem)" "pfault stat on the workloads"
+        return
+    fi
+    row() { grep -F "\"pid\":$(kv pid "$dir/$1.out")," "$dir/procs.json"; }
+    anon=$(row anon | number minor)
+    file=$(row file | number major)
+    segv=$(grep -F '"comm":"segv"' "$dir/procs.json" | number errors)
+    counts_verdict "$1" stat "anon_writer minor, file_reader major, segv errors" \
+        "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")" "$segv" 1
+}
+
+check_probes
+for mode in $MODES; do
+    for tool in $TOOLS; do
+        check_"$tool" "$mode"
+    done
+done
+echo "@@vm done"
+poweroff -f
