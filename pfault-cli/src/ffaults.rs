@@ -12,7 +12,7 @@ use crate::{
     mappings::{anon_label, cstr, Mappings},
     output::{json, table, Format, OutputArgs},
     probes::Engine,
-    session::{event_ring, DurationArgs, End, Handler, IntervalArgs, Session, TargetArgs},
+    session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
     trace::FaultFilterArgs,
 };
 
@@ -182,8 +182,5 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
         .run(&duration, interval, Some(&mut ring), &mut counter)
         .await?;
     crate::agg::report_losses(&session.engine, "process notices")?;
-    Ok(match end {
-        End::TargetExited(code) => code,
-        _ => None,
-    })
+    Ok(end.exit_code())
 }

@@ -61,6 +61,16 @@ pub enum End {
     TargetExited(Option<i32>),
 }
 
+impl End {
+    /// pfault's exit status: the command's, when pfault started one and it exited.
+    pub fn exit_code(self) -> Option<i32> {
+        match self {
+            End::TargetExited(code) => code,
+            _ => None,
+        }
+    }
+}
+
 /// A command forked by pfault, held before `exec` until the probes are attached.
 struct Paused {
     pid: u32,

@@ -13,7 +13,7 @@ use crate::{
     agg::{comm, read_counts, task_seen},
     output::{flamegraph, folded, json, Format, OutputArgs},
     probes::Engine,
-    session::{event_ring, DurationArgs, End, Handler, IntervalArgs, Session, TargetArgs},
+    session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
     symbolize::{Frame, Symbols},
     trace::{kind_name, FaultFilterArgs, Kind},
 };
@@ -283,8 +283,5 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
         .run(&duration, interval, Some(&mut ring), &mut counter)
         .await?;
     crate::agg::report_losses(&session.engine, "process notices")?;
-    Ok(match end {
-        End::TargetExited(code) => code,
-        _ => None,
-    })
+    Ok(end.exit_code())
 }

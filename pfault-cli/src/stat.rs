@@ -11,7 +11,7 @@ use crate::{
     agg::{comm, read_counts},
     output::{hist, json, table, Format, OutputArgs},
     probes::Engine,
-    session::{DurationArgs, End, Handler, IntervalArgs, Session, TargetArgs},
+    session::{DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
     trace::FaultFilterArgs,
 };
 
@@ -210,8 +210,5 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
     };
     let end = session.run(&duration, interval, None, &mut stats).await?;
     crate::agg::report_losses(&session.engine, "events")?;
-    Ok(match end {
-        End::TargetExited(code) => code,
-        _ => None,
-    })
+    Ok(end.exit_code())
 }

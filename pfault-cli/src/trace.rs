@@ -12,7 +12,7 @@ use crate::{
     mappings::cstr,
     output::{json, Format, OutputArgs},
     probes::{Plan, ProbeMode, VmFaultNames},
-    session::{event_ring, DurationArgs, End, Handler, Session, TargetArgs},
+    session::{event_ring, DurationArgs, Handler, Session, TargetArgs},
     symbolize::{Frame, Symbols},
 };
 
@@ -292,8 +292,5 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
         losses.ringbuf,
         losses.others()
     );
-    Ok(match end {
-        End::TargetExited(code) => code,
-        _ => None,
-    })
+    Ok(end.exit_code())
 }

@@ -116,17 +116,7 @@ pub struct Held {
 
 impl Held {
     pub fn start(cmd: &mut Command) -> Held {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn workload");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pid = num(&kv(&line), "pid") as u32;
-        Held { child, pid }
+        hold(cmd).0
     }
 
     /// Lets it run and returns what it printed.
@@ -210,4 +200,25 @@ pub fn hold(cmd: &mut Command) -> (Held, HashMap<String, String>) {
     let said = kv(&line);
     let pid = num(&said, "pid") as u32;
     (Held { child, pid }, said)
+}
+
+/// Runs `pfault ARGS --output OUT -- WORKLOAD WARGS` to completion, failing the test if pfault
+/// fails, and returns the `key=value` ground truth the workload printed.
+pub fn pfault_on(args: &[&str], out: &Path, workload_name: &str, wargs: &[&str]) -> HashMap<String, String> {
+    let run = run_with_timeout(
+        pfault()
+            .args(args)
+            .arg("--output")
+            .arg(out)
+            .arg("--")
+            .arg(workload(workload_name))
+            .args(wargs),
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.success(),
+        "pfault {args:?} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    kv(&String::from_utf8_lossy(&run.stdout))
 }

@@ -48,17 +48,7 @@ fn file_read_through_mmap_shows_major_faults_under_its_path() {
 fn anonymous_memory_executable_and_libc_are_named() {
     let dir = scratch("ffaults-anon");
     let out = dir.join("files.json");
-    let run = run_with_timeout(
-        pfault()
-            .args(["ffaults", "-o", "json", "--output"])
-            .arg(&out)
-            .arg("--")
-            .arg(workload("anon_writer"))
-            .arg("20000"),
-        Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let truth = kv(&String::from_utf8_lossy(&run.stdout));
+    let truth = pfault_on(&["ffaults", "-o", "json"], &out, "anon_writer", &["20000"]);
     let (pid, minflt) = (num(&truth, "pid"), num(&truth, "minflt"));
     let rows = rows_of(&out, pid);
     let file = |r: &Value| r["file"].as_str().unwrap().to_string();

@@ -88,17 +88,10 @@ fn svg_flame_graph_is_well_formed_and_names_the_function() {
 fn json_stacks_carry_symbolized_frames() {
     let dir = scratch("stackcount-json");
     let out = dir.join("stacks.json");
-    let run = run_with_timeout(
-        pfault()
-            .args(["stackcount", "-o", "json", "--output"])
-            .arg(&out)
-            .arg("--")
-            .arg(workload("anon_writer"))
-            .arg("3000"),
-        Duration::from_secs(60),
+    let minflt = num(
+        &pfault_on(&["stackcount", "-o", "json"], &out, "anon_writer", &["3000"]),
+        "minflt",
     );
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let minflt = num(&kv(&String::from_utf8_lossy(&run.stdout)), "minflt");
     let rows = json_lines(&out);
     let row = rows
         .iter()

@@ -8,18 +8,7 @@ use pfault_tests::*;
 fn forked_child_copy_on_write_faults_get_their_own_row() {
     let dir = scratch("stat-cow");
     let out = dir.join("stat.json");
-    let run = run_with_timeout(
-        pfault()
-            .args(["stat", "-o", "json", "--output"])
-            .arg(&out)
-            .arg("--")
-            .arg(workload("fork_cow"))
-            .arg("10000"),
-        Duration::from_secs(60),
-    );
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let text = String::from_utf8_lossy(&run.stdout);
-    let truth = kv(&text);
+    let truth = pfault_on(&["stat", "-o", "json"], &out, "fork_cow", &["10000"]);
     let (parent, child, child_minflt) = (num(&truth, "parent"), num(&truth, "child"), num(&truth, "minflt"));
     let rows = json_lines(&out);
     let row = |pid: u64| {

@@ -18,21 +18,7 @@ fn in_range(e: &Value, start: u64, end: u64) -> bool {
 fn anon_writer_gives_one_minor_write_fault_per_page() {
     let dir = scratch("trace-anon");
     let out = dir.join("events.json");
-    let run = run_with_timeout(
-        pfault()
-            .args(["trace", "-o", "json", "--output"])
-            .arg(&out)
-            .arg("--")
-            .arg(workload("anon_writer"))
-            .arg("20000"),
-        Duration::from_secs(120),
-    );
-    assert!(
-        run.status.success(),
-        "pfault failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let truth = kv(&String::from_utf8_lossy(&run.stdout));
+    let truth = pfault_on(&["trace", "-o", "json"], &out, "anon_writer", &["20000"]);
     let (pid, minflt) = (num(&truth, "pid"), num(&truth, "minflt"));
     let (start, end) = (num(&truth, "start"), num(&truth, "end"));
     let faults: Vec<Value> = events_of(&out, pid)
@@ -186,17 +172,12 @@ fn user_stacks_of_a_command_that_exits_at_once_are_symbolized() {
     let dir = scratch("trace-short");
     let out = dir.join("events.json");
     // A few milliseconds of life: over before pfault's reader would poll.
-    let run = run_with_timeout(
-        pfault()
-            .args(["trace", "-U", "-o", "json", "--kind", "minor", "--output"])
-            .arg(&out)
-            .arg("--")
-            .arg(workload("anon_writer"))
-            .arg("500"),
-        Duration::from_secs(60),
+    let truth = pfault_on(
+        &["trace", "-U", "-o", "json", "--kind", "minor"],
+        &out,
+        "anon_writer",
+        &["500"],
     );
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let truth = kv(&String::from_utf8_lossy(&run.stdout));
     let (start, end) = (num(&truth, "start"), num(&truth, "end"));
     let faults: Vec<Value> = events_of(&out, num(&truth, "pid"))
         .into_iter()
