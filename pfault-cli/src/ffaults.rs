@@ -115,7 +115,7 @@ impl Handler for Counter {
         Ok(())
     }
 
-    fn idle(&mut self) {
+    fn idle(&mut self, _engine: &mut Engine) {
         self.maps.refresh_young();
     }
 

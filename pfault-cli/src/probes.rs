@@ -469,7 +469,8 @@ fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<St
     let errors_wanted = plan.kinds & (1 << KIND_ERROR) != 0;
     // The exception tracepoints are the entry on the tracepoint path; on the handle_mm_fault
     // paths they only catch faults that never reach it (bad address, bad access).
-    if mode == ProbeMode::Tracepoint || errors_wanted {
+    let completion_only = mode == ProbeMode::Tracepoint && flags & CFG_COMPLETION_ONLY != 0;
+    if (mode == ProbeMode::Tracepoint || errors_wanted) && !completion_only {
         if plan.modes & MODE_USER != 0 {
             raw_tracepoint(ebpf, "page_fault_user")?;
         }
@@ -480,8 +481,10 @@ fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<St
     if mode == ProbeMode::Tracepoint {
         attach_accounting_events(ebpf)?;
     }
-    // Clears entries of exiting threads (and reports the faults that killed them).
-    tracepoint(ebpf, "task_exit", "sched", "sched_process_exit")?;
+    if !completion_only {
+        // Clears entries of exiting threads (and reports the faults that killed them).
+        tracepoint(ebpf, "task_exit", "sched", "sched_process_exit")?;
+    }
     if flags & CFG_FOLLOW != 0 {
         tracepoint(ebpf, "task_fork", "sched", "sched_process_fork")?;
     }

@@ -272,7 +272,7 @@ impl Session {
                         }
                         Err(_) => drain(fd.get_mut(), handler)?,
                     }
-                    handler.idle();
+                    handler.idle(&mut self.engine);
                     anyhow::Ok(())
                 }, if ring.is_some() => r?,
             }
@@ -317,7 +317,7 @@ pub trait Handler {
     }
 
     /// After each batch of records, or every poll period when none came.
-    fn idle(&mut self) {}
+    fn idle(&mut self, _engine: &mut Engine) {}
 
     /// Checked after every tick: the user asked to stop (`q` in `top`).
     fn quit(&self) -> bool {

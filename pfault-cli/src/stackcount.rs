@@ -2,7 +2,11 @@
 //! `stackcount t:exceptions:page_fault_user`, bpftrace's faults.bt), symbolized, folded or
 //! drawn as a flame graph.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use aya::maps::{MapData, StackTraceMap};
@@ -81,7 +85,11 @@ struct Counter {
     out: Box<dyn Write>,
     args: StackcountArgs,
     syms: Symbols,
+    completion_only: bool,
+    last_scan: Instant,
 }
+
+const SCAN_EVERY: Duration = Duration::from_millis(500);
 
 impl Counter {
     fn frames(&mut self, stacks: &StackTraceMap<&MapData>, id: i32, pid: u32, user: bool) -> Vec<Frame> {
@@ -226,7 +234,21 @@ impl Handler for Counter {
         Ok(())
     }
 
-    fn idle(&mut self) {
+    fn idle(&mut self, engine: &mut Engine) {
+        // Counting at completion alone sends no notice of new processes: find them in the
+        // count map's keys, while they live.
+        if self.completion_only && self.last_scan.elapsed() >= SCAN_EVERY {
+            self.last_scan = Instant::now();
+            let map = engine
+                .ebpf
+                .map("STACK_COUNTS")
+                .map(aya::maps::HashMap::<_, StackKey, u64>::try_from);
+            if let Some(Ok(map)) = map {
+                for key in map.keys().filter_map(|k| k.ok()) {
+                    self.syms.note_process(key.tgid);
+                }
+            }
+        }
         self.syms.maps.refresh_young();
     }
 
@@ -261,6 +283,18 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.major {
         args.filter.kind = vec![Kind::Major];
     }
+    // Errors and latency need the entry probe; minor and major alone are counted at
+    // completion with one probe per fault (on the tracepoint path).
+    if args.filter.kind.is_empty() {
+        args.filter.kind = vec![Kind::Minor, Kind::Major];
+    }
+    let completion_only = !args.filter.kind.contains(&Kind::Error)
+        && args.filter.min_latency.is_none()
+        && !args.filter.user_faults
+        && !args.filter.kernel_faults;
+    if completion_only {
+        flags |= CFG_COMPLETION_ONLY;
+    }
     let mut plan = args.filter.plan(flags);
     plan.stack_entries = args.stack_entries;
     plan.agg_entries = args.map_entries;
@@ -272,6 +306,8 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let interval = args.interval.interval;
     let duration = args.duration.clone();
     let mut counter = Counter {
+        completion_only,
+        last_scan: Instant::now(),
         out,
         syms: Symbols::default(),
         args,

@@ -11,7 +11,7 @@ use crate::{
     agg::task_seen,
     mappings::cstr,
     output::{json, Format, OutputArgs},
-    probes::{Plan, ProbeMode, VmFaultNames},
+    probes::{Engine, Plan, ProbeMode, VmFaultNames},
     session::{event_ring, DurationArgs, Handler, Session, TargetArgs},
     symbolize::{Frame, Symbols},
 };
@@ -249,7 +249,7 @@ impl Handler for Printer {
         Ok(())
     }
 
-    fn idle(&mut self) {
+    fn idle(&mut self, _engine: &mut Engine) {
         self.syms.maps.refresh_young();
     }
 }

@@ -61,6 +61,10 @@ pub const CFG_PER_THREAD: u32 = 1 << 9;
 /// its process's mappings while it lives (stacks and paths still resolve after it exits).
 pub const CFG_NOTIFY_TASKS: u32 = 1 << 11;
 
+/// Tracepoint path, stack counts only: count at completion alone, with stacks walked from the
+/// fault's own registers; no entry probe (so no error faults and no latency).
+pub const CFG_COMPLETION_ONLY: u32 = 1 << 12;
+
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
 pub const MODE_KERNEL: u32 = 2;
@@ -69,6 +73,7 @@ pub const MODE_KERNEL: u32 = 2;
 pub const CNT_RINGBUF_LOST: u32 = 0;
 pub const CNT_PENDING_FULL: u32 = 1;
 pub const CNT_STACK_COLLISION: u32 = 2;
+/// The stack map was full.
 pub const CNT_STACK_MISSING: u32 = 3;
 pub const CNT_AGG_FULL: u32 = 4;
 pub const CNT_VMA_BUSY: u32 = 5;

@@ -137,6 +137,7 @@ struct Pending {
 }
 
 const EEXIST: i64 = 17;
+const ENOMEM: i64 = 12;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -253,12 +254,14 @@ fn stack_id(ctx: *mut c_void, flag: u32, user: bool) -> i32 {
     }
     let f = if user { BPF_F_USER_STACK as u64 } else { 0 };
     let id = unsafe { bpf_get_stackid(ctx, addr_of!(STACKS) as *mut c_void, f) };
+    // -EFAULT only says there is no such stack (no kernel stack for a fault raised in user
+    // mode, no user stack for a kernel thread): nothing lost.
+    if id == -EEXIST {
+        count(CNT_STACK_COLLISION);
+    } else if id == -ENOMEM {
+        count(CNT_STACK_MISSING);
+    }
     if id < 0 {
-        count(if id == -EEXIST {
-            CNT_STACK_COLLISION
-        } else {
-            CNT_STACK_MISSING
-        });
         return -1;
     }
     id as i32
@@ -446,6 +449,9 @@ fn flush_error(ctx: *mut c_void, tid: u32, stacks_ok: bool) {
 /// Completion on the tracepoint path: `mm_account_fault` raised PAGE_FAULTS_MIN/MAJ.
 #[inline(always)]
 fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
+    if conf!(flags) & CFG_COMPLETION_ONLY != 0 {
+        return count_stack_at_completion(ctx, kind);
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(p) = PENDING.get_ptr_mut(tid) {
         if unsafe { (*p).active } != 0 {
@@ -454,6 +460,29 @@ fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
             unsafe { (*p).active = 0 };
         }
     }
+    0
+}
+
+/// Stack counts with one probe per fault: the perf event holds the fault's registers, so the
+/// user stack (and, for a fault raised in kernel mode, the kernel stack) is the fault's own.
+#[inline(always)]
+fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32 {
+    if conf!(kinds) & (1 << kind) == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !wanted_task(tgid, tid) {
+        return 0;
+    }
+    let key = StackKey {
+        tgid,
+        kind: kind as u32,
+        ustack_id: stack_id(ctx.as_ptr(), CFG_USTACK, true),
+        kstack_id: stack_id(ctx.as_ptr(), CFG_KSTACK, false),
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    add_count(&STACK_COUNTS, &key);
     0
 }
 
