@@ -410,8 +410,12 @@ fn on_exception(ctx: &RawTracePointContext) -> u32 {
     if conf!(modes) & mode == 0 {
         return 0;
     }
-    let regs: u64 = ctx.arg(1);
-    let ip = read(regs, conf!(off.regs_ip));
+    // Only printed events show the faulting ip: not worth a probe read otherwise.
+    let ip = if conf!(flags) & CFG_OUT_EVENTS != 0 {
+        read(ctx.arg::<u64>(1), conf!(off.regs_ip))
+    } else {
+        0
+    };
     flush_error(ctx.as_ptr(), tid, false);
     enter(ctx.as_ptr(), tid, addr, ip, error_code as u32, 0);
     0
