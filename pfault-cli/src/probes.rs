@@ -291,8 +291,9 @@ impl Engine {
     pub fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
         check_privileges()?;
         ensure_tracefs()?;
-        let btf = Btf::from_sys_fs()?;
-        let (off, vm_fault_names) = kernel_layout(&btf)?;
+        // The kernel's BTF (megabytes) is freed before attaching: the fentry attempt parses its
+        // own copy, and the two need not coexist.
+        let (off, vm_fault_names) = kernel_layout(&Btf::from_sys_fs()?)?;
         let mut flags = plan.flags;
         if filter.comm.is_some() {
             flags |= CFG_FILTER_COMM;
@@ -315,6 +316,9 @@ impl Engine {
         let size = |bit: u32, n: u32| if flags & bit != 0 { n } else { 1 };
         let stacks = flags & CFG_OUT_STACKS != 0 && flags & (CFG_USTACK | CFG_KSTACK) != 0;
         let mut loader = EbpfLoader::new();
+        // The programs carry no CO-RE relocations (offsets come in CONFIG): aya need not parse
+        // the kernel's BTF for them, which costs start-up time and about 14 MiB.
+        loader.btf(None);
         loader
             .override_global("CONFIG", &config, true)
             .map_max_entries(
