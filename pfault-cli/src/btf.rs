@@ -6,6 +6,8 @@
 //! offsets private and the crates that expose them are LGPL; the format is small enough
 //! (Documentation/bpf/btf.rst) to read directly.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Context, Result};
 
 const KIND_STRUCT: u32 = 4;
@@ -23,6 +25,8 @@ pub struct Btf {
     strings: usize,
     /// Byte offset of each type record in `data`; type id N is at index N - 1.
     types: Vec<usize>,
+    /// Struct, union and enum ids by name: built in one pass, not a scan per lookup.
+    named: HashMap<Box<[u8]>, Vec<u32>>,
 }
 
 impl Btf {
@@ -58,11 +62,20 @@ impl Btf {
                     _ => 0,
                 };
         }
-        Ok(Self {
+        let mut btf = Self {
             data,
             strings: hdr_len + str_off,
             types,
-        })
+            named: HashMap::new(),
+        };
+        for id in 1..=btf.types.len() as u32 {
+            let name_off = btf.u32_at(btf.types[id as usize - 1]);
+            if name_off != 0 && matches!(btf.kind(id), KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) {
+                let name: Box<[u8]> = btf.name(name_off).into();
+                btf.named.entry(name).or_default().push(id);
+            }
+        }
+        Ok(btf)
     }
 
     fn u32_at(&self, o: usize) -> u32 {
@@ -79,10 +92,11 @@ impl Btf {
     }
 
     fn find(&self, kinds: &[u32], name: &str) -> Option<u32> {
-        (1..=self.types.len() as u32).find(|&id| {
-            let o = self.types[id as usize - 1];
-            kinds.contains(&self.kind(id)) && self.name(self.u32_at(o)) == name.as_bytes()
-        })
+        self.named
+            .get(name.as_bytes())?
+            .iter()
+            .copied()
+            .find(|&id| kinds.contains(&self.kind(id)))
     }
 
     /// Follows typedefs and qualifiers to the underlying type.

@@ -310,6 +310,8 @@ impl Engine {
             kinds: plan.kinds,
             modes: plan.modes,
             wakeup_bytes: plan.ringbuf_bytes / 16,
+            self_tgid: std::process::id(),
+            _pad: 0,
             off,
         };
         // Maps an output does not use shrink to one entry: they are preallocated.

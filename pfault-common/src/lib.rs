@@ -135,6 +135,9 @@ pub struct Config {
     pub modes: u32,
     /// Wake the event reader once this many bytes wait in the ring buffer (it also polls).
     pub wakeup_bytes: u32,
+    /// pfault's own process: never traced (its faults are the tracer's, not the workload's).
+    pub self_tgid: u32,
+    pub _pad: u32,
     pub off: Offsets,
 }
 

@@ -163,6 +163,9 @@ fn read<T: Copy>(base: u64, off: u32) -> T {
 /// Is this task one the user asked for?
 #[inline(always)]
 fn wanted_task(tgid: u32, tid: u32) -> bool {
+    if tgid == conf!(self_tgid) {
+        return false;
+    }
     let want_tgid = conf!(tgid);
     if want_tgid != 0 && want_tgid != tgid {
         return false;
