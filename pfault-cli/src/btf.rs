@@ -17,6 +17,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
@@ -147,6 +148,15 @@ impl Btf {
             id = ty;
         }
         Ok(total)
+    }
+
+    /// The BTF id of a kernel function.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        // One scan: functions are most of the types, too many to index for one lookup.
+        (1..=self.types.len() as u32).find(|&id| {
+            self.kind(id) == KIND_FUNC
+                && self.name(self.u32_at(self.types[id as usize - 1])) == name.as_bytes()
+        })
     }
 
     /// All `(name, value)` pairs of an enum.

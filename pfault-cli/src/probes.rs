@@ -293,7 +293,10 @@ impl Engine {
         ensure_tracefs()?;
         // The kernel's BTF (megabytes) is freed before attaching: the fentry attempt parses its
         // own copy, and the two need not coexist.
-        let (off, vm_fault_names) = kernel_layout(&Btf::from_sys_fs()?)?;
+        let btf = Btf::from_sys_fs()?;
+        let (off, vm_fault_names) = kernel_layout(&btf)?;
+        let hmf_btf_id = btf.func_id("handle_mm_fault");
+        drop(btf);
         let mut flags = plan.flags;
         if filter.comm.is_some() {
             flags |= CFG_FILTER_COMM;
@@ -336,7 +339,7 @@ impl Engine {
             .map_max_entries("FILE_COUNTS", size(CFG_OUT_FILES, plan.agg_entries))
             .map_max_entries("PROC_STATS", size(CFG_OUT_PROCS, 8192));
         let mut ebpf = loader.load(BPF_OBJECT).context("loading pfault's eBPF object")?;
-        let (mode, refused) = attach(&mut ebpf, plan, flags)?;
+        let (mode, refused) = attach(&mut ebpf, plan, flags, hmf_btf_id)?;
         Ok(Engine {
             ebpf,
             mode,
@@ -383,6 +386,35 @@ fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result
     tp.load().with_context(|| format!("loading {prog}"))?;
     tp.attach(category, name)
         .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+    Ok(())
+}
+
+/// Asks the kernel whether it loads an fentry program on handle_mm_fault, with the smallest
+/// such program (`return 0`). aya would first parse the kernel's whole BTF (tens of
+/// milliseconds, megabytes) only to be refused where a security policy forbids trampolines.
+fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+    let id = hmf_btf_id.context("kernel BTF has no handle_mm_fault")?;
+    // r0 = 0; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    // union bpf_attr, BPF_PROG_LOAD part: the fields up to attach_btf_id (offset 108).
+    let mut attr = [0u8; 128];
+    let put32 = |a: &mut [u8; 128], off: usize, v: u32| a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    let put64 = |a: &mut [u8; 128], off: usize, v: u64| a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    put32(&mut attr, 0, BPF_PROG_TYPE_TRACING);
+    put32(&mut attr, 4, insns.len() as u32);
+    put64(&mut attr, 8, insns.as_ptr() as u64);
+    put64(&mut attr, 16, license.as_ptr() as u64);
+    put32(&mut attr, 68, BPF_TRACE_FENTRY);
+    put32(&mut attr, 108, id);
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    unsafe { libc::close(fd as i32) };
     Ok(())
 }
 
@@ -446,7 +478,12 @@ fn attach_accounting_events(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 /// Chooses and attaches a probe mode: the one asked for, or the best this kernel allows.
-fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<String>)> {
+fn attach(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    flags: u32,
+    hmf_btf_id: Option<u32>,
+) -> Result<(ProbeMode, Vec<String>)> {
     let mut refused = Vec::new();
     let mode = match plan.probe {
         Some(ProbeMode::Fentry) => {
@@ -458,7 +495,7 @@ fn attach(ebpf: &mut Ebpf, plan: &Plan, flags: u32) -> Result<(ProbeMode, Vec<St
             ProbeMode::Kprobe
         }
         Some(ProbeMode::Tracepoint) => ProbeMode::Tracepoint,
-        None => match attach_fentry(ebpf) {
+        None => match fentry_permitted(hmf_btf_id).and_then(|()| attach_fentry(ebpf)) {
             Ok(()) => ProbeMode::Fentry,
             Err(e) => {
                 refused.push(format!("fentry: {}", short_error(&e)));

@@ -88,7 +88,14 @@ $(grep "^mode $m " /tmp/probes.out || echo "no line for mode $m")"
 $(grep "^kernel layout" /tmp/probes.out || echo "no kernel layout line")"
     [ "$status" = 0 ] || problems="$problems
 pfault probes exited with status $status"
-    verdict - probes "${problems#?}" "$(echo "$MODES" | sed 's/ /, /g') available, kernel layout complete"
+    # Left to choose, a tool takes the best mode: fentry here.
+    auto=$(pfault trace -d 0 2>&1 >/dev/null | grep "probe mode")
+    case $auto in
+    "pfault: probe mode fentry"*) ;;
+    *) problems="$problems
+without --probe: $auto" ;;
+    esac
+    verdict - probes "${problems#?}" "$(echo "$MODES" | sed 's/ /, /g') available, kernel layout complete, fentry chosen by default"
 }
 
 check_trace() {
