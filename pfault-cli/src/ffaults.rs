@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::{
     agg::{comm, read_counts, task_seen},
-    mappings::{anon_label, cstr, Mappings},
-    output::{json, table, Format, OutputArgs},
+    mappings::Mappings,
+    output::{table, OutputArgs},
     probes::Engine,
     session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
     trace::FaultFilterArgs,
@@ -72,11 +72,9 @@ impl Counter {
         let mut rows: Vec<Row> = read_counts::<FileKey, FileCounts>(engine, "FILE_COUNTS", reset)?
             .into_iter()
             .map(|(k, v)| {
-                let file = if k.map_kind as u8 == MAP_FILE {
-                    self.maps.file_name(k.tgid, k.dev, k.ino, cstr(&v.name))
-                } else {
-                    anon_label(k.map_kind as u8).to_string()
-                };
+                let file = self
+                    .maps
+                    .counted_name(k.tgid, k.map_kind as u8, k.dev, k.ino, &v.name);
                 let [minor, major, errors] = v.counts;
                 let total = minor + major + errors;
                 Row {
@@ -121,41 +119,31 @@ impl Handler for Counter {
 
     fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
         let rows = self.rows(engine, !last)?;
-        match self.args.output.format {
-            Format::Json => {
-                for r in &rows {
-                    json::write_line(&mut self.out, r)?;
-                }
-            }
-            Format::Text => {
-                if !last {
-                    writeln!(self.out, "[{}]", crate::output::clock())?;
-                }
-                let mut t = table::Table::new(&[
-                    ("PID", true),
-                    ("COMM", false),
-                    ("MINOR", true),
-                    ("MAJOR", true),
-                    ("ERRORS", true),
-                    ("PAGES", true),
-                    ("BYTES", true),
-                    ("FILE", false),
+        crate::output::write_rows(&mut self.out, self.args.output.format, last, &rows, |rows| {
+            let mut t = table::Table::new(&[
+                ("PID", true),
+                ("COMM", false),
+                ("MINOR", true),
+                ("MAJOR", true),
+                ("ERRORS", true),
+                ("PAGES", true),
+                ("BYTES", true),
+                ("FILE", false),
+            ]);
+            for r in rows {
+                t.push(vec![
+                    r.pid.to_string(),
+                    r.comm.clone(),
+                    r.minor.to_string(),
+                    r.major.to_string(),
+                    r.errors.to_string(),
+                    r.total.to_string(),
+                    table::bytes(r.bytes),
+                    r.file.clone(),
                 ]);
-                for r in &rows {
-                    t.push(vec![
-                        r.pid.to_string(),
-                        r.comm.clone(),
-                        r.minor.to_string(),
-                        r.major.to_string(),
-                        r.errors.to_string(),
-                        r.total.to_string(),
-                        table::bytes(r.bytes),
-                        r.file.clone(),
-                    ]);
-                }
-                t.write(&mut self.out)?;
             }
-        }
+            t
+        })?;
         self.out.flush()?;
         Ok(())
     }
@@ -178,9 +166,13 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
     if let Some(pid) = counter.args.target.pid {
         counter.maps.note_process(pid);
     }
-    let end = session
-        .run(&duration, interval, Some(&mut ring), &mut counter)
-        .await?;
-    crate::agg::report_losses(&session.engine, "process notices")?;
-    Ok(end.exit_code())
+    session
+        .run_counting(
+            &duration,
+            interval,
+            Some(&mut ring),
+            &mut counter,
+            "process notices",
+        )
+        .await
 }

@@ -176,6 +176,16 @@ impl Mappings {
         }
     }
 
+    /// The name of a mapping counted in the kernel: the file's path (see [`Self::file_name`]),
+    /// or `[anon]`/`[heap]`/`[stack]`.
+    pub fn counted_name(&mut self, pid: u32, map_kind: u8, dev: u32, ino: u64, basename: &[u8]) -> String {
+        if map_kind == MAP_FILE {
+            self.file_name(pid, dev, ino, cstr(basename))
+        } else {
+            anon_label(map_kind).to_string()
+        }
+    }
+
     /// How a fault's mapping reads: a full path, `[anon]`, `[heap]`, `[stack]`, or `-` when
     /// no mapping holds the address.
     pub fn describe(&mut self, pid: u32, addr: u64, m: &Mapping) -> String {

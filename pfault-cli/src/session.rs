@@ -284,6 +284,22 @@ impl Session {
         Ok(end)
     }
 
+    /// [`Self::run`] for the tools that count in the kernel: then says on stderr what the
+    /// kernel could not record (`ring_what` names what the ring buffer carried) and returns
+    /// pfault's exit status.
+    pub async fn run_counting(
+        &mut self,
+        duration: &DurationArgs,
+        interval: Option<f64>,
+        ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
+        handler: &mut dyn Handler,
+        ring_what: &str,
+    ) -> Result<Option<i32>> {
+        let end = self.run(duration, interval, ring, handler).await?;
+        crate::agg::report_losses(&self.engine, ring_what)?;
+        Ok(end.exit_code())
+    }
+
     /// The exit code of a command pfault started (128 + signal when killed), once it exited.
     fn reap(&mut self) -> Option<i32> {
         let pid = self.child.take()?;

@@ -315,9 +315,13 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if let Some(pid) = counter.args.target.pid {
         counter.syms.note_process(pid);
     }
-    let end = session
-        .run(&duration, interval, Some(&mut ring), &mut counter)
-        .await?;
-    crate::agg::report_losses(&session.engine, "process notices")?;
-    Ok(end.exit_code())
+    session
+        .run_counting(
+            &duration,
+            interval,
+            Some(&mut ring),
+            &mut counter,
+            "process notices",
+        )
+        .await
 }

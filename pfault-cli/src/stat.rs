@@ -8,8 +8,8 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    agg::{comm, read_counts},
-    output::{hist, json, table, Format, OutputArgs},
+    agg::{comm, percentile, read_counts},
+    output::{hist, table, Format, OutputArgs},
     probes::Engine,
     session::{DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
     trace::FaultFilterArgs,
@@ -62,30 +62,6 @@ struct Row {
     hist: [u64; HIST_BUCKETS],
 }
 
-/// The latency below which `q` of the faults fall, from the log-linear histogram (the
-/// bucket's midpoint: within about 10%).
-fn percentile(hist: &[u64; HIST_BUCKETS], q: f64) -> u64 {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    let rank = (total as f64 * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, &n) in hist.iter().enumerate() {
-        seen += n;
-        if seen >= rank {
-            let lo = hist_bucket_floor(i);
-            let hi = if i + 1 < HIST_BUCKETS {
-                hist_bucket_floor(i + 1)
-            } else {
-                lo
-            };
-            return (lo + hi) / 2;
-        }
-    }
-    0
-}
-
 struct Stats {
     out: Box<dyn Write>,
     args: StatArgs,
@@ -134,55 +110,46 @@ fn us(ns: u64) -> String {
 impl Handler for Stats {
     fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
         let rows = self.rows(engine, !last)?;
-        match self.args.output.format {
-            Format::Json => {
-                for r in &rows {
-                    json::write_line(&mut self.out, r)?;
-                }
+        let per_thread = self.args.per_thread;
+        crate::output::write_rows(&mut self.out, self.args.output.format, last, &rows, |rows| {
+            let mut cols = vec![("PID", true)];
+            if per_thread {
+                cols.push(("TID", true));
             }
-            Format::Text => {
-                if !last {
-                    writeln!(self.out, "[{}]", crate::output::clock())?;
-                }
-                let mut cols = vec![("PID", true)];
-                if self.args.per_thread {
-                    cols.push(("TID", true));
-                }
-                cols.extend([
-                    ("COMM", false),
-                    ("MINOR", true),
-                    ("MAJOR", true),
-                    ("ERRORS", true),
-                    ("FAULTS/s", true),
-                    ("P50us", true),
-                    ("P90us", true),
-                    ("P99us", true),
-                    ("MAXus", true),
+            cols.extend([
+                ("COMM", false),
+                ("MINOR", true),
+                ("MAJOR", true),
+                ("ERRORS", true),
+                ("FAULTS/s", true),
+                ("P50us", true),
+                ("P90us", true),
+                ("P99us", true),
+                ("MAXus", true),
+            ]);
+            let mut t = table::Table::new(&cols);
+            for r in rows {
+                let mut cells = vec![r.pid.to_string()];
+                cells.extend(r.tid.map(|t| t.to_string()));
+                cells.extend([
+                    r.comm.clone(),
+                    r.minor.to_string(),
+                    r.major.to_string(),
+                    r.errors.to_string(),
+                    format!("{:.0}", r.faults_per_sec),
+                    us(r.latency_ns.p50),
+                    us(r.latency_ns.p90),
+                    us(r.latency_ns.p99),
+                    us(r.latency_ns.max),
                 ]);
-                let mut t = table::Table::new(&cols);
-                for r in &rows {
-                    let mut cells = vec![r.pid.to_string()];
-                    cells.extend(r.tid.map(|t| t.to_string()));
-                    cells.extend([
-                        r.comm.clone(),
-                        r.minor.to_string(),
-                        r.major.to_string(),
-                        r.errors.to_string(),
-                        format!("{:.0}", r.faults_per_sec),
-                        us(r.latency_ns.p50),
-                        us(r.latency_ns.p90),
-                        us(r.latency_ns.p99),
-                        us(r.latency_ns.max),
-                    ]);
-                    t.push(cells);
-                }
-                t.write(&mut self.out)?;
-                if self.args.hist {
-                    for r in &rows {
-                        writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, r.comm)?;
-                        hist::write_log2_us(&mut self.out, &r.hist)?;
-                    }
-                }
+                t.push(cells);
+            }
+            t
+        })?;
+        if self.args.hist && self.args.output.format == Format::Text {
+            for r in &rows {
+                writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, r.comm)?;
+                hist::write_log2_us(&mut self.out, &r.hist)?;
             }
         }
         self.out.flush()?;
@@ -208,7 +175,7 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
         args,
         since: Instant::now(),
     };
-    let end = session.run(&duration, interval, None, &mut stats).await?;
-    crate::agg::report_losses(&session.engine, "events")?;
-    Ok(end.exit_code())
+    session
+        .run_counting(&duration, interval, None, &mut stats, "events")
+        .await
 }

@@ -19,8 +19,8 @@ use crossterm::{
 use pfault_common::*;
 
 use crate::{
-    agg::{comm, read_counts, task_seen},
-    mappings::{anon_label, cstr, Mappings},
+    agg::{comm, percentile, read_counts, task_seen},
+    mappings::Mappings,
     probes::Engine,
     session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
     trace::FaultFilterArgs,
@@ -134,16 +134,14 @@ impl Top {
             p.minor += minor;
             p.major += major;
             p.errors += errors;
-            p.p99_ns = p99(&v.hist);
+            p.p99_ns = percentile(&v.hist, 0.99);
             p.seen = true;
         }
         for (k, v) in read_counts::<FileKey, FileCounts>(engine, "FILE_COUNTS", true)? {
-            let name = if k.map_kind as u8 == MAP_FILE {
-                let full = self.maps.file_name(k.tgid, k.dev, k.ino, cstr(&v.name));
-                full.rsplit('/').next().unwrap_or(&full).to_string()
-            } else {
-                anon_label(k.map_kind as u8).to_string()
-            };
+            let full = self
+                .maps
+                .counted_name(k.tgid, k.map_kind as u8, k.dev, k.ino, &v.name);
+            let name = full.rsplit('/').next().unwrap_or(&full).to_string();
             *self
                 .procs
                 .entry(k.tgid)
@@ -216,18 +214,6 @@ impl Top {
 
 fn fit(s: &str, cols: u16) -> String {
     s.chars().take(cols as usize).collect()
-}
-
-fn p99(hist: &[u64; HIST_BUCKETS]) -> u64 {
-    let total: u64 = hist.iter().sum();
-    let mut seen = 0;
-    for (i, &n) in hist.iter().enumerate() {
-        seen += n;
-        if total > 0 && seen * 100 >= total * 99 {
-            return hist_bucket_floor(i);
-        }
-    }
-    0
 }
 
 impl Handler for Top {

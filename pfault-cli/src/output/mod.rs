@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -56,4 +57,24 @@ pub fn clock() -> String {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&now, &mut tm) };
     format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+/// One round of a counting tool's rows: JSON Lines, or a table that `table` builds, under the
+/// time when more rounds follow (`-i`).
+pub fn write_rows<T: Serialize>(
+    out: &mut dyn Write,
+    format: Format,
+    last: bool,
+    rows: &[T],
+    table: impl FnOnce(&[T]) -> table::Table,
+) -> Result<()> {
+    match format {
+        Format::Json => rows.iter().try_for_each(|r| json::write_line(out, r)),
+        Format::Text => {
+            if !last {
+                writeln!(out, "[{}]", clock())?;
+            }
+            table(rows).write(out)
+        }
+    }
 }
