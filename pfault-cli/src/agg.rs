@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use aya::{maps::HashMap, Pod};
-use pfault_common::{hist_bucket_floor, TaskSeen, HIST_BUCKETS};
+use pfault_common::{hist_bucket_floor, ProcKey, ProcStats, TaskSeen, HIST_BUCKETS};
 
 use crate::probes::Engine;
 
@@ -23,6 +23,13 @@ pub fn read_counts<K: Pod, V: Pod>(engine: &mut Engine, name: &str, reset: bool)
         }
     }
     Ok(entries)
+}
+
+/// The per-process (or per-thread) rows of `stat` and `top`, the live threads' latest faults
+/// included.
+pub fn read_proc_stats(engine: &mut Engine, reset: bool) -> Result<Vec<(ProcKey, ProcStats)>> {
+    engine.fold_threads()?;
+    read_counts(engine, "PROC_STATS", reset)
 }
 
 /// The process of a `TaskSeen` record (a thread's first fault), if `data` is one.

@@ -8,11 +8,12 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint,
+        FEntry, FExit, Iter, KProbe, PerfEvent, RawTracePoint, TracePoint,
     },
     util::online_cpus,
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
+use aya_obj::btf::{BtfType, Func, FuncLinkage};
 use pfault_common::*;
 
 use crate::btf::Btf;
@@ -258,6 +259,12 @@ fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         mm_start_stack: btf.offset_of("mm_struct", "start_stack")?,
         regs_ip: btf.offset_of("pt_regs", "ip")?,
         task_mm: btf.offset_of("task_struct", "mm")?,
+        task_pid: btf.offset_of("task_struct", "pid")?,
+        task_tgid: btf.offset_of("task_struct", "tgid")?,
+        task_comm: btf.offset_of("task_struct", "comm")?,
+        task_group_leader: btf.offset_of("task_struct", "group_leader")?,
+        task_min_flt: btf.offset_of("task_struct", "min_flt")?,
+        task_maj_flt: btf.offset_of("task_struct", "maj_flt")?,
         mm_lock_seq: btf.offset_of("mm_struct", "mm_lock_seq").unwrap_or(0),
         vm_fault_major: enum_value(&reasons, "VM_FAULT_MAJOR")?,
         vm_fault_retry: enum_value(&reasons, "VM_FAULT_RETRY")?,
@@ -296,6 +303,14 @@ impl Engine {
         let btf = Btf::from_sys_fs()?;
         let (off, vm_fault_names) = kernel_layout(&btf)?;
         let hmf_btf_id = btf.func_id("handle_mm_fault");
+        let iter_btf_id = if plan.flags & CFG_OUT_PROCS != 0 {
+            Some(
+                btf.func_id("bpf_iter_task")
+                    .context("kernel BTF has no bpf_iter_task (Linux 5.8+)")?,
+            )
+        } else {
+            None
+        };
         drop(btf);
         let mut flags = plan.flags;
         if filter.comm.is_some() {
@@ -324,6 +339,8 @@ impl Engine {
         // The programs carry no CO-RE relocations (offsets come in CONFIG): aya need not parse
         // the kernel's BTF for them, which costs start-up time and about 14 MiB.
         loader.btf(None);
+        // PENDING is task storage, which aya creates but has no userspace type for.
+        loader.allow_unsupported_maps();
         loader
             .override_global("CONFIG", &config, true)
             .map_max_entries(
@@ -340,6 +357,9 @@ impl Engine {
             .map_max_entries("PROC_STATS", size(CFG_OUT_PROCS, 8192));
         let mut ebpf = loader.load(BPF_OBJECT).context("loading pfault's eBPF object")?;
         let (mode, refused) = attach(&mut ebpf, plan, flags, hmf_btf_id)?;
+        if let Some(id) = iter_btf_id {
+            load_thread_folder(&mut ebpf, id)?;
+        }
         Ok(Engine {
             ebpf,
             mode,
@@ -363,6 +383,23 @@ impl Engine {
         let mut traced: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(self.ebpf.map_mut("TRACED").context("no TRACED map")?)?;
         traced.insert(tgid, 1, 0)?;
+        Ok(())
+    }
+
+    /// Moves the counts the live threads hold into `PROC_STATS` (the counting tools read it
+    /// after this). Runs `fold_threads` over every task.
+    pub fn fold_threads(&mut self) -> Result<()> {
+        let it: &mut Iter = self
+            .ebpf
+            .program_mut("fold_threads")
+            .context("missing program")?
+            .try_into()?;
+        let id = it.attach().context("attaching the thread iterator")?;
+        let mut file = it
+            .take_link(id)?
+            .into_file()
+            .context("creating the thread iterator")?;
+        std::io::copy(&mut file, &mut std::io::sink()).context("running the thread iterator")?;
         Ok(())
     }
 
@@ -424,6 +461,26 @@ fn raw_tracepoint(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     tp.load().with_context(|| format!("loading {name}"))?;
     tp.attach(name)
         .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+    Ok(())
+}
+
+/// Loads `fold_threads`, the task iterator behind [`Engine::fold_threads`]. aya's `Iter::load`
+/// looks `bpf_iter_task` up by name in an aya `Btf`; rather than have aya parse the kernel's
+/// whole BTF for one id (see `fentry_permitted`), it gets a stand-in holding only that function,
+/// at the id pfault's own index found.
+fn load_thread_folder(ebpf: &mut Ebpf, id: u32) -> Result<()> {
+    let mut btf = AyaBtf::new();
+    let name = btf.add_string("bpf_iter_task");
+    for _ in 1..id {
+        btf.add_type(BtfType::Unknown);
+    }
+    btf.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
+    let it: &mut Iter = ebpf
+        .program_mut("fold_threads")
+        .context("missing program")?
+        .try_into()?;
+    it.load("task", &btf)
+        .context("loading the thread iterator (BPF task iterators: Linux 5.8+)")?;
     Ok(())
 }
 
@@ -495,6 +552,8 @@ fn attach(
             ProbeMode::Kprobe
         }
         Some(ProbeMode::Tracepoint) => ProbeMode::Tracepoint,
+        // Nothing to learn at completion: the exception tracepoints are all it needs.
+        None if flags & CFG_ACCOUNTED != 0 => ProbeMode::Tracepoint,
         None => match fentry_permitted(hmf_btf_id).and_then(|()| attach_fentry(ebpf)) {
             Ok(()) => ProbeMode::Fentry,
             Err(e) => {
@@ -521,11 +580,11 @@ fn attach(
             raw_tracepoint(ebpf, "page_fault_kernel")?;
         }
     }
-    if mode == ProbeMode::Tracepoint {
+    if mode == ProbeMode::Tracepoint && flags & CFG_ACCOUNTED == 0 {
         attach_accounting_events(ebpf)?;
     }
     if !completion_only {
-        // Clears entries of exiting threads (and reports the faults that killed them).
+        // Reports the faults that killed threads, and folds the counts of exiting ones.
         tracepoint(ebpf, "task_exit", "sched", "sched_process_exit")?;
     }
     if flags & CFG_FOLLOW != 0 {

@@ -8,7 +8,7 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    agg::{comm, percentile, read_counts},
+    agg::{comm, percentile, read_proc_stats},
     output::{hist, table, Format, OutputArgs},
     probes::Engine,
     session::{DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
@@ -25,7 +25,11 @@ pub struct StatArgs {
     /// One row per thread
     #[arg(short = 't', long)]
     pub per_thread: bool,
-    /// Draw each process's latency histogram (log2 buckets, as bpftrace's hist())
+    /// Time every fault: latency p50/p90/p99/max per row. Costs a second probe and two clock
+    /// reads per fault; without it, counts come from the kernel's own per-thread accounting
+    #[arg(short = 'L', long)]
+    pub latency: bool,
+    /// Draw each process's latency histogram (log2 buckets, as bpftrace's hist()); implies -L
     #[arg(long)]
     pub hist: bool,
     #[command(flatten)]
@@ -57,7 +61,8 @@ struct Row {
     major: u64,
     errors: u64,
     faults_per_sec: f64,
-    latency_ns: Percentiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ns: Option<Percentiles>,
     #[serde(skip)]
     hist: [u64; HIST_BUCKETS],
 }
@@ -66,12 +71,15 @@ struct Stats {
     out: Box<dyn Write>,
     args: StatArgs,
     since: Instant,
+    /// Faults are timed (the per-fault probes are attached).
+    timed: bool,
 }
 
 impl Stats {
     fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
-        let mut rows: Vec<Row> = read_counts::<ProcKey, ProcStats>(engine, "PROC_STATS", reset)?
+        let timed = self.timed;
+        let mut rows: Vec<Row> = read_proc_stats(engine, reset)?
             .into_iter()
             .map(|(k, v)| {
                 let [minor, major, errors] = v.counts;
@@ -84,13 +92,17 @@ impl Stats {
                     major,
                     errors,
                     faults_per_sec: (done + errors) as f64 / secs,
-                    latency_ns: Percentiles {
-                        p50: percentile(&v.hist, 0.50),
-                        p90: percentile(&v.hist, 0.90),
-                        p99: percentile(&v.hist, 0.99),
-                        max: v.latency_max_ns,
-                        mean: v.latency_sum_ns.checked_div(done).unwrap_or(0),
-                    },
+                    latency_ns: timed.then(|| {
+                        // A bucket's midpoint can pass the largest value seen.
+                        let p = |q| percentile(&v.hist, q).min(v.latency_max_ns);
+                        Percentiles {
+                            p50: p(0.50),
+                            p90: p(0.90),
+                            p99: p(0.99),
+                            max: v.latency_max_ns,
+                            mean: v.latency_sum_ns.checked_div(done).unwrap_or(0),
+                        }
+                    }),
                     hist: v.hist,
                 }
             })
@@ -111,6 +123,7 @@ impl Handler for Stats {
     fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
         let rows = self.rows(engine, !last)?;
         let per_thread = self.args.per_thread;
+        let timed = self.timed;
         crate::output::write_rows(&mut self.out, self.args.output.format, last, &rows, |rows| {
             let mut cols = vec![("PID", true)];
             if per_thread {
@@ -122,11 +135,10 @@ impl Handler for Stats {
                 ("MAJOR", true),
                 ("ERRORS", true),
                 ("FAULTS/s", true),
-                ("P50us", true),
-                ("P90us", true),
-                ("P99us", true),
-                ("MAXus", true),
             ]);
+            if timed {
+                cols.extend([("P50us", true), ("P90us", true), ("P99us", true), ("MAXus", true)]);
+            }
             let mut t = table::Table::new(&cols);
             for r in rows {
                 let mut cells = vec![r.pid.to_string()];
@@ -137,11 +149,10 @@ impl Handler for Stats {
                     r.major.to_string(),
                     r.errors.to_string(),
                     format!("{:.0}", r.faults_per_sec),
-                    us(r.latency_ns.p50),
-                    us(r.latency_ns.p90),
-                    us(r.latency_ns.p99),
-                    us(r.latency_ns.max),
                 ]);
+                if let Some(l) = &r.latency_ns {
+                    cells.extend([us(l.p50), us(l.p90), us(l.p99), us(l.max)]);
+                }
                 t.push(cells);
             }
             t
@@ -166,6 +177,17 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
     if args.per_thread {
         flags |= CFG_PER_THREAD;
     }
+    // Only timing, and filters that must see each fault, need the per-fault probes.
+    let f = &args.filter;
+    let timed = args.latency
+        || args.hist
+        || f.min_latency.is_some()
+        || f.user_faults
+        || f.kernel_faults
+        || f.probe.is_some();
+    if !timed {
+        flags |= CFG_ACCOUNTED;
+    }
     let plan = args.filter.plan(flags);
     let out = args.output.open()?;
     let mut session = Session::start(&args.target, None, &plan)?;
@@ -174,6 +196,7 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
         out,
         args,
         since: Instant::now(),
+        timed,
     };
     session
         .run_counting(&duration, interval, None, &mut stats, "events")

@@ -19,7 +19,7 @@ use crossterm::{
 use pfault_common::*;
 
 use crate::{
-    agg::{comm, percentile, read_counts, task_seen},
+    agg::{comm, percentile, read_counts, read_proc_stats, task_seen},
     mappings::Mappings,
     probes::Engine,
     session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
@@ -125,7 +125,7 @@ impl Top {
         for p in self.procs.values_mut() {
             (p.rate, p.major_rate, p.seen) = (0.0, 0.0, false);
         }
-        for (k, v) in read_counts::<ProcKey, ProcStats>(engine, "PROC_STATS", true)? {
+        for (k, v) in read_proc_stats(engine, true)? {
             let p = self.procs.entry(k.tgid).or_default();
             let [minor, major, errors] = v.counts;
             p.comm = comm(&v.comm);

@@ -65,6 +65,12 @@ pub const CFG_NOTIFY_TASKS: u32 = 1 << 11;
 /// fault's own registers; no entry probe (so no error faults and no latency).
 pub const CFG_COMPLETION_ONLY: u32 = 1 << 12;
 
+/// `stat` without latencies: minor and major counts come from the threads' own fault
+/// accounting (`task_struct.min_flt`/`maj_flt`, read when counts are folded), so no probe runs
+/// at completion. The exception tracepoints only check that the thread's previous fault was
+/// accounted: one that was not is an error.
+pub const CFG_ACCOUNTED: u32 = 1 << 13;
+
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
 pub const MODE_KERNEL: u32 = 2;
@@ -102,6 +108,13 @@ pub struct Offsets {
     pub mm_start_stack: u32,
     pub regs_ip: u32,
     pub task_mm: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_group_leader: u32,
+    /// `task_struct.min_flt`/`maj_flt`: the thread's own fault accounting (getrusage's).
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
     /// `mm_struct.mm_lock_seq`, bumped by every mmap-lock writer; 0 where the kernel has none
     /// (then the per-thread mapping cache is off).
     pub mm_lock_seq: u32,
@@ -250,6 +263,8 @@ pub struct ProcStats {
     pub latency_sum_ns: u64,
     /// Updated without atomics: two CPUs racing may keep the smaller of two new maxima.
     pub latency_max_ns: u64,
+    /// The process's name (its main thread's) when its threads' counts were last folded in;
+    /// the thread's own name in a per-thread row.
     pub comm: [u8; COMM_LEN],
     /// Latency of completed faults, log-linear buckets (see [`hist_bucket`]).
     pub hist: [u64; HIST_BUCKETS],

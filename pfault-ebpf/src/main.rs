@@ -18,18 +18,23 @@
 
 use core::{
     ffi::c_void,
-    intrinsics::{atomic_xadd, AtomicOrdering},
-    ptr::{addr_of, addr_of_mut, read_volatile},
+    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC, BPF_F_USER_STACK,
+        BPF_NOEXIST,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_get_stackid},
+        generated::{
+            bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_get_stackid, bpf_task_storage_get,
+        },
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
+    macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
@@ -58,9 +63,128 @@ macro_rules! conf {
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Fault entries waiting for their completion, by thread id.
-#[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+/// A `BPF_MAP_TYPE_TASK_STORAGE` map (aya-ebpf 0.2 has none): a value hung on each thread's
+/// `task_struct`. Finding it is a pointer chase, where a hash map keyed by thread id hashes
+/// and compares on every fault; it is freed with the thread, and never fills up.
+#[repr(C)]
+struct TaskStorage<T> {
+    // The BTF map definition: the loader reads these types, never the values.
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// `task`'s value; with `create`, a zeroed one is made if it has none.
+    #[inline(always)]
+    fn get(&self, task: *mut task_struct, create: bool) -> Option<*mut T> {
+        const BPF_LOCAL_STORAGE_GET_F_CREATE: u64 = 1;
+        let flags = if create { BPF_LOCAL_STORAGE_GET_F_CREATE } else { 0 };
+        let p = unsafe {
+            bpf_task_storage_get(
+                self as *const Self as *mut c_void,
+                task,
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!p.is_null()).then_some(p as *mut T)
+    }
+
+    #[inline(always)]
+    fn current(&self, create: bool) -> Option<*mut T> {
+        self.get(unsafe { bpf_get_current_task_btf() }, create)
+    }
+}
+
+/// Each thread's fault entry waiting for its completion.
+#[btf_map]
+static PENDING: TaskStorage<Pending> = TaskStorage::new();
+
+/// What `stat` and `top` keep per thread: the parked entry, and the counts and latencies of
+/// the thread's faults since [`fold`] last moved them into `PROC_STATS`.
+#[repr(C)]
+struct Thread {
+    pending: Pending,
+    stats: ProcStats,
+    acct: Accounted,
+}
+
+/// A thread's `CFG_ACCOUNTED` state.
+#[repr(C)]
+struct Accounted {
+    /// The thread's `min_flt`, `maj_flt` already folded into `PROC_STATS` (at first sight:
+    /// what it had faulted before).
+    folded: [u64; 2],
+    /// `min_flt + maj_flt` when the thread last entered the fault handler.
+    at_entry: u64,
+    /// `folded` is set ([`fold`] waits for it).
+    ready: u8,
+    /// `at_entry` is set.
+    entered: u8,
+    _pad: [u8; 6],
+}
+
+#[btf_map]
+static THREADS: TaskStorage<Thread> = TaskStorage::new();
+
+/// The current thread's parked entry: in `THREADS` when processes are counted, so that one
+/// lookup per probe serves both.
+#[inline(always)]
+fn parked(create: bool) -> Option<*mut Pending> {
+    if conf!(flags) & CFG_OUT_PROCS != 0 {
+        THREADS.current(create).map(|t| t as *mut Pending)
+    } else {
+        PENDING.current(create)
+    }
+}
+
+/// The counts beside a parked entry from [`parked`] (`CFG_OUT_PROCS` only).
+#[inline(always)]
+fn thread_stats(p: *mut Pending) -> *mut ProcStats {
+    unsafe { addr_of_mut!((*(p as *mut Thread)).stats) }
+}
+
+/// `task`'s minor and major faults as the kernel accounts them. Plain loads, checked by the
+/// verifier against the kernel's BTF: cheaper than two probe reads on every fault.
+#[inline(always)]
+fn faults_accounted(task: *mut task_struct) -> [u64; 2] {
+    let at = |off: u32| unsafe { read_volatile((task as *const u8).add(off as usize) as *const u64) };
+    [at(conf!(off.task_min_flt)), at(conf!(off.task_maj_flt))]
+}
+
+/// `CFG_ACCOUNTED`: counts an error if the thread entered the fault handler since it was
+/// last seen and its accounting did not move (a fault that completes is always accounted),
+/// then notes where the accounting stands.
+#[inline(always)]
+fn check_accounted(task: *mut task_struct, t: *mut Thread) {
+    let [min, maj] = faults_accounted(task);
+    unsafe {
+        let a = addr_of_mut!((*t).acct);
+        if (*a).ready == 0 {
+            write_volatile(addr_of_mut!((*a).folded), [min, maj]);
+            write_volatile(addr_of_mut!((*a).ready), 1);
+        } else if (*a).entered != 0 && (*a).at_entry == min + maj && conf!(kinds) & (1 << KIND_ERROR) != 0 {
+            atomic_add(addr_of_mut!((*t).stats.counts[KIND_ERROR as usize]), 1);
+        }
+        (*a).at_entry = min + maj;
+        (*a).entered = 1;
+    }
+}
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
@@ -77,12 +201,7 @@ static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(163
 #[map]
 static PROC_STATS: HashMap<ProcKey, ProcStats> = HashMap::with_max_entries(8192, 0);
 
-/// Never written: the zeroed value new `PENDING` slots start from.
-#[map]
-static PENDING_TEMPLATE: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
-
-/// A zeroed `ProcStats` to insert from: too big for the 512-byte stack. Only its comm and
-/// counts are ever written, so its histogram stays zero.
+/// A zeroed `ProcStats` to insert from: too big for the 512-byte stack. Never written.
 #[map]
 static PROC_TEMPLATE: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 0);
 
@@ -121,10 +240,11 @@ struct Pending {
     kstack_id: i32,
     retried: u8,
     has_map: u8,
-    /// A fault is parked. Slots are reused in place rather than inserted and deleted per
-    /// fault (a preallocated hash map allocates on every insert); `task_exit` removes them.
+    /// A fault is parked.
     active: u8,
-    _pad: [u8; 5],
+    /// Userspace has been told of this thread (`CFG_NOTIFY_TASKS`).
+    announced: u8,
+    _pad: [u8; 4],
     map: Mapping,
     /// The thread's last VMA, valid while its mm's `mm_lock_seq` stays `cache_seq`: a fault
     /// storm in one mapping costs one `bpf_find_vma`, not one per fault.
@@ -273,33 +393,21 @@ fn stack_id(ctx: *mut c_void, flag: u32, user: bool) -> i32 {
 /// Parks a fault's entry in the thread's slot. `vma` is known on the `handle_mm_fault` path;
 /// on the tracepoint path the mapping is looked up at completion (see [`finish`]).
 #[inline(always)]
-fn enter(ctx: *mut c_void, tid: u32, addr: u64, ip: u64, error_code: u32, vma: u64) {
-    let p = match PENDING.get_ptr_mut(tid) {
-        Some(p) => p,
-        None => {
-            // Inserted from a zeroed per-CPU slot: a Pending is too big for the stack.
-            let Some(fresh) = PENDING_TEMPLATE.get_ptr(0) else {
-                return;
-            };
-            if PENDING.insert(tid, unsafe { &*fresh }, 0).is_err() {
-                return count(CNT_PENDING_FULL);
-            }
-            if conf!(flags) & CFG_NOTIFY_TASKS != 0 {
-                let seen = TaskSeen {
-                    pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-                    tid,
-                };
-                if EVENTS.output::<TaskSeen>(&seen, BPF_RB_FORCE_WAKEUP).is_err() {
-                    count(CNT_RINGBUF_LOST);
-                }
-            }
-            match PENDING.get_ptr_mut(tid) {
-                Some(p) => p,
-                None => return count(CNT_PENDING_FULL),
-            }
-        }
+fn enter(ctx: *mut c_void, p: Option<*mut Pending>, tid: u32, addr: u64, ip: u64, error_code: u32, vma: u64) {
+    let Some(p) = p.or_else(|| parked(true)) else {
+        return count(CNT_PENDING_FULL);
     };
     let flags = conf!(flags);
+    if flags & CFG_NOTIFY_TASKS != 0 && unsafe { (*p).announced } == 0 {
+        unsafe { (*p).announced = 1 };
+        let seen = TaskSeen {
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            tid,
+        };
+        if EVENTS.output::<TaskSeen>(&seen, BPF_RB_FORCE_WAKEUP).is_err() {
+            count(CNT_RINGBUF_LOST);
+        }
+    }
     unsafe {
         (*p).ts = bpf_ktime_get_ns();
         (*p).addr = addr;
@@ -413,14 +521,23 @@ fn on_exception(ctx: &RawTracePointContext) -> u32 {
     if conf!(modes) & mode == 0 {
         return 0;
     }
+    if conf!(flags) & CFG_ACCOUNTED != 0 {
+        let task = unsafe { bpf_get_current_task_btf() };
+        match THREADS.get(task, true) {
+            Some(t) => check_accounted(task, t),
+            None => count(CNT_PENDING_FULL),
+        }
+        return 0;
+    }
     // Only printed events show the faulting ip: not worth a probe read otherwise.
     let ip = if conf!(flags) & CFG_OUT_EVENTS != 0 {
         read(ctx.arg::<u64>(1), conf!(off.regs_ip))
     } else {
         0
     };
-    flush_error(ctx.as_ptr(), tid, false);
-    enter(ctx.as_ptr(), tid, addr, ip, error_code as u32, 0);
+    let p = parked(false);
+    flush_error(ctx.as_ptr(), p, false);
+    enter(ctx.as_ptr(), p, tid, addr, ip, error_code as u32, 0);
     0
 }
 
@@ -434,10 +551,10 @@ pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
     on_exception(&ctx)
 }
 
-/// A parked entry of `tid` that will never complete is an error fault.
+/// A parked entry `p` that will never complete is an error fault.
 #[inline(always)]
-fn flush_error(ctx: *mut c_void, tid: u32, stacks_ok: bool) {
-    if let Some(p) = PENDING.get_ptr_mut(tid) {
+fn flush_error(ctx: *mut c_void, p: Option<*mut Pending>, stacks_ok: bool) {
+    if let Some(p) = p {
         if unsafe { (*p).active } != 0 {
             finish(
                 ctx,
@@ -459,8 +576,7 @@ fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
     if conf!(flags) & CFG_COMPLETION_ONLY != 0 {
         return count_stack_at_completion(ctx, kind);
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(p) = PENDING.get_ptr_mut(tid) {
+    if let Some(p) = parked(false) {
         if unsafe { (*p).active } != 0 {
             let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
             finish(ctx.as_ptr(), p, kind, 0, latency, SRC_TRACEPOINT, true);
@@ -516,7 +632,8 @@ fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u
     }
     let user = fault_flags & conf!(off.fault_flag_user) != 0;
     let mode = if user { MODE_USER } else { MODE_KERNEL };
-    if let Some(p) = PENDING.get_ptr_mut(tid) {
+    let pending = parked(false);
+    if let Some(p) = pending {
         // The exception tracepoint parked this fault, or this is a retry: keep the first
         // entry's time so the latency spans every attempt.
         if unsafe { (*p).addr } & PAGE_MASK == addr & PAGE_MASK {
@@ -529,7 +646,7 @@ fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u
             }
             return 0;
         }
-        flush_error(ctx, tid, false);
+        flush_error(ctx, pending, false);
     }
     if conf!(modes) & mode == 0 {
         return 0;
@@ -551,15 +668,14 @@ fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u
     } else {
         0
     };
-    enter(ctx, tid, addr, ip, error_code, vma);
+    enter(ctx, pending, tid, addr, ip, error_code, vma);
     0
 }
 
 /// Return of `handle_mm_fault`: the `VM_FAULT_*` result says what became of the fault.
 #[inline(always)]
 fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = PENDING.get_ptr_mut(tid) else {
+    let Some(p) = parked(false) else {
         return 0;
     };
     if unsafe { (*p).active } == 0 {
@@ -622,9 +738,21 @@ pub fn hmf_fexit(ctx: FExitContext) -> u32 {
 /// The user registers are still those of the fault, so its user stack can still be read.
 #[tracepoint]
 pub fn task_exit(ctx: TracePointContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    flush_error(ctx.as_ptr(), tid, true);
-    let _ = PENDING.remove(tid);
+    // The thread's storage goes with its task_struct.
+    let p = parked(false);
+    let flags = conf!(flags);
+    let task = unsafe { bpf_get_current_task_btf() };
+    if flags & CFG_ACCOUNTED == 0 {
+        flush_error(ctx.as_ptr(), p, true);
+    } else if let Some(p) = p {
+        // A last fault never accounted is the one that killed the thread.
+        check_accounted(task, p as *mut Thread);
+    }
+    if flags & CFG_OUT_PROCS != 0 {
+        if let Some(p) = p {
+            fold(task, p as *mut Thread);
+        }
+    }
     0
 }
 
@@ -690,6 +818,12 @@ fn feed_outputs(
         return;
     }
     let flags = conf!(flags);
+    if flags & CFG_OUT_PROCS != 0 {
+        count_thread(p, kind, latency);
+    }
+    if flags & (CFG_OUT_EVENTS | CFG_OUT_STACKS | CFG_OUT_FILES) == 0 {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
@@ -722,9 +856,6 @@ fn feed_outputs(
     }
     if flags & CFG_OUT_FILES != 0 {
         count_file(map, kind, tgid, &comm);
-    }
-    if flags & CFG_OUT_PROCS != 0 {
-        count_proc(kind, latency, tgid, tid, &comm);
     }
 }
 
@@ -768,28 +899,88 @@ fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]) {
     atomic_add(unsafe { addr_of_mut!((*v).counts[(kind as usize) % 3]) }, 1);
 }
 
+/// Adds a finished fault to its thread's counts. Nothing is looked up: the process's row is
+/// only touched when [`fold`] moves the counts there. A hash-map update per fault would cost
+/// more than the rest of both probes' work together.
 #[inline(always)]
-fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]) {
+fn count_thread(p: *mut Pending, kind: u8, latency: u64) {
+    let s = thread_stats(p);
+    // Atomic, though only this thread adds: `fold` may be taking from another CPU.
+    unsafe {
+        atomic_add(addr_of_mut!((*s).counts[(kind as usize) % 3]), 1);
+        if kind != KIND_ERROR {
+            atomic_add(addr_of_mut!((*s).latency_sum_ns), latency);
+            if latency > (*s).latency_max_ns {
+                (*s).latency_max_ns = latency;
+            }
+            atomic_add(addr_of_mut!((*s).hist[hist_bucket(latency)]), 1);
+        }
+    }
+}
+
+/// Moves what `from` holds into `to`. Subtracting what was read, rather than zeroing, keeps
+/// a count the thread adds meanwhile.
+#[inline(always)]
+fn take(from: *mut u64, to: *mut u64) {
+    let v = unsafe { read_volatile(from) };
+    if v != 0 {
+        atomic_add(from, v.wrapping_neg());
+        atomic_add(to, v);
+    }
+}
+
+/// Moves `*folded` up to `now` and returns by how much; 0 where another CPU's fold got
+/// there first (and counted the difference).
+#[inline(always)]
+fn advance(folded: *mut u64, now: u64) -> u64 {
+    for _ in 0..3 {
+        let prev = unsafe { read_volatile(folded) };
+        if now <= prev {
+            return 0;
+        }
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(folded, prev, now)
+        };
+        if swapped {
+            return now - prev;
+        }
+    }
+    0
+}
+
+/// Moves the counts of `task` (a `task_struct *`) into its process's row, or its own with
+/// `-t`: when the thread exits, and for every live thread before userspace reads the rows
+/// (`fold_threads`).
+#[inline(always)]
+fn fold(task: *mut task_struct, t: *mut Thread) {
+    let s = unsafe { addr_of_mut!((*t).stats) };
+    let mut accounted = [0u64; 2];
+    if conf!(flags) & CFG_ACCOUNTED != 0 && unsafe { read_volatile(addr_of!((*t).acct.ready)) } != 0 {
+        let now = faults_accounted(task);
+        for k in 0..2 {
+            let d = advance(unsafe { addr_of_mut!((*t).acct.folded[k]) }, now[k]);
+            if conf!(kinds) & (1 << k) != 0 {
+                accounted[k] = d;
+            }
+        }
+    }
+    let n = unsafe { read_volatile(addr_of!((*s).counts)) };
+    if accounted[0] | accounted[1] | n[0] | n[1] | n[2] == 0 {
+        return;
+    }
+    let per_thread = conf!(flags) & CFG_PER_THREAD != 0;
+    let tid: u32 = read(task as u64, conf!(off.task_pid));
     let key = ProcKey {
-        tgid,
-        tid: if conf!(flags) & CFG_PER_THREAD != 0 {
-            tid
-        } else {
-            0
-        },
+        tgid: read(task as u64, conf!(off.task_tgid)),
+        tid: if per_thread { tid } else { 0 },
     };
-    let v = match PROC_STATS.get_ptr_mut(&key) {
+    let row = match PROC_STATS.get_ptr_mut(&key) {
         Some(v) => v,
         None => {
-            let Some(t) = PROC_TEMPLATE.get_ptr_mut(0) else {
+            // Inserted from a zeroed per-CPU slot: a ProcStats is too big for the stack.
+            let Some(t) = PROC_TEMPLATE.get_ptr(0) else {
                 return;
             };
-            unsafe {
-                (*t).comm = *comm;
-                (*t).counts = [0; 3];
-                (*t).latency_sum_ns = 0;
-                (*t).latency_max_ns = 0;
-            }
             let _ = PROC_STATS.insert(&key, unsafe { &*t }, BPF_NOEXIST as u64);
             match PROC_STATS.get_ptr_mut(&key) {
                 Some(v) => v,
@@ -797,18 +988,49 @@ fn count_proc(kind: u8, latency: u64, tgid: u32, tid: u32, comm: &[u8; COMM_LEN]
             }
         }
     };
+    // The latest name: a process forked by a shell is named by what it exec'd.
+    let named = if per_thread {
+        task as u64
+    } else {
+        read(task as u64, conf!(off.task_group_leader))
+    };
     unsafe {
-        // The latest name: a process forked by a shell is named by what it exec'd.
-        (*v).comm = *comm;
-        atomic_add(addr_of_mut!((*v).counts[(kind as usize) % 3]), 1);
-        if kind != KIND_ERROR {
-            atomic_add(addr_of_mut!((*v).latency_sum_ns), latency);
-            if latency > (*v).latency_max_ns {
-                (*v).latency_max_ns = latency;
-            }
-            atomic_add(addr_of_mut!((*v).hist[hist_bucket(latency)]), 1);
+        (*row).comm = read(named, conf!(off.task_comm));
+        for (k, &n) in accounted.iter().enumerate() {
+            atomic_add(addr_of_mut!((*row).counts[k]), n);
+        }
+        for k in 0..3 {
+            take(addr_of_mut!((*s).counts[k]), addr_of_mut!((*row).counts[k]));
+        }
+        take(
+            addr_of_mut!((*s).latency_sum_ns),
+            addr_of_mut!((*row).latency_sum_ns),
+        );
+        let max = (*s).latency_max_ns;
+        (*s).latency_max_ns = 0;
+        if max > (*row).latency_max_ns {
+            (*row).latency_max_ns = max;
+        }
+        for b in 0..HIST_BUCKETS {
+            take(addr_of_mut!((*s).hist[b]), addr_of_mut!((*row).hist[b]));
         }
     }
+}
+
+/// Run by userspace over every task (a BPF task iterator) before it reads `PROC_STATS`, so
+/// that the rows include the live threads' latest faults.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn fold_threads(ctx: *mut c_void) -> i32 {
+    // struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }
+    let task = unsafe { *(ctx as *const *mut task_struct).add(1) };
+    if task.is_null() {
+        return 0;
+    }
+    if let Some(t) = THREADS.get(task, false) {
+        fold(task, t);
+    }
+    0
 }
 
 /// Wakes the reader only when a batch waits: a wakeup per record is an irq_work per fault.

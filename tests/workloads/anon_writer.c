@@ -1,5 +1,5 @@
 /* Writes one byte to every page of fresh anonymous memory: one minor write fault per page.
- * usage: anon_writer PAGES [CHUNK_PAGES] [wait]
+ * usage: anon_writer PAGES [CHUNK_PAGES] [wait [linger]]
  * Memory is mapped CHUNK pages at a time (default: all), touched, then unmapped. */
 #include <sys/mman.h>
 #include "common.h"
@@ -29,5 +29,11 @@ int main(int argc, char **argv) {
     }
     end();
     printf("start=%lu end=%lu\n", first, last);
+    fflush(stdout);
+    /* Stays alive, its faults done, until a line (or EOF) on stdin: for a tool to read it live. */
+    if (argc > 4 && strcmp(argv[4], "linger") == 0) {
+        char buf[16];
+        if (!fgets(buf, sizeof buf, stdin)) return 0;
+    }
     return 0;
 }
