@@ -353,6 +353,11 @@ impl Engine {
             )
             .map_max_entries("STACKS", if stacks { plan.stack_entries } else { 1 })
             .map_max_entries("STACK_COUNTS", size(CFG_OUT_STACKS, plan.agg_entries))
+            // One slot per bucket of STACKS, whose ids index it.
+            .map_max_entries(
+                "STACK_SLOTS",
+                size(CFG_STACK_SLOTS, plan.stack_entries.next_power_of_two()),
+            )
             .map_max_entries("FILE_COUNTS", size(CFG_OUT_FILES, plan.agg_entries))
             .map_max_entries("PROC_STATS", size(CFG_OUT_PROCS, 8192));
         let mut ebpf = loader.load(BPF_OBJECT).context("loading pfault's eBPF object")?;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{Array, MapData, StackTraceMap};
 use pfault_common::*;
 use serde::Serialize;
 
@@ -91,6 +91,47 @@ struct Counter {
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
+/// The taken `STACK_SLOTS` entries as `(slot, entry)`; with `reset`, they are freed.
+fn stack_slots(engine: &mut Engine, reset: bool) -> Result<Vec<(u32, StackSlot)>> {
+    let Some(map) = engine.ebpf.map_mut("STACK_SLOTS") else {
+        return Ok(Vec::new());
+    };
+    let mut slots: Array<_, StackSlot> = Array::try_from(map)?;
+    let taken: Vec<(u32, StackSlot)> = (0..slots.len())
+        .filter_map(|i| slots.get(&i, 0).ok().map(|s| (i, s)))
+        .filter(|(_, s)| s.tgid != 0)
+        .collect();
+    if reset {
+        let free: StackSlot = unsafe { std::mem::zeroed() };
+        for (i, _) in &taken {
+            slots.set(*i, free, 0)?;
+        }
+    }
+    Ok(taken)
+}
+
+/// Every stack count, from `STACK_COUNTS` and the `STACK_SLOTS` array (whose ids are user
+/// stacks if `user`), one entry per key.
+fn stack_counts(engine: &mut Engine, reset: bool, user: bool) -> Result<Vec<(StackKey, u64)>> {
+    let mut counts: std::collections::HashMap<StackKey, u64> =
+        read_counts::<StackKey, u64>(engine, "STACK_COUNTS", reset)?
+            .into_iter()
+            .collect();
+    for (id, slot) in stack_slots(engine, reset)? {
+        for (kind, &n) in slot.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let key = StackKey {
+                tgid: slot.tgid as u32,
+                kind: kind as u32,
+                ustack_id: if user { id as i32 } else { -1 },
+                kstack_id: if user { -1 } else { id as i32 },
+                comm: slot.comm,
+            };
+            *counts.entry(key).or_default() += n;
+        }
+    }
+    Ok(counts.into_iter().collect())
+}
+
 impl Counter {
     fn frames(&mut self, stacks: &StackTraceMap<&MapData>, id: i32, pid: u32, user: bool) -> Vec<Frame> {
         if id < 0 {
@@ -108,7 +149,7 @@ impl Counter {
     }
 
     fn collect(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
-        let counts = read_counts::<StackKey, u64>(engine, "STACK_COUNTS", reset)?;
+        let counts = stack_counts(engine, reset, !self.args.kernel_stacks_only)?;
         let mut rows = Vec::with_capacity(counts.len());
         {
             let stacks: StackTraceMap<&MapData> =
@@ -248,6 +289,9 @@ impl Handler for Counter {
                     self.syms.note_process(key.tgid);
                 }
             }
+            for (_, slot) in stack_slots(engine, false).unwrap_or_default() {
+                self.syms.note_process(slot.tgid as u32);
+            }
         }
         self.syms.maps.refresh_young();
     }
@@ -294,6 +338,10 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
         && !args.filter.kernel_faults;
     if completion_only {
         flags |= CFG_COMPLETION_ONLY;
+    }
+    // One kind of stack: its id alone is the slot (see STACK_SLOTS).
+    if args.user_stacks_only || args.kernel_stacks_only {
+        flags |= CFG_STACK_SLOTS;
     }
     let mut plan = args.filter.plan(flags);
     plan.stack_entries = args.stack_entries;

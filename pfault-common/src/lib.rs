@@ -71,6 +71,10 @@ pub const CFG_COMPLETION_ONLY: u32 = 1 << 12;
 /// accounted: one that was not is an error.
 pub const CFG_ACCOUNTED: u32 = 1 << 13;
 
+/// `stackcount` with one kind of stack (`-U` or `-K`): counts go to `STACK_SLOTS`, an array
+/// indexed by the stack id, before `STACK_COUNTS`.
+pub const CFG_STACK_SLOTS: u32 = 1 << 14;
+
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
 pub const MODE_KERNEL: u32 = 2;
@@ -225,6 +229,18 @@ pub struct StackKey {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A `STACK_SLOTS` entry: the counts of one stack id for the process (and comm) that first
+/// counted a fault on it. Stack ids of other processes go to `STACK_COUNTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackSlot {
+    /// 0: free. 64 bits: the BPF target has no 32-bit compare-and-swap.
+    pub tgid: u64,
+    pub comm: [u8; COMM_LEN],
+    /// Indexed by `KIND_*`.
+    pub counts: [u64; 3],
+}
+
 /// Key of the `FILE_COUNTS` map (`ffaults`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -326,6 +342,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for StackSlot {}
     unsafe impl aya::Pod for FileKey {}
     unsafe impl aya::Pod for FileCounts {}
     unsafe impl aya::Pod for ProcKey {}

@@ -35,7 +35,7 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
@@ -194,6 +194,11 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 #[map]
 static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(40960, 0);
+
+/// Stack counts indexed by the stack id (`CFG_STACK_SLOTS`; as many slots as `STACKS` has
+/// buckets): an array lookup where `STACK_COUNTS` hashes the key on every fault.
+#[map]
+static STACK_SLOTS: Array<StackSlot> = Array::with_max_entries(16384, 0);
 
 #[map]
 static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(16384, 0);
@@ -605,8 +610,55 @@ fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32 {
         kstack_id: stack_id(ctx.as_ptr(), CFG_KSTACK, false),
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    add_count(&STACK_COUNTS, &key);
+    count_stack(&key);
     0
+}
+
+/// Counts a fault on its stacks: in the stack id's slot when the slot is free or this
+/// process's, else in `STACK_COUNTS`.
+#[inline(always)]
+fn count_stack(key: &StackKey) {
+    if conf!(flags) & CFG_STACK_SLOTS != 0 {
+        let id = if key.ustack_id >= 0 {
+            key.ustack_id
+        } else {
+            key.kstack_id
+        };
+        if id >= 0 {
+            if let Some(slot) = STACK_SLOTS.get_ptr_mut(id as u32) {
+                if slot_is_ours(slot, key) {
+                    atomic_add(
+                        unsafe { addr_of_mut!((*slot).counts[(key.kind as usize) % 3]) },
+                        1,
+                    );
+                    return;
+                }
+            }
+        }
+    }
+    add_count(&STACK_COUNTS, key);
+}
+
+/// Takes a free slot for `key`'s process and comm, or tells whether it is theirs already.
+#[inline(always)]
+fn slot_is_ours(slot: *mut StackSlot, key: &StackKey) -> bool {
+    let owner = unsafe { addr_of_mut!((*slot).tgid) };
+    if unsafe { read_volatile(owner) } == 0 {
+        let (_, took) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                owner,
+                0,
+                key.tgid as u64,
+            )
+        };
+        if took {
+            unsafe { (*slot).comm = key.comm };
+            return true;
+        }
+    }
+    // Until its taker has written the comm, a slot matches no one: those faults go to the
+    // hash map under the same key, and userspace adds the two.
+    unsafe { read_volatile(owner) == key.tgid as u64 && (*slot).comm == key.comm }
 }
 
 #[perf_event]
@@ -852,7 +904,7 @@ fn feed_outputs(
             kstack_id: unsafe { (*p).kstack_id },
             comm,
         };
-        add_count(&STACK_COUNTS, &key);
+        count_stack(&key);
     }
     if flags & CFG_OUT_FILES != 0 {
         count_file(map, kind, tgid, &comm);
