@@ -3,6 +3,8 @@
 //! The cost a tracer adds is measured where it lands: on the traced workload. A workload
 //! faults N fresh anonymous pages and reports its own wall time; the median time with a
 //! tracer attached, minus the median with none, divided by N, is the tracer's cost per fault.
+//! The tools take turns, round after round, so a slow spell of the machine falls on all of
+//! them alike rather than on whichever ran then.
 
 use std::{
     io::{BufRead, BufReader},
@@ -18,6 +20,8 @@ use crate::{root, say, sh, toolchain};
 const PAGES: u64 = 600_000;
 const CHUNK: u64 = 16_384;
 const RUNS: usize = 5;
+/// Workload runs per tracer start.
+const REPEAT: usize = 2;
 
 /// A tracer to measure: how to start it, and how to tell it has attached.
 struct Tracer {
@@ -130,17 +134,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median workload seconds with `tracer` attached (None: no tracer).
-fn measure(bin: &Path, tracer: Option<&Tracer>) -> Result<f64> {
-    let mut times = Vec::new();
-    for _ in 0..RUNS {
-        let child = tracer.map(start).transpose()?.map(Running);
-        times.push(run_workload(bin)?);
-        if let Some(c) = child {
-            stop(c)?;
+/// Median workload seconds with each tracer attached (None: no tracer), in turns.
+fn measure(bin: &Path, tracers: &[Option<&Tracer>]) -> Result<Vec<f64>> {
+    let mut times = vec![Vec::new(); tracers.len()];
+    for round in 0..RUNS {
+        say(format!("round {}/{RUNS}", round + 1));
+        for (tracer, times) in tracers.iter().zip(&mut times) {
+            let child = tracer.map(start).transpose()?.map(Running);
+            for _ in 0..REPEAT {
+                times.push(run_workload(bin)?);
+            }
+            if let Some(c) = child {
+                stop(c)?;
+            }
         }
     }
-    Ok(median(times))
+    Ok(times.into_iter().map(median).collect())
 }
 
 fn pfault_tracer(name: &'static str, pfault: &str, args: &[&str]) -> Tracer {
@@ -241,17 +250,33 @@ pub fn run(_args: &[String]) -> Result<()> {
                 },
             ],
         ),
+        (
+            "latency per process",
+            vec![
+                pfault_tracer("pfault stat -a -L", &p, &["stat", "-a", "-L", "--output", "/dev/null"]),
+                bpftrace(
+                    "bpftrace @lat[pid, comm] = hist()",
+                    out("bpftrace-latency.txt"),
+                    "tracepoint:exceptions:page_fault_user { @s[tid] = nsecs; } \
+                     software:minor-faults:1, software:major-faults:1 /@s[tid]/ { @lat[pid, comm] = hist(nsecs - @s[tid]); delete(@s[tid]); }",
+                ),
+            ],
+        ),
     ];
     say(format!(
-        "workload: {PAGES} anonymous pages written once each, median of {RUNS} runs per tool"
+        "workload: {PAGES} anonymous pages written once each, {RUNS} rounds of every tool, {REPEAT} runs each"
     ));
-    let base = measure(&bin, None)?;
+    let all: Vec<Option<&Tracer>> = std::iter::once(None)
+        .chain(jobs.iter().flat_map(|(_, t)| t.iter().map(Some)))
+        .collect();
+    let mut secs = measure(&bin, &all)?.into_iter();
+    let base = secs.next().unwrap();
     say(format!(
         "no tracer: {base:.3} s ({:.2} us per fault)",
         base * 1e6 / PAGES as f64
     ));
     let mut md = format!(
-        "Workload: `anon_writer {PAGES} {CHUNK}` (writes {PAGES} fresh anonymous pages), median of {RUNS} runs; \
+        "Workload: `anon_writer {PAGES} {CHUNK}` (writes {PAGES} fresh anonymous pages), median of {RUNS} rounds x {REPEAT} runs, the tools taking turns; \
          no tracer: {base:.3} s ({:.2} us per fault).\n\n\
          | job | tool | workload s | added us/fault | pfault / this |\n|---|---|---|---|---|\n",
         base * 1e6 / PAGES as f64
@@ -260,7 +285,7 @@ pub fn run(_args: &[String]) -> Result<()> {
     for (job, tracers) in &jobs {
         let mut ours = None;
         for t in tracers {
-            let secs = measure(&bin, Some(t))?;
+            let secs = secs.next().unwrap();
             let added = (secs - base) * 1e6 / PAGES as f64;
             say(format!("{}: {secs:.3} s, adds {added:.2} us per fault", t.name));
             let ratio = match ours {
