@@ -32,12 +32,9 @@ pub fn read_proc_stats(engine: &mut Engine, reset: bool) -> Result<Vec<(ProcKey,
     read_counts(engine, "PROC_STATS", reset)
 }
 
-/// The process of a `TaskSeen` record (a thread's first fault), if `data` is one.
-pub fn task_seen(data: &[u8]) -> Option<u32> {
-    (data.len() == size_of::<TaskSeen>()).then(|| {
-        let t: TaskSeen = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-        t.pid
-    })
+/// A `TaskSeen` record (a thread's first fault, an exec, a fork), if `data` is one.
+pub fn task_seen(data: &[u8]) -> Option<TaskSeen> {
+    (data.len() == size_of::<TaskSeen>()).then(|| unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) })
 }
 
 /// A comm from the kernel, as text.

@@ -107,8 +107,8 @@ impl Counter {
 
 impl Handler for Counter {
     fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(pid) = task_seen(data) {
-            self.maps.reread(pid);
+        if let Some(t) = task_seen(data) {
+            self.maps.seen(&t);
         }
         Ok(())
     }

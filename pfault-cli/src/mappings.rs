@@ -96,10 +96,16 @@ impl Mappings {
         self.procs.entry(pid).or_insert_with(|| ProcMaps::read(pid));
     }
 
-    /// Reads a process's maps again now (it exec'd, or started a thread): a process that is
-    /// gone keeps the map it had.
-    pub fn reread(&mut self, pid: u32) {
-        let fresh = ProcMaps::read(pid);
+    /// Reads a process's maps again now (it exec'd, started a thread, or is new): a process
+    /// that is gone keeps the map it had, and a fork child already gone gets its parent's,
+    /// the layout it was born with.
+    pub fn seen(&mut self, t: &TaskSeen) {
+        let pid = t.pid;
+        let mut fresh = ProcMaps::read(pid);
+        if fresh.gone && t.forked_from != 0 {
+            self.note_process(t.forked_from);
+            fresh.entries = self.procs[&t.forked_from].entries.clone();
+        }
         match self.procs.get_mut(&pid) {
             Some(p) if fresh.gone => p.gone = true,
             Some(p) => p.entries = fresh.entries,

@@ -208,18 +208,6 @@ pub fn kprobes_available() -> bool {
     Path::new(TRACEFS).join("kprobe_events").exists()
 }
 
-/// Offset of a field in a tracepoint's record, from its tracefs format file.
-fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
-    let path = format!("{TRACEFS}/events/{category}/{name}/format");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    text.lines()
-        .find(|l| l.contains(&format!(" {field};")))
-        .and_then(|l| l.split("offset:").nth(1))
-        .and_then(|s| s.split(';').next())
-        .and_then(|s| s.trim().parse().ok())
-        .with_context(|| format!("{path} has no field {field}"))
-}
-
 /// Kernel offsets and enum values the programs need, from the running kernel's BTF.
 fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
     let enum_value = |values: &[(String, u64)], name: &str| -> Result<u32> {
@@ -273,7 +261,6 @@ fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         fault_flag_user: enum_value(&flags, "FAULT_FLAG_USER")?,
         fault_flag_instruction: enum_value(&flags, "FAULT_FLAG_INSTRUCTION")?,
         fault_flag_tried: enum_value(&flags, "FAULT_FLAG_TRIED")?,
-        tp_fork_child_pid: tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?,
     };
     // Single-bit reasons only: the HWPOISON index mask is not a flag.
     let names = reasons
@@ -460,10 +447,10 @@ fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// The exception tracepoints, attached raw (programs and tracepoints share a name).
-fn raw_tracepoint(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    let tp: &mut RawTracePoint = ebpf.program_mut(name).context("missing program")?.try_into()?;
-    tp.load().with_context(|| format!("loading {name}"))?;
+/// A raw tracepoint: the kernel's arguments as they are, without a trace record built first.
+fn raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
+    let tp: &mut RawTracePoint = ebpf.program_mut(prog).context("missing program")?.try_into()?;
+    tp.load().with_context(|| format!("loading {prog}"))?;
     tp.attach(name)
         .with_context(|| format!("attaching to raw tracepoint {name}"))?;
     Ok(())
@@ -579,10 +566,10 @@ fn attach(
     let completion_only = mode == ProbeMode::Tracepoint && flags & CFG_COMPLETION_ONLY != 0;
     if (mode == ProbeMode::Tracepoint || errors_wanted) && !completion_only {
         if plan.modes & MODE_USER != 0 {
-            raw_tracepoint(ebpf, "page_fault_user")?;
+            raw_tracepoint(ebpf, "page_fault_user", "page_fault_user")?;
         }
         if plan.modes & MODE_KERNEL != 0 {
-            raw_tracepoint(ebpf, "page_fault_kernel")?;
+            raw_tracepoint(ebpf, "page_fault_kernel", "page_fault_kernel")?;
         }
     }
     if mode == ProbeMode::Tracepoint && flags & CFG_ACCOUNTED == 0 {
@@ -592,8 +579,8 @@ fn attach(
         // Reports the faults that killed threads, and folds the counts of exiting ones.
         tracepoint(ebpf, "task_exit", "sched", "sched_process_exit")?;
     }
-    if flags & CFG_FOLLOW != 0 {
-        tracepoint(ebpf, "task_fork", "sched", "sched_process_fork")?;
+    if flags & (CFG_FOLLOW | CFG_NOTIFY_TASKS) != 0 {
+        raw_tracepoint(ebpf, "task_fork", "sched_process_fork")?;
     }
     if flags & CFG_NOTIFY_TASKS != 0 {
         tracepoint(ebpf, "task_exec", "sched", "sched_process_exec")?;

@@ -269,8 +269,8 @@ fn merge_processes(rows: Vec<Row>) -> Vec<Row> {
 
 impl Handler for Counter {
     fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(pid) = task_seen(data) {
-            self.syms.process_changed(pid);
+        if let Some(t) = task_seen(data) {
+            self.syms.process_changed(&t);
         }
         Ok(())
     }

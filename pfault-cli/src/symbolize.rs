@@ -12,6 +12,7 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
     Input, Symbolized, Symbolizer,
 };
+use pfault_common::TaskSeen;
 use serde::Serialize;
 
 use crate::mappings::Mappings;
@@ -93,9 +94,9 @@ impl Symbols {
         self.maps.note_process(pid);
     }
 
-    /// A process exec'd or started a thread: read its maps again while it lives.
-    pub fn process_changed(&mut self, pid: u32) {
-        self.maps.reread(pid);
+    /// A process is new, exec'd or started a thread: read its maps again while it lives.
+    pub fn process_changed(&mut self, t: &TaskSeen) {
+        self.maps.seen(t);
     }
 
     /// Symbolizes a user stack (leaf first). Return addresses point after the call, so every

@@ -218,8 +218,8 @@ fn fit(s: &str, cols: u16) -> String {
 
 impl Handler for Top {
     fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(pid) = task_seen(data) {
-            self.maps.reread(pid);
+        if let Some(t) = task_seen(data) {
+            self.maps.seen(&t);
         }
         Ok(())
     }

@@ -160,8 +160,8 @@ impl Printer {
 
 impl Handler for Printer {
     fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(pid) = task_seen(data) {
-            self.syms.process_changed(pid);
+        if let Some(t) = task_seen(data) {
+            self.syms.process_changed(&t);
             return Ok(());
         }
         if data.len() < size_of::<FaultEvent>() {

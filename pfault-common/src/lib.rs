@@ -131,8 +131,6 @@ pub struct Offsets {
     pub fault_flag_user: u32,
     pub fault_flag_instruction: u32,
     pub fault_flag_tried: u32,
-    /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
-    pub tp_fork_child_pid: u32,
 }
 
 /// Read-only settings handed to the programs at load time (global `CONFIG`).
@@ -205,6 +203,8 @@ pub struct FaultEvent {
 pub struct TaskSeen {
     pub pid: u32,
     pub tid: u32,
+    /// A new process (fork), and its parent's pid; else 0.
+    pub forked_from: u32,
 }
 
 /// A `FaultEvent` followed by its stacks (`trace -U/-K`).

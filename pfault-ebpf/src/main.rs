@@ -2,12 +2,16 @@
 //!
 //! A fault is seen in two halves. Its *entry* comes from the `exceptions:page_fault_*`
 //! tracepoints (address, ip, error code) or from `handle_mm_fault` itself (kprobe/fentry: the
-//! VMA and fault flags); the entry is parked per thread in `PENDING`. Its *completion* comes
-//! from the perf software events `PAGE_FAULTS_MIN/MAJ` (tracepoint path) or from the return of
-//! `handle_mm_fault` (kretprobe/fexit: the `VM_FAULT_*` result). A parked entry that never
-//! completes (the thread faults again, or exits) is an error fault. Every completion goes
-//! through [`finish`], which feeds whichever outputs userspace asked for: ring-buffer events,
-//! per-stack, per-file or per-process counts.
+//! VMA and fault flags); the entry is parked in the thread's task storage (`PENDING`, or
+//! `THREADS` when processes are counted). Its *completion* comes from the perf software events
+//! `PAGE_FAULTS_MIN/MAJ` (tracepoint path) or from the return of `handle_mm_fault`
+//! (kretprobe/fexit: the `VM_FAULT_*` result). A parked entry that never completes (the thread
+//! faults again, or exits) is an error fault. Every completion goes through [`finish`], which
+//! feeds whichever outputs userspace asked for: ring-buffer events, per-stack, per-file or
+//! per-thread counts (folded into per-process rows by [`fold`]).
+//!
+//! `stat` without latencies (`CFG_ACCOUNTED`) needs no completion: the kernel's own
+//! per-thread accounting has the minor and major counts.
 #![no_std]
 #![no_main]
 // BPF has no compare-and-swap for `AtomicU64::fetch_add`; the intrinsic lowers to `lock xadd`.
@@ -405,13 +409,11 @@ fn enter(ctx: *mut c_void, p: Option<*mut Pending>, tid: u32, addr: u64, ip: u64
     let flags = conf!(flags);
     if flags & CFG_NOTIFY_TASKS != 0 && unsafe { (*p).announced } == 0 {
         unsafe { (*p).announced = 1 };
-        let seen = TaskSeen {
+        announce(TaskSeen {
             pid: (bpf_get_current_pid_tgid() >> 32) as u32,
             tid,
-        };
-        if EVENTS.output::<TaskSeen>(&seen, BPF_RB_FORCE_WAKEUP).is_err() {
-            count(CNT_RINGBUF_LOST);
-        }
+            forked_from: 0,
+        });
     }
     unsafe {
         (*p).ts = bpf_ktime_get_ns();
@@ -813,27 +815,52 @@ pub fn task_exit(ctx: TracePointContext) -> u32 {
 pub fn task_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if wanted_task(tgid, tid)
-        && EVENTS
-            .output::<TaskSeen>(&TaskSeen { pid: tgid, tid }, BPF_RB_FORCE_WAKEUP)
-            .is_err()
-    {
-        count(CNT_RINGBUF_LOST);
+    if wanted_task(tgid, tid) {
+        announce(TaskSeen {
+            pid: tgid,
+            tid,
+            forked_from: 0,
+        });
     }
     0
 }
 
-/// Follow a traced command's children.
-#[tracepoint]
-pub fn task_fork(ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TRACED.get_ptr(tgid).is_some() {
-        let child: u32 = unsafe { ctx.read_at(conf!(off.tp_fork_child_pid) as usize).unwrap_or(0) };
-        if child != 0 && TRACED.insert(child, 1u8, 0).is_err() {
-            count(CNT_AGG_FULL);
-        }
+/// A new process: traced if its parent is (following a command), and announced so that
+/// userspace knows its maps (its parent's, until it execs) even if it exits at once.
+/// `TP_PROTO(struct task_struct *parent, struct task_struct *child)`.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn task_fork(ctx: RawTracePointContext) -> u32 {
+    let child: u64 = ctx.arg(1);
+    let (pid, tgid): (u32, u32) = (
+        read(child, conf!(off.task_pid)),
+        read(child, conf!(off.task_tgid)),
+    );
+    if pid != tgid {
+        // A thread: its process is known already.
+        return 0;
+    }
+    let flags = conf!(flags);
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if flags & CFG_FOLLOW != 0 && TRACED.get_ptr(parent).is_some() && TRACED.insert(tgid, 1u8, 0).is_err() {
+        count(CNT_AGG_FULL);
+    }
+    if flags & CFG_NOTIFY_TASKS != 0 && wanted_task(tgid, pid) {
+        announce(TaskSeen {
+            pid: tgid,
+            tid: pid,
+            forked_from: parent,
+        });
     }
     0
+}
+
+/// Tells userspace of a process to note the maps of. Woken at once: it must read them while
+/// the process lives.
+#[inline(always)]
+fn announce(seen: TaskSeen) {
+    if EVENTS.output::<TaskSeen>(&seen, BPF_RB_FORCE_WAKEUP).is_err() {
+        count(CNT_RINGBUF_LOST);
+    }
 }
 
 /// Feeds one finished fault to every output userspace asked for, with nested entries held

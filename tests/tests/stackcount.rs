@@ -47,6 +47,37 @@ fn folded_user_stack_counts_match_rusage_after_the_workload_exits() {
     );
 }
 
+/// A forked child is announced at the fork, so its stacks are named although it lives only
+/// a few milliseconds (counting at completion alone sees no first fault to announce it).
+#[test]
+fn forked_child_stacks_are_named() {
+    let dir = scratch("stackcount-fork");
+    let out = dir.join("folded.txt");
+    let truth = pfault_on(
+        &["stackcount", "-U", "-P", "--folded"],
+        &out,
+        "fork_cow",
+        &["10000"],
+    );
+    let (child, minflt) = (num(&truth, "child"), num(&truth, "minflt"));
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let (stack, count) = folded
+        .lines()
+        .filter(|l| l.starts_with(&format!("fork_cow_[{child}];")))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(stack, n)| (stack, n.parse::<u64>().unwrap()))
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or_else(|| panic!("no stack of the child {child} in:\n{folded}"));
+    assert!(
+        within(count, minflt, 1.0),
+        "child's top stack counted {count}, its getrusage says {minflt}"
+    );
+    assert!(
+        stack.ends_with(";main"),
+        "the child's frames must be named: {stack}"
+    );
+}
+
 #[test]
 fn svg_flame_graph_is_well_formed_and_names_the_function() {
     let dir = scratch("stackcount-svg");
