@@ -57,8 +57,8 @@ pub fn report_losses(engine: &Engine, ring_what: &str) -> Result<()> {
 }
 
 /// The latency below which `q` of the faults fall, from the log-linear histogram (the
-/// bucket's midpoint: within about 10%).
-pub fn percentile(hist: &[u64; HIST_BUCKETS], q: f64) -> u64 {
+/// bucket's midpoint: within about 10%), never above `max`, the largest latency seen.
+pub fn percentile(hist: &[u64; HIST_BUCKETS], max: u64, q: f64) -> u64 {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return 0;
@@ -74,7 +74,7 @@ pub fn percentile(hist: &[u64; HIST_BUCKETS], q: f64) -> u64 {
             } else {
                 lo
             };
-            return (lo + hi) / 2;
+            return ((lo + hi) / 2).min(max);
         }
     }
     0

@@ -93,8 +93,7 @@ impl Stats {
                     errors,
                     faults_per_sec: (done + errors) as f64 / secs,
                     latency_ns: timed.then(|| {
-                        // A bucket's midpoint can pass the largest value seen.
-                        let p = |q| percentile(&v.hist, q).min(v.latency_max_ns);
+                        let p = |q| percentile(&v.hist, v.latency_max_ns, q);
                         Percentiles {
                             p50: p(0.50),
                             p90: p(0.90),

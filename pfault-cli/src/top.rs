@@ -134,7 +134,7 @@ impl Top {
             p.minor += minor;
             p.major += major;
             p.errors += errors;
-            p.p99_ns = percentile(&v.hist, 0.99);
+            p.p99_ns = percentile(&v.hist, v.latency_max_ns, 0.99);
             p.seen = true;
         }
         for (k, v) in read_counts::<FileKey, FileCounts>(engine, "FILE_COUNTS", true)? {
