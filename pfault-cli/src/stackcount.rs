@@ -4,12 +4,13 @@
 
 use std::{
     io::Write,
+    os::fd::{AsFd, AsRawFd},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
-use aya::maps::{Array, MapData, StackTraceMap};
+use anyhow::{bail, Result};
+use aya::maps::{MapData, StackTraceMap};
 use pfault_common::*;
 use serde::Serialize;
 
@@ -91,22 +92,35 @@ struct Counter {
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
-/// The taken `STACK_SLOTS` entries as `(slot, entry)`; with `reset`, they are freed.
-fn stack_slots(engine: &mut Engine, reset: bool) -> Result<Vec<(u32, StackSlot)>> {
-    let Some(map) = engine.ebpf.map_mut("STACK_SLOTS") else {
+/// The taken `STACK_SLOTS` entries as `(slot, entry)`; with `reset`, they are freed. The
+/// array is mapped into memory (`BPF_F_MMAPABLE`): a syscall per slot would cost tens of
+/// milliseconds for its tens of thousands of slots.
+fn stack_slots(engine: &Engine, reset: bool) -> Result<Vec<(u32, StackSlot)>> {
+    let Some(aya::maps::Map::Array(data)) = engine.ebpf.map("STACK_SLOTS") else {
         return Ok(Vec::new());
     };
-    let mut slots: Array<_, StackSlot> = Array::try_from(map)?;
-    let taken: Vec<(u32, StackSlot)> = (0..slots.len())
-        .filter_map(|i| slots.get(&i, 0).ok().map(|s| (i, s)))
-        .filter(|(_, s)| s.tgid != 0)
-        .collect();
-    if reset {
-        let free: StackSlot = unsafe { std::mem::zeroed() };
-        for (i, _) in &taken {
-            slots.set(*i, free, 0)?;
+    let n = data.info()?.max_entries() as usize;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = (n * size_of::<StackSlot>()).next_multiple_of(page);
+    let fd = data.fd().as_fd().as_raw_fd();
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+    if p == libc::MAP_FAILED {
+        bail!("mapping STACK_SLOTS: {}", std::io::Error::last_os_error());
+    }
+    let slots = p as *mut StackSlot;
+    let mut taken = Vec::new();
+    for i in 0..n {
+        // The programs write these slots meanwhile: read each one once, as it is now.
+        let s = unsafe { std::ptr::read_volatile(slots.add(i)) };
+        if s.tgid != 0 {
+            taken.push((i as u32, s));
+            if reset {
+                unsafe { std::ptr::write_volatile(slots.add(i), std::mem::zeroed()) };
+            }
         }
     }
+    unsafe { libc::munmap(p, len) };
     Ok(taken)
 }
 

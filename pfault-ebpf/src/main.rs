@@ -28,8 +28,8 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC, BPF_F_USER_STACK,
-        BPF_NOEXIST,
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
+        BPF_F_USER_STACK, BPF_NOEXIST,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
@@ -200,9 +200,10 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(40960, 0);
 
 /// Stack counts indexed by the stack id (`CFG_STACK_SLOTS`; as many slots as `STACKS` has
-/// buckets): an array lookup where `STACK_COUNTS` hashes the key on every fault.
+/// buckets): an array lookup where `STACK_COUNTS` hashes the key on every fault. Userspace
+/// maps it into memory to read it (tens of thousands of slots, no syscall each).
 #[map]
-static STACK_SLOTS: Array<StackSlot> = Array::with_max_entries(16384, 0);
+static STACK_SLOTS: Array<StackSlot> = Array::with_max_entries(16384, BPF_F_MMAPABLE);
 
 #[map]
 static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(16384, 0);
