@@ -108,7 +108,12 @@ impl Mappings {
         }
         match self.procs.get_mut(&pid) {
             Some(p) if fresh.gone => p.gone = true,
-            Some(p) => p.entries = fresh.entries,
+            Some(p) => {
+                // It lives after all: a read in the middle of its exec found no maps (a fork
+                // notice is often read then), which looks like an exited process.
+                p.entries = fresh.entries;
+                p.gone = false;
+            }
             None => {
                 self.procs.insert(pid, fresh);
             }
