@@ -181,22 +181,45 @@ fn bpftrace(name: &'static str, out: PathBuf, program: &str) -> Tracer {
     }
 }
 
+/// The internal command behind [`startup`]: `cargo xtask peak-rss CMD ARGS` runs CMD and
+/// prints its wall seconds and peak RSS in KiB.
+pub const PEAK_RSS: &str = "peak-rss";
+
+/// Runs `argv` to completion; prints `SECONDS KIB`.
+///
+/// A child's ru_maxrss starts from the peak RSS of the address space it was spawned from
+/// (the kernel carries it over at exec), so a command spawned by this bench, grown large by
+/// the runs before, would report the bench's own size. This runs in a fresh, small process.
+pub fn peak_rss(argv: &[String]) -> Result<()> {
+    let t = Instant::now();
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) } < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    println!("{} {}", t.elapsed().as_secs_f64(), ru.ru_maxrss);
+    Ok(())
+}
+
 /// Wall seconds and peak RSS (KiB) of a command run to completion, median of RUNS.
 fn startup(argv: &[&str]) -> Result<(f64, u64)> {
     let mut runs = Vec::new();
     for _ in 0..RUNS {
-        let t = Instant::now();
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut status = 0;
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) } < 0 {
-            bail!("wait4: {}", std::io::Error::last_os_error());
+        let out = Command::new(std::env::current_exe()?)
+            .arg(PEAK_RSS)
+            .args(argv)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut f = text.split_whitespace().map(str::parse::<f64>);
+        match (f.next(), f.next()) {
+            (Some(Ok(secs)), Some(Ok(kib))) => runs.push((secs, kib as u64)),
+            _ => bail!("{PEAK_RSS} {argv:?} printed {text:?}"),
         }
-        runs.push((t.elapsed().as_secs_f64(), ru.ru_maxrss as u64));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(runs[runs.len() / 2])

@@ -33,6 +33,7 @@ fn real_main() -> Result<()> {
         Some("test") => test(),
         Some("build-ebpf") => build_ebpf(),
         Some("bench") => bench::run(&rest),
+        Some(bench::PEAK_RSS) => bench::peak_rss(&rest),
         Some("vm-test") => vm::run(),
         _ => bail!("{USAGE}"),
     }
