@@ -105,6 +105,8 @@ pub struct Engine {
     pub vm_fault_names: VmFaultNames,
     /// Why better modes were not used, when the mode was chosen automatically.
     pub refused: Vec<String>,
+    /// Counts come from the kernel's own fault accounting (`CFG_ACCOUNTED`).
+    pub accounted: bool,
     /// CLOCK_MONOTONIC when the probes were attached.
     pub started_ns: u64,
 }
@@ -357,12 +359,19 @@ impl Engine {
             mode,
             vm_fault_names,
             refused,
+            accounted: flags & CFG_ACCOUNTED != 0,
             started_ns: monotonic_ns(),
         })
     }
 
     /// "probe mode tracepoint (fentry: ...; kprobe: ...)", for stderr.
     pub fn describe(&self) -> String {
+        if self.accounted {
+            return format!(
+                "probe mode {}, counts from the kernel's fault accounting (-L times each fault)",
+                self.mode.name()
+            );
+        }
         if self.refused.is_empty() {
             format!("probe mode {}", self.mode.name())
         } else {
