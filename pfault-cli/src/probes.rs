@@ -128,7 +128,7 @@ impl Losses {
         [
             (
                 self.pending_full,
-                "faults not tracked (more threads faulting at once than the pending map holds)",
+                "faults not tracked (the kernel gave no per-thread storage: out of memory, or a nested probe)",
             ),
             (
                 self.stack_collisions,
