@@ -53,3 +53,20 @@ pub fn man() -> Result<Option<i32>> {
     clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_tracing_tool_takes_all_processes() {
+        for tool in ["trace", "stackcount", "ffaults", "stat", "top"] {
+            Cli::try_parse_from(["pfault", tool, "-a"]).unwrap_or_else(|e| panic!("{tool} -a: {e}"));
+        }
+    }
+}

@@ -8,12 +8,13 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    agg::{comm, read_counts, task_seen},
+    args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
+    engine::{Engine, Plan, Tunable},
     mappings::Mappings,
-    output::{table, OutputArgs},
-    probes::Engine,
-    session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
-    trace::FaultFilterArgs,
+    output::table,
+    procfs::{cstr, page_size},
+    records::Record,
+    session::{Handler, Session},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,7 +70,9 @@ struct Counter {
 
 impl Counter {
     fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
-        let mut rows: Vec<Row> = read_counts::<FileKey, FileCounts>(engine, "FILE_COUNTS", reset)?
+        let page = page_size();
+        let mut rows: Vec<Row> = engine
+            .file_counts(reset)?
             .into_iter()
             .map(|(k, v)| {
                 let file = self
@@ -79,13 +82,13 @@ impl Counter {
                 let total = minor + major + errors;
                 Row {
                     pid: k.tgid,
-                    comm: comm(&k.comm),
+                    comm: cstr(&k.comm).to_string(),
                     file,
                     minor,
                     major,
                     errors,
                     total,
-                    bytes: total * 4096,
+                    bytes: total * page,
                 }
             })
             .collect();
@@ -106,8 +109,8 @@ impl Counter {
 }
 
 impl Handler for Counter {
-    fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(t) = task_seen(data) {
+    fn record(&mut self, record: Record) -> Result<()> {
+        if let Record::Task(t) = record {
             self.maps.seen(&t);
         }
         Ok(())
@@ -150,14 +153,15 @@ impl Handler for Counter {
 }
 
 pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
-    let mut plan = args.filter.plan(CFG_OUT_FILES | CFG_NOTIFY_TASKS);
+    let mut plan = Plan::filtered(CFG_OUT_FILES | CFG_NOTIFY_TASKS, &args.filter);
     plan.agg_entries = args.map_entries;
-    // Only TaskSeen records go through the ring buffer here.
+    plan.tunables = vec![Tunable::FILE_COUNTS];
+    // Only process notices go through the ring buffer here.
     plan.ringbuf_bytes = 256 << 10;
     let out = args.output.open()?;
     let mut session = Session::start(&args.target, None, &plan)?;
-    let mut ring = event_ring(&mut session.engine)?;
-    let (duration, interval) = (args.duration.clone(), args.interval.interval);
+    let mut ring = session.events()?;
+    let (duration, interval, format) = (args.duration.clone(), args.interval.interval, args.output.format);
     let mut counter = Counter {
         out,
         maps: Mappings::default(),
@@ -166,13 +170,8 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
     if let Some(pid) = counter.args.target.pid {
         counter.maps.note_process(pid);
     }
-    session
-        .run_counting(
-            &duration,
-            interval,
-            Some(&mut ring),
-            &mut counter,
-            "process notices",
-        )
-        .await
+    let end = session
+        .run(&duration, interval, Some(&mut ring), &mut counter)
+        .await?;
+    session.finish(end, format, None, "process notices")
 }

@@ -11,16 +11,7 @@ use std::{
 
 use pfault_common::*;
 
-#[derive(Clone, Debug)]
-pub struct MapEntry {
-    pub start: u64,
-    pub end: u64,
-    pub file_offset: u64,
-    /// As the kernel keeps it in `super_block.s_dev`: major << 20 | minor.
-    pub dev: u32,
-    pub ino: u64,
-    pub path: String,
-}
+use crate::procfs::{cstr, read_maps, MapEntry};
 
 struct ProcMaps {
     entries: Vec<MapEntry>,
@@ -31,7 +22,7 @@ struct ProcMaps {
 
 impl ProcMaps {
     fn read(pid: u32) -> ProcMaps {
-        let entries = read_proc_maps(pid);
+        let entries = read_maps(pid);
         ProcMaps {
             gone: entries.is_none(),
             entries: entries.unwrap_or_default(),
@@ -50,44 +41,6 @@ const REFRESH_EVERY: Duration = Duration::from_millis(500);
 pub struct Mappings {
     procs: HashMap<u32, ProcMaps>,
     last_refresh: Option<Instant>,
-}
-
-pub fn read_proc_maps(pid: u32) -> Option<Vec<MapEntry>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(_perms), Some(off), Some(dev), Some(ino)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let path = f.collect::<Vec<_>>().join(" ");
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        out.push(MapEntry {
-            start: u64::from_str_radix(s, 16).unwrap_or(0),
-            end: u64::from_str_radix(e, 16).unwrap_or(0),
-            file_offset: u64::from_str_radix(off, 16).unwrap_or(0),
-            dev: dev
-                .split_once(':')
-                .and_then(|(ma, mi)| {
-                    Some(u32::from_str_radix(ma, 16).ok()? << 20 | u32::from_str_radix(mi, 16).ok()?)
-                })
-                .unwrap_or(0),
-            ino: ino.parse().unwrap_or(0),
-            path,
-        });
-    }
-    // An exiting process (a zombie) reads as empty: that is no map, not an empty one.
-    (!out.is_empty()).then_some(out)
-}
-
-/// The basename the kernel recorded, as text.
-pub fn cstr(bytes: &[u8]) -> &str {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    std::str::from_utf8(&bytes[..end]).unwrap_or("?")
 }
 
 impl Mappings {
@@ -132,7 +85,7 @@ impl Mappings {
             let age = p.first_seen.elapsed();
             if age < NEWBORN || slow_due && age < YOUNG {
                 // A process that is gone keeps its last map.
-                if let Some(entries) = read_proc_maps(*pid) {
+                if let Some(entries) = read_maps(*pid) {
                     p.entries = entries;
                 }
             }
@@ -150,7 +103,7 @@ impl Mappings {
         };
         let mut idx = find(&p.entries);
         if idx.is_none() && !p.gone {
-            match read_proc_maps(pid) {
+            match read_maps(pid) {
                 Some(entries) => p.entries = entries,
                 None => p.gone = true,
             }
@@ -170,7 +123,7 @@ impl Mappings {
         };
         let mut idx = find(&p.entries);
         if idx.is_none() && !p.gone {
-            if let Some(entries) = read_proc_maps(pid) {
+            if let Some(entries) = read_maps(pid) {
                 p.entries = entries;
             }
             idx = find(&p.entries);

@@ -1,11 +1,127 @@
 //! `pfault probes`: what this kernel allows and which probe mode the tools will use.
 
 use anyhow::Result;
+use pfault_common::CFG_OUT_PROCS;
+
+use crate::{
+    btf::Btf,
+    engine::{features, layout::kernel_layout, short_error, Engine, Plan, ProbeMode, TaskFilter},
+    procfs,
+};
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+/// The report's lines: what was checked and what was found. Loads and attaches nothing for
+/// longer than it takes to ask.
+pub fn report() -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
+    let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    add("kernel", uname.trim().to_string());
+    let privileged = procfs::check_privileges();
+    add(
+        "privileges",
+        match &privileged {
+            Ok(()) => "ok (CAP_BPF and CAP_PERFMON, or root)".into(),
+            Err(e) => format!("missing: {e}"),
+        },
+    );
+    let btf = Btf::from_sys_fs();
+    add(
+        "BTF",
+        match &btf {
+            Ok(_) => "yes (/sys/kernel/btf/vmlinux)".into(),
+            Err(e) => format!("no: {}", short_error(e)),
+        },
+    );
+    // Mounted as the tools would mount it, where pfault may.
+    let tracefs = if privileged.is_ok() {
+        features::ensure_tracefs()
+    } else {
+        Ok(())
+    };
+    add(
+        "tracefs",
+        match tracefs {
+            Ok(()) if features::tracefs_mounted() => format!("mounted at {}", features::TRACEFS),
+            Ok(()) => "not mounted (needs root to mount)".into(),
+            Err(e) => format!("no: {e}"),
+        },
+    );
+    if let Ok(btf) = &btf {
+        add(
+            "kernel layout",
+            match kernel_layout(btf) {
+                Ok(_) => "all struct offsets and VM_FAULT_* values found in BTF".into(),
+                Err(e) => format!("incomplete: {e:#}"),
+            },
+        );
+    }
+    add(
+        "exceptions tracepoints",
+        yes_no(features::exception_tracepoints()),
+    );
+    add(
+        "kprobes",
+        if features::kprobes_available() {
+            "yes".into()
+        } else {
+            "no (CONFIG_KPROBES not set, or tracefs not mounted)".into()
+        },
+    );
+    add(
+        "ring buffer",
+        match features::ringbuf() {
+            Ok(b) => yes_no(b),
+            Err(e) => format!("unknown ({e})"),
+        },
+    );
+    add(
+        "lockdown",
+        match features::lockdown() {
+            Ok(mode) => mode,
+            Err(e) => format!("unknown: {e:#}"),
+        },
+    );
+    if privileged.is_ok() && btf.is_ok() {
+        // Load for real: fentry permission is a policy question only the kernel answers.
+        let mut plan = Plan::new(CFG_OUT_PROCS);
+        let filter = TaskFilter {
+            tgid: u32::MAX,
+            ..Default::default()
+        };
+        let mut best = None;
+        for mode in ProbeMode::ALL {
+            plan.probe = Some(mode);
+            let verdict = match Engine::start(&plan, &filter) {
+                Ok(_) => {
+                    best.get_or_insert(mode);
+                    "available".to_string()
+                }
+                Err(e) => format!("unavailable: {}", short_error(&e)),
+            };
+            add(&format!("mode {}", mode.name()), verdict);
+        }
+        add(
+            "tools",
+            match best {
+                Some(m) => format!(
+                    "trace, stackcount, ffaults, stat and top use {} (the first available of fentry, kprobe, tracepoint; --probe overrides)",
+                    m.name()
+                ),
+                None => "no probe mode works on this kernel".into(),
+            },
+        );
+    }
+    lines
+}
 
 pub fn run() -> Result<Option<i32>> {
-    let report = crate::probes::report();
-    let width = report.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in &report.lines {
+    let lines = report();
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &lines {
         println!("{k:<width$}  {v}");
     }
     Ok(None)

@@ -1,54 +1,31 @@
-//! What every subcommand shares: choosing the target (a PID, a command name, or a command
-//! pfault starts itself), starting the engine, and the loop that ends on a duration, a signal
-//! or the target's exit, with an optional interval tick and ring-buffer reader.
+//! What every tracing subcommand shares: choosing the target (every process, a PID, a command
+//! name, or a command pfault starts itself), starting the engine, the loop that ends on a
+//! duration, a signal or the target's exit (with an optional interval tick and ring-buffer
+//! reader), and the summary it ends with.
 
 use std::{
-    ffi::CString,
-    fs::File,
-    io::Write,
     os::fd::{FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
 
-use crate::probes::{Engine, Plan, TaskFilter};
+use crate::{
+    args::{DurationArgs, TargetArgs},
+    engine::{Engine, Losses, Plan, TaskFilter},
+    held::Held,
+    output::Format,
+    procfs,
+    records::{self, Record},
+};
 
 const RING_POLL: Duration = Duration::from_millis(20);
-
-/// Which processes to look at. Shared by every tracing subcommand.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct TargetArgs {
-    /// Only this process (all its threads); stop when it exits
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
-    pub pid: Option<u32>,
-    /// Only processes with this command name (as in /proc/PID/comm)
-    #[arg(short, long, value_name = "COMM")]
-    pub comm: Option<String>,
-    /// Start this command and trace it and its children from their first instruction
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
-
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct DurationArgs {
-    /// Stop after SECONDS (0: attach, then stop at once)
-    #[arg(short, long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
-}
-
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct IntervalArgs {
-    /// Print (and reset) every SECONDS
-    #[arg(short, long, value_name = "SECONDS")]
-    pub interval: Option<f64>,
-}
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,165 +40,88 @@ pub enum End {
 
 impl End {
     /// pfault's exit status: the command's, when pfault started one and it exited.
-    pub fn exit_code(self) -> Option<i32> {
+    pub fn exit_code(&self) -> Option<i32> {
         match self {
-            End::TargetExited(code) => code,
+            End::TargetExited(code) => *code,
             _ => None,
         }
     }
 }
 
-/// A command forked by pfault, held before `exec` until the probes are attached.
-struct Paused {
-    pid: u32,
-    release: File,
-}
-
 pub struct Session {
     pub engine: Engine,
-    paused: Option<Paused>,
-    child: Option<u32>,
+    command: Option<Held>,
     watch: Option<AsyncFd<OwnedFd>>,
+    started: Instant,
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; the result is a new descriptor we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: a descriptor the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Checks that `pid` names a live process, and not one of its threads.
-pub fn check_pid(pid: u32) -> Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| anyhow::anyhow!("no such process: {pid} (check the PID with `ps -p {pid}`)"))?;
-    let tgid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .map(|s| s.trim().to_string());
-    if let Some(tgid) = tgid.filter(|t| t != &pid.to_string()) {
-        bail!("{pid} is a thread of process {tgid}: pass -p {tgid} (or -t {pid} where the tool has it)");
-    }
-    Ok(())
-}
-
-/// Finds `prog` as execvp would, so a typo is one clear error and not a child exiting 127.
-fn resolve_program(prog: &str) -> Result<PathBuf> {
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if prog.contains('/') {
-        if is_exec(Path::new(prog)) {
-            return Ok(prog.into());
+/// A pidfd that becomes readable when `pid` exits.
+fn watch_exit(pid: u32) -> Result<AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => anyhow::anyhow!("no such process: {pid} (it exited)"),
+        Some(libc::ENOSYS) => {
+            anyhow::anyhow!("cannot watch process {pid}: this kernel has no pidfd_open (Linux 5.3+)")
         }
-    } else if let Some(found) = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(prog))
-        .find(|p| is_exec(p))
-    {
-        return Ok(found);
-    }
-    bail!("cannot run {prog}: no such executable (check the command after `--`)");
-}
-
-/// Forks `argv` and holds the child until `Paused::release` is written, so the probes can be
-/// attached and its pid put in the filter before its first instruction. (std's `Command`
-/// waits for the exec, so it cannot hold a child back.)
-fn spawn_paused(argv: &[String]) -> Result<Paused> {
-    let prog = CString::new(resolve_program(&argv[0])?.into_os_string().into_encoded_bytes())?;
-    let args: Vec<CString> = argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()?;
-    let mut argp: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argp.push(std::ptr::null());
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("pipe: {}", std::io::Error::last_os_error());
-    }
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        bail!("fork: {}", std::io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // Child: only async-signal-safe calls until exec.
-        unsafe {
-            libc::close(fds[1]);
-            let mut b = 0u8;
-            while libc::read(fds[0], (&mut b as *mut u8).cast(), 1) < 0 {}
-            libc::execv(prog.as_ptr(), argp.as_ptr());
-            libc::_exit(127);
-        }
-    }
-    unsafe { libc::close(fds[0]) };
-    Ok(Paused {
-        pid: pid as u32,
-        release: unsafe { File::from_raw_fd(fds[1]) },
-    })
+        _ => anyhow::anyhow!("cannot watch process {pid}: pidfd_open: {e}"),
+    })?;
+    readable_fd(fd)
 }
 
 impl Session {
     /// Resolves the target, starts the engine for `plan`, and reports the probe mode.
     pub fn start(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
         if let Some(pid) = target.pid {
-            check_pid(pid)?;
+            procfs::check_pid(pid)?;
         }
         if let Some(tid) = tid {
-            if !Path::new(&format!("/proc/{tid}")).exists() {
-                bail!("no such thread: {tid}");
-            }
+            procfs::check_tid(tid)?;
         }
-        crate::probes::check_privileges()?;
-        let paused = if target.command.is_empty() {
+        procfs::check_privileges()?;
+        // Held until everything below succeeded; dropped (killed) on any error.
+        let command = if target.command.is_empty() {
             None
         } else {
-            Some(spawn_paused(&target.command)?)
+            Some(Held::spawn(&target.command)?)
         };
         let filter = TaskFilter {
             tgid: target.pid.unwrap_or(0),
             tid: tid.unwrap_or(0),
             comm: target.comm.clone(),
-            follow: paused.is_some(),
+            follow: command.is_some(),
         };
-        let started = Engine::start(plan, &filter);
-        let mut engine = match started {
-            Ok(e) => e,
-            Err(e) => {
-                if let Some(p) = &paused {
-                    unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
-                }
-                return Err(e);
-            }
-        };
-        if let Some(p) = &paused {
-            engine.trace_tgid(p.pid)?;
+        let mut engine = Engine::start(plan, &filter)?;
+        if let Some(c) = &command {
+            engine.trace_tgid(c.pid)?;
         }
-        let watched = paused.as_ref().map(|p| p.pid).or(target.pid);
-        let watch = match watched {
-            Some(pid) => Some(readable_fd(
-                pidfd_open(pid).map_err(|_| anyhow::anyhow!("no such process: {pid}"))?,
-            )?),
-            None => None,
-        };
+        let watch = command
+            .as_ref()
+            .map(|c| c.pid)
+            .or(target.pid)
+            .map(watch_exit)
+            .transpose()?;
         eprintln!("pfault: {}", engine.describe());
         Ok(Session {
             engine,
-            child: paused.as_ref().map(|p| p.pid),
-            paused,
+            command,
             watch,
+            started: Instant::now(),
         })
     }
 
-    /// Lets a command started by pfault run.
-    fn release(&mut self) -> Result<()> {
-        if let Some(mut p) = self.paused.take() {
-            p.release.write_all(b"g").context("releasing the command")?;
-        }
-        Ok(())
+    /// Takes the ring buffer of events and process notices out of the engine, to read it in
+    /// [`Self::run`].
+    pub fn events(&mut self) -> Result<AsyncFd<RingBuf<MapData>>> {
+        readable_fd(self.engine.take_events()?)
     }
 
     /// Runs until the duration passes, a signal arrives or the target exits. Records from
@@ -242,7 +142,9 @@ impl Session {
         let period = interval.map(|i| Duration::from_secs_f64(i.max(0.001)));
         let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
         ticker.tick().await;
-        self.release()?;
+        if let Some(c) = &mut self.command {
+            c.release()?;
+        }
         let end = loop {
             if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                 break End::Duration;
@@ -253,7 +155,7 @@ impl Session {
                 _ = sigterm.recv() => break End::Signal,
                 r = async { self.watch.as_ref().unwrap().readable().await }, if self.watch.is_some() => {
                     drop(r?);
-                    break End::TargetExited(self.reap());
+                    break End::TargetExited(self.command.as_ref().and_then(Held::reap));
                 }
                 _ = ticker.tick(), if period.is_some() => {
                     handler.tick(&mut self.engine, false)?;
@@ -284,51 +186,60 @@ impl Session {
         Ok(end)
     }
 
-    /// [`Self::run`] for the tools that count in the kernel: then says on stderr what the
-    /// kernel could not record (`ring_what` names what the ring buffer carried) and returns
-    /// pfault's exit status.
-    pub async fn run_counting(
-        &mut self,
-        duration: &DurationArgs,
-        interval: Option<f64>,
-        ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
-        handler: &mut dyn Handler,
+    /// Says on stderr how the run went and returns pfault's exit status. With `-o json` that
+    /// is one JSON object (the last line of stderr); in text, the events count when `events`
+    /// is given (trace), and what the kernel could not record, if anything. `ring_what` names
+    /// what the ring buffer carried.
+    pub fn finish(
+        &self,
+        end: End,
+        format: Format,
+        events: Option<u64>,
         ring_what: &str,
     ) -> Result<Option<i32>> {
-        let end = self.run(duration, interval, ring, handler).await?;
-        crate::agg::report_losses(&self.engine, ring_what)?;
-        Ok(end.exit_code())
-    }
-
-    /// The exit code of a command pfault started (128 + signal when killed), once it exited.
-    fn reap(&mut self) -> Option<i32> {
-        let pid = self.child.take()?;
-        let mut status = 0;
-        if unsafe { libc::waitpid(pid as i32, &mut status, 0) } < 0 {
-            return None;
+        let lost = self.engine.losses()?;
+        let plan = &self.engine.plan;
+        match format {
+            Format::Json => {
+                let summary = Summary {
+                    probe_mode: self.engine.mode.name(),
+                    seconds: self.started.elapsed().as_secs_f64(),
+                    events,
+                    lost,
+                    exit_status: end.exit_code(),
+                };
+                eprintln!("{}", serde_json::json!({ "summary": summary }));
+            }
+            Format::Text => match (events, lost.line(plan, ring_what)) {
+                (Some(n), _) => eprintln!(
+                    "pfault: {n} events, {} lost (ring buffer full){}",
+                    lost.ringbuf,
+                    lost.others(plan)
+                ),
+                (None, Some(line)) => eprintln!("pfault: {line}"),
+                (None, None) => {}
+            },
         }
-        Some(if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            128 + libc::WTERMSIG(status)
-        })
+        Ok(end.exit_code())
     }
 }
 
-impl Drop for Session {
-    /// A command still held back (pfault failed before the loop) must not linger.
-    fn drop(&mut self) {
-        if let Some(p) = &self.paused {
-            unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
-            self.reap();
-        }
-    }
+/// The machine-readable end of a run (`-o json`).
+#[derive(Serialize)]
+struct Summary {
+    probe_mode: &'static str,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<u64>,
+    lost: Losses,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_status: Option<i32>,
 }
 
 /// What a subcommand does with the run loop's records and ticks.
 pub trait Handler {
     /// One ring-buffer record.
-    fn record(&mut self, _data: &[u8]) -> Result<()> {
+    fn record(&mut self, _record: Record) -> Result<()> {
         Ok(())
     }
 
@@ -348,15 +259,9 @@ pub trait Handler {
 
 fn drain(ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
     while let Some(item) = ring.next() {
-        handler.record(&item)?;
+        handler.record(records::decode(&item)?)?;
     }
     Ok(())
-}
-
-/// Takes the `EVENTS` ring buffer out of the engine for [`Session::run`].
-pub fn event_ring(engine: &mut Engine) -> Result<AsyncFd<RingBuf<MapData>>> {
-    let map = engine.ebpf.take_map("EVENTS").context("no EVENTS map")?;
-    readable_fd(RingBuf::try_from(map)?)
 }
 
 fn readable_fd<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {

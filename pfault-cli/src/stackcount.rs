@@ -4,23 +4,22 @@
 
 use std::{
     io::Write,
-    os::fd::{AsFd, AsRawFd},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
-use aya::maps::{MapData, StackTraceMap};
+use anyhow::Result;
 use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    agg::{comm, read_counts, task_seen},
-    output::{flamegraph, folded, json, Format, OutputArgs},
-    probes::Engine,
-    session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
+    args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs},
+    engine::{Engine, Plan, Tunable},
+    output::{flamegraph, folded, json, Format, LateFile},
+    procfs::cstr,
+    records::Record,
+    session::{Handler, Session},
     symbolize::{Frame, Symbols},
-    trace::{kind_name, FaultFilterArgs, Kind},
 };
 
 #[derive(clap::Args, Debug)]
@@ -84,6 +83,7 @@ struct Row {
 
 struct Counter {
     out: Box<dyn Write>,
+    svg: Option<LateFile>,
     args: StackcountArgs,
     syms: Symbols,
     completion_only: bool,
@@ -92,46 +92,12 @@ struct Counter {
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
-/// The taken `STACK_SLOTS` entries as `(slot, entry)`; with `reset`, they are freed. The
-/// array is mapped into memory (`BPF_F_MMAPABLE`): a syscall per slot would cost tens of
-/// milliseconds for its tens of thousands of slots.
-fn stack_slots(engine: &Engine, reset: bool) -> Result<Vec<(u32, StackSlot)>> {
-    let Some(aya::maps::Map::Array(data)) = engine.ebpf.map("STACK_SLOTS") else {
-        return Ok(Vec::new());
-    };
-    let n = data.info()?.max_entries() as usize;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let len = (n * size_of::<StackSlot>()).next_multiple_of(page);
-    let fd = data.fd().as_fd().as_raw_fd();
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
-    if p == libc::MAP_FAILED {
-        bail!("mapping STACK_SLOTS: {}", std::io::Error::last_os_error());
-    }
-    let slots = p as *mut StackSlot;
-    let mut taken = Vec::new();
-    for i in 0..n {
-        // The programs write these slots meanwhile: read each one once, as it is now.
-        let s = unsafe { std::ptr::read_volatile(slots.add(i)) };
-        if s.tgid != 0 {
-            taken.push((i as u32, s));
-            if reset {
-                unsafe { std::ptr::write_volatile(slots.add(i), std::mem::zeroed()) };
-            }
-        }
-    }
-    unsafe { libc::munmap(p, len) };
-    Ok(taken)
-}
-
 /// Every stack count, from `STACK_COUNTS` and the `STACK_SLOTS` array (whose ids are user
 /// stacks if `user`), one entry per key.
 fn stack_counts(engine: &mut Engine, reset: bool, user: bool) -> Result<Vec<(StackKey, u64)>> {
     let mut counts: std::collections::HashMap<StackKey, u64> =
-        read_counts::<StackKey, u64>(engine, "STACK_COUNTS", reset)?
-            .into_iter()
-            .collect();
-    for (id, slot) in stack_slots(engine, reset)? {
+        engine.stack_counts(reset)?.into_iter().collect();
+    for (id, slot) in engine.stack_slots(reset)? {
         for (kind, &n) in slot.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
             let key = StackKey {
                 tgid: slot.tgid as u32,
@@ -147,14 +113,10 @@ fn stack_counts(engine: &mut Engine, reset: bool, user: bool) -> Result<Vec<(Sta
 }
 
 impl Counter {
-    fn frames(&mut self, stacks: &StackTraceMap<&MapData>, id: i32, pid: u32, user: bool) -> Vec<Frame> {
-        if id < 0 {
-            return Vec::new();
-        }
-        let Ok(trace) = stacks.get(&(id as u32), 0) else {
+    fn frames(&mut self, engine: &Engine, id: i32, pid: u32, user: bool) -> Vec<Frame> {
+        let Some(ips) = u32::try_from(id).ok().and_then(|id| engine.stack_frames(id).ok()) else {
             return Vec::new();
         };
-        let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
         if user {
             self.syms.user(pid, &ips)
         } else {
@@ -165,30 +127,21 @@ impl Counter {
     fn collect(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
         let counts = stack_counts(engine, reset, !self.args.kernel_stacks_only)?;
         let mut rows = Vec::with_capacity(counts.len());
-        {
-            let stacks: StackTraceMap<&MapData> =
-                StackTraceMap::try_from(engine.ebpf.map("STACKS").unwrap())?;
-            for (key, count) in counts {
-                let ustack = self.frames(&stacks, key.ustack_id, key.tgid, true);
-                let kstack = self.frames(&stacks, key.kstack_id, 0, false);
-                rows.push(Row {
-                    key,
-                    count,
-                    ustack,
-                    kstack,
-                });
-            }
+        for (key, count) in counts {
+            let ustack = self.frames(engine, key.ustack_id, key.tgid, true);
+            let kstack = self.frames(engine, key.kstack_id, 0, false);
+            rows.push(Row {
+                key,
+                count,
+                ustack,
+                kstack,
+            });
         }
         if !self.args.per_pid {
             rows = merge_processes(rows);
         }
         if reset {
-            let mut stacks: StackTraceMap<&mut MapData> =
-                StackTraceMap::try_from(engine.ebpf.map_mut("STACKS").unwrap())?;
-            let ids: Vec<u32> = stacks.stack_ids().filter_map(|r| r.ok()).collect();
-            for id in ids {
-                let _ = stacks.remove(&id);
-            }
+            engine.clear_stacks()?;
         }
         rows.sort_by_key(|r| r.count);
         Ok(rows)
@@ -196,7 +149,7 @@ impl Counter {
 
     /// `comm;user root..leaf;kernel root..leaf_[k]` as bcc folds them.
     fn fold(&self, r: &Row, with_kind: bool) -> String {
-        let mut frames = vec![comm(&r.key.comm)];
+        let mut frames = vec![cstr(&r.key.comm).to_string()];
         if self.args.per_pid {
             frames[0] = format!("{} [{}]", frames[0], r.key.tgid);
         }
@@ -204,7 +157,7 @@ impl Counter {
         frames.extend(r.kstack.iter().rev().map(|f| format!("{}_[k]", f.name())));
         if with_kind {
             // The fault's kind on top, coloured apart: the flame graph shows minor and major.
-            let kind = kind_name(r.key.kind as u8);
+            let kind = Kind::from_raw(r.key.kind as u8).name();
             frames.push(if r.key.kind as u8 == KIND_MINOR {
                 format!("{kind}_fault")
             } else {
@@ -226,8 +179,8 @@ impl Counter {
                         &mut self.out,
                         &JsonStack {
                             pid: self.args.per_pid.then_some(r.key.tgid),
-                            comm: &comm(&r.key.comm),
-                            kind: kind_name(r.key.kind as u8),
+                            comm: cstr(&r.key.comm),
+                            kind: Kind::from_raw(r.key.kind as u8).name(),
                             count: r.count,
                             ustack: &r.ustack,
                             kstack: &r.kstack,
@@ -249,11 +202,15 @@ impl Counter {
                         writeln!(self.out, "  {}", f.text())?;
                     }
                     let who = if self.args.per_pid {
-                        format!("{} [{}]", comm(&r.key.comm), r.key.tgid)
+                        format!("{} [{}]", cstr(&r.key.comm), r.key.tgid)
                     } else {
-                        comm(&r.key.comm)
+                        cstr(&r.key.comm).to_string()
                     };
-                    writeln!(self.out, "    {who} ({} faults)", kind_name(r.key.kind as u8))?;
+                    writeln!(
+                        self.out,
+                        "    {who} ({} faults)",
+                        Kind::from_raw(r.key.kind as u8).name()
+                    )?;
                     writeln!(self.out, "    {}\n", r.count)?;
                 }
             }
@@ -269,7 +226,12 @@ fn merge_processes(rows: Vec<Row>) -> Vec<Row> {
         Default::default();
     for mut r in rows {
         let texts = |fs: &[Frame]| fs.iter().map(Frame::text).collect::<Vec<_>>();
-        let key = (comm(&r.key.comm), r.key.kind, texts(&r.ustack), texts(&r.kstack));
+        let key = (
+            cstr(&r.key.comm).to_string(),
+            r.key.kind,
+            texts(&r.ustack),
+            texts(&r.kstack),
+        );
         match merged.get_mut(&key) {
             Some(m) => m.count += r.count,
             None => {
@@ -282,8 +244,8 @@ fn merge_processes(rows: Vec<Row>) -> Vec<Row> {
 }
 
 impl Handler for Counter {
-    fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(t) = task_seen(data) {
+    fn record(&mut self, record: Record) -> Result<()> {
+        if let Record::Task(t) = record {
             self.syms.process_changed(&t);
         }
         Ok(())
@@ -291,19 +253,13 @@ impl Handler for Counter {
 
     fn idle(&mut self, engine: &mut Engine) {
         // Counting at completion alone sends no notice of new processes: find them in the
-        // count map's keys, while they live.
+        // count maps, while they live.
         if self.completion_only && self.last_scan.elapsed() >= SCAN_EVERY {
             self.last_scan = Instant::now();
-            let map = engine
-                .ebpf
-                .map("STACK_COUNTS")
-                .map(aya::maps::HashMap::<_, StackKey, u64>::try_from);
-            if let Some(Ok(map)) = map {
-                for key in map.keys().filter_map(|k| k.ok()) {
-                    self.syms.note_process(key.tgid);
-                }
+            for tgid in engine.stack_count_tgids().unwrap_or_default() {
+                self.syms.note_process(tgid);
             }
-            for (_, slot) in stack_slots(engine, false).unwrap_or_default() {
+            for (_, slot) in engine.stack_slots(false).unwrap_or_default() {
                 self.syms.note_process(slot.tgid as u32);
             }
         }
@@ -317,7 +273,7 @@ impl Handler for Counter {
         }
         self.print(&rows)?;
         if last {
-            if let Some(svg) = &self.args.svg {
+            if let Some(svg) = &self.svg {
                 let lines: Vec<String> = rows.iter().map(|r| self.fold(r, true)).collect();
                 flamegraph::write_svg(svg, "Page faults", &lines)?;
             }
@@ -341,15 +297,12 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.major {
         args.filter.kind = vec![Kind::Major];
     }
-    // Errors and latency need the entry probe; minor and major alone are counted at
-    // completion with one probe per fault (on the tracepoint path).
+    // Errors and the filters that need each fault's entry take the entry probe; minor and
+    // major alone are counted at completion with one probe per fault (tracepoint path).
     if args.filter.kind.is_empty() {
         args.filter.kind = vec![Kind::Minor, Kind::Major];
     }
-    let completion_only = !args.filter.kind.contains(&Kind::Error)
-        && args.filter.min_latency.is_none()
-        && !args.filter.user_faults
-        && !args.filter.kernel_faults;
+    let completion_only = !args.filter.kind.contains(&Kind::Error) && !args.filter.needs_fault_entry();
     if completion_only {
         flags |= CFG_COMPLETION_ONLY;
     }
@@ -357,33 +310,36 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.user_stacks_only || args.kernel_stacks_only {
         flags |= CFG_STACK_SLOTS;
     }
-    let mut plan = args.filter.plan(flags);
+    let mut plan = Plan::filtered(flags, &args.filter);
     plan.stack_entries = args.stack_entries;
     plan.agg_entries = args.map_entries;
-    // Only TaskSeen records go through the ring buffer here.
+    plan.tunables = vec![Tunable::STACKS, Tunable::STACK_COUNTS];
+    // Only process notices go through the ring buffer here.
     plan.ringbuf_bytes = 256 << 10;
     let out = args.output.open()?;
+    let svg = args
+        .svg
+        .as_deref()
+        .map(|p| LateFile::create(p, "--svg"))
+        .transpose()?;
     let mut session = Session::start(&args.target, None, &plan)?;
-    let mut ring = event_ring(&mut session.engine)?;
+    let mut ring = session.events()?;
     let interval = args.interval.interval;
     let duration = args.duration.clone();
+    let format = args.output.format;
     let mut counter = Counter {
         completion_only,
         last_scan: Instant::now(),
         out,
+        svg,
         syms: Symbols::default(),
         args,
     };
     if let Some(pid) = counter.args.target.pid {
         counter.syms.note_process(pid);
     }
-    session
-        .run_counting(
-            &duration,
-            interval,
-            Some(&mut ring),
-            &mut counter,
-            "process notices",
-        )
-        .await
+    let end = session
+        .run(&duration, interval, Some(&mut ring), &mut counter)
+        .await?;
+    session.finish(end, format, None, "process notices")
 }

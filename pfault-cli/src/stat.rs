@@ -8,20 +8,17 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    agg::{comm, percentile, read_proc_stats},
-    output::{hist, table, Format, OutputArgs},
-    probes::Engine,
-    session::{DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
-    trace::FaultFilterArgs,
+    args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
+    engine::{Engine, Plan},
+    output::{hist, table, Format},
+    procfs::cstr,
+    session::{Handler, Session},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct StatArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// All processes
-    #[arg(short, long, conflicts_with_all = ["pid", "command"])]
-    pub all: bool,
     /// One row per thread
     #[arg(short = 't', long)]
     pub per_thread: bool,
@@ -79,7 +76,8 @@ impl Stats {
     fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let timed = self.timed;
-        let mut rows: Vec<Row> = read_proc_stats(engine, reset)?
+        let mut rows: Vec<Row> = engine
+            .proc_stats(reset)?
             .into_iter()
             .map(|(k, v)| {
                 let [minor, major, errors] = v.counts;
@@ -87,13 +85,13 @@ impl Stats {
                 Row {
                     pid: k.tgid,
                     tid: self.args.per_thread.then_some(k.tid),
-                    comm: comm(&v.comm),
+                    comm: cstr(&v.comm).to_string(),
                     minor,
                     major,
                     errors,
                     faults_per_sec: (done + errors) as f64 / secs,
                     latency_ns: timed.then(|| {
-                        let p = |q| percentile(&v.hist, v.latency_max_ns, q);
+                        let p = |q| hist::percentile(&v.hist, v.latency_max_ns, q);
                         Percentiles {
                             p50: p(0.50),
                             p90: p(0.90),
@@ -168,8 +166,7 @@ impl Handler for Stats {
 }
 
 pub async fn run(args: StatArgs) -> Result<Option<i32>> {
-    if !args.all && args.target.pid.is_none() && args.target.command.is_empty() && args.target.comm.is_none()
-    {
+    if args.target.is_unset() {
         bail!("say what to count: -a (all processes), -p PID, -c COMM, or -- CMD ARGS");
     }
     let mut flags = CFG_OUT_PROCS;
@@ -177,27 +174,20 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
         flags |= CFG_PER_THREAD;
     }
     // Only timing, and filters that must see each fault, need the per-fault probes.
-    let f = &args.filter;
-    let timed = args.latency
-        || args.hist
-        || f.min_latency.is_some()
-        || f.user_faults
-        || f.kernel_faults
-        || f.probe.is_some();
+    let timed = args.latency || args.hist || args.filter.needs_fault_entry();
     if !timed {
         flags |= CFG_ACCOUNTED;
     }
-    let plan = args.filter.plan(flags);
+    let plan = Plan::filtered(flags, &args.filter);
     let out = args.output.open()?;
     let mut session = Session::start(&args.target, None, &plan)?;
-    let (duration, interval) = (args.duration.clone(), args.interval.interval);
+    let (duration, interval, format) = (args.duration.clone(), args.interval.interval, args.output.format);
     let mut stats = Stats {
         out,
         args,
         since: Instant::now(),
         timed,
     };
-    session
-        .run_counting(&duration, interval, None, &mut stats, "events")
-        .await
+    let end = session.run(&duration, interval, None, &mut stats).await?;
+    session.finish(end, format, None, "events")
 }

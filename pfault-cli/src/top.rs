@@ -19,11 +19,13 @@ use crossterm::{
 use pfault_common::*;
 
 use crate::{
-    agg::{comm, percentile, read_counts, read_proc_stats, task_seen},
+    args::{DurationArgs, FaultFilterArgs, IntervalArgs, TargetArgs},
+    engine::{Engine, Plan},
     mappings::Mappings,
-    probes::Engine,
-    session::{event_ring, DurationArgs, Handler, IntervalArgs, Session, TargetArgs},
-    trace::FaultFilterArgs,
+    output::hist::percentile,
+    procfs::cstr,
+    records::Record,
+    session::{Handler, Session},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -125,10 +127,10 @@ impl Top {
         for p in self.procs.values_mut() {
             (p.rate, p.major_rate, p.seen) = (0.0, 0.0, false);
         }
-        for (k, v) in read_proc_stats(engine, true)? {
+        for (k, v) in engine.proc_stats(true)? {
             let p = self.procs.entry(k.tgid).or_default();
             let [minor, major, errors] = v.counts;
-            p.comm = comm(&v.comm);
+            p.comm = cstr(&v.comm).to_string();
             p.rate = (minor + major + errors) as f64 / secs;
             p.major_rate = major as f64 / secs;
             p.minor += minor;
@@ -137,7 +139,7 @@ impl Top {
             p.p99_ns = percentile(&v.hist, v.latency_max_ns, 0.99);
             p.seen = true;
         }
-        for (k, v) in read_counts::<FileKey, FileCounts>(engine, "FILE_COUNTS", true)? {
+        for (k, v) in engine.file_counts(true)? {
             let full = self
                 .maps
                 .counted_name(k.tgid, k.map_kind as u8, k.dev, k.ino, &v.name);
@@ -217,8 +219,8 @@ fn fit(s: &str, cols: u16) -> String {
 }
 
 impl Handler for Top {
-    fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(t) = task_seen(data) {
+    fn record(&mut self, record: Record) -> Result<()> {
+        if let Record::Task(t) = record {
             self.maps.seen(&t);
         }
         Ok(())
@@ -241,10 +243,10 @@ impl Handler for Top {
 }
 
 pub async fn run(args: TopArgs) -> Result<Option<i32>> {
-    let mut plan = args.filter.plan(CFG_OUT_PROCS | CFG_OUT_FILES | CFG_NOTIFY_TASKS);
+    let mut plan = Plan::filtered(CFG_OUT_PROCS | CFG_OUT_FILES | CFG_NOTIFY_TASKS, &args.filter);
     plan.ringbuf_bytes = 256 << 10;
     let mut session = Session::start(&args.target, None, &plan)?;
-    let mut ring = event_ring(&mut session.engine)?;
+    let mut ring = session.events()?;
     let refresh = Duration::from_secs_f64(args.interval.interval.unwrap_or(1.0).max(KEY_POLL));
     let mut top = Top {
         screen: Screen::open()?,
@@ -257,8 +259,10 @@ pub async fn run(args: TopArgs) -> Result<Option<i32>> {
         quit: false,
     };
     top.draw()?;
-    session
+    let end = session
         .run(&args.duration, Some(KEY_POLL), Some(&mut ring), &mut top)
         .await?;
-    Ok(None)
+    // The screen is restored before the summary is said.
+    drop(top);
+    session.finish(end, crate::output::Format::Text, None, "process notices")
 }

@@ -8,59 +8,17 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    agg::task_seen,
-    mappings::cstr,
-    output::{json, Format, OutputArgs},
-    probes::{Engine, Plan, ProbeMode, VmFaultNames},
-    session::{event_ring, DurationArgs, Handler, Session, TargetArgs},
+    args::{check_size, DurationArgs, FaultFilterArgs, Kind, OutputArgs, TargetArgs},
+    engine::{Engine, Plan, ProbeMode, Tunable, VmFaultNames},
+    output::{json, Format},
+    procfs::cstr,
+    records::Record,
+    session::{Handler, Session},
     symbolize::{Frame, Symbols},
 };
 
-/// Filters every tracing subcommand applies in the kernel.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct FaultFilterArgs {
-    /// Only faults raised in user mode
-    #[arg(long, conflicts_with = "kernel_faults")]
-    pub user_faults: bool,
-    /// Only faults raised in kernel mode (copy_to_user and the like)
-    #[arg(long)]
-    pub kernel_faults: bool,
-    /// Only these kinds of fault
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND")]
-    pub kind: Vec<Kind>,
-    /// Only faults that took at least this many microseconds
-    #[arg(long, value_name = "US")]
-    pub min_latency: Option<f64>,
-    /// Probe mode (default: the best this kernel allows, see `pfault probes`)
-    #[arg(long, value_enum)]
-    pub probe: Option<ProbeMode>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Minor,
-    Major,
-    Error,
-}
-
-impl FaultFilterArgs {
-    /// A plan with these filters applied.
-    pub fn plan(&self, flags: u32) -> Plan {
-        let mut plan = Plan::new(flags);
-        if !self.kind.is_empty() {
-            plan.kinds = self.kind.iter().map(|k| 1 << *k as u32).fold(0, |a, b| a | b);
-        }
-        if self.user_faults {
-            plan.modes = MODE_USER;
-        }
-        if self.kernel_faults {
-            plan.modes = MODE_KERNEL;
-        }
-        plan.min_latency_ns = self.min_latency.map(|us| (us * 1000.0) as u64).unwrap_or(0);
-        plan.probe = self.probe;
-        plan
-    }
-}
+/// The kernel takes ring buffers of a power-of-two size below 4 GiB.
+const MAX_RINGBUF_MB: u32 = 2048;
 
 #[derive(clap::Args, Debug)]
 pub struct TraceArgs {
@@ -81,17 +39,9 @@ pub struct TraceArgs {
     pub duration: DurationArgs,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Ring buffer size in MiB (a power of two)
+    /// Ring buffer size in MiB (rounded up to a power of two; at most 2048)
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ringbuf_mb: u32,
-}
-
-pub fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        KIND_MINOR => "minor",
-        KIND_MAJOR => "major",
-        _ => "error",
-    }
 }
 
 fn access(error_code: u32) -> (&'static str, &'static str) {
@@ -136,10 +86,6 @@ struct Printer {
     events: u64,
 }
 
-fn stack_of(raw: &[u64], bytes: u16) -> &[u64] {
-    &raw[..(bytes as usize / 8).min(raw.len())]
-}
-
 impl Printer {
     fn header(&mut self) -> Result<()> {
         if self.format == Format::Text {
@@ -159,23 +105,20 @@ impl Printer {
 }
 
 impl Handler for Printer {
-    fn record(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(t) = task_seen(data) {
-            self.syms.process_changed(&t);
-            return Ok(());
-        }
-        if data.len() < size_of::<FaultEvent>() {
-            return Ok(());
-        }
-        let ev: FaultEvent = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-        let (ustack, kstack) = if data.len() >= size_of::<FaultEventStacks>() {
-            let s: FaultEventStacks = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-            (
-                Some(self.syms.user(ev.pid, stack_of(&s.ustack, ev.ustack_bytes))),
-                Some(self.syms.kernel(stack_of(&s.kstack, ev.kstack_bytes))),
-            )
-        } else {
-            (None, None)
+    fn record(&mut self, record: Record) -> Result<()> {
+        let (ev, stacks) = match record {
+            Record::Task(t) => {
+                self.syms.process_changed(&t);
+                return Ok(());
+            }
+            Record::Fault(ev, stacks) => (ev, stacks),
+        };
+        let (ustack, kstack) = match stacks {
+            Some(s) => (
+                Some(self.syms.user(ev.pid, &s.user)),
+                Some(self.syms.kernel(&s.kernel)),
+            ),
+            None => (None, None),
         };
         self.events += 1;
         let mapping = self.syms.maps.describe(ev.pid, ev.addr, &ev.map);
@@ -201,7 +144,7 @@ impl Handler for Printer {
                     access: acc_long,
                     mode,
                     protection: ev.error_code & PF_PROT != 0,
-                    kind: kind_name(ev.kind),
+                    kind: Kind::from_raw(ev.kind).name(),
                     flags,
                     latency_ns: latency,
                     mapping: &mapping,
@@ -239,7 +182,7 @@ impl Handler for Printer {
                     cstr(&ev.comm),
                     ev.addr,
                     &mode[..4],
-                    kind_name(ev.kind),
+                    Kind::from_raw(ev.kind).name(),
                 )?;
                 for f in kstack.iter().flatten().chain(ustack.iter().flatten()) {
                     writeln!(self.out, "        {}", f.text())?;
@@ -255,6 +198,7 @@ impl Handler for Printer {
 }
 
 pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
+    let ringbuf_mb = check_size("--ringbuf-mb", args.ringbuf_mb, 1, MAX_RINGBUF_MB, " MiB")?;
     // Processes are noted at their first fault and at exec, so their maps (full paths, and
     // symbols with -U) are read while they live.
     let mut flags = CFG_OUT_EVENTS | CFG_MAPPING | CFG_NOTIFY_TASKS;
@@ -264,11 +208,12 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     if args.kernel_stack {
         flags |= CFG_KSTACK;
     }
-    let mut plan = args.filter.plan(flags);
-    plan.ringbuf_bytes = args.ringbuf_mb.max(1).next_power_of_two() << 20;
+    let mut plan = Plan::filtered(flags, &args.filter);
+    plan.ringbuf_bytes = ringbuf_mb.next_power_of_two() << 20;
+    plan.tunables = vec![Tunable::RINGBUF];
     let out = args.output.open()?;
     let mut session = Session::start(&args.target, args.tid, &plan)?;
-    let mut ring = event_ring(&mut session.engine)?;
+    let mut ring = session.events()?;
     let with_flags = session.engine.mode != ProbeMode::Tracepoint;
     let mut p = Printer {
         out,
@@ -285,12 +230,5 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     p.header()?;
     let end = session.run(&args.duration, None, Some(&mut ring), &mut p).await?;
     p.out.flush()?;
-    let losses = session.engine.losses()?;
-    eprintln!(
-        "pfault: {} events, {} lost (ring buffer full){}",
-        p.events,
-        losses.ringbuf,
-        losses.others()
-    );
-    Ok(end.exit_code())
+    session.finish(end, args.output.format, Some(p.events), "events")
 }

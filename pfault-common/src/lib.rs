@@ -35,9 +35,9 @@ pub const PF_WRITE: u32 = 1 << 1;
 pub const PF_USER: u32 = 1 << 2;
 pub const PF_INSTR: u32 = 1 << 4;
 
-/// Which probe saw the fault's completion.
-pub const SRC_TRACEPOINT: u8 = 0;
-pub const SRC_HANDLE_MM_FAULT: u8 = 1;
+/// Tag at the start of every ring-buffer record.
+pub const REC_FAULT: u32 = 1;
+pub const REC_TASK: u32 = 2;
 
 /// `Config::flags` bits.
 pub const CFG_FILTER_COMM: u32 = 1 << 0;
@@ -174,11 +174,8 @@ pub struct Mapping {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FaultEvent {
-    /// CLOCK_MONOTONIC at the fault's entry.
-    pub ts_ns: u64,
-    pub addr: u64,
-    pub ip: u64,
-    pub latency_ns: u64,
+    /// `REC_FAULT`
+    pub rec: u32,
     pub pid: u32,
     pub tid: u32,
     /// x86 error code (`PF_*`), or one rebuilt from the fault flags on the `handle_mm_fault`
@@ -187,20 +184,27 @@ pub struct FaultEvent {
     /// `vm_fault_t` as returned by `handle_mm_fault` (0 when the probe path cannot see it).
     pub vm_fault: u32,
     pub kind: u8,
-    pub source: u8,
+    pub _pad: u8,
     /// Bytes of `FaultEventStacks::ustack` / `kstack` filled.
     pub ustack_bytes: u16,
     pub kstack_bytes: u16,
-    pub _pad: u16,
+    pub _pad2: [u8; 6],
+    /// CLOCK_MONOTONIC at the fault's entry.
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub ip: u64,
+    pub latency_ns: u64,
     pub comm: [u8; COMM_LEN],
     pub map: Mapping,
 }
 
 /// First fault of a thread, or an exec, in the `EVENTS` ring buffer when `CFG_NOTIFY_TASKS`
-/// is set. Told apart from fault events by its size.
+/// is set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TaskSeen {
+    /// `REC_TASK`
+    pub rec: u32,
     pub pid: u32,
     pub tid: u32,
     /// A new process (fork), and its parent's pid; else 0.
@@ -341,6 +345,10 @@ pub fn hist_bucket_floor(idx: usize) -> u64 {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Mapping {}
+    unsafe impl aya::Pod for FaultEvent {}
+    unsafe impl aya::Pod for FaultEventStacks {}
+    unsafe impl aya::Pod for TaskSeen {}
     unsafe impl aya::Pod for StackKey {}
     unsafe impl aya::Pod for StackSlot {}
     unsafe impl aya::Pod for FileKey {}

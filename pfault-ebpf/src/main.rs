@@ -411,6 +411,7 @@ fn enter(ctx: *mut c_void, p: Option<*mut Pending>, tid: u32, addr: u64, ip: u64
     if flags & CFG_NOTIFY_TASKS != 0 && unsafe { (*p).announced } == 0 {
         unsafe { (*p).announced = 1 };
         announce(TaskSeen {
+            rec: REC_TASK,
             pid: (bpf_get_current_pid_tgid() >> 32) as u32,
             tid,
             forked_from: 0,
@@ -564,15 +565,7 @@ pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
 fn flush_error(ctx: *mut c_void, p: Option<*mut Pending>, stacks_ok: bool) {
     if let Some(p) = p {
         if unsafe { (*p).active } != 0 {
-            finish(
-                ctx,
-                p,
-                KIND_ERROR,
-                unsafe { (*p).vm_fault },
-                0,
-                SRC_TRACEPOINT,
-                stacks_ok,
-            );
+            finish(ctx, p, KIND_ERROR, unsafe { (*p).vm_fault }, 0, stacks_ok);
             unsafe { (*p).active = 0 };
         }
     }
@@ -587,7 +580,7 @@ fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
     if let Some(p) = parked(false) {
         if unsafe { (*p).active } != 0 {
             let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
-            finish(ctx.as_ptr(), p, kind, 0, latency, SRC_TRACEPOINT, true);
+            finish(ctx.as_ptr(), p, kind, 0, latency, true);
             unsafe { (*p).active = 0 };
         }
     }
@@ -753,7 +746,7 @@ fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
         KIND_MINOR
     };
     let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
-    finish(ctx, p, kind, vm_fault, latency, SRC_HANDLE_MM_FAULT, true);
+    finish(ctx, p, kind, vm_fault, latency, true);
     unsafe { (*p).active = 0 };
     0
 }
@@ -818,6 +811,7 @@ pub fn task_exec(_ctx: TracePointContext) -> u32 {
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if wanted_task(tgid, tid) {
         announce(TaskSeen {
+            rec: REC_TASK,
             pid: tgid,
             tid,
             forked_from: 0,
@@ -847,6 +841,7 @@ pub fn task_fork(ctx: RawTracePointContext) -> u32 {
     }
     if flags & CFG_NOTIFY_TASKS != 0 && wanted_task(tgid, pid) {
         announce(TaskSeen {
+            rec: REC_TASK,
             pid: tgid,
             tid: pid,
             forked_from: parent,
@@ -867,30 +862,14 @@ fn announce(seen: TaskSeen) {
 /// Feeds one finished fault to every output userspace asked for, with nested entries held
 /// off (see `COMPLETING`).
 #[inline(always)]
-fn finish(
-    ctx: *mut c_void,
-    p: *mut Pending,
-    kind: u8,
-    vm_fault: u32,
-    latency: u64,
-    source: u8,
-    stacks_ok: bool,
-) {
+fn finish(ctx: *mut c_void, p: *mut Pending, kind: u8, vm_fault: u32, latency: u64, stacks_ok: bool) {
     set_completing(true);
-    feed_outputs(ctx, p, kind, vm_fault, latency, source, stacks_ok);
+    feed_outputs(ctx, p, kind, vm_fault, latency, stacks_ok);
     set_completing(false);
 }
 
 #[inline(always)]
-fn feed_outputs(
-    ctx: *mut c_void,
-    p: *mut Pending,
-    kind: u8,
-    vm_fault: u32,
-    latency: u64,
-    source: u8,
-    stacks_ok: bool,
-) {
+fn feed_outputs(ctx: *mut c_void, p: *mut Pending, kind: u8, vm_fault: u32, latency: u64, stacks_ok: bool) {
     if conf!(kinds) & (1 << kind) == 0 {
         return;
     }
@@ -914,7 +893,6 @@ fn feed_outputs(
     if flags & CFG_OUT_EVENTS != 0 {
         let d = Done {
             kind,
-            source,
             stacks_ok,
             vm_fault,
             tgid,
@@ -1127,7 +1105,6 @@ fn wakeup_flag() -> u64 {
 /// A finished fault: what the outputs need besides its parked entry.
 struct Done {
     kind: u8,
-    source: u8,
     /// The context can walk this fault's stacks (not so for an error found at a later entry).
     stacks_ok: bool,
     vm_fault: u32,
@@ -1149,10 +1126,11 @@ fn fill_event(e: *mut FaultEvent, p: *const Pending, d: &Done) {
         (*e).error_code = (*p).error_code;
         (*e).vm_fault = d.vm_fault;
         (*e).kind = d.kind;
-        (*e).source = d.source;
         (*e).ustack_bytes = 0;
         (*e).kstack_bytes = 0;
         (*e)._pad = 0;
+        (*e)._pad2 = [0; 6];
+        (*e).rec = REC_FAULT;
         (*e).comm = d.comm;
         (*e).map = (*p).map;
     }

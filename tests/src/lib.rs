@@ -181,6 +181,19 @@ impl Attached {
     }
 }
 
+/// The JSON summary pfault ends its stderr with under `-o json`: `{"events": N, "lost":
+/// {"ringbuf": N, ...}, "probe_mode": ..., "seconds": ..., "exit_status": N}`.
+pub fn summary(stderr: &str) -> serde_json::Value {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"summary\""))
+        .unwrap_or_else(|| panic!("no JSON summary on stderr: {stderr}"));
+    let mut v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line}: {e}"));
+    v["summary"].take()
+}
+
 pub fn within(actual: u64, expected: u64, pct: f64) -> bool {
     (actual as f64 - expected as f64).abs() <= expected as f64 * pct / 100.0
 }

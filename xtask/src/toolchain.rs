@@ -118,7 +118,8 @@ pub fn ensure_tracefs() -> Result<()> {
     sh(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
 
-/// Installs Debian packages whose commands are missing.
+/// Installs Debian packages whose commands are missing, without their recommends (qemu's
+/// would bring a GTK and GStreamer stack the tests never use).
 pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = pkgs
         .iter()
@@ -131,7 +132,7 @@ pub fn ensure_packages(pkgs: &[(&str, &str)]) -> Result<()> {
     say(format!("installing {}", missing.join(" ")));
     sh(Command::new("apt-get").args(["update", "-qq"]))?;
     sh(Command::new("apt-get")
-        .args(["install", "-y", "-qq"])
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }

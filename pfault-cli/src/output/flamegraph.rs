@@ -1,13 +1,17 @@
 //! Flame graphs drawn with inferno from folded lines.
 
-use std::{fs::File, io::BufWriter, path::Path};
+use std::io::BufWriter;
 
 use anyhow::{Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
 
-pub fn write_svg(path: &Path, title: &str, folded: &[String]) -> Result<()> {
-    let file = File::create(path)
-        .with_context(|| format!("cannot write {}: choose a writable --svg path", path.display()))?;
+use super::LateFile;
+
+pub fn write_svg(out: &LateFile, title: &str, folded: &[String]) -> Result<()> {
+    let file = out
+        .file
+        .try_clone()
+        .with_context(|| format!("writing {}", out.path.display()))?;
     let mut opts = Options::default();
     opts.title = title.to_string();
     opts.count_name = "faults".into();

@@ -51,3 +51,27 @@ fn human(v: u64) -> String {
         v => v.to_string(),
     }
 }
+
+/// The latency below which `q` of the faults fall, from the log-linear histogram (the
+/// bucket's midpoint: within about 10%), never above `max`, the largest latency seen.
+pub fn percentile(hist: &[u64; HIST_BUCKETS], max: u64, q: f64) -> u64 {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = (total as f64 * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            let lo = hist_bucket_floor(i);
+            let hi = if i + 1 < HIST_BUCKETS {
+                hist_bucket_floor(i + 1)
+            } else {
+                lo
+            };
+            return ((lo + hi) / 2).min(max);
+        }
+    }
+    0
+}

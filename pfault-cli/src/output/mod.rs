@@ -10,11 +10,13 @@ pub mod table;
 use std::{
     fs::File,
     io::{self, BufWriter, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+
+use crate::args::OutputArgs;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -25,34 +27,42 @@ pub enum Format {
     Json,
 }
 
-/// Where results go: stdout, or the file given with `--output`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct OutputArgs {
-    /// Output format
-    #[arg(short = 'o', long = "format", value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Write results to FILE instead of stdout
-    #[arg(long = "output", value_name = "FILE")]
-    pub file: Option<PathBuf>,
+/// Creates a file pfault will write, now, before anything runs: an unwritable path is one
+/// clear error up front, not a failure after the traced command has run. `flag` names the
+/// option that chose it.
+pub fn create(path: &Path, flag: &str) -> Result<File> {
+    File::create(path)
+        .with_context(|| format!("cannot write {}: choose a writable {flag} path", path.display()))
 }
 
 impl OutputArgs {
     /// Opens the destination now, so an unwritable file fails before any probe is attached.
     pub fn open(&self) -> Result<Box<dyn Write>> {
         Ok(match &self.file {
-            Some(path) => Box::new(BufWriter::with_capacity(
-                1 << 16,
-                File::create(path).with_context(|| {
-                    format!("cannot write {}: choose a writable --output path", path.display())
-                })?,
-            )),
+            Some(path) => Box::new(BufWriter::with_capacity(1 << 16, create(path, "--output")?)),
             None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),
+        })
+    }
+}
+
+/// A file given by a flag (an SVG, a profile), created up front and written at the end.
+pub struct LateFile {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl LateFile {
+    pub fn create(path: &Path, flag: &str) -> Result<LateFile> {
+        Ok(LateFile {
+            path: path.to_path_buf(),
+            file: create(path, flag)?,
         })
     }
 }
 
 /// Wall-clock time as `HH:MM:SS`, for interval headers.
 pub fn clock() -> String {
+    // SAFETY: time(NULL) and localtime_r into a zeroed tm are always valid.
     let now = unsafe { libc::time(std::ptr::null_mut()) };
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&now, &mut tm) };

@@ -21,9 +21,9 @@ use serde::Serialize;
 
 use self::kpageflags::{pme, COMPOUND_HEAD, HUGE, NOPAGE, THP};
 use crate::{
-    mappings::read_proc_maps,
-    output::{json, Format, OutputArgs},
-    session::check_pid,
+    args::OutputArgs,
+    output::{json, Format},
+    procfs::{check_pid, page_size, read_maps},
 };
 
 /// pagemap entries per pread (512 KiB).
@@ -71,16 +71,6 @@ fn parse_range(s: &str) -> Result<AddrRange, String> {
         return Err(format!("{s:?}: START must be below END"));
     }
     Ok(AddrRange { start, end })
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
 }
 
 /// Opens one of the /proc files the walk reads, with the error a user can act on.
@@ -301,7 +291,7 @@ pub fn run(args: PagesArgs) -> Result<Option<i32>> {
     let pagemap = open_proc(&format!("/proc/{pid}/pagemap"))?;
     let kflags = open_proc("/proc/kpageflags")?;
     let kcount = open_proc("/proc/kpagecount")?;
-    let maps = read_proc_maps(pid).ok_or_else(|| anyhow::anyhow!("no such process: {pid} (it exited)"))?;
+    let maps = read_maps(pid).ok_or_else(|| anyhow::anyhow!("no such process: {pid} (it exited)"))?;
 
     let page = page_size();
     let (lo, hi) = args.range.map_or((0, u64::MAX), |r| (r.start, r.end));

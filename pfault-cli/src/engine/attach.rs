@@ -1,0 +1,175 @@
+//! Choosing a probe mode and attaching its programs, and only those a plan needs.
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        FEntry, FExit, Iter, KProbe, PerfEvent, RawTracePoint, TracePoint,
+    },
+    util::online_cpus,
+    Btf as AyaBtf, Ebpf,
+};
+use aya_obj::btf::{BtfType, Func, FuncLinkage};
+use pfault_common::*;
+
+use super::{
+    features::{fentry_permitted, kprobes_available},
+    objects::programs as prog,
+    plan::{Plan, ProbeMode},
+};
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .with_context(|| format!("pfault's eBPF object has no program {name}"))?;
+    Ok(p.try_into()?)
+}
+
+fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
+    let tp: &mut TracePoint = program(ebpf, name)?;
+    tp.load().with_context(|| format!("loading {name}"))?;
+    tp.attach(category, event)
+        .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
+    Ok(())
+}
+
+/// A raw tracepoint: the kernel's arguments as they are, without a trace record built first.
+fn raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> Result<()> {
+    let tp: &mut RawTracePoint = program(ebpf, name)?;
+    tp.load().with_context(|| format!("loading {name}"))?;
+    tp.attach(event)
+        .with_context(|| format!("attaching to raw tracepoint {event}"))?;
+    Ok(())
+}
+
+/// Loads `fold_threads`, the task iterator behind `Engine::fold_threads`. aya's `Iter::load`
+/// looks `bpf_iter_task` up by name in an aya `Btf`; rather than have aya parse the kernel's
+/// whole BTF for one id (see `fentry_permitted`), it gets a stand-in holding only that
+/// function, at the id pfault's own index found.
+pub fn load_thread_folder(ebpf: &mut Ebpf, id: u32) -> Result<()> {
+    let mut btf = AyaBtf::new();
+    let name = btf.add_string("bpf_iter_task");
+    for _ in 1..id {
+        btf.add_type(BtfType::Unknown);
+    }
+    btf.add_type(BtfType::Func(Func::new(name, 0, FuncLinkage::Global)));
+    let it: &mut Iter = program(ebpf, prog::FOLD_THREADS)?;
+    it.load("task", &btf)
+        .context("loading the thread iterator (BPF task iterators: Linux 5.8+)")?;
+    Ok(())
+}
+
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = AyaBtf::from_sys_fs()?;
+    let fe: &mut FEntry = program(ebpf, prog::HMF_FENTRY)?;
+    fe.load("handle_mm_fault", &btf)?;
+    fe.attach()?;
+    let fx: &mut FExit = program(ebpf, prog::HMF_FEXIT)?;
+    fx.load("handle_mm_fault", &btf)?;
+    fx.attach()?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf) -> Result<()> {
+    if !kprobes_available() {
+        bail!("this kernel has no kprobes (CONFIG_KPROBES)");
+    }
+    for name in [prog::HMF_KPROBE, prog::HMF_KRETPROBE] {
+        let kp: &mut KProbe = program(ebpf, name)?;
+        kp.load()?;
+        kp.attach("handle_mm_fault", 0)?;
+    }
+    Ok(())
+}
+
+fn attach_accounting_events(ebpf: &mut Ebpf) -> Result<()> {
+    let cpus = online_cpus().map_err(|(_, e)| e).context("reading online CPUs")?;
+    for (name, event) in [
+        (prog::FAULT_MINOR, SoftwareEvent::PageFaultsMin),
+        (prog::FAULT_MAJOR, SoftwareEvent::PageFaultsMaj),
+    ] {
+        let pe: &mut PerfEvent = program(ebpf, name)?;
+        pe.load().with_context(|| format!("loading {name}"))?;
+        for &cpu in &cpus {
+            pe.attach(
+                PerfEventConfig::Software(event),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(1),
+                false,
+            )
+            .with_context(|| format!("attaching {name} to the page-fault perf event on CPU {cpu}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The innermost cause of an error, e.g. "Operation not permitted (os error 1)".
+pub fn short_error(e: &anyhow::Error) -> String {
+    e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// Chooses and attaches a probe mode: the one asked for, or the best this kernel allows.
+/// Returns it with the reasons better modes were refused.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    flags: u32,
+    hmf_btf_id: Option<u32>,
+) -> Result<(ProbeMode, Vec<String>)> {
+    let mut refused = Vec::new();
+    let mode = match plan.probe {
+        Some(ProbeMode::Fentry) => {
+            attach_fentry(ebpf).context("fentry on handle_mm_fault refused (try --probe tracepoint)")?;
+            ProbeMode::Fentry
+        }
+        Some(ProbeMode::Kprobe) => {
+            attach_kprobe(ebpf).context("kprobe on handle_mm_fault failed (try --probe tracepoint)")?;
+            ProbeMode::Kprobe
+        }
+        Some(ProbeMode::Tracepoint) => ProbeMode::Tracepoint,
+        // Nothing to learn at completion: the exception tracepoints are all it needs.
+        None if flags & CFG_ACCOUNTED != 0 => ProbeMode::Tracepoint,
+        None => match fentry_permitted(hmf_btf_id).and_then(|()| attach_fentry(ebpf)) {
+            Ok(()) => ProbeMode::Fentry,
+            Err(e) => {
+                refused.push(format!("fentry: {}", short_error(&e)));
+                match attach_kprobe(ebpf) {
+                    Ok(()) => ProbeMode::Kprobe,
+                    Err(e) => {
+                        refused.push(format!("kprobe: {}", short_error(&e)));
+                        ProbeMode::Tracepoint
+                    }
+                }
+            }
+        },
+    };
+    let errors_wanted = plan.kinds & (1 << KIND_ERROR) != 0;
+    // The exception tracepoints are the entry on the tracepoint path; on the handle_mm_fault
+    // paths they only catch faults that never reach it (bad address, bad access).
+    let completion_only = mode == ProbeMode::Tracepoint && flags & CFG_COMPLETION_ONLY != 0;
+    if (mode == ProbeMode::Tracepoint || errors_wanted) && !completion_only {
+        if plan.modes & MODE_USER != 0 {
+            raw_tracepoint(ebpf, prog::PAGE_FAULT_USER, "page_fault_user")?;
+        }
+        if plan.modes & MODE_KERNEL != 0 {
+            raw_tracepoint(ebpf, prog::PAGE_FAULT_KERNEL, "page_fault_kernel")?;
+        }
+    }
+    if mode == ProbeMode::Tracepoint && flags & CFG_ACCOUNTED == 0 {
+        attach_accounting_events(ebpf)?;
+    }
+    if !completion_only {
+        // Reports the faults that killed threads, and folds the counts of exiting ones.
+        tracepoint(ebpf, prog::TASK_EXIT, "sched", "sched_process_exit")?;
+    }
+    if flags & (CFG_FOLLOW | CFG_NOTIFY_TASKS) != 0 {
+        raw_tracepoint(ebpf, prog::TASK_FORK, "sched_process_fork")?;
+    }
+    if flags & CFG_NOTIFY_TASKS != 0 {
+        tracepoint(ebpf, prog::TASK_EXEC, "sched", "sched_process_exec")?;
+    }
+    Ok((mode, refused))
+}

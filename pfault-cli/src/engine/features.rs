@@ -1,0 +1,83 @@
+//! What this kernel allows a tracer, asked the cheapest way that gives a true answer (as
+//! bpftrace's bpffeature does): a file that exists, or a two-instruction program loaded once.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::procfs::ensure_mounted;
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+const SECURITYFS: &str = "/sys/kernel/security";
+
+/// Makes sure tracefs is mounted, mounting it as root would.
+pub fn ensure_tracefs() -> Result<()> {
+    ensure_mounted("tracefs", TRACEFS, &format!("{TRACEFS}/events")).map(drop)
+}
+
+pub fn tracefs_mounted() -> bool {
+    Path::new(TRACEFS).join("events").is_dir()
+}
+
+/// Does this kernel have kprobes? `kprobe_events` exists only with CONFIG_KPROBE_EVENTS.
+pub fn kprobes_available() -> bool {
+    Path::new(TRACEFS).join("kprobe_events").exists()
+}
+
+pub fn exception_tracepoints() -> bool {
+    Path::new(TRACEFS)
+        .join("events/exceptions/page_fault_user")
+        .is_dir()
+}
+
+/// The kernel lockdown mode (`integrity` leaves kernel reads to BPF allowed, `confidentiality`
+/// does not), from securityfs, mounted first where it is not.
+pub fn lockdown() -> Result<String> {
+    let file = format!("{SECURITYFS}/lockdown");
+    if !Path::new(&file).exists() {
+        ensure_mounted("securityfs", SECURITYFS, &file)?;
+    }
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+    // "none [integrity] confidentiality": the bracketed word is in force.
+    Ok(text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .unwrap_or(text.trim())
+        .to_string())
+}
+
+/// Asks the kernel whether it loads an fentry program on handle_mm_fault, with the smallest
+/// such program (`return 0`). aya would first parse the kernel's whole BTF (tens of
+/// milliseconds, megabytes) only to be refused where a security policy forbids trampolines.
+pub fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+    let id = hmf_btf_id.context("kernel BTF has no handle_mm_fault")?;
+    // r0 = 0; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    // union bpf_attr, BPF_PROG_LOAD part: the fields up to attach_btf_id (offset 108).
+    let mut attr = [0u8; 128];
+    let put32 = |a: &mut [u8; 128], off: usize, v: u32| a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    let put64 = |a: &mut [u8; 128], off: usize, v: u64| a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    put32(&mut attr, 0, BPF_PROG_TYPE_TRACING);
+    put32(&mut attr, 4, insns.len() as u32);
+    put64(&mut attr, 8, insns.as_ptr() as u64);
+    put64(&mut attr, 16, license.as_ptr() as u64);
+    put32(&mut attr, 68, BPF_TRACE_FENTRY);
+    put32(&mut attr, 108, id);
+    // SAFETY: `attr` is a bpf_attr-sized buffer whose pointers outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Whether the kernel has BPF ring buffers (5.8+).
+pub fn ringbuf() -> Result<bool> {
+    Ok(aya::sys::is_map_supported(aya::maps::MapType::RingBuf)?)
+}

@@ -1,0 +1,84 @@
+//! The running kernel's layout, from its BTF: the struct offsets and enum values the programs
+//! need (aya's Rust programs carry no CO-RE relocations, so they get them in `Config`).
+
+use anyhow::{Context, Result};
+use pfault_common::Offsets;
+
+use crate::btf::Btf;
+
+/// Names of the kernel's `VM_FAULT_*` bits, from its own BTF.
+#[derive(Clone, Debug, Default)]
+pub struct VmFaultNames(Vec<(String, u32)>);
+
+impl VmFaultNames {
+    pub fn decode(&self, bits: u32) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(_, v)| bits & v != 0)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+/// Kernel offsets and enum values the programs need, from the running kernel's BTF.
+pub fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
+    let enum_value = |values: &[(String, u64)], name: &str| -> Result<u32> {
+        values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v as u32)
+            .with_context(|| format!("kernel BTF lacks {name}"))
+    };
+    let reasons = btf.enum_values("vm_fault_reason")?;
+    let flags = btf.enum_values("fault_flag")?;
+    let error = [
+        "VM_FAULT_OOM",
+        "VM_FAULT_SIGBUS",
+        "VM_FAULT_SIGSEGV",
+        "VM_FAULT_HWPOISON",
+        "VM_FAULT_HWPOISON_LARGE",
+        "VM_FAULT_FALLBACK",
+    ]
+    .iter()
+    .filter_map(|n| enum_value(&reasons, n).ok())
+    .fold(0, |a, b| a | b);
+    let off = Offsets {
+        vma_vm_start: btf.offset_of("vm_area_struct", "vm_start")?,
+        vma_vm_end: btf.offset_of("vm_area_struct", "vm_end")?,
+        vma_vm_pgoff: btf.offset_of("vm_area_struct", "vm_pgoff")?,
+        vma_vm_file: btf.offset_of("vm_area_struct", "vm_file")?,
+        vma_vm_mm: btf.offset_of("vm_area_struct", "vm_mm")?,
+        file_f_inode: btf.offset_of("file", "f_inode")?,
+        file_dentry: btf.offset_of("file", "f_path.dentry")?,
+        dentry_name: btf.offset_of("dentry", "d_name.name")?,
+        inode_i_ino: btf.offset_of("inode", "i_ino")?,
+        inode_i_sb: btf.offset_of("inode", "i_sb")?,
+        sb_s_dev: btf.offset_of("super_block", "s_dev")?,
+        mm_start_brk: btf.offset_of("mm_struct", "start_brk")?,
+        mm_brk: btf.offset_of("mm_struct", "brk")?,
+        mm_start_stack: btf.offset_of("mm_struct", "start_stack")?,
+        regs_ip: btf.offset_of("pt_regs", "ip")?,
+        task_mm: btf.offset_of("task_struct", "mm")?,
+        task_pid: btf.offset_of("task_struct", "pid")?,
+        task_tgid: btf.offset_of("task_struct", "tgid")?,
+        task_comm: btf.offset_of("task_struct", "comm")?,
+        task_group_leader: btf.offset_of("task_struct", "group_leader")?,
+        task_min_flt: btf.offset_of("task_struct", "min_flt")?,
+        task_maj_flt: btf.offset_of("task_struct", "maj_flt")?,
+        mm_lock_seq: btf.offset_of("mm_struct", "mm_lock_seq").unwrap_or(0),
+        vm_fault_major: enum_value(&reasons, "VM_FAULT_MAJOR")?,
+        vm_fault_retry: enum_value(&reasons, "VM_FAULT_RETRY")?,
+        vm_fault_error: error,
+        fault_flag_write: enum_value(&flags, "FAULT_FLAG_WRITE")?,
+        fault_flag_user: enum_value(&flags, "FAULT_FLAG_USER")?,
+        fault_flag_instruction: enum_value(&flags, "FAULT_FLAG_INSTRUCTION")?,
+        fault_flag_tried: enum_value(&flags, "FAULT_FLAG_TRIED")?,
+    };
+    // Single-bit reasons only: the HWPOISON index mask is not a flag.
+    let names = reasons
+        .into_iter()
+        .filter(|(_, v)| v.is_power_of_two())
+        .map(|(n, v)| (n.trim_start_matches("VM_FAULT_").to_string(), v as u32))
+        .collect();
+    Ok((off, VmFaultNames(names)))
+}

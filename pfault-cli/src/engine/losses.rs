@@ -1,0 +1,121 @@
+//! What the kernel side could not record, and how to say it: each loss with the flag that
+//! would avoid it, where the tool has that flag.
+
+use serde::Serialize;
+
+use super::{
+    objects::maps,
+    plan::{Plan, Tunable},
+};
+
+/// Everything the kernel could not record, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Losses {
+    /// Records a full ring buffer refused.
+    pub ringbuf: u64,
+    /// Faults not tracked: no per-thread storage (out of memory, or a nested probe).
+    pub untracked: u64,
+    pub stack_collisions: u64,
+    pub stack_missing: u64,
+    /// Counts dropped because a count map was full.
+    pub map_full: u64,
+    /// Mappings unknown because the mmap lock was contended.
+    pub vma_busy: u64,
+}
+
+impl Losses {
+    /// `, N what (raise --flag)` for each loss besides the ring buffer's ("" when none). The
+    /// advice names a flag only where `plan`'s tool has it.
+    pub fn others(&self, plan: &Plan) -> String {
+        let advice = |maps: &[&str]| {
+            maps.iter()
+                .find_map(|m| plan.flag_for(m))
+                .map(|flag| format!(" (raise {flag})"))
+                .unwrap_or_default()
+        };
+        [
+            (
+                self.untracked,
+                "faults not tracked (the kernel gave no per-thread storage: out of memory, or a nested probe)".to_string(),
+            ),
+            (
+                self.stack_collisions,
+                format!("stacks lost to stack-map hash collisions{}", advice(&[maps::STACKS])),
+            ),
+            (
+                self.stack_missing,
+                format!("stacks not walkable or stack map full{}", advice(&[maps::STACKS])),
+            ),
+            (
+                self.map_full,
+                format!(
+                    "counts dropped because a count map was full{}",
+                    advice(&[maps::STACK_COUNTS, maps::FILE_COUNTS, maps::PROC_STATS])
+                ),
+            ),
+            (self.vma_busy, "mappings unknown (mmap lock contended)".to_string()),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!(", {n} {what}"))
+        .collect()
+    }
+
+    /// The line a tool ends with when anything was lost; `ring_what` names what its ring
+    /// buffer carried. `None` when nothing was.
+    pub fn line(&self, plan: &Plan, ring_what: &str) -> Option<String> {
+        let others = self.others(plan);
+        (self.ringbuf > 0 || !others.is_empty()).then(|| {
+            let advice = plan
+                .flag_for(maps::EVENTS)
+                .map(|f| format!(", raise {f}"))
+                .unwrap_or_default();
+            format!(
+                "{} {ring_what} lost (ring buffer full{advice}){others}",
+                self.ringbuf
+            )
+        })
+    }
+}
+
+impl Tunable {
+    pub const RINGBUF: Tunable = Tunable {
+        map: maps::EVENTS,
+        flag: "--ringbuf-mb",
+    };
+    pub const STACKS: Tunable = Tunable {
+        map: maps::STACKS,
+        flag: "--stack-entries",
+    };
+    pub const STACK_COUNTS: Tunable = Tunable {
+        map: maps::STACK_COUNTS,
+        flag: "--map-entries",
+    };
+    pub const FILE_COUNTS: Tunable = Tunable {
+        map: maps::FILE_COUNTS,
+        flag: "--map-entries",
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_names_only_flags_the_tool_has() {
+        let lost = Losses {
+            map_full: 3,
+            stack_collisions: 2,
+            ..Default::default()
+        };
+        let bare = Plan::new(0);
+        let text = lost.others(&bare);
+        assert!(!text.contains("raise"), "{text}");
+        let mut stackcount = Plan::new(0);
+        stackcount.tunables = vec![Tunable::STACKS, Tunable::STACK_COUNTS];
+        let text = lost.others(&stackcount);
+        assert!(text.contains("collisions (raise --stack-entries)"), "{text}");
+        assert!(text.contains("full (raise --map-entries)"), "{text}");
+        assert_eq!(Losses::default().line(&stackcount, "notices"), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! The kernel side, loaded and attached: one `Engine` per run. Subcommands reach the maps
+//! through its typed accessors; the names of maps and programs live in [`objects`].
+
+mod attach;
+pub mod features;
+pub mod layout;
+pub mod losses;
+pub mod objects;
+pub mod plan;
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    programs::Iter,
+    Ebpf, EbpfError, EbpfLoader, Pod,
+};
+use pfault_common::*;
+
+pub use self::{
+    attach::short_error,
+    layout::VmFaultNames,
+    losses::Losses,
+    plan::{Plan, ProbeMode, TaskFilter, Tunable},
+};
+use self::{
+    layout::kernel_layout,
+    objects::{maps, programs, BPF_OBJECT, CONFIG},
+};
+use crate::{btf::Btf, procfs};
+
+/// The loaded, attached kernel side.
+pub struct Engine {
+    ebpf: Ebpf,
+    pub plan: Plan,
+    pub mode: ProbeMode,
+    pub vm_fault_names: VmFaultNames,
+    /// Why better modes were not used, when the mode was chosen automatically.
+    pub refused: Vec<String>,
+    /// Counts come from the kernel's own fault accounting (`CFG_ACCOUNTED`).
+    pub accounted: bool,
+    /// CLOCK_MONOTONIC when the probes were attached.
+    pub started_ns: u64,
+}
+
+fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
+    let mut out = [0u8; COMM_LEN];
+    for (o, b) in out.iter_mut().zip(comm.bytes().take(COMM_LEN - 1)) {
+        *o = b;
+    }
+    out
+}
+
+/// A load error in words a user can act on: a map the kernel would not create names the
+/// flag that sizes it.
+fn load_error(e: EbpfError, plan: &Plan) -> anyhow::Error {
+    if let EbpfError::MapError(MapError::CreateError { name, io_error }) = &e {
+        if let Some(flag) = plan.flag_for(name) {
+            return anyhow::anyhow!(
+                "the kernel refused to create the {name} map that {flag} sizes ({io_error}): choose a smaller {flag}"
+            );
+        }
+        return anyhow::anyhow!("the kernel refused to create the {name} map: {io_error}");
+    }
+    anyhow::Error::new(e).context("loading pfault's eBPF object")
+}
+
+impl Engine {
+    /// Checks privileges and kernel features, loads the object configured for `plan`, and
+    /// attaches the probes of the chosen mode (and only those).
+    pub fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
+        procfs::check_privileges()?;
+        features::ensure_tracefs()?;
+        // The kernel's BTF (megabytes) is freed before attaching: the fentry attempt parses its
+        // own copy, and the two need not coexist.
+        let btf = Btf::from_sys_fs()?;
+        let (off, vm_fault_names) = kernel_layout(&btf)?;
+        let hmf_btf_id = btf.func_id("handle_mm_fault");
+        let iter_btf_id = if plan.flags & CFG_OUT_PROCS != 0 {
+            Some(
+                btf.func_id("bpf_iter_task")
+                    .context("kernel BTF has no bpf_iter_task (Linux 5.8+)")?,
+            )
+        } else {
+            None
+        };
+        drop(btf);
+        let mut flags = plan.flags;
+        if filter.comm.is_some() {
+            flags |= CFG_FILTER_COMM;
+        }
+        if filter.follow {
+            flags |= CFG_FOLLOW;
+        }
+        let config = Config {
+            tgid: filter.tgid,
+            tid: filter.tid,
+            comm: comm_bytes(filter.comm.as_deref().unwrap_or("")),
+            min_latency_ns: plan.min_latency_ns,
+            flags,
+            kinds: plan.kinds,
+            modes: plan.modes,
+            wakeup_bytes: plan.ringbuf_bytes / 16,
+            self_tgid: std::process::id(),
+            _pad: 0,
+            off,
+        };
+        // Maps an output does not use shrink to one entry: they are preallocated.
+        let size = |bit: u32, n: u32| if flags & bit != 0 { n } else { 1 };
+        let stacks = flags & CFG_OUT_STACKS != 0 && flags & (CFG_USTACK | CFG_KSTACK) != 0;
+        let mut loader = EbpfLoader::new();
+        // The programs carry no CO-RE relocations (offsets come in CONFIG): aya need not parse
+        // the kernel's BTF for them, which costs start-up time and about 14 MiB.
+        loader.btf(None);
+        // The per-thread maps are task storage, which aya creates but has no userspace type for.
+        loader.allow_unsupported_maps();
+        loader
+            .override_global(CONFIG, &config, true)
+            .map_max_entries(
+                maps::EVENTS,
+                if flags & CFG_OUT_EVENTS != 0 {
+                    plan.ringbuf_bytes
+                } else {
+                    4096
+                },
+            )
+            .map_max_entries(maps::STACKS, if stacks { plan.stack_entries } else { 1 })
+            .map_max_entries(maps::STACK_COUNTS, size(CFG_OUT_STACKS, plan.agg_entries))
+            // One slot per bucket of STACKS, whose ids index it.
+            .map_max_entries(
+                maps::STACK_SLOTS,
+                size(CFG_STACK_SLOTS, plan.stack_entries.next_power_of_two()),
+            )
+            .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.agg_entries))
+            .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192));
+        let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
+        let (mode, refused) = attach::attach(&mut ebpf, plan, flags, hmf_btf_id)?;
+        if let Some(id) = iter_btf_id {
+            attach::load_thread_folder(&mut ebpf, id)?;
+        }
+        Ok(Engine {
+            ebpf,
+            plan: plan.clone(),
+            mode,
+            vm_fault_names,
+            refused,
+            accounted: flags & CFG_ACCOUNTED != 0,
+            started_ns: procfs::monotonic_ns(),
+        })
+    }
+
+    /// "probe mode tracepoint (fentry: ...; kprobe: ...)", for stderr.
+    pub fn describe(&self) -> String {
+        if self.accounted {
+            return format!(
+                "probe mode {}, counts from the kernel's fault accounting (-L times each fault)",
+                self.mode.name()
+            );
+        }
+        if self.refused.is_empty() {
+            format!("probe mode {}", self.mode.name())
+        } else {
+            format!("probe mode {} ({})", self.mode.name(), self.refused.join("; "))
+        }
+    }
+
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("pfault's eBPF object has no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("pfault's eBPF object has no map {name}"))
+    }
+
+    /// Marks a tgid as traced (a command started by pfault).
+    pub fn trace_tgid(&mut self, tgid: u32) -> Result<()> {
+        let mut traced: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut(maps::TRACED)?)?;
+        traced
+            .insert(tgid, 1, 0)
+            .context("marking the command as traced")?;
+        Ok(())
+    }
+
+    /// Takes the ring buffer of events and process notices out of the engine, to read it.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .context("pfault's eBPF object has no map EVENTS")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// All entries of a count map; with `reset`, the map is emptied for the next interval
+    /// (counts added between the read and the reset are lost, as with bcc's `-i`).
+    fn read_hash<K: Pod, V: Pod>(&mut self, name: &str, reset: bool) -> Result<Vec<(K, V)>> {
+        let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(self.map_mut(name)?)?;
+        let entries: Vec<(K, V)> = map.iter().filter_map(|r| r.ok()).collect();
+        if reset {
+            for (k, _) in &entries {
+                let _ = map.remove(k);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Counts per (process, stack ids, kind) that did not fit in the slot array.
+    pub fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
+        self.read_hash(maps::STACK_COUNTS, reset)
+    }
+
+    /// Tgids with stack counts in the hash map, without reading the counts.
+    pub fn stack_count_tgids(&self) -> Result<Vec<u32>> {
+        let map: BpfHashMap<_, StackKey, u64> = BpfHashMap::try_from(self.map(maps::STACK_COUNTS)?)?;
+        Ok(map.keys().filter_map(|k| k.ok()).map(|k| k.tgid).collect())
+    }
+
+    /// The frames of stack `id`, leaf first.
+    pub fn stack_frames(&self, id: u32) -> Result<Vec<u64>> {
+        let stacks: StackTraceMap<&MapData> = StackTraceMap::try_from(self.map(maps::STACKS)?)?;
+        Ok(stacks.get(&id, 0)?.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// Empties the stack map (between intervals).
+    pub fn clear_stacks(&mut self) -> Result<()> {
+        let mut stacks: StackTraceMap<&mut MapData> = StackTraceMap::try_from(self.map_mut(maps::STACKS)?)?;
+        let ids: Vec<u32> = stacks.stack_ids().filter_map(|r| r.ok()).collect();
+        for id in ids {
+            let _ = stacks.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// The taken `STACK_SLOTS` entries as `(slot, entry)`; with `reset`, they are freed. The
+    /// array is mapped into memory (`BPF_F_MMAPABLE`): a syscall per slot would cost tens of
+    /// milliseconds for its tens of thousands of slots.
+    pub fn stack_slots(&self, reset: bool) -> Result<Vec<(u32, StackSlot)>> {
+        let Map::Array(data) = self.map(maps::STACK_SLOTS)? else {
+            bail!("STACK_SLOTS is not an array");
+        };
+        let n = data.info()?.max_entries() as usize;
+        let len = (n * size_of::<StackSlot>()).next_multiple_of(procfs::page_size() as usize);
+        let fd = data.fd().as_fd().as_raw_fd();
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a shared mapping of the map's own descriptor, unmapped before returning.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        if p == libc::MAP_FAILED {
+            bail!("mapping STACK_SLOTS: {}", std::io::Error::last_os_error());
+        }
+        let slots = p as *mut StackSlot;
+        let mut taken = Vec::new();
+        for i in 0..n {
+            // The programs write these slots meanwhile: read each one once, as it is now.
+            // SAFETY: `i` < n slots, all inside the mapping.
+            let s = unsafe { std::ptr::read_volatile(slots.add(i)) };
+            if s.tgid != 0 {
+                taken.push((i as u32, s));
+                if reset {
+                    // SAFETY: as above; zero is a free slot.
+                    unsafe { std::ptr::write_volatile(slots.add(i), std::mem::zeroed()) };
+                }
+            }
+        }
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, len) };
+        Ok(taken)
+    }
+
+    pub fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {
+        self.read_hash(maps::FILE_COUNTS, reset)
+    }
+
+    /// The per-process (or per-thread) rows of `stat` and `top`, the live threads' latest
+    /// faults included.
+    pub fn proc_stats(&mut self, reset: bool) -> Result<Vec<(ProcKey, ProcStats)>> {
+        self.fold_threads()?;
+        self.read_hash(maps::PROC_STATS, reset)
+    }
+
+    /// Moves the counts the live threads hold into `PROC_STATS`: runs `fold_threads` over
+    /// every task.
+    fn fold_threads(&mut self) -> Result<()> {
+        let it: &mut Iter = self
+            .ebpf
+            .program_mut(programs::FOLD_THREADS)
+            .context("pfault's eBPF object has no program fold_threads")?
+            .try_into()?;
+        let id = it.attach().context("attaching the thread iterator")?;
+        let mut file = it
+            .take_link(id)?
+            .into_file()
+            .context("creating the thread iterator")?;
+        std::io::copy(&mut file, &mut std::io::sink()).context("running the thread iterator")?;
+        Ok(())
+    }
+
+    pub fn losses(&self) -> Result<Losses> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        let sum = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        Ok(Losses {
+            ringbuf: sum(CNT_RINGBUF_LOST),
+            untracked: sum(CNT_PENDING_FULL),
+            stack_collisions: sum(CNT_STACK_COLLISION),
+            stack_missing: sum(CNT_STACK_MISSING),
+            map_full: sum(CNT_AGG_FULL),
+            vma_busy: sum(CNT_VMA_BUSY),
+        })
+    }
+}

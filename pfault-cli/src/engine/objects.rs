@@ -1,0 +1,94 @@
+//! The compiled kernel side and the names of what is in it: every map, program and global
+//! the userspace side reaches for is named here and nowhere else, and a test holds the names
+//! against the embedded object (what a libbpf skeleton gives for free).
+
+/// The compiled kernel side, committed so that stable Rust alone can build pfault
+/// (`cargo xtask build-ebpf` refreshes it; `cargo xtask test` fails when it is stale).
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/pfault.bpf.o");
+
+/// The read-only settings (`pfault_common::Config`).
+pub const CONFIG: &str = "CONFIG";
+
+pub mod maps {
+    /// Ring buffer: fault events (`trace`) and process notices.
+    pub const EVENTS: &str = "EVENTS";
+    pub const STACKS: &str = "STACKS";
+    pub const STACK_COUNTS: &str = "STACK_COUNTS";
+    pub const STACK_SLOTS: &str = "STACK_SLOTS";
+    pub const FILE_COUNTS: &str = "FILE_COUNTS";
+    pub const PROC_STATS: &str = "PROC_STATS";
+    /// Per-CPU counts of what the kernel side could not record.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Tgids to trace when following a command and its children.
+    pub const TRACED: &str = "TRACED";
+
+    pub const ALL: &[&str] = &[
+        EVENTS,
+        STACKS,
+        STACK_COUNTS,
+        STACK_SLOTS,
+        FILE_COUNTS,
+        PROC_STATS,
+        COUNTERS,
+        TRACED,
+    ];
+}
+
+pub mod programs {
+    pub const PAGE_FAULT_USER: &str = "page_fault_user";
+    pub const PAGE_FAULT_KERNEL: &str = "page_fault_kernel";
+    pub const FAULT_MINOR: &str = "fault_minor";
+    pub const FAULT_MAJOR: &str = "fault_major";
+    pub const HMF_KPROBE: &str = "hmf_kprobe";
+    pub const HMF_KRETPROBE: &str = "hmf_kretprobe";
+    pub const HMF_FENTRY: &str = "hmf_fentry";
+    pub const HMF_FEXIT: &str = "hmf_fexit";
+    pub const TASK_EXIT: &str = "task_exit";
+    pub const TASK_EXEC: &str = "task_exec";
+    pub const TASK_FORK: &str = "task_fork";
+    pub const FOLD_THREADS: &str = "fold_threads";
+
+    pub const ALL: &[&str] = &[
+        PAGE_FAULT_USER,
+        PAGE_FAULT_KERNEL,
+        FAULT_MINOR,
+        FAULT_MAJOR,
+        HMF_KPROBE,
+        HMF_KRETPROBE,
+        HMF_FENTRY,
+        HMF_FEXIT,
+        TASK_EXIT,
+        TASK_EXEC,
+        TASK_FORK,
+        FOLD_THREADS,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSymbol as _};
+
+    use super::*;
+
+    /// Needs no root: the object is parsed, not loaded.
+    #[test]
+    fn every_name_the_cli_uses_is_in_the_object() {
+        let obj = aya_obj::Object::parse(BPF_OBJECT).expect("the embedded object parses");
+        for m in maps::ALL {
+            assert!(obj.maps.contains_key(*m), "the object has no map {m}");
+        }
+        for p in programs::ALL {
+            assert!(obj.programs.contains_key(*p), "the object has no program {p}");
+        }
+    }
+
+    #[test]
+    fn the_config_global_is_the_size_of_the_rust_struct() {
+        let elf = object::File::parse(BPF_OBJECT).expect("the embedded object is ELF");
+        let sym = elf
+            .symbols()
+            .find(|s| s.name() == Ok(CONFIG))
+            .expect("the object has no CONFIG global");
+        assert_eq!(sym.size() as usize, size_of::<pfault_common::Config>());
+    }
+}

@@ -1,0 +1,99 @@
+//! What a subcommand asks of the kernel side: which outputs, which faults, which tasks, and
+//! how big the maps are.
+
+use pfault_common::{MODE_KERNEL, MODE_USER};
+
+use crate::args::{FaultFilterArgs, Kind};
+
+/// How a fault's completion (and with it minor/major/error and latency) is observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeMode {
+    /// fentry/fexit on handle_mm_fault: VM_FAULT_* flags, cheapest hook.
+    Fentry,
+    /// kprobe/kretprobe on handle_mm_fault: VM_FAULT_* flags.
+    Kprobe,
+    /// exceptions:page_fault_* tracepoints + PAGE_FAULTS_MIN/MAJ perf events: works everywhere.
+    Tracepoint,
+}
+
+impl ProbeMode {
+    pub const ALL: [ProbeMode; 3] = [ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeMode::Fentry => "fentry",
+            ProbeMode::Kprobe => "kprobe",
+            ProbeMode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// A map whose size a subcommand lets the user choose, and the flag that chooses it: errors
+/// and loss reports name the flag, and only where the tool has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunable {
+    pub map: &'static str,
+    pub flag: &'static str,
+}
+
+/// What a subcommand wants from the kernel side.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `CFG_OUT_*` and the other `CFG_*` bits.
+    pub flags: u32,
+    /// Bit `1 << KIND_*` for each kind wanted.
+    pub kinds: u32,
+    pub modes: u32,
+    pub min_latency_ns: u64,
+    pub probe: Option<ProbeMode>,
+    pub bpf_log: bool,
+    pub ringbuf_bytes: u32,
+    pub stack_entries: u32,
+    pub agg_entries: u32,
+    /// The maps this subcommand sizes from its flags.
+    pub tunables: Vec<Tunable>,
+}
+
+impl Plan {
+    pub fn new(flags: u32) -> Self {
+        Plan {
+            flags,
+            kinds: Kind::mask(&Kind::ALL),
+            modes: MODE_USER | MODE_KERNEL,
+            min_latency_ns: 0,
+            probe: None,
+            bpf_log: false,
+            ringbuf_bytes: 16 << 20,
+            stack_entries: 16384,
+            agg_entries: 40960,
+            tunables: Vec::new(),
+        }
+    }
+
+    /// A plan with these filters applied.
+    pub fn filtered(flags: u32, f: &FaultFilterArgs) -> Self {
+        Plan {
+            kinds: Kind::mask(&f.kinds()),
+            modes: f.modes(),
+            min_latency_ns: f.min_latency_ns(),
+            probe: f.probe,
+            bpf_log: f.bpf_log,
+            ..Plan::new(flags)
+        }
+    }
+
+    /// The flag that sizes `map` in this subcommand, if it has one.
+    pub fn flag_for(&self, map: &str) -> Option<&'static str> {
+        self.tunables.iter().find(|t| t.map == map).map(|t| t.flag)
+    }
+}
+
+/// Which tasks to trace.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: Option<String>,
+    /// Trace the tgids in the `TRACED` map (a command and its children).
+    pub follow: bool,
+}

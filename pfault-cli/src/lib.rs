@@ -1,0 +1,72 @@
+//! pfault: a page-fault tracer for Linux on eBPF, as a library behind a thin binary.
+//!
+//! One module per subcommand (`trace`, `stackcount`, `ffaults`, `stat`, `top`, `pages`,
+//! `probes_cmd`); [`engine`] loads and attaches the kernel side; [`session`] runs a trace;
+//! [`symbolize`] and [`mappings`] name what the kernel saw; [`output`] writes each format.
+
+pub mod args;
+pub mod btf;
+pub mod cli;
+pub mod engine;
+pub mod ffaults;
+pub mod held;
+pub mod mappings;
+pub mod output;
+pub mod pages;
+pub mod probes_cmd;
+pub mod procfs;
+pub mod records;
+pub mod session;
+pub mod stackcount;
+pub mod stat;
+pub mod symbolize;
+pub mod top;
+pub mod trace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// Parses the command line, runs the subcommand, and turns an error into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pfault: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Trace(args) => trace::run(args).await,
+            Command::Stackcount(args) => stackcount::run(args).await,
+            Command::Ffaults(args) => ffaults::run(args).await,
+            Command::Stat(args) => stat::run(args).await,
+            Command::Top(args) => top::run(args).await,
+            Command::Pages(args) => pages::run(args),
+            Command::Probes => probes_cmd::run(),
+            Command::Completions { shell } => cli::completions(shell),
+            Command::Man => cli::man(),
+        }
+    });
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pfault: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pfault trace | head` ends quietly, as other command-line tools do.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

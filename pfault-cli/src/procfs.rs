@@ -1,0 +1,191 @@
+//! What pfault reads from /proc and a few system calls around it: processes, their maps, the
+//! page size, pfault's own capabilities. Parsers are pure functions over text, so they are
+//! tested (and fuzzed) without a live process.
+
+use anyhow::{bail, Result};
+
+/// One line of /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    /// As the kernel keeps it in `super_block.s_dev`: major << 20 | minor.
+    pub dev: u32,
+    pub ino: u64,
+    pub path: String,
+}
+
+/// Parses /proc/PID/maps text. Lines that do not parse are skipped: the file is the kernel's,
+/// but a path may hold anything (spaces, " (deleted)").
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let mut f = line.split_ascii_whitespace();
+    let (range, _perms, off, dev, ino) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+    let path = f.collect::<Vec<_>>().join(" ");
+    let (s, e) = range.split_once('-')?;
+    let (major, minor) = dev.split_once(':')?;
+    let (major, minor) = (
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        file_offset: u64::from_str_radix(off, 16).ok()?,
+        dev: (major & 0xfff) << 20 | (minor & 0xfffff),
+        ino: ino.parse().ok()?,
+        path,
+    })
+}
+
+/// A process's maps now; `None` when it is gone (an exiting process, a zombie, reads as empty:
+/// that is no map, not an empty one).
+pub fn read_maps(pid: u32) -> Option<Vec<MapEntry>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let maps = parse_maps(&text);
+    (!maps.is_empty()).then_some(maps)
+}
+
+/// Checks that `pid` names a live process, and not one of its threads.
+pub fn check_pid(pid: u32) -> Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| anyhow::anyhow!("no such process: {pid} (check the PID with `ps -p {pid}`)"))?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .map(|s| s.trim().to_string());
+    if let Some(tgid) = tgid.filter(|t| t != &pid.to_string()) {
+        bail!("{pid} is a thread of process {tgid}: pass -p {tgid} (or -t {pid} where the tool has it)");
+    }
+    Ok(())
+}
+
+/// Checks that `tid` names a live thread.
+pub fn check_tid(tid: u32) -> Result<()> {
+    if !std::path::Path::new(&format!("/proc/{tid}")).exists() {
+        bail!("no such thread: {tid} (check it with `ps -eLf`)");
+    }
+    Ok(())
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// A NUL-padded name from the kernel (a comm, a dentry's basename), as text.
+pub fn cstr(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    std::str::from_utf8(&bytes[..end]).unwrap_or("?")
+}
+
+/// Effective capabilities of pfault itself, from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether pfault may load and attach eBPF programs.
+pub fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let caps = effective_caps();
+    let has = |c: u64| caps & (1 << c) != 0;
+    if !(has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON)) {
+        bail!("pfault needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mounts a pseudo file system at `target` unless `probe` (a path inside it) exists already,
+/// as root would; says so on stderr. Tracing needs tracefs, `pfault probes` securityfs.
+pub fn ensure_mounted(fstype: &str, target: &str, probe: &str) -> Result<bool> {
+    use std::{ffi::CString, path::Path};
+    if Path::new(probe).exists() {
+        return Ok(false);
+    }
+    let (src, tgt, fs) = (
+        CString::new("nodev")?,
+        CString::new(target)?,
+        CString::new(fstype)?,
+    );
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let ret = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if ret != 0 || !Path::new(probe).exists() {
+        bail!(
+            "{fstype} is not mounted and mounting it failed ({}): run `mount -t {fstype} nodev {target}`",
+            std::io::Error::last_os_error()
+        );
+    }
+    eprintln!("pfault: mounted {fstype} at {target}");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_parse_with_paths_that_hold_spaces() {
+        let text = "\
+55d0c0a00000-55d0c0a21000 r-xp 00001000 fd:01 1234567                    /usr/bin/my prog (deleted)
+7ffd3c1e0000-7ffd3c201000 rw-p 00000000 00:00 0                          [stack]
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0
+garbage line
+";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(
+            maps[0],
+            MapEntry {
+                start: 0x55d0c0a00000,
+                end: 0x55d0c0a21000,
+                file_offset: 0x1000,
+                dev: 0xfd << 20 | 1,
+                ino: 1234567,
+                path: "/usr/bin/my prog (deleted)".into(),
+            }
+        );
+        assert_eq!(maps[1].path, "[stack]");
+        assert_eq!(maps[2].path, "");
+    }
+
+    #[test]
+    fn maps_lines_with_bad_numbers_are_skipped() {
+        assert!(parse_maps("zz-10 r-xp 0 fd:01 1 /x\n10-20 r-xp 0 fd 1 /x\n").is_empty());
+    }
+
+    #[test]
+    fn cstr_stops_at_the_first_nul() {
+        assert_eq!(cstr(b"bash\0\0\0junk"), "bash");
+        assert_eq!(cstr(b"full"), "full");
+        assert_eq!(cstr(&[0xff, 0]), "?");
+    }
+}
