@@ -68,21 +68,27 @@ pub fn cargo() -> Command {
 const OBJECT: &str = "pfault-cli/bpf/pfault.bpf.o";
 const STAMP: &str = "pfault-cli/bpf/pfault.bpf.o.sources";
 
-/// A hash of every file the eBPF object is built from (FNV-1a: a staleness check, not a
-/// security boundary).
+/// A hash of everything the eBPF object is built from: the two crates' sources, the lock file
+/// and the root manifest (it pins aya-ebpf and sets the object's profile), and the pinned
+/// toolchain (FNV-1a: a staleness check, not a security boundary).
 fn sources_hash() -> Result<String> {
     let root = root();
-    let mut files = Vec::new();
+    let mut files = vec![root.join("Cargo.lock"), root.join("Cargo.toml")];
     for dir in ["pfault-ebpf", "pfault-common"] {
         collect(&root.join(dir), &mut files)?;
     }
     files.sort();
     let mut h: u64 = 0xcbf29ce484222325;
-    for f in files {
-        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-        for b in rel.bytes().chain([0]).chain(std::fs::read(&f)?).chain([0]) {
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes.iter().chain([&0]) {
             h = (h ^ b as u64).wrapping_mul(0x100000001b3);
         }
+    };
+    feed(toolchain::NIGHTLY.as_bytes());
+    for f in files {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        feed(rel.as_bytes());
+        feed(&std::fs::read(&f)?);
     }
     Ok(format!("{h:016x}"))
 }

@@ -35,18 +35,37 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
     std::env::join_paths(paths).unwrap()
 }
 
-fn nightly_sysroot() -> Result<PathBuf> {
+/// The nightly that builds the committed eBPF object, as `rustc -V` names it. Pinned: another
+/// nightly (another LLVM) would build a different object, and bpf-linker must match its LLVM.
+pub const NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
+
+/// What nightly's rustc prints for `args`.
+fn nightly_rustc(args: &[&str]) -> Result<String> {
     let out = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .args(["run", "nightly", "rustc"])
+        .args(args)
         .output()
         .context("running rustc +nightly")?;
     if !out.status.success() {
         bail!(
-            "no nightly toolchain (rustup toolchain install nightly): {}",
+            "no nightly toolchain (rustup toolchain install nightly-2026-05-19): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// The pinned nightly's sysroot; fails on another nightly.
+fn nightly_sysroot() -> Result<PathBuf> {
+    let found = nightly_rustc(&["-V"])?;
+    if found != NIGHTLY {
+        bail!(
+            "the eBPF object is built with `{NIGHTLY}`, but this machine's nightly is `{found}`: \
+             make the pinned one `nightly` (rustup toolchain install nightly-2026-05-19), or move \
+             the pin in xtask/src/toolchain.rs and rebuild the object"
+        );
+    }
+    Ok(PathBuf::from(nightly_rustc(&["--print", "sysroot"])?))
 }
 
 pub fn ensure_ebpf_toolchain() -> Result<()> {

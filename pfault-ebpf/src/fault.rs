@@ -1,0 +1,296 @@
+//! The two halves of a fault: its entry (exception tracepoints or `handle_mm_fault`) parked
+//! per thread, and its completion (perf software events or the return of `handle_mm_fault`),
+//! which feeds the outputs.
+
+use crate::*;
+
+/// Parks a fault's entry in the thread's slot. `vma` is known on the `handle_mm_fault` path;
+/// on the tracepoint path the mapping is looked up at completion (see [`finish`]).
+#[inline(always)]
+pub(crate) fn enter(
+    ctx: *mut c_void,
+    p: Option<*mut Pending>,
+    tid: u32,
+    addr: u64,
+    ip: u64,
+    error_code: u32,
+    vma: u64,
+) {
+    let Some(p) = p.or_else(|| parked(true)) else {
+        return count(CNT_PENDING_FULL);
+    };
+    let flags = conf!(flags);
+    if flags & CFG_NOTIFY_TASKS != 0 && unsafe { (*p).announced } == 0 {
+        unsafe { (*p).announced = 1 };
+        announce(TaskSeen {
+            rec: REC_TASK,
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            tid,
+            forked_from: 0,
+        });
+    }
+    unsafe {
+        (*p).ts = bpf_ktime_get_ns();
+        (*p).addr = addr;
+        (*p).ip = ip;
+        (*p).error_code = error_code;
+        (*p).vm_fault = 0;
+        (*p).retried = 0;
+        (*p).has_map = 0;
+        (*p).ustack_id = -1;
+        (*p).kstack_id = -1;
+        if flags & CFG_OUT_STACKS != 0 {
+            (*p).ustack_id = stack_id(ctx, CFG_USTACK, true);
+            (*p).kstack_id = stack_id(ctx, CFG_KSTACK, false);
+        }
+        if vma != 0 && flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
+            (*p).map = core::mem::zeroed();
+            read_vma(vma, addr, &mut (*p).map);
+            (*p).has_map = 1;
+        }
+        (*p).active = 1;
+    }
+}
+
+/// A fault seen by the `exceptions:page_fault_*` tracepoints, as raw tracepoints: the
+/// arguments come as they are, without the trace record a classic tracepoint program has
+/// built for it first (cheaper on every fault).
+/// `TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)`.
+#[inline(always)]
+pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
+    if completing() {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !wanted_task(tgid, tid) {
+        return 0;
+    }
+    let addr: u64 = ctx.arg(0);
+    // Faults on kernel addresses (vmalloc and the like) never reach handle_mm_fault.
+    if (addr as i64) < 0 {
+        return 0;
+    }
+    let error_code: u64 = ctx.arg(2);
+    let mode = if error_code as u32 & PF_USER != 0 {
+        MODE_USER
+    } else {
+        MODE_KERNEL
+    };
+    if conf!(modes) & mode == 0 {
+        return 0;
+    }
+    if conf!(flags) & CFG_ACCOUNTED != 0 {
+        let task = unsafe { bpf_get_current_task_btf() };
+        match THREADS.get(task, true) {
+            Some(t) => check_accounted(task, t),
+            None => count(CNT_PENDING_FULL),
+        }
+        return 0;
+    }
+    // Only printed events show the faulting ip: not worth a probe read otherwise.
+    let ip = if conf!(flags) & CFG_OUT_EVENTS != 0 {
+        read(ctx.arg::<u64>(1), conf!(off.regs_ip))
+    } else {
+        0
+    };
+    let p = parked(false);
+    flush_error(ctx.as_ptr(), p, false);
+    enter(ctx.as_ptr(), p, tid, addr, ip, error_code as u32, 0);
+    0
+}
+
+/// A parked entry `p` that will never complete is an error fault.
+#[inline(always)]
+pub(crate) fn flush_error(ctx: *mut c_void, p: Option<*mut Pending>, stacks_ok: bool) {
+    if let Some(p) = p {
+        if unsafe { (*p).active } != 0 {
+            finish(ctx, p, KIND_ERROR, unsafe { (*p).vm_fault }, 0, stacks_ok);
+            unsafe { (*p).active = 0 };
+        }
+    }
+}
+
+/// Completion on the tracepoint path: `mm_account_fault` raised PAGE_FAULTS_MIN/MAJ.
+#[inline(always)]
+pub(crate) fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
+    if conf!(flags) & CFG_COMPLETION_ONLY != 0 {
+        return count_stack_at_completion(ctx, kind);
+    }
+    if let Some(p) = parked(false) {
+        if unsafe { (*p).active } != 0 {
+            let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
+            finish(ctx.as_ptr(), p, kind, 0, latency, true);
+            unsafe { (*p).active = 0 };
+        }
+    }
+    0
+}
+
+/// Entry of `handle_mm_fault(vma, address, flags, regs)`.
+#[inline(always)]
+pub(crate) fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u64) -> u32 {
+    if completing() {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !wanted_task(tgid, tid) {
+        return 0;
+    }
+    let user = fault_flags & conf!(off.fault_flag_user) != 0;
+    let mode = if user { MODE_USER } else { MODE_KERNEL };
+    let pending = parked(false);
+    if let Some(p) = pending {
+        // The exception tracepoint parked this fault, or this is a retry: keep the first
+        // entry's time so the latency spans every attempt.
+        if unsafe { (*p).addr } & PAGE_MASK == addr & PAGE_MASK {
+            let wants_map = conf!(flags) & (CFG_MAPPING | CFG_OUT_FILES) != 0;
+            if wants_map && unsafe { (*p).has_map } == 0 || unsafe { (*p).map.kind } == MAP_UNKNOWN {
+                unsafe {
+                    read_vma(vma, addr, &mut (*p).map);
+                    (*p).has_map = 1;
+                }
+            }
+            return 0;
+        }
+        flush_error(ctx, pending, false);
+    }
+    if conf!(modes) & mode == 0 {
+        return 0;
+    }
+    // get_user_pages faults have no exception (and no regs): rebuild an error code from the
+    // fault flags so access and mode still read right.
+    let mut error_code = 0;
+    if fault_flags & conf!(off.fault_flag_write) != 0 {
+        error_code |= PF_WRITE;
+    }
+    if user {
+        error_code |= PF_USER;
+    }
+    if fault_flags & conf!(off.fault_flag_instruction) != 0 {
+        error_code |= PF_INSTR;
+    }
+    let ip = if regs != 0 {
+        read(regs, conf!(off.regs_ip))
+    } else {
+        0
+    };
+    enter(ctx, pending, tid, addr, ip, error_code, vma);
+    0
+}
+
+/// Return of `handle_mm_fault`: the `VM_FAULT_*` result says what became of the fault.
+#[inline(always)]
+pub(crate) fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
+    let Some(p) = parked(false) else {
+        return 0;
+    };
+    if unsafe { (*p).active } == 0 {
+        return 0;
+    }
+    let vm_fault = ret | unsafe { (*p).vm_fault };
+    if ret & conf!(off.vm_fault_retry) != 0 {
+        unsafe {
+            (*p).retried = 1;
+            (*p).vm_fault = vm_fault;
+        }
+        return 0;
+    }
+    // As mm_account_fault() counts: a retried fault is a major one.
+    let kind = if ret & conf!(off.vm_fault_error) != 0 {
+        KIND_ERROR
+    } else if ret & conf!(off.vm_fault_major) != 0 || unsafe { (*p).retried } != 0 {
+        KIND_MAJOR
+    } else {
+        KIND_MINOR
+    };
+    let latency = unsafe { bpf_ktime_get_ns() - (*p).ts };
+    finish(ctx, p, kind, vm_fault, latency, true);
+    unsafe { (*p).active = 0 };
+    0
+}
+
+/// Feeds one finished fault to every output userspace asked for, with nested entries held
+/// off (see `COMPLETING`).
+#[inline(always)]
+pub(crate) fn finish(
+    ctx: *mut c_void,
+    p: *mut Pending,
+    kind: u8,
+    vm_fault: u32,
+    latency: u64,
+    stacks_ok: bool,
+) {
+    set_completing(true);
+    feed_outputs(ctx, p, kind, vm_fault, latency, stacks_ok);
+    set_completing(false);
+}
+
+#[inline(always)]
+pub(crate) fn feed_outputs(
+    ctx: *mut c_void,
+    p: *mut Pending,
+    kind: u8,
+    vm_fault: u32,
+    latency: u64,
+    stacks_ok: bool,
+) {
+    if conf!(kinds) & (1 << kind) == 0 {
+        return;
+    }
+    if kind != KIND_ERROR && latency < conf!(min_latency_ns) {
+        return;
+    }
+    let flags = conf!(flags);
+    if flags & CFG_OUT_PROCS != 0 {
+        count_thread(p, kind, latency);
+    }
+    if flags & (CFG_OUT_EVENTS | CFG_OUT_STACKS | CFG_OUT_FILES) == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 && unsafe { (*p).has_map } == 0 {
+        mapping_of(p);
+    }
+    let map = unsafe { &(*p).map };
+    if flags & CFG_OUT_EVENTS != 0 {
+        let d = Done {
+            kind,
+            stacks_ok,
+            vm_fault,
+            tgid,
+            tid,
+            latency,
+            comm,
+        };
+        emit_event(ctx, p, &d);
+    }
+    if flags & CFG_OUT_STACKS != 0 {
+        let key = StackKey {
+            tgid,
+            kind: kind as u32,
+            ustack_id: unsafe { (*p).ustack_id },
+            kstack_id: unsafe { (*p).kstack_id },
+            comm,
+        };
+        count_stack(&key);
+    }
+    if flags & CFG_OUT_FILES != 0 {
+        count_file(map, kind, tgid, &comm);
+    }
+}
+
+/// A finished fault: what the outputs need besides its parked entry.
+pub(crate) struct Done {
+    pub(crate) kind: u8,
+    /// The context can walk this fault's stacks (not so for an error found at a later entry).
+    pub(crate) stacks_ok: bool,
+    pub(crate) vm_fault: u32,
+    pub(crate) tgid: u32,
+    pub(crate) tid: u32,
+    pub(crate) latency: u64,
+    pub(crate) comm: [u8; COMM_LEN],
+}

@@ -1,0 +1,23 @@
+//! Fault counts per file (`ffaults`).
+
+use crate::*;
+
+#[inline(always)]
+pub(crate) fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]) {
+    let key = FileKey {
+        tgid,
+        dev: m.dev,
+        ino: m.ino,
+        map_kind: m.kind as u32,
+        _pad: 0,
+        comm: *comm,
+    };
+    let fresh = FileCounts {
+        counts: [0; 3],
+        name: m.name,
+    };
+    let Some(v) = get_or_insert(&FILE_COUNTS, &key, &fresh) else {
+        return;
+    };
+    atomic_add(unsafe { addr_of_mut!((*v).counts[(kind as usize) % 3]) }, 1);
+}

@@ -1,0 +1,149 @@
+//! Per-thread state: the parked fault entry and, for `stat`/`top`, the thread's counts, hung
+//! on its `task_struct` (task storage).
+
+use crate::*;
+
+/// A `BPF_MAP_TYPE_TASK_STORAGE` map (aya-ebpf 0.2 has none): a value hung on each thread's
+/// `task_struct`. Finding it is a pointer chase, where a hash map keyed by thread id hashes
+/// and compares on every fault; it is freed with the thread, and never fills up.
+#[repr(C)]
+pub(crate) struct TaskStorage<T> {
+    // The BTF map definition: the loader reads these types, never the values.
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// `task`'s value; with `create`, a zeroed one is made if it has none.
+    #[inline(always)]
+    pub(crate) fn get(&self, task: *mut task_struct, create: bool) -> Option<*mut T> {
+        const BPF_LOCAL_STORAGE_GET_F_CREATE: u64 = 1;
+        let flags = if create { BPF_LOCAL_STORAGE_GET_F_CREATE } else { 0 };
+        let p = unsafe {
+            bpf_task_storage_get(
+                self as *const Self as *mut c_void,
+                task,
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!p.is_null()).then_some(p as *mut T)
+    }
+
+    #[inline(always)]
+    pub(crate) fn current(&self, create: bool) -> Option<*mut T> {
+        self.get(unsafe { bpf_get_current_task_btf() }, create)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Pending {
+    pub(crate) ts: u64,
+    pub(crate) addr: u64,
+    pub(crate) ip: u64,
+    pub(crate) error_code: u32,
+    /// `VM_FAULT_*` bits of earlier attempts (RETRY).
+    pub(crate) vm_fault: u32,
+    pub(crate) ustack_id: i32,
+    pub(crate) kstack_id: i32,
+    pub(crate) retried: u8,
+    pub(crate) has_map: u8,
+    /// A fault is parked.
+    pub(crate) active: u8,
+    /// Userspace has been told of this thread (`CFG_NOTIFY_TASKS`).
+    pub(crate) announced: u8,
+    pub(crate) _pad: [u8; 4],
+    pub(crate) map: Mapping,
+    /// The thread's last VMA, valid while its mm's `mm_lock_seq` stays `cache_seq`: a fault
+    /// storm in one mapping costs one `bpf_find_vma`, not one per fault.
+    pub(crate) cache_mm: u64,
+    pub(crate) cache_end: u64,
+    pub(crate) cache_pgoff: u64,
+    pub(crate) cache_seq: u32,
+    pub(crate) _pad2: u32,
+    pub(crate) cache: Mapping,
+}
+
+/// What `stat` and `top` keep per thread: the parked entry, and the counts and latencies of
+/// the thread's faults since [`fold`] last moved them into `PROC_STATS`.
+#[repr(C)]
+pub(crate) struct Thread {
+    pub(crate) pending: Pending,
+    pub(crate) stats: ProcStats,
+    pub(crate) acct: Accounted,
+}
+
+/// A thread's `CFG_ACCOUNTED` state.
+#[repr(C)]
+pub(crate) struct Accounted {
+    /// The thread's `min_flt`, `maj_flt` already folded into `PROC_STATS` (at first sight:
+    /// what it had faulted before).
+    pub(crate) folded: [u64; 2],
+    /// `min_flt + maj_flt` when the thread last entered the fault handler.
+    pub(crate) at_entry: u64,
+    /// `folded` is set ([`fold`] waits for it).
+    pub(crate) ready: u8,
+    /// `at_entry` is set.
+    pub(crate) entered: u8,
+    pub(crate) _pad: [u8; 6],
+}
+
+/// The current thread's parked entry: in `THREADS` when processes are counted, so that one
+/// lookup per probe serves both.
+#[inline(always)]
+pub(crate) fn parked(create: bool) -> Option<*mut Pending> {
+    if conf!(flags) & CFG_OUT_PROCS != 0 {
+        THREADS.current(create).map(|t| t as *mut Pending)
+    } else {
+        PENDING.current(create)
+    }
+}
+
+/// The counts beside a parked entry from [`parked`] (`CFG_OUT_PROCS` only).
+#[inline(always)]
+pub(crate) fn thread_stats(p: *mut Pending) -> *mut ProcStats {
+    unsafe { addr_of_mut!((*(p as *mut Thread)).stats) }
+}
+
+/// `task`'s minor and major faults as the kernel accounts them. Plain loads, checked by the
+/// verifier against the kernel's BTF: cheaper than two probe reads on every fault.
+#[inline(always)]
+pub(crate) fn faults_accounted(task: *mut task_struct) -> [u64; 2] {
+    let at = |off: u32| unsafe { read_volatile((task as *const u8).add(off as usize) as *const u64) };
+    [at(conf!(off.task_min_flt)), at(conf!(off.task_maj_flt))]
+}
+
+/// `CFG_ACCOUNTED`: counts an error if the thread entered the fault handler since it was
+/// last seen and its accounting did not move (a fault that completes is always accounted),
+/// then notes where the accounting stands.
+#[inline(always)]
+pub(crate) fn check_accounted(task: *mut task_struct, t: *mut Thread) {
+    let [min, maj] = faults_accounted(task);
+    unsafe {
+        let a = addr_of_mut!((*t).acct);
+        if (*a).ready == 0 {
+            write_volatile(addr_of_mut!((*a).folded), [min, maj]);
+            write_volatile(addr_of_mut!((*a).ready), 1);
+        } else if (*a).entered != 0 && (*a).at_entry == min + maj && conf!(kinds) & (1 << KIND_ERROR) != 0 {
+            atomic_add(addr_of_mut!((*t).stats.counts[KIND_ERROR as usize]), 1);
+        }
+        (*a).at_entry = min + maj;
+        (*a).entered = 1;
+    }
+}

@@ -1,0 +1,119 @@
+//! What a faulting address is mapped to: file, inode and offset, or which anonymous memory.
+
+use crate::*;
+
+/// Fills `m` from a `struct vm_area_struct *`: file, inode and offset, or which kind of
+/// anonymous memory (heap and stack as /proc/PID/maps tells them apart). Returns the VMA's
+/// end and page offset.
+#[inline(always)]
+pub(crate) fn read_vma(vma: u64, addr: u64, m: &mut Mapping) -> (u64, u64) {
+    let start: u64 = read(vma, conf!(off.vma_vm_start));
+    let end: u64 = read(vma, conf!(off.vma_vm_end));
+    let file: u64 = read(vma, conf!(off.vma_vm_file));
+    let pgoff: u64 = read(vma, conf!(off.vma_vm_pgoff));
+    m.vm_start = start;
+    if file != 0 {
+        m.kind = MAP_FILE;
+        m.offset = (pgoff << 12) + ((addr & PAGE_MASK) - start);
+        let inode: u64 = read(file, conf!(off.file_f_inode));
+        m.ino = read(inode, conf!(off.inode_i_ino));
+        let sb: u64 = read(inode, conf!(off.inode_i_sb));
+        m.dev = read(sb, conf!(off.sb_s_dev));
+        let dentry: u64 = read(file, conf!(off.file_dentry));
+        let name: u64 = read(dentry, conf!(off.dentry_name));
+        unsafe {
+            let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut m.name);
+        }
+    } else {
+        let mm: u64 = read(vma, conf!(off.vma_vm_mm));
+        let start_brk: u64 = read(mm, conf!(off.mm_start_brk));
+        let brk: u64 = read(mm, conf!(off.mm_brk));
+        let start_stack: u64 = read(mm, conf!(off.mm_start_stack));
+        m.kind = if mm != 0 && start <= brk && end >= start_brk {
+            MAP_HEAP
+        } else if mm != 0 && start <= start_stack && end >= start_stack {
+            MAP_STACK
+        } else {
+            MAP_ANON
+        };
+    }
+    (end, pgoff)
+}
+
+#[repr(C)]
+pub(crate) struct VmaCtx {
+    pub(crate) addr: u64,
+    pub(crate) end: u64,
+    pub(crate) pgoff: u64,
+    pub(crate) map: Mapping,
+}
+
+/// `bpf_find_vma` callback. Not `no_mangle`: the verifier wants a static function.
+#[inline(never)]
+pub(crate) extern "C" fn vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let ctx = unsafe { &mut *(ctx as *mut VmaCtx) };
+    (ctx.end, ctx.pgoff) = read_vma(vma as u64, ctx.addr, &mut ctx.map);
+    0
+}
+
+/// The mapping of the parked fault `p`, from the thread's cache or `bpf_find_vma`.
+///
+/// `bpf_find_vma` costs more than the fault itself where interrupts are off (the exception
+/// tracepoints, the perf overflow path): it defers its unlock to an irq_work, a
+/// self-interrupt. Hence the lookup at completion, and the cache.
+#[inline(always)]
+pub(crate) fn mapping_of(p: *mut Pending) {
+    let out = unsafe { &mut (*p).map };
+    let addr = unsafe { (*p).addr };
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = read(task, conf!(off.task_mm));
+    let seq_off = conf!(off.mm_lock_seq);
+    // Odd: a writer holds the mmap lock (or the kernel has no sequence): do not cache.
+    let seq: u32 = if seq_off != 0 { read(mm, seq_off) } else { 1 };
+    unsafe {
+        let c = &(*p).cache;
+        if seq & 1 == 0
+            && (*p).cache_mm == mm
+            && (*p).cache_seq == seq
+            && c.vm_start <= addr
+            && addr < (*p).cache_end
+        {
+            *out = *c;
+            if out.kind == MAP_FILE {
+                out.offset = ((*p).cache_pgoff << 12) + ((addr & PAGE_MASK) - c.vm_start);
+            }
+            return;
+        }
+    }
+    let mut v = VmaCtx {
+        addr,
+        end: 0,
+        pgoff: 0,
+        map: unsafe { core::mem::zeroed() },
+    };
+    let ret = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            vma_found as *mut c_void,
+            addr_of_mut!(v) as *mut c_void,
+            0,
+        )
+    };
+    if ret == 0 {
+        if seq & 1 == 0 {
+            unsafe {
+                (*p).cache_mm = mm;
+                (*p).cache_seq = seq;
+                (*p).cache_end = v.end;
+                (*p).cache_pgoff = v.pgoff;
+                (*p).cache = v.map;
+            }
+        }
+    } else if ret == -2 {
+        v.map.kind = MAP_NONE;
+    } else {
+        count(CNT_VMA_BUSY);
+    }
+    *out = v.map;
+}
