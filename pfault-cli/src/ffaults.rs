@@ -110,9 +110,7 @@ impl Counter {
 
 impl Handler for Counter {
     fn record(&mut self, record: Record) -> Result<()> {
-        if let Record::Task(t) = record {
-            self.maps.seen(&t);
-        }
+        self.maps.notice(&record);
         Ok(())
     }
 

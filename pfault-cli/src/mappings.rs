@@ -2,7 +2,9 @@
 //!
 //! The programs see a VMA's file as `(dev, ino, dentry basename)`; /proc/PID/maps has the
 //! full path. Each process's maps are read when it is first seen and again when an address
-//! falls outside them (a new mmap), so paths are known even after it exits.
+//! falls outside them, and the kernel side reports each file a process maps (`MapSeen`), so
+//! paths and stacks resolve even after it exits: a file's path is known from any process that
+//! maps it (pfault's own maps name libc and ld.so).
 
 use std::{
     collections::HashMap,
@@ -11,7 +13,10 @@ use std::{
 
 use pfault_common::*;
 
-use crate::procfs::{cstr, read_maps, MapEntry};
+use crate::{
+    procfs::{cstr, read_maps, MapEntry},
+    records::Record,
+};
 
 struct ProcMaps {
     entries: Vec<MapEntry>,
@@ -20,9 +25,21 @@ struct ProcMaps {
     first_seen: Instant,
 }
 
+/// Paths of the files seen mapped by any process, by `(dev, ino)`.
+type FilePaths = HashMap<(u32, u64), String>;
+
+/// `read_maps`, remembering every file's path on the way.
+fn read_indexed(files: &mut FilePaths, pid: u32) -> Option<Vec<MapEntry>> {
+    let entries = read_maps(pid)?;
+    for e in entries.iter().filter(|e| e.path.starts_with('/')) {
+        files.entry((e.dev, e.ino)).or_insert_with(|| e.path.clone());
+    }
+    Some(entries)
+}
+
 impl ProcMaps {
-    fn read(pid: u32) -> ProcMaps {
-        let entries = read_maps(pid);
+    fn read(files: &mut FilePaths, pid: u32) -> ProcMaps {
+        let entries = read_indexed(files, pid);
         ProcMaps {
             gone: entries.is_none(),
             entries: entries.unwrap_or_default(),
@@ -37,24 +54,77 @@ const NEWBORN: Duration = Duration::from_secs(1);
 const YOUNG: Duration = Duration::from_secs(10);
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
-#[derive(Default)]
 pub struct Mappings {
     procs: HashMap<u32, ProcMaps>,
+    files: FilePaths,
     last_refresh: Option<Instant>,
+}
+
+impl Default for Mappings {
+    fn default() -> Self {
+        let mut files = FilePaths::new();
+        // pfault's own maps: the C library and loader most processes map too.
+        let _ = read_indexed(&mut files, std::process::id());
+        Mappings {
+            procs: HashMap::new(),
+            files,
+            last_refresh: None,
+        }
+    }
 }
 
 impl Mappings {
     /// Remembers a process's mappings now, while it lives.
     pub fn note_process(&mut self, pid: u32) {
-        self.procs.entry(pid).or_insert_with(|| ProcMaps::read(pid));
+        if !self.procs.contains_key(&pid) {
+            let p = ProcMaps::read(&mut self.files, pid);
+            self.procs.insert(pid, p);
+        }
+    }
+
+    /// Takes in what a ring-buffer notice says about a process's maps.
+    pub fn notice(&mut self, record: &Record) {
+        match record {
+            Record::Task(t) => self.seen(t),
+            Record::Map(m) => self.mapped(m),
+            Record::Fault(..) | Record::Stack { .. } => {}
+        }
+    }
+
+    /// A file a process mapped, as the kernel saw it: it holds until the process maps over it.
+    fn mapped(&mut self, m: &MapSeen) {
+        let (pid, start, end) = (m.pid, m.map.vm_start, m.vm_end);
+        let path = match self.files.get(&(m.map.dev, m.map.ino)) {
+            Some(p) => p.clone(),
+            // A process already gone leaves the basename.
+            None => std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| cstr(&m.map.name).to_string()),
+        };
+        if path.starts_with('/') {
+            self.files
+                .entry((m.map.dev, m.map.ino))
+                .or_insert_with(|| path.clone());
+        }
+        self.note_process(pid);
+        let p = self.procs.get_mut(&pid).expect("noted above");
+        p.entries.retain(|e| e.end <= start || end <= e.start);
+        p.entries.push(MapEntry {
+            start,
+            end,
+            file_offset: m.map.offset,
+            dev: m.map.dev,
+            ino: m.map.ino,
+            path,
+        });
     }
 
     /// Reads a process's maps again now (it exec'd, started a thread, or is new): a process
     /// that is gone keeps the map it had, and a fork child already gone gets its parent's,
     /// the layout it was born with.
-    pub fn seen(&mut self, t: &TaskSeen) {
+    fn seen(&mut self, t: &TaskSeen) {
         let pid = t.pid;
-        let mut fresh = ProcMaps::read(pid);
+        let mut fresh = ProcMaps::read(&mut self.files, pid);
         if fresh.gone && t.forked_from != 0 {
             self.note_process(t.forked_from);
             fresh.entries = self.procs[&t.forked_from].entries.clone();
@@ -85,7 +155,7 @@ impl Mappings {
             let age = p.first_seen.elapsed();
             if age < NEWBORN || slow_due && age < YOUNG {
                 // A process that is gone keeps its last map.
-                if let Some(entries) = read_maps(*pid) {
+                if let Some(entries) = read_indexed(&mut self.files, *pid) {
                     p.entries = entries;
                 }
             }
@@ -103,13 +173,20 @@ impl Mappings {
         };
         let mut idx = find(&p.entries);
         if idx.is_none() && !p.gone {
-            match read_maps(pid) {
+            match read_indexed(&mut self.files, pid) {
                 Some(entries) => p.entries = entries,
                 None => p.gone = true,
             }
             idx = find(&p.entries);
         }
-        idx.map(|i| &p.entries[i])
+        let e = &mut p.entries[idx?];
+        // A file the kernel reported before any process showed its path: learnt since?
+        if !e.path.starts_with('/') {
+            if let Some(path) = self.files.get(&(e.dev, e.ino)) {
+                e.path = path.clone();
+            }
+        }
+        Some(e)
     }
 
     /// The path of file `(dev, ino)` as `pid` maps it.
@@ -123,12 +200,16 @@ impl Mappings {
         };
         let mut idx = find(&p.entries);
         if idx.is_none() && !p.gone {
-            if let Some(entries) = read_maps(pid) {
+            if let Some(entries) = read_indexed(&mut self.files, pid) {
                 p.entries = entries;
             }
             idx = find(&p.entries);
         }
-        idx.map(|i| p.entries[i].path.as_str())
+        match idx {
+            Some(i) => Some(p.entries[i].path.as_str()),
+            // Another process maps the same file.
+            None => self.files.get(&(dev, ino)).map(String::as_str),
+        }
     }
 
     /// A file the kernel named by basename, device and inode: its full path where a process

@@ -5,7 +5,8 @@ use pfault_common::CFG_OUT_PROCS;
 
 use crate::{
     btf::Btf,
-    engine::{features, layout::kernel_layout, short_error, Engine, Plan, ProbeMode, TaskFilter},
+    output::table::bytes,
+    engine::{features, layout::kernel_layout, plan, short_error, Engine, Plan, ProbeMode, TaskFilter},
     procfs,
 };
 
@@ -77,6 +78,31 @@ pub fn report() -> Vec<(String, String)> {
             Ok(b) => yes_no(b),
             Err(e) => format!("unknown ({e})"),
         },
+    );
+    add(
+        "mmap notices",
+        if std::path::Path::new(features::TRACEFS)
+            .join("events/syscalls/sys_exit_mmap")
+            .exists()
+        {
+            "yes (syscalls:sys_exit_mmap: short-lived processes' libraries are named)".into()
+        } else {
+            "no (no syscall tracepoints: maps come from /proc alone)".into()
+        },
+    );
+    let memory = plan::stack_map_memory();
+    let total: u64 = memory.iter().map(|(_, b)| b).sum();
+    add(
+        "stackcount maps",
+        format!(
+            "at most {} with default sizes ({}; STACK_COUNTS grows as stacks are counted)",
+            bytes(total),
+            memory
+                .iter()
+                .map(|(m, b)| format!("{m} {}", bytes(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     );
     add(
         "lockdown",

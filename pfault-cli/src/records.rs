@@ -5,7 +5,10 @@
 use std::fmt;
 
 use aya::Pod;
-use pfault_common::{FaultEvent, FaultEventStacks, TaskSeen, MAX_STACK, REC_FAULT, REC_TASK};
+use pfault_common::{
+    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK, REC_TASK,
+    STACK_FRAMES_HEADER,
+};
 
 /// A fault's stacks (`trace -U/-K`), leaf first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +23,11 @@ pub enum Record {
     Fault(FaultEvent, Option<Stacks>),
     /// A process to note the maps of: a thread's first fault, an exec, a fork.
     Task(TaskSeen),
+    /// A file a process mapped.
+    Map(MapSeen),
+    /// The frames (leaf first) of a stack `stackcount` counts under `hash`, first counted by
+    /// process `tgid`.
+    Stack { hash: u64, tgid: u32, frames: Vec<u64> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +90,26 @@ pub fn decode(data: &[u8]) -> Result<Record, RecordError> {
                 }),
             ))
         }
+        REC_MAP => read::<MapSeen>(data)
+            .map(Record::Map)
+            .ok_or_else(|| short(size_of::<MapSeen>())),
+        REC_STACK => {
+            // `{u32 rec; u32 nframes; u64 hash; u32 tgid; u32 pad; u64 frames[nframes]}`: only
+            // the frames walked.
+            let header = data
+                .get(..STACK_FRAMES_HEADER)
+                .ok_or_else(|| short(STACK_FRAMES_HEADER))?;
+            let n = u32::from_ne_bytes(header[4..8].try_into().unwrap()) as usize;
+            let hash = u64::from_ne_bytes(header[8..16].try_into().unwrap());
+            let tgid = u32::from_ne_bytes(header[16..20].try_into().unwrap());
+            let need = STACK_FRAMES_HEADER + n.min(MAX_STACK) * 8;
+            let body = data.get(STACK_FRAMES_HEADER..need).ok_or_else(|| short(need))?;
+            let frames = body
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                .collect();
+            Ok(Record::Stack { hash, tgid, frames })
+        }
         other => Err(RecordError::UnknownTag(other)),
     }
 }
@@ -134,6 +162,30 @@ mod tests {
         }
         // Stacks announced but cut off: an error, not a read past the end.
         assert!(decode(&bytes_of(&s)[..size_of::<FaultEvent>() + 8]).is_err());
+    }
+
+    #[test]
+    fn stack_records_carry_only_their_frames() {
+        // SAFETY: all-zero bytes are a valid (Pod) StackFrames.
+        let mut s: pfault_common::StackFrames = unsafe { std::mem::zeroed() };
+        s.rec = REC_STACK;
+        s.nframes = 3;
+        s.hash = 0xfeed;
+        s.tgid = 42;
+        s.frames[..4].copy_from_slice(&[10, 20, 30, 40]);
+        let sent = &bytes_of(&s)[..STACK_FRAMES_HEADER + 3 * 8];
+        match decode(sent) {
+            Ok(Record::Stack { hash, tgid, frames }) => {
+                assert_eq!((hash, tgid, frames), (0xfeed, 42, vec![10, 20, 30]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(decode(&sent[..sent.len() - 1]).is_err());
+        // A frame count past the kernel's maximum reads no further than it.
+        s.nframes = u32::MAX;
+        assert!(
+            matches!(decode(bytes_of(&s)), Ok(Record::Stack { frames, .. }) if frames.len() == MAX_STACK)
+        );
     }
 
     #[test]

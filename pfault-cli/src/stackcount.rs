@@ -2,11 +2,7 @@
 //! `stackcount t:exceptions:page_fault_user`, bpftrace's faults.bt), symbolized, folded or
 //! drawn as a flame graph.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, io::Write, path::PathBuf};
 
 use anyhow::Result;
 use pfault_common::*;
@@ -14,7 +10,10 @@ use serde::Serialize;
 
 use crate::{
     args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs},
-    engine::{Engine, Plan, Tunable},
+    engine::{
+        plan::{STACK_COUNT_ENTRIES, STACK_RINGBUF_BYTES},
+        Engine, Plan, Tunable,
+    },
     output::{flamegraph, folded, json, Format, LateFile},
     procfs::cstr,
     records::Record,
@@ -55,11 +54,13 @@ pub struct StackcountArgs {
     pub svg: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Stack-map size: distinct stacks kept
-    #[arg(long, value_name = "N", default_value_t = 16384)]
-    pub stack_entries: u32,
-    /// Count-map size: distinct (process, stack, kind) entries kept
-    #[arg(long, value_name = "N", default_value_t = 40960)]
+    /// Print each frame's address and offset (as bcc's -v); stacks that differ in them are
+    /// then counted apart
+    #[arg(short = 'v', long)]
+    pub addresses: bool,
+    /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
+    /// they are used (about 100 bytes each)
+    #[arg(long, value_name = "N", default_value_t = STACK_COUNT_ENTRIES)]
     pub map_entries: u32,
 }
 
@@ -73,10 +74,14 @@ struct JsonStack<'a> {
     kstack: &'a [Frame],
 }
 
-/// One counted stack, symbolized.
+/// One printed stack and its count: faults on stacks that print the same (within a
+/// function, or across processes without -P) are added into one row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Row {
-    key: StackKey,
-    count: u64,
+    /// With -P only.
+    pid: Option<u32>,
+    comm: String,
+    kind: u8,
     ustack: Vec<Frame>,
     kstack: Vec<Frame>,
 }
@@ -86,102 +91,92 @@ struct Counter {
     svg: Option<LateFile>,
     args: StackcountArgs,
     syms: Symbols,
-    completion_only: bool,
-    last_scan: Instant,
+    /// Every stack the kernel sent, by hash: raw frames, leaf first.
+    stacks: HashMap<u64, Vec<u64>>,
 }
 
-const SCAN_EVERY: Duration = Duration::from_millis(500);
-
-/// Every stack count, from `STACK_COUNTS` and the `STACK_SLOTS` array (whose ids are user
-/// stacks if `user`), one entry per key.
-fn stack_counts(engine: &mut Engine, reset: bool, user: bool) -> Result<Vec<(StackKey, u64)>> {
-    let mut counts: std::collections::HashMap<StackKey, u64> =
-        engine.stack_counts(reset)?.into_iter().collect();
-    for (id, slot) in engine.stack_slots(reset)? {
-        for (kind, &n) in slot.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-            let key = StackKey {
-                tgid: slot.tgid as u32,
-                kind: kind as u32,
-                ustack_id: if user { id as i32 } else { -1 },
-                kstack_id: if user { -1 } else { id as i32 },
-                comm: slot.comm,
-            };
-            *counts.entry(key).or_default() += n;
-        }
-    }
-    Ok(counts.into_iter().collect())
+/// Frames standing for what the kernel could not or need not walk.
+fn pseudo(what: &str) -> Vec<Frame> {
+    vec![Frame::named(what)]
 }
 
 impl Counter {
-    fn frames(&mut self, engine: &Engine, id: i32, pid: u32, user: bool) -> Vec<Frame> {
-        let Some(ips) = u32::try_from(id).ok().and_then(|id| engine.stack_frames(id).ok()) else {
-            return Vec::new();
+    fn frames(&mut self, hash: u64, pid: u32, user: bool) -> Vec<Frame> {
+        let frames = match hash {
+            STACK_NONE => Vec::new(),
+            STACK_LOST => pseudo("[stack lost: ring buffer full]"),
+            STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
+            h => match self.stacks.get(&h) {
+                Some(ips) if user => self.syms.user(pid, ips),
+                Some(ips) => self.syms.kernel(ips),
+                None => pseudo("[stack not received]"),
+            },
         };
-        if user {
-            self.syms.user(pid, &ips)
-        } else {
-            self.syms.kernel(&ips)
-        }
+        let addresses = self.args.addresses;
+        frames.into_iter().map(|f| f.printed(addresses)).collect()
     }
 
-    fn collect(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
-        let counts = stack_counts(engine, reset, !self.args.kernel_stacks_only)?;
-        let mut rows = Vec::with_capacity(counts.len());
-        for (key, count) in counts {
-            let ustack = self.frames(engine, key.ustack_id, key.tgid, true);
-            let kstack = self.frames(engine, key.kstack_id, 0, false);
-            rows.push(Row {
-                key,
-                count,
-                ustack,
-                kstack,
-            });
+    /// The counts of the interval, one per printed stack, least first.
+    fn collect(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
+        let mut rows: HashMap<Row, u64> = HashMap::new();
+        for (key, count) in engine.stack_counts(reset)? {
+            let row = Row {
+                pid: self.args.per_pid.then_some(key.tgid),
+                comm: cstr(&key.comm).to_string(),
+                kind: key.kind as u8,
+                ustack: self.frames(key.ustack, key.tgid, true),
+                kstack: self.frames(key.kstack, 0, false),
+            };
+            *rows.entry(row).or_default() += count;
         }
-        if !self.args.per_pid {
-            rows = merge_processes(rows);
-        }
-        if reset {
-            engine.clear_stacks()?;
-        }
-        rows.sort_by_key(|r| r.count);
-        Ok(rows)
+        Ok(sorted(rows))
     }
 
     /// `comm;user root..leaf;kernel root..leaf_[k]` as bcc folds them.
-    fn fold(&self, r: &Row, with_kind: bool) -> String {
-        let mut frames = vec![cstr(&r.key.comm).to_string()];
-        if self.args.per_pid {
-            frames[0] = format!("{} [{}]", frames[0], r.key.tgid);
-        }
+    fn fold(&self, r: &Row, with_kind: bool) -> Vec<String> {
+        let mut frames = vec![who(r)];
         frames.extend(r.ustack.iter().rev().map(Frame::name));
         frames.extend(r.kstack.iter().rev().map(|f| format!("{}_[k]", f.name())));
         if with_kind {
             // The fault's kind on top, coloured apart: the flame graph shows minor and major.
-            let kind = Kind::from_raw(r.key.kind as u8).name();
-            frames.push(if r.key.kind as u8 == KIND_MINOR {
+            let kind = Kind::from_raw(r.kind).name();
+            frames.push(if r.kind == KIND_MINOR {
                 format!("{kind}_fault")
             } else {
                 format!("{kind}_fault_[k]")
             });
         }
-        folded::line(&frames, r.count)
+        frames
     }
 
-    fn print(&mut self, rows: &[Row]) -> Result<()> {
+    /// Folded lines, one per distinct line (frames that differ only in what folding leaves
+    /// out, such as an address, make one line).
+    fn folded(&self, rows: &[(Row, u64)], with_kind: bool) -> Vec<String> {
+        let mut lines: HashMap<Vec<String>, u64> = HashMap::new();
+        for (r, n) in rows {
+            *lines.entry(self.fold(r, with_kind)).or_default() += n;
+        }
+        sorted(lines)
+            .into_iter()
+            .map(|(frames, n)| folded::line(&frames, n))
+            .collect()
+    }
+
+    fn print(&mut self, rows: &[(Row, u64)]) -> Result<()> {
         if self.args.folded {
-            let lines: Vec<String> = rows.iter().map(|r| self.fold(r, false)).collect();
+            let lines = self.folded(rows, false);
             return folded::write(&mut self.out, &lines);
         }
         match self.args.output.format {
             Format::Json => {
-                for r in rows {
+                for (r, count) in rows {
                     json::write_line(
                         &mut self.out,
                         &JsonStack {
-                            pid: self.args.per_pid.then_some(r.key.tgid),
-                            comm: cstr(&r.key.comm),
-                            kind: Kind::from_raw(r.key.kind as u8).name(),
-                            count: r.count,
+                            pid: r.pid,
+                            comm: &r.comm,
+                            kind: Kind::from_raw(r.kind).name(),
+                            count: *count,
                             ustack: &r.ustack,
                             kstack: &r.kstack,
                         },
@@ -191,27 +186,24 @@ impl Counter {
             Format::Text => {
                 // As bcc prints: kernel frames, "--", user frames, who, then the count;
                 // least frequent first so the heaviest ends at the bottom of the terminal.
-                for r in rows {
+                let addresses = self.args.addresses;
+                for (r, count) in rows {
                     for f in &r.kstack {
-                        writeln!(self.out, "  {}", f.text())?;
+                        writeln!(self.out, "  {}", f.label(addresses))?;
                     }
                     if !r.kstack.is_empty() && !r.ustack.is_empty() {
                         writeln!(self.out, "  --")?;
                     }
                     for f in &r.ustack {
-                        writeln!(self.out, "  {}", f.text())?;
+                        writeln!(self.out, "  {}", f.label(addresses))?;
                     }
-                    let who = if self.args.per_pid {
-                        format!("{} [{}]", cstr(&r.key.comm), r.key.tgid)
-                    } else {
-                        cstr(&r.key.comm).to_string()
-                    };
                     writeln!(
                         self.out,
-                        "    {who} ({} faults)",
-                        Kind::from_raw(r.key.kind as u8).name()
+                        "    {} ({} faults)",
+                        who(r),
+                        Kind::from_raw(r.kind).name()
                     )?;
-                    writeln!(self.out, "    {}\n", r.count)?;
+                    writeln!(self.out, "    {count}\n")?;
                 }
             }
         }
@@ -219,50 +211,36 @@ impl Counter {
     }
 }
 
-/// Without -P, one row per (comm, kind, symbolized stack) across processes: the kernel keys
-/// by process because user addresses only mean something within one.
-fn merge_processes(rows: Vec<Row>) -> Vec<Row> {
-    let mut merged: std::collections::HashMap<(String, u32, Vec<String>, Vec<String>), Row> =
-        Default::default();
-    for mut r in rows {
-        let texts = |fs: &[Frame]| fs.iter().map(Frame::text).collect::<Vec<_>>();
-        let key = (
-            cstr(&r.key.comm).to_string(),
-            r.key.kind,
-            texts(&r.ustack),
-            texts(&r.kstack),
-        );
-        match merged.get_mut(&key) {
-            Some(m) => m.count += r.count,
-            None => {
-                r.key.tgid = 0;
-                merged.insert(key, r);
-            }
-        }
+/// `comm`, or `comm [pid]` with -P.
+fn who(r: &Row) -> String {
+    match r.pid {
+        Some(pid) => format!("{} [{pid}]", r.comm),
+        None => r.comm.clone(),
     }
-    merged.into_values().collect()
+}
+
+/// Counted entries, least first (ties in a stable order, so runs compare line by line).
+fn sorted<K: Ord>(counts: HashMap<K, u64>) -> Vec<(K, u64)> {
+    let mut v: Vec<(K, u64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    v
 }
 
 impl Handler for Counter {
     fn record(&mut self, record: Record) -> Result<()> {
-        if let Record::Task(t) = record {
-            self.syms.process_changed(&t);
+        match record {
+            Record::Stack { hash, tgid, frames } => {
+                // Counting at completion sends no notice of a process that was running before
+                // pfault: its first stack is one, while it lives.
+                self.syms.note_process(tgid);
+                self.stacks.insert(hash, frames);
+            }
+            notice => self.syms.notice(&notice),
         }
         Ok(())
     }
 
-    fn idle(&mut self, engine: &mut Engine) {
-        // Counting at completion alone sends no notice of new processes: find them in the
-        // count maps, while they live.
-        if self.completion_only && self.last_scan.elapsed() >= SCAN_EVERY {
-            self.last_scan = Instant::now();
-            for tgid in engine.stack_count_tgids().unwrap_or_default() {
-                self.syms.note_process(tgid);
-            }
-            for (_, slot) in engine.stack_slots(false).unwrap_or_default() {
-                self.syms.note_process(slot.tgid as u32);
-            }
-        }
+    fn idle(&mut self, _engine: &mut Engine) {
         self.syms.maps.refresh_young();
     }
 
@@ -274,8 +252,7 @@ impl Handler for Counter {
         self.print(&rows)?;
         if last {
             if let Some(svg) = &self.svg {
-                let lines: Vec<String> = rows.iter().map(|r| self.fold(r, true)).collect();
-                flamegraph::write_svg(svg, "Page faults", &lines)?;
+                flamegraph::write_svg(svg, "Page faults", &self.folded(&rows, true))?;
             }
         }
         self.out.flush()?;
@@ -284,7 +261,7 @@ impl Handler for Counter {
 }
 
 pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
-    let mut flags = CFG_OUT_STACKS | CFG_NOTIFY_TASKS;
+    let mut flags = CFG_OUT_STACKS | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
     if !args.kernel_stacks_only {
         flags |= CFG_USTACK;
     }
@@ -306,16 +283,10 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if completion_only {
         flags |= CFG_COMPLETION_ONLY;
     }
-    // One kind of stack: its id alone is the slot (see STACK_SLOTS).
-    if args.user_stacks_only || args.kernel_stacks_only {
-        flags |= CFG_STACK_SLOTS;
-    }
     let mut plan = Plan::filtered(flags, &args.filter);
-    plan.stack_entries = args.stack_entries;
     plan.agg_entries = args.map_entries;
-    plan.tunables = vec![Tunable::STACKS, Tunable::STACK_COUNTS];
-    // Only process notices go through the ring buffer here.
-    plan.ringbuf_bytes = 256 << 10;
+    plan.tunables = vec![Tunable::STACK_COUNTS];
+    plan.ringbuf_bytes = STACK_RINGBUF_BYTES;
     let out = args.output.open()?;
     let svg = args
         .svg
@@ -328,11 +299,10 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let duration = args.duration.clone();
     let format = args.output.format;
     let mut counter = Counter {
-        completion_only,
-        last_scan: Instant::now(),
         out,
         svg,
         syms: Symbols::default(),
+        stacks: HashMap::new(),
         args,
     };
     if let Some(pid) = counter.args.target.pid {
@@ -341,5 +311,5 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let end = session
         .run(&duration, interval, Some(&mut ring), &mut counter)
         .await?;
-    session.finish(end, format, None, "process notices")
+    session.finish(end, format, None, "process notices and stacks")
 }

@@ -12,14 +12,14 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
     Input, Symbolized, Symbolizer,
 };
-use pfault_common::TaskSeen;
 use serde::Serialize;
 
-use crate::mappings::Mappings;
+use crate::{mappings::Mappings, records::Record};
 
 /// One frame of a stack, as every output format shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frame {
+    #[serde(skip_serializing_if = "is_zero")]
     pub addr: u64,
     pub symbol: Option<String>,
     pub offset: u64,
@@ -48,7 +48,54 @@ impl Frame {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Frame {
+    /// A frame that is only a name: what stands where no stack could be walked.
+    pub fn named(what: &str) -> Frame {
+        Frame {
+            addr: 0,
+            symbol: Some(what.to_string()),
+            offset: 0,
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+
+    /// The frame as counted output prints it: by function (its address, offset and line left
+    /// out, so that faults anywhere in one function add up), or whole with `addresses`. A
+    /// frame no symbol names keeps its offset in its module: that is its name.
+    pub fn printed(self, addresses: bool) -> Frame {
+        if addresses {
+            return self;
+        }
+        Frame {
+            addr: 0,
+            offset: if self.symbol.is_some() { 0 } else { self.offset },
+            line: None,
+            ..self
+        }
+    }
+
+    /// A counted stack's line: `touch_pages [anon_writer]`; with `addresses`, the address
+    /// and [`Self::text`], as bcc's -v prints.
+    pub fn label(&self, addresses: bool) -> String {
+        if addresses {
+            return format!("{:#018x} {}", self.addr, self.text());
+        }
+        match (&self.symbol, self.module.as_deref().map(basename)) {
+            (Some(s), Some(m)) if self.inlined => format!("{s} (inlined) [{m}]"),
+            (Some(s), Some(m)) => format!("{s} [{m}]"),
+            (Some(s), None) if self.inlined => format!("{s} (inlined)"),
+            (Some(s), None) => s.clone(),
+            (None, _) => self.name(),
+        }
+    }
+
     /// The name used in folded stacks and flame graphs.
     pub fn name(&self) -> String {
         match (&self.symbol, &self.module) {
@@ -94,9 +141,10 @@ impl Symbols {
         self.maps.note_process(pid);
     }
 
-    /// A process is new, exec'd or started a thread: read its maps again while it lives.
-    pub fn process_changed(&mut self, t: &TaskSeen) {
-        self.maps.seen(t);
+    /// A process is new, exec'd, started a thread or mapped a file: note its maps while it
+    /// lives.
+    pub fn notice(&mut self, record: &Record) {
+        self.maps.notice(record);
     }
 
     /// Symbolizes a user stack (leaf first). Return addresses point after the call, so every

@@ -220,9 +220,7 @@ fn fit(s: &str, cols: u16) -> String {
 
 impl Handler for Top {
     fn record(&mut self, record: Record) -> Result<()> {
-        if let Record::Task(t) = record {
-            self.maps.seen(&t);
-        }
+        self.maps.notice(&record);
         Ok(())
     }
 

@@ -107,11 +107,11 @@ impl Printer {
 impl Handler for Printer {
     fn record(&mut self, record: Record) -> Result<()> {
         let (ev, stacks) = match record {
-            Record::Task(t) => {
-                self.syms.process_changed(&t);
+            Record::Fault(ev, stacks) => (ev, stacks),
+            notice => {
+                self.syms.notice(&notice);
                 return Ok(());
             }
-            Record::Fault(ev, stacks) => (ev, stacks),
         };
         let (ustack, kstack) = match stacks {
             Some(s) => (

@@ -38,6 +38,8 @@ pub const PF_INSTR: u32 = 1 << 4;
 /// Tag at the start of every ring-buffer record.
 pub const REC_FAULT: u32 = 1;
 pub const REC_TASK: u32 = 2;
+pub const REC_STACK: u32 = 3;
+pub const REC_MAP: u32 = 4;
 
 /// `Config::flags` bits.
 pub const CFG_FILTER_COMM: u32 = 1 << 0;
@@ -71,9 +73,9 @@ pub const CFG_COMPLETION_ONLY: u32 = 1 << 12;
 /// accounted: one that was not is an error.
 pub const CFG_ACCOUNTED: u32 = 1 << 13;
 
-/// `stackcount` with one kind of stack (`-U` or `-K`): counts go to `STACK_SLOTS`, an array
-/// indexed by the stack id, before `STACK_COUNTS`.
-pub const CFG_STACK_SLOTS: u32 = 1 << 14;
+/// Send a [`MapSeen`] record for each file a wanted process maps (`mmap`), so that its
+/// stacks name their libraries even when it exits before userspace reads its maps.
+pub const CFG_NOTIFY_MAPS: u32 = 1 << 14;
 
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
@@ -82,9 +84,8 @@ pub const MODE_KERNEL: u32 = 2;
 /// Indexes of the per-CPU `COUNTERS` array: everything the kernel side could not record.
 pub const CNT_RINGBUF_LOST: u32 = 0;
 pub const CNT_PENDING_FULL: u32 = 1;
-pub const CNT_STACK_COLLISION: u32 = 2;
-/// The stack map was full.
-pub const CNT_STACK_MISSING: u32 = 3;
+/// A new stack's frames did not fit in the ring buffer: its faults count as `STACK_LOST`.
+pub const CNT_STACK_LOST: u32 = 2;
 pub const CNT_AGG_FULL: u32 = 4;
 pub const CNT_VMA_BUSY: u32 = 5;
 pub const CNT_MAX: u32 = 8;
@@ -110,6 +111,7 @@ pub struct Offsets {
     pub mm_start_brk: u32,
     pub mm_brk: u32,
     pub mm_start_stack: u32,
+    pub mm_start_code: u32,
     pub regs_ip: u32,
     pub task_mm: u32,
     pub task_pid: u32,
@@ -122,6 +124,9 @@ pub struct Offsets {
     /// `mm_struct.mm_lock_seq`, bumped by every mmap-lock writer; 0 where the kernel has none
     /// (then the per-thread mapping cache is off).
     pub mm_lock_seq: u32,
+    /// `task_struct.fs`, `fs_struct.in_exec`: set while the task is in execve (0: unknown).
+    pub task_fs: u32,
+    pub fs_in_exec: u32,
     /// `enum vm_fault_reason` values.
     pub vm_fault_major: u32,
     pub vm_fault_retry: u32,
@@ -220,29 +225,66 @@ pub struct FaultEventStacks {
     pub kstack: [u64; MAX_STACK],
 }
 
-/// Key of the `STACK_COUNTS` map (`stackcount`).
+/// Stack hashes that stand for no stack: none taken (not asked for, or not walkable).
+pub const STACK_NONE: u64 = 0;
+/// A new stack whose frames the ring buffer had no room for.
+pub const STACK_LOST: u64 = 1;
+/// A fault the kernel takes while it writes a new program image during execve (bss, the
+/// argument and auxv tables): the user registers are still the old program's.
+pub const STACK_EXEC: u64 = 2;
+/// Real stacks hash to this or above.
+pub const STACK_FIRST: u64 = 3;
+
+/// Key of the `STACK_COUNTS` map (`stackcount`). Stacks are named by a 64-bit hash of their
+/// frames; the frames go to userspace once per process and stack ([`StackFrames`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackKey {
     /// Always kept: a user stack is symbolized against its process's mappings.
     pub tgid: u32,
     pub kind: u32,
-    /// Negative: no stack of that kind (not asked for, or not walkable).
-    pub ustack_id: i32,
-    pub kstack_id: i32,
+    pub ustack: u64,
+    pub kstack: u64,
     pub comm: [u8; COMM_LEN],
 }
 
-/// A `STACK_SLOTS` entry: the counts of one stack id for the process (and comm) that first
-/// counted a fault on it. Stack ids of other processes go to `STACK_COUNTS`.
+/// A stack's frames, leaf first, sent in the `EVENTS` ring buffer the first time a process
+/// counts a fault on it. Only the header and `nframes` frames are sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct StackSlot {
-    /// 0: free. 64 bits: the BPF target has no 32-bit compare-and-swap.
-    pub tgid: u64,
-    pub comm: [u8; COMM_LEN],
-    /// Indexed by `KIND_*`.
-    pub counts: [u64; 3],
+pub struct StackFrames {
+    /// `REC_STACK`
+    pub rec: u32,
+    pub nframes: u32,
+    pub hash: u64,
+    /// The process that counted a fault on it: user frames are its addresses.
+    pub tgid: u32,
+    pub _pad: u32,
+    pub frames: [u64; MAX_STACK],
+}
+
+/// Bytes of a [`StackFrames`] before its frames.
+pub const STACK_FRAMES_HEADER: usize = 24;
+
+/// Key of `STACKS_SENT`: a (process, stack) whose frames userspace has been sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SentKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub hash: u64,
+}
+
+/// A file a process mapped (`CFG_NOTIFY_MAPS`), as its VMA stood after `mmap` returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MapSeen {
+    /// `REC_MAP`
+    pub rec: u32,
+    pub pid: u32,
+    pub vm_end: u64,
+    /// `offset` is the file offset of `vm_start`.
+    pub map: Mapping,
 }
 
 /// Key of the `FILE_COUNTS` map (`ffaults`).
@@ -350,7 +392,9 @@ mod pod {
     unsafe impl aya::Pod for FaultEventStacks {}
     unsafe impl aya::Pod for TaskSeen {}
     unsafe impl aya::Pod for StackKey {}
-    unsafe impl aya::Pod for StackSlot {}
+    unsafe impl aya::Pod for StackFrames {}
+    unsafe impl aya::Pod for SentKey {}
+    unsafe impl aya::Pod for MapSeen {}
     unsafe impl aya::Pod for FileKey {}
     unsafe impl aya::Pod for FileCounts {}
     unsafe impl aya::Pod for ProcKey {}

@@ -37,11 +37,15 @@ pub(crate) fn enter(
         (*p).vm_fault = 0;
         (*p).retried = 0;
         (*p).has_map = 0;
-        (*p).ustack_id = -1;
-        (*p).kstack_id = -1;
+        (*p).ustack = STACK_NONE;
+        (*p).kstack = STACK_NONE;
         if flags & CFG_OUT_STACKS != 0 {
-            (*p).ustack_id = stack_id(ctx, CFG_USTACK, true);
-            (*p).kstack_id = stack_id(ctx, CFG_KSTACK, false);
+            let (tgid, kernel_mode) = (
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                error_code & PF_USER == 0,
+            );
+            (*p).ustack = publish(tgid, walk(ctx, true, kernel_mode), true);
+            (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
         }
         if vma != 0 && flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
             (*p).map = core::mem::zeroed();
@@ -272,8 +276,8 @@ pub(crate) fn feed_outputs(
         let key = StackKey {
             tgid,
             kind: kind as u32,
-            ustack_id: unsafe { (*p).ustack_id },
-            kstack_id: unsafe { (*p).kstack_id },
+            ustack: unsafe { (*p).ustack },
+            kstack: unsafe { (*p).kstack },
             comm,
         };
         count_stack(&key);

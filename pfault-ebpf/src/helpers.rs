@@ -2,8 +2,6 @@
 
 use crate::*;
 
-pub(crate) const EEXIST: i64 = 17;
-pub(crate) const ENOMEM: i64 = 12;
 pub(crate) const BPF_RB_AVAIL_DATA: u64 = 0;
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;

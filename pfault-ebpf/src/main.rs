@@ -34,18 +34,18 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
-        BPF_F_USER_STACK, BPF_NOEXIST,
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC, BPF_F_USER_STACK,
+        BPF_NOEXIST,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_get_stackid, bpf_task_storage_get,
+            bpf_find_vma, bpf_get_current_task_btf, bpf_get_stack, bpf_task_pt_regs, bpf_task_storage_get,
         },
     },
     macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
@@ -99,17 +99,19 @@ static THREADS: TaskStorage<Thread> = TaskStorage::new();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
+/// Counts per (process, kind, stack hashes, comm). Allocated as entries are added: the
+/// default holds a program with a hundred thousand stacks, and most runs use a few hundred.
 #[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
 
+/// Per-CPU room to walk a user and a kernel stack into (a stack is too big for the
+/// 512-byte BPF stack).
 #[map]
-static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(40960, 0);
+static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(2, 0);
 
-/// Stack counts indexed by the stack id (`CFG_STACK_SLOTS`; as many slots as `STACKS` has
-/// buckets): an array lookup where `STACK_COUNTS` hashes the key on every fault. Userspace
-/// maps it into memory to read it (tens of thousands of slots, no syscall each).
+/// The (process, stack) pairs whose frames userspace has.
 #[map]
-static STACK_SLOTS: Array<StackSlot> = Array::with_max_entries(16384, BPF_F_MMAPABLE);
+static STACKS_SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(16384, 0);
@@ -216,6 +218,35 @@ pub fn task_exec(_ctx: TracePointContext) -> u32 {
             tid,
             forked_from: 0,
         });
+        if conf!(flags) & CFG_NOTIFY_MAPS != 0 {
+            // The kernel mapped the program and its loader itself (no mmap to see): their code
+            // is where the program's text starts and where it will start running.
+            let task = unsafe { bpf_get_current_task_btf() };
+            let mm: u64 = read(task as u64, conf!(off.task_mm));
+            notify_map(tgid, read(mm, conf!(off.mm_start_code)));
+            let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+            if regs != 0 {
+                notify_map(tgid, read(regs, conf!(off.regs_ip)));
+            }
+        }
+    }
+    0
+}
+
+/// `sys_exit_mmap`: a wanted process mapped a file. Its VMA goes to userspace, which then
+/// knows the file's place in the process even if the process exits before its maps are read
+/// (a program that runs a millisecond still gets its libraries named).
+#[tracepoint]
+pub fn task_mmap(ctx: TracePointContext) -> u32 {
+    // `long ret` of the syscall exit record: the mapping's start, or -errno.
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    if ret < 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if wanted_task(tgid, tid) {
+        notify_map(tgid, ret as u64);
     }
     0
 }

@@ -60,8 +60,9 @@ pub(crate) struct Pending {
     pub(crate) error_code: u32,
     /// `VM_FAULT_*` bits of earlier attempts (RETRY).
     pub(crate) vm_fault: u32,
-    pub(crate) ustack_id: i32,
-    pub(crate) kstack_id: i32,
+    /// Hashes of the fault's stacks, taken where it was raised (`stackcount`).
+    pub(crate) ustack: u64,
+    pub(crate) kstack: u64,
     pub(crate) retried: u8,
     pub(crate) has_map: u8,
     /// A fault is parked.

@@ -117,3 +117,37 @@ pub(crate) fn mapping_of(p: *mut Pending) {
     }
     *out = v.map;
 }
+
+/// Sends the file mapping that holds `addr` (`CFG_NOTIFY_MAPS`); anonymous memory is left out.
+#[inline(always)]
+pub(crate) fn notify_map(tgid: u32, addr: u64) {
+    let mut v = VmaCtx {
+        addr,
+        end: 0,
+        pgoff: 0,
+        map: unsafe { core::mem::zeroed() },
+    };
+    let ret = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            vma_found as *mut c_void,
+            addr_of_mut!(v) as *mut c_void,
+            0,
+        )
+    };
+    if ret != 0 || v.map.kind != MAP_FILE {
+        return;
+    }
+    // The VMA may start below `addr` (merged with its neighbour): name its own start.
+    v.map.offset = v.pgoff << 12;
+    let seen = MapSeen {
+        rec: REC_MAP,
+        pid: tgid,
+        vm_end: v.end,
+        map: v.map,
+    };
+    if EVENTS.output::<MapSeen>(&seen, wakeup_flag()).is_err() {
+        count(CNT_RINGBUF_LOST);
+    }
+}

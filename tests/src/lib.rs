@@ -39,6 +39,7 @@ pub fn pfault() -> Command {
 
 /// Compiles `tests/workloads/NAME.c` once per change. -O0: gcc drops the frame of leaf
 /// functions even with -fno-omit-frame-pointer, and a frame-pointer walk then skips their caller.
+/// A source whose first line is `/* cflags: FLAGS` is compiled with FLAGS after those.
 pub fn workload(name: &str) -> PathBuf {
     let src = root().join("tests/workloads").join(format!("{name}.c"));
     let out_dir = root().join("target/workloads");
@@ -47,8 +48,17 @@ pub fn workload(name: &str) -> PathBuf {
     let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let header = root().join("tests/workloads/common.h");
     if fresh(&out) < fresh(&src).max(fresh(&header)) {
+        let text = std::fs::read_to_string(&src).unwrap();
+        let own: Vec<&str> = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("/* cflags:"))
+            .map(|f| f.split_whitespace().collect())
+            .unwrap_or_default();
         let status = Command::new("cc")
-            .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer", "-o"])
+            .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer"])
+            .args(own)
+            .arg("-o")
             .arg(&out)
             .arg(&src)
             .status()

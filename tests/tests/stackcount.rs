@@ -120,7 +120,12 @@ fn json_stacks_carry_symbolized_frames() {
     let dir = scratch("stackcount-json");
     let out = dir.join("stacks.json");
     let minflt = num(
-        &pfault_on(&["stackcount", "-o", "json"], &out, "anon_writer", &["3000"]),
+        &pfault_on(
+            &["stackcount", "-v", "-o", "json"],
+            &out,
+            "anon_writer",
+            &["3000"],
+        ),
         "minflt",
     );
     let rows = json_lines(&out);
@@ -147,4 +152,147 @@ fn json_stacks_carry_symbolized_frames() {
         "{leaf}"
     );
     assert!(leaf["line"].as_u64().unwrap() > 0, "{leaf}");
+}
+
+/// Folded lines as (stack, count), failing on a stack printed twice.
+fn folded_lines(folded: &str) -> Vec<(String, u64)> {
+    let mut seen = std::collections::HashSet::new();
+    folded
+        .lines()
+        .map(|l| {
+            let (stack, n) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad folded line {l:?}"));
+            assert!(seen.insert(stack.to_string()), "stack printed twice: {stack}");
+            (stack.to_string(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// 65,536 distinct call paths, one fault each: every fault keeps its own stack, with the
+/// default sizes (the kernel's stack-trace map drops a stack whenever its bucket is taken).
+#[test]
+fn every_one_of_65536_distinct_stacks_is_counted_on_its_own() {
+    let dir = scratch("stackcount-many");
+    let out = dir.join("folded.txt");
+    let run = run_with_timeout(
+        pfault()
+            .args(["stackcount", "-U", "-f", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(workload("many_stacks")),
+        Duration::from_secs(300),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "pfault failed: {stderr}");
+    let truth = kv(&String::from_utf8_lossy(&run.stdout));
+    let paths = num(&truth, "paths");
+    // Folded output ends with a text summary: a line only when something was lost.
+    let lost = stderr.lines().find(|l| l.contains("lost")).unwrap_or("");
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let lines = folded_lines(&folded);
+    // Paths differ in the left/right sequence above the leaf.
+    let own: Vec<&(String, u64)> = lines
+        .iter()
+        .filter(|(s, _)| {
+            s.ends_with(";walk") && s.matches(";left;").count() + s.matches(";right;").count() == 16
+        })
+        .collect();
+    let faults: u64 = own.iter().map(|(_, n)| n).sum();
+    assert!(
+        own.len() as u64 * 1000 >= paths * 999 && faults * 1000 >= paths * 999,
+        "{} stacks and {faults} faults on their own stack of {paths} paths; lost: {lost}",
+        own.len()
+    );
+    assert!(own.iter().all(|(_, n)| *n == 1), "a path counted twice");
+    assert!(lost.is_empty(), "{lost}");
+}
+
+/// One function whose loop the compiler unrolled faults at four instructions: every output
+/// prints its stack once, with every fault on it; -v keeps the addresses apart.
+#[test]
+fn an_unrolled_loop_is_one_stack_in_every_format() {
+    let dir = scratch("stackcount-unrolled");
+    let out = dir.join("out");
+    let leaf = "touch_unrolled";
+    let truth = pfault_on(&["stackcount", "-U", "-f"], &out, "unrolled", &["8000"]);
+    let minflt = num(&truth, "minflt");
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let on_leaf: Vec<(String, u64)> = folded_lines(&folded)
+        .into_iter()
+        .filter(|(s, _)| s.ends_with(&format!(";{leaf}")))
+        .collect();
+    assert_eq!(on_leaf.len(), 1, "{folded}");
+    assert!(
+        within(on_leaf[0].1, minflt, 1.0),
+        "{on_leaf:?}, getrusage says {minflt}"
+    );
+
+    pfault_on(&["stackcount", "-U", "-o", "json"], &out, "unrolled", &["8000"]);
+    let rows = json_lines(&out);
+    let mut seen = std::collections::HashSet::new();
+    for r in &rows {
+        assert!(
+            seen.insert((
+                r["comm"].to_string(),
+                r["kind"].to_string(),
+                r["ustack"].to_string()
+            )),
+            "twice: {r}"
+        );
+    }
+    let leaf_rows = rows.iter().filter(|r| r["ustack"][0]["symbol"] == leaf).count();
+    assert_eq!(leaf_rows, 1, "{rows:?}");
+
+    pfault_on(&["stackcount", "-U"], &out, "unrolled", &["8000"]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let blocks: Vec<&str> = text.split("\n\n").filter(|b| b.contains(leaf)).collect();
+    assert_eq!(blocks.len(), 1, "{text}");
+
+    // The test can fail: with addresses, the four instructions are four stacks.
+    pfault_on(
+        &["stackcount", "-U", "-v", "-o", "json"],
+        &out,
+        "unrolled",
+        &["8000"],
+    );
+    let apart = json_lines(&out)
+        .iter()
+        .filter(|r| r["ustack"][0]["symbol"] == leaf)
+        .count();
+    assert!(apart >= 2, "the loop was not unrolled: {apart} stack");
+}
+
+/// A command that lives a millisecond or two: its libc and loader frames are named, and the
+/// kernel's own faults while it loads the program are not shown as unknown user code.
+#[test]
+fn a_process_that_exits_at_once_has_its_libraries_named() {
+    let dir = scratch("stackcount-short");
+    let out = dir.join("folded.txt");
+    let bin = workload("anon_writer");
+    let script = format!("for i in 1 2 3 4 5; do {} 20 >/dev/null; done", bin.display());
+    let run = run_with_timeout(
+        pfault()
+            .args(["stackcount", "-U", "-f", "--output"])
+            .arg(&out)
+            .args(["--", "sh", "-c", &script]),
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let lines = folded_lines(&folded);
+    let (stack, n) = lines
+        .iter()
+        .find(|(s, _)| s.starts_with("anon_writer;") && s.ends_with(";touch_pages"))
+        .unwrap_or_else(|| panic!("no touch_pages stack:\n{folded}"));
+    assert!(stack.contains("__libc_start_call_main;"), "libc unnamed: {stack}");
+    assert!(
+        *n >= 5 * 20,
+        "{stack} {n}: the five processes' stacks are one line"
+    );
+    let loader = lines
+        .iter()
+        .filter(|(s, _)| s.starts_with("anon_writer;_start;_dl_"))
+        .count();
+    assert!(loader > 0, "no ld.so stack named:\n{folded}");
 }

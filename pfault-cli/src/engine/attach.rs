@@ -171,5 +171,12 @@ pub fn attach(
     if flags & CFG_NOTIFY_TASKS != 0 {
         tracepoint(ebpf, prog::TASK_EXEC, "sched", "sched_process_exec")?;
     }
+    if flags & CFG_NOTIFY_MAPS != 0 {
+        // A kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) still traces: the maps
+        // of processes that exit at once are then read from /proc alone, and may come too late.
+        if let Err(e) = tracepoint(ebpf, prog::TASK_MMAP, "syscalls", "sys_exit_mmap") {
+            refused.push(format!("mmap notices: {}", short_error(&e)));
+        }
+    }
     Ok((mode, refused))
 }

@@ -15,8 +15,8 @@ pub struct Losses {
     pub ringbuf: u64,
     /// Faults not tracked: no per-thread storage (out of memory, or a nested probe).
     pub untracked: u64,
-    pub stack_collisions: u64,
-    pub stack_missing: u64,
+    /// Faults whose new stack's frames the ring buffer had no room for.
+    pub stacks_lost: u64,
     /// Counts dropped because a count map was full.
     pub map_full: u64,
     /// Mappings unknown because the mmap lock was contended.
@@ -39,12 +39,11 @@ impl Losses {
                 "faults not tracked (the kernel gave no per-thread storage: out of memory, or a nested probe)".to_string(),
             ),
             (
-                self.stack_collisions,
-                format!("stacks lost to stack-map hash collisions{}", advice(&[maps::STACKS])),
-            ),
-            (
-                self.stack_missing,
-                format!("stacks not walkable or stack map full{}", advice(&[maps::STACKS])),
+                self.stacks_lost,
+                format!(
+                    "faults whose new stack did not fit in the ring buffer{}",
+                    advice(&[maps::EVENTS])
+                ),
             ),
             (
                 self.map_full,
@@ -83,10 +82,6 @@ impl Tunable {
         map: maps::EVENTS,
         flag: "--ringbuf-mb",
     };
-    pub const STACKS: Tunable = Tunable {
-        map: maps::STACKS,
-        flag: "--stack-entries",
-    };
     pub const STACK_COUNTS: Tunable = Tunable {
         map: maps::STACK_COUNTS,
         flag: "--map-entries",
@@ -105,16 +100,19 @@ mod tests {
     fn advice_names_only_flags_the_tool_has() {
         let lost = Losses {
             map_full: 3,
-            stack_collisions: 2,
+            stacks_lost: 2,
             ..Default::default()
         };
         let bare = Plan::new(0);
         let text = lost.others(&bare);
         assert!(!text.contains("raise"), "{text}");
         let mut stackcount = Plan::new(0);
-        stackcount.tunables = vec![Tunable::STACKS, Tunable::STACK_COUNTS];
+        stackcount.tunables = vec![Tunable::STACK_COUNTS];
         let text = lost.others(&stackcount);
-        assert!(text.contains("collisions (raise --stack-entries)"), "{text}");
+        assert!(
+            text.contains("2 faults whose new stack did not fit in the ring buffer,"),
+            "{text}"
+        );
         assert!(text.contains("full (raise --map-entries)"), "{text}");
         assert_eq!(Losses::default().line(&stackcount, "notices"), None);
     }

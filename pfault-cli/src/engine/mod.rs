@@ -8,11 +8,9 @@ pub mod losses;
 pub mod objects;
 pub mod plan;
 
-use std::os::fd::{AsFd, AsRawFd};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::Iter,
     Ebpf, EbpfError, EbpfLoader, Pod,
 };
@@ -108,7 +106,6 @@ impl Engine {
         };
         // Maps an output does not use shrink to one entry: they are preallocated.
         let size = |bit: u32, n: u32| if flags & bit != 0 { n } else { 1 };
-        let stacks = flags & CFG_OUT_STACKS != 0 && flags & (CFG_USTACK | CFG_KSTACK) != 0;
         let mut loader = EbpfLoader::new();
         // The programs carry no CO-RE relocations (offsets come in CONFIG): aya need not parse
         // the kernel's BTF for them, which costs start-up time and about 14 MiB.
@@ -117,21 +114,9 @@ impl Engine {
         loader.allow_unsupported_maps();
         loader
             .override_global(CONFIG, &config, true)
-            .map_max_entries(
-                maps::EVENTS,
-                if flags & CFG_OUT_EVENTS != 0 {
-                    plan.ringbuf_bytes
-                } else {
-                    4096
-                },
-            )
-            .map_max_entries(maps::STACKS, if stacks { plan.stack_entries } else { 1 })
+            .map_max_entries(maps::EVENTS, plan.ringbuf_bytes)
             .map_max_entries(maps::STACK_COUNTS, size(CFG_OUT_STACKS, plan.agg_entries))
-            // One slot per bucket of STACKS, whose ids index it.
-            .map_max_entries(
-                maps::STACK_SLOTS,
-                size(CFG_STACK_SLOTS, plan.stack_entries.next_power_of_two()),
-            )
+            .map_max_entries(maps::STACKS_SENT, size(CFG_OUT_STACKS, plan.stack_entries))
             .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.agg_entries))
             .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192));
         let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
@@ -219,57 +204,6 @@ impl Engine {
         Ok(map.keys().filter_map(|k| k.ok()).map(|k| k.tgid).collect())
     }
 
-    /// The frames of stack `id`, leaf first.
-    pub fn stack_frames(&self, id: u32) -> Result<Vec<u64>> {
-        let stacks: StackTraceMap<&MapData> = StackTraceMap::try_from(self.map(maps::STACKS)?)?;
-        Ok(stacks.get(&id, 0)?.frames().iter().map(|f| f.ip).collect())
-    }
-
-    /// Empties the stack map (between intervals).
-    pub fn clear_stacks(&mut self) -> Result<()> {
-        let mut stacks: StackTraceMap<&mut MapData> = StackTraceMap::try_from(self.map_mut(maps::STACKS)?)?;
-        let ids: Vec<u32> = stacks.stack_ids().filter_map(|r| r.ok()).collect();
-        for id in ids {
-            let _ = stacks.remove(&id);
-        }
-        Ok(())
-    }
-
-    /// The taken `STACK_SLOTS` entries as `(slot, entry)`; with `reset`, they are freed. The
-    /// array is mapped into memory (`BPF_F_MMAPABLE`): a syscall per slot would cost tens of
-    /// milliseconds for its tens of thousands of slots.
-    pub fn stack_slots(&self, reset: bool) -> Result<Vec<(u32, StackSlot)>> {
-        let Map::Array(data) = self.map(maps::STACK_SLOTS)? else {
-            bail!("STACK_SLOTS is not an array");
-        };
-        let n = data.info()?.max_entries() as usize;
-        let len = (n * size_of::<StackSlot>()).next_multiple_of(procfs::page_size() as usize);
-        let fd = data.fd().as_fd().as_raw_fd();
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        // SAFETY: a shared mapping of the map's own descriptor, unmapped before returning.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
-        if p == libc::MAP_FAILED {
-            bail!("mapping STACK_SLOTS: {}", std::io::Error::last_os_error());
-        }
-        let slots = p as *mut StackSlot;
-        let mut taken = Vec::new();
-        for i in 0..n {
-            // The programs write these slots meanwhile: read each one once, as it is now.
-            // SAFETY: `i` < n slots, all inside the mapping.
-            let s = unsafe { std::ptr::read_volatile(slots.add(i)) };
-            if s.tgid != 0 {
-                taken.push((i as u32, s));
-                if reset {
-                    // SAFETY: as above; zero is a free slot.
-                    unsafe { std::ptr::write_volatile(slots.add(i), std::mem::zeroed()) };
-                }
-            }
-        }
-        // SAFETY: the mapping made above.
-        unsafe { libc::munmap(p, len) };
-        Ok(taken)
-    }
-
     pub fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {
         self.read_hash(maps::FILE_COUNTS, reset)
     }
@@ -304,8 +238,7 @@ impl Engine {
         Ok(Losses {
             ringbuf: sum(CNT_RINGBUF_LOST),
             untracked: sum(CNT_PENDING_FULL),
-            stack_collisions: sum(CNT_STACK_COLLISION),
-            stack_missing: sum(CNT_STACK_MISSING),
+            stacks_lost: sum(CNT_STACK_LOST),
             map_full: sum(CNT_AGG_FULL),
             vma_busy: sum(CNT_VMA_BUSY),
         })

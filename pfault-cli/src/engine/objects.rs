@@ -12,9 +12,10 @@ pub const CONFIG: &str = "CONFIG";
 pub mod maps {
     /// Ring buffer: fault events (`trace`) and process notices.
     pub const EVENTS: &str = "EVENTS";
-    pub const STACKS: &str = "STACKS";
+    /// Counts per (process, kind, stack hashes, comm).
     pub const STACK_COUNTS: &str = "STACK_COUNTS";
-    pub const STACK_SLOTS: &str = "STACK_SLOTS";
+    /// The (process, stack) pairs whose frames were sent.
+    pub const STACKS_SENT: &str = "STACKS_SENT";
     pub const FILE_COUNTS: &str = "FILE_COUNTS";
     pub const PROC_STATS: &str = "PROC_STATS";
     /// Per-CPU counts of what the kernel side could not record.
@@ -24,9 +25,8 @@ pub mod maps {
 
     pub const ALL: &[&str] = &[
         EVENTS,
-        STACKS,
         STACK_COUNTS,
-        STACK_SLOTS,
+        STACKS_SENT,
         FILE_COUNTS,
         PROC_STATS,
         COUNTERS,
@@ -46,6 +46,7 @@ pub mod programs {
     pub const TASK_EXIT: &str = "task_exit";
     pub const TASK_EXEC: &str = "task_exec";
     pub const TASK_FORK: &str = "task_fork";
+    pub const TASK_MMAP: &str = "task_mmap";
     pub const FOLD_THREADS: &str = "fold_threads";
 
     pub const ALL: &[&str] = &[
@@ -60,6 +61,7 @@ pub mod programs {
         TASK_EXIT,
         TASK_EXEC,
         TASK_FORK,
+        TASK_MMAP,
         FOLD_THREADS,
     ];
 }

@@ -1,8 +1,9 @@
 //! What a subcommand asks of the kernel side: which outputs, which faults, which tasks, and
 //! how big the maps are.
 
-use pfault_common::{MODE_KERNEL, MODE_USER};
+use pfault_common::{SentKey, StackKey, MODE_KERNEL, MODE_USER};
 
+use super::objects::maps;
 use crate::args::{FaultFilterArgs, Kind};
 
 /// How a fault's completion (and with it minor/major/error and latency) is observed.
@@ -63,8 +64,9 @@ impl Plan {
             min_latency_ns: 0,
             probe: None,
             bpf_log: false,
-            ringbuf_bytes: 16 << 20,
-            stack_entries: 16384,
+            // One page: tools that send records size it themselves.
+            ringbuf_bytes: 4096,
+            stack_entries: 65536,
             agg_entries: 40960,
             tunables: Vec::new(),
         }
@@ -96,4 +98,27 @@ pub struct TaskFilter {
     pub comm: Option<String>,
     /// Trace the tgids in the `TRACED` map (a command and its children).
     pub follow: bool,
+}
+
+/// `stackcount`'s default count-map size: a program with a hundred thousand stacks fits.
+pub const STACK_COUNT_ENTRIES: u32 = 262_144;
+/// The ring buffer carries process notices and each new stack's frames, once: a program
+/// importing a large library sends tens of thousands in a second.
+pub const STACK_RINGBUF_BYTES: u32 = 8 << 20;
+
+/// The most kernel memory stackcount's maps take with the default sizes, map by map: a hash
+/// map entry is its key and value behind a 48-byte element header.
+pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
+    let entry = |key: usize, value: usize| 48 + key as u64 + value.next_multiple_of(8) as u64;
+    vec![
+        (
+            maps::STACK_COUNTS,
+            STACK_COUNT_ENTRIES as u64 * entry(size_of::<StackKey>(), size_of::<u64>()),
+        ),
+        (
+            maps::STACKS_SENT,
+            Plan::new(0).stack_entries as u64 * entry(size_of::<SentKey>(), 1),
+        ),
+        (maps::EVENTS, STACK_RINGBUF_BYTES as u64),
+    ]
 }

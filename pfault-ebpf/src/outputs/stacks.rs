@@ -1,26 +1,129 @@
 //! Fault counts per stack (`stackcount`).
+//!
+//! A stack is walked into a per-CPU scratch buffer and named by a 64-bit hash of its frames;
+//! counts are keyed by that hash in a hash map, which chains its collisions, so no stack is
+//! dropped for sharing a bucket (the kernel's stack-trace map drops one whenever its bucket is
+//! taken). The frames go to userspace through the ring buffer once per process and stack.
 
 use crate::*;
 
-/// Stack ids for `stackcount`, taken where the fault is raised.
+/// Scratch slot of the user stack; the kernel stack's is `KERNEL_SCRATCH`.
+const USER_SCRATCH: u32 = 0;
+const KERNEL_SCRATCH: u32 = 1;
+
+/// `regs->cs` in `struct pt_regs` (x86_64): its low two bits are the privilege level the fault
+/// was raised at.
+const PT_REGS_CS: usize = 17;
+
+/// Walks the current user (or kernel) stack into its scratch slot and names it: a hash of its
+/// frames, `STACK_NONE` when it was not asked for or cannot be walked, `STACK_EXEC` for the
+/// kernel's own writes to a new image during execve.
 #[inline(always)]
-pub(crate) fn stack_id(ctx: *mut c_void, flag: u32, user: bool) -> i32 {
+pub(crate) fn walk(ctx: *mut c_void, user: bool, kernel_mode: bool) -> u64 {
+    let flag = if user { CFG_USTACK } else { CFG_KSTACK };
     if conf!(flags) & flag == 0 {
-        return -1;
+        return STACK_NONE;
     }
+    if user && kernel_mode && in_exec() {
+        return STACK_EXEC;
+    }
+    let Some(s) = STACK_SCRATCH.get_ptr_mut(if user { USER_SCRATCH } else { KERNEL_SCRATCH }) else {
+        return STACK_NONE;
+    };
     let f = if user { BPF_F_USER_STACK as u64 } else { 0 };
-    let id = unsafe { bpf_get_stackid(ctx, addr_of!(STACKS) as *mut c_void, f) };
+    const BYTES: u32 = (MAX_STACK * 8) as u32;
+    let got = unsafe { bpf_get_stack(ctx, addr_of_mut!((*s).frames) as *mut c_void, BYTES, f) };
     // -EFAULT only says there is no such stack (no kernel stack for a fault raised in user
     // mode, no user stack for a kernel thread): nothing lost.
-    if id == -EEXIST {
-        count(CNT_STACK_COLLISION);
-    } else if id == -ENOMEM {
-        count(CNT_STACK_MISSING);
+    if got <= 0 {
+        return STACK_NONE;
     }
-    if id < 0 {
-        return -1;
+    let mut n = got as usize / 8;
+    if n > MAX_STACK {
+        n = MAX_STACK;
     }
-    id as i32
+    // FxHash steps (a bijection of the state for each frame, so stacks of one depth that
+    // differ in any frame never collide), the depth, then murmur3's finalizer.
+    let mut h: u64 = if user {
+        0x9e37_79b9_7f4a_7c15
+    } else {
+        0xc2b2_ae3d_27d4_eb4f
+    };
+    let mut i = 0;
+    while i < MAX_STACK {
+        if i >= n {
+            break;
+        }
+        let frame = unsafe { (*s).frames[i] };
+        h = (h.rotate_left(5) ^ frame).wrapping_mul(0x517c_c1b7_2722_0a95);
+        i += 1;
+    }
+    h ^= n as u64;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    if h < STACK_FIRST {
+        h += STACK_FIRST;
+    }
+    unsafe {
+        (*s).rec = REC_STACK;
+        (*s).nframes = n as u32;
+        (*s).hash = h;
+    }
+    h
+}
+
+/// Is the current task in execve? Faults it takes in kernel mode then are the kernel writing
+/// the new image, and its user registers still belong to the old one.
+#[inline(always)]
+fn in_exec() -> bool {
+    let (fs_off, in_exec_off) = (conf!(off.task_fs), conf!(off.fs_in_exec));
+    if fs_off == 0 || in_exec_off == 0 {
+        return false;
+    }
+    let fs: u64 = read(unsafe { bpf_get_current_task() }, fs_off);
+    fs != 0 && read::<u8>(fs, in_exec_off) != 0
+}
+
+/// Makes sure userspace has the frames of the stack `walk` just left in its scratch slot, for
+/// process `tgid`. Returns the stack's hash, or `STACK_LOST` when the ring buffer had no room
+/// (the next fault on that stack tries again).
+#[inline(always)]
+pub(crate) fn publish(tgid: u32, hash: u64, user: bool) -> u64 {
+    if hash < STACK_FIRST {
+        return hash;
+    }
+    let sent = SentKey { tgid, _pad: 0, hash };
+    if STACKS_SENT.get_ptr(&sent).is_some() {
+        return hash;
+    }
+    let Some(s) = STACK_SCRATCH.get_ptr_mut(if user { USER_SCRATCH } else { KERNEL_SCRATCH }) else {
+        return STACK_LOST;
+    };
+    unsafe { (*s).tgid = tgid };
+    let mut n = unsafe { (*s).nframes } as usize;
+    if n > MAX_STACK {
+        n = MAX_STACK;
+    }
+    let len = STACK_FRAMES_HEADER + n * 8;
+    // Only the frames walked: a full record is 1 KiB, most stacks a fraction of it.
+    let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, len) };
+    if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
+        count(CNT_STACK_LOST);
+        return STACK_LOST;
+    }
+    // LRU: a (process, stack) pushed out is sent again, which userspace takes as it is.
+    let _ = STACKS_SENT.insert(&sent, &1u8, 0);
+    hash
+}
+
+/// Was the fault in the perf event's registers raised in kernel mode?
+#[inline(always)]
+fn raised_in_kernel(ctx: &PerfEventContext) -> bool {
+    let cs: u64 = unsafe { *(ctx.ctx as *const u64).add(PT_REGS_CS) };
+    cs & 3 == 0
 }
 
 /// Stack counts with one probe per fault: the perf event holds the fault's registers, so the
@@ -35,67 +138,28 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
     if !wanted_task(tgid, tid) {
         return 0;
     }
-    let key = StackKey {
+    let kernel_mode = raised_in_kernel(ctx);
+    let mut key = StackKey {
         tgid,
         kind: kind as u32,
-        ustack_id: stack_id(ctx.as_ptr(), CFG_USTACK, true),
-        kstack_id: stack_id(ctx.as_ptr(), CFG_KSTACK, false),
+        ustack: walk(ctx.as_ptr(), true, kernel_mode),
+        kstack: walk(ctx.as_ptr(), false, kernel_mode),
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
+    // A stack this process has counted on before: its frames are with userspace.
+    if let Some(v) = STACK_COUNTS.get_ptr_mut(&key) {
+        atomic_add(v, 1);
+        return 0;
+    }
+    key.ustack = publish(tgid, key.ustack, true);
+    key.kstack = publish(tgid, key.kstack, false);
     count_stack(&key);
     0
 }
 
-/// Counts a fault on its stacks: in the stack id's slot when the slot is free or this
-/// process's, else in `STACK_COUNTS`.
 #[inline(always)]
 pub(crate) fn count_stack(key: &StackKey) {
-    if conf!(flags) & CFG_STACK_SLOTS != 0 {
-        let id = if key.ustack_id >= 0 {
-            key.ustack_id
-        } else {
-            key.kstack_id
-        };
-        if id >= 0 {
-            if let Some(slot) = STACK_SLOTS.get_ptr_mut(id as u32) {
-                if slot_is_ours(slot, key) {
-                    atomic_add(
-                        unsafe { addr_of_mut!((*slot).counts[(key.kind as usize) % 3]) },
-                        1,
-                    );
-                    return;
-                }
-            }
-        }
-    }
-    add_count(&STACK_COUNTS, key);
-}
-
-/// Takes a free slot for `key`'s process and comm, or tells whether it is theirs already.
-#[inline(always)]
-pub(crate) fn slot_is_ours(slot: *mut StackSlot, key: &StackKey) -> bool {
-    let owner = unsafe { addr_of_mut!((*slot).tgid) };
-    if unsafe { read_volatile(owner) } == 0 {
-        let (_, took) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-                owner,
-                0,
-                key.tgid as u64,
-            )
-        };
-        if took {
-            unsafe { (*slot).comm = key.comm };
-            return true;
-        }
-    }
-    // Until its taker has written the comm, a slot matches no one: those faults go to the
-    // hash map under the same key, and userspace adds the two.
-    unsafe { read_volatile(owner) == key.tgid as u64 && (*slot).comm == key.comm }
-}
-
-#[inline(always)]
-pub(crate) fn add_count<K>(map: &HashMap<K, u64>, key: &K) {
-    if let Some(v) = get_or_insert(map, key, &0) {
+    if let Some(v) = get_or_insert(&STACK_COUNTS, key, &0) {
         atomic_add(v, 1);
     }
 }
