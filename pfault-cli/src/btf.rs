@@ -23,7 +23,9 @@ const KIND_ENUM64: u32 = 19;
 
 pub struct Btf {
     data: Vec<u8>,
+    /// The string section: `data[strings..strings_end]`.
     strings: usize,
+    strings_end: usize,
     /// Byte offset of each type record in `data`; type id N is at index N - 1.
     types: Vec<usize>,
     /// Struct, union and enum ids by name: built in one pass, not a scan per lookup.
@@ -39,22 +41,34 @@ impl Btf {
         Self::parse(data)
     }
 
+    /// Reads a BTF blob. Anything that does not fit (a section or a type record past the end)
+    /// is an error; the lookups then stay inside the blob whatever it holds.
     pub fn parse(data: Vec<u8>) -> Result<Self> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != 0xeb9f {
             bail!("not a little-endian BTF blob");
         }
         let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) as usize;
         let hdr_len = u32_at(4);
-        let (type_off, type_len, str_off) = (u32_at(8), u32_at(12), u32_at(16));
-        let start = hdr_len + type_off;
-        let end = start + type_len;
+        let (type_off, type_len, str_off, str_len) = (u32_at(8), u32_at(12), u32_at(16), u32_at(20));
+        let section = |off: usize, len: usize| {
+            let start = hdr_len.checked_add(off)?;
+            Some((start, start.checked_add(len).filter(|&end| end <= data.len())?))
+        };
+        let ((start, end), (strings, strings_end)) =
+            match (section(type_off, type_len), section(str_off, str_len)) {
+                (Some(t), Some(s)) if hdr_len >= 24 => (t, s),
+                _ => bail!("BTF header points past the blob's {} bytes", data.len()),
+            };
         let mut types = Vec::with_capacity(type_len / 24);
         let mut o = start;
-        while o + 12 <= end {
-            types.push(o);
+        while o < end {
+            if o + 12 > end {
+                bail!("BTF type {} is cut short", types.len() + 1);
+            }
             let info = u32_at(o + 4);
             let (kind, vlen) = ((info >> 24) as u32 & 0x1f, info & 0xffff);
-            o += 12
+            let next = o
+                + 12
                 + match kind {
                     1 | 14 | 17 => 4,                                         // INT, VAR, DECL_TAG
                     3 => 12,                                                  // ARRAY
@@ -62,10 +76,16 @@ impl Btf {
                     KIND_ENUM | 13 => 8 * vlen,                               // and FUNC_PROTO
                     _ => 0,
                 };
+            if next > end {
+                bail!("BTF type {} runs past the type section", types.len() + 1);
+            }
+            types.push(o);
+            o = next;
         }
         let mut btf = Self {
             data,
-            strings: hdr_len + str_off,
+            strings,
+            strings_end,
             types,
             named: HashMap::new(),
         };
@@ -83,13 +103,23 @@ impl Btf {
         u32::from_le_bytes(self.data[o..o + 4].try_into().unwrap())
     }
 
+    /// A name from the string section; an offset outside it names nothing.
     fn name(&self, off: u32) -> &[u8] {
-        let s = &self.data[self.strings + off as usize..];
+        let s = self
+            .data
+            .get(self.strings + off as usize..self.strings_end)
+            .unwrap_or_default();
         &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
     }
 
+    /// Where type `id`'s record starts; `None` for void (0) and ids past the last type.
+    fn record(&self, id: u32) -> Option<usize> {
+        self.types.get((id as usize).checked_sub(1)?).copied()
+    }
+
+    /// The kind of type `id`; 0 (unknown) for an id no type has.
     fn kind(&self, id: u32) -> u32 {
-        (self.u32_at(self.types[id as usize - 1] + 4) >> 24) & 0x1f
+        self.record(id).map_or(0, |o| (self.u32_at(o + 4) >> 24) & 0x1f)
     }
 
     fn find(&self, kinds: &[u32], name: &str) -> Option<u32> {
@@ -100,32 +130,47 @@ impl Btf {
             .find(|&id| kinds.contains(&self.kind(id)))
     }
 
-    /// Follows typedefs and qualifiers to the underlying type.
+    /// Follows typedefs and qualifiers to the underlying type (a few dozen at most: a blob
+    /// may loop).
     fn resolve(&self, mut id: u32) -> u32 {
-        while id != 0
-            && matches!(
-                self.kind(id),
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
-            )
-        {
-            id = self.u32_at(self.types[id as usize - 1] + 8);
+        for _ in 0..64 {
+            match self.record(id) {
+                Some(o)
+                    if matches!(
+                        self.kind(id),
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = self.u32_at(o + 8)
+                }
+                _ => break,
+            }
         }
         id
     }
 
-    /// Byte offset of `member` in the struct or union `id`, looking inside anonymous members.
+    /// Byte offset of `member` in the struct or union `id`, looking inside anonymous members
+    /// (a few dozen deep and a million members at most: a blob may loop).
     fn member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
-        let o = self.types[id as usize - 1];
+        self.member_within(id, member, 32, &mut 1_000_000)
+    }
+
+    fn member_within(&self, id: u32, member: &str, depth: u32, budget: &mut u32) -> Option<(u32, u32)> {
+        if depth == 0 || !matches!(self.kind(id), KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        let o = self.record(id)?;
         let info = self.u32_at(o + 4);
         let kind_flag = info >> 31 != 0;
         for i in 0..(info & 0xffff) as usize {
+            *budget = budget.checked_sub(1)?;
             let m = o + 12 + 12 * i;
             let (name_off, ty, raw_off) = (self.u32_at(m), self.u32_at(m + 4), self.u32_at(m + 8));
             let bits = if kind_flag { raw_off & 0xff_ffff } else { raw_off };
             let ty = self.resolve(ty);
             if name_off == 0 && matches!(self.kind(ty), KIND_STRUCT | KIND_UNION) {
-                if let Some((off, t)) = self.member(ty, member) {
-                    return Some((bits / 8 + off, t));
+                if let Some((off, t)) = self.member_within(ty, member, depth - 1, budget) {
+                    return Some(((bits / 8).checked_add(off)?, t));
                 }
             } else if self.name(name_off) == member.as_bytes() {
                 return Some((bits / 8, ty));
@@ -144,7 +189,8 @@ impl Btf {
             let (off, ty) = self
                 .member(id, part)
                 .with_context(|| format!("kernel BTF: struct {strukt} has no member {path}"))?;
-            total += off;
+            total = u32::checked_add(total, off)
+                .with_context(|| format!("kernel BTF: struct {strukt} member {path} is past 4 GiB"))?;
             id = ty;
         }
         Ok(total)

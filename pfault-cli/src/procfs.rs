@@ -22,10 +22,29 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
     text.lines().filter_map(parse_maps_line).collect()
 }
 
+/// The next whitespace-separated field of `rest`, which moves past it.
+fn field<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let s = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let end = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
+    let (f, r) = s.split_at(end);
+    *rest = r;
+    (!f.is_empty()).then_some(f)
+}
+
 fn parse_maps_line(line: &str) -> Option<MapEntry> {
-    let mut f = line.split_ascii_whitespace();
-    let (range, _perms, off, dev, ino) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-    let path = f.collect::<Vec<_>>().join(" ");
+    let mut rest = line;
+    let (range, _perms, off, dev, ino) = (
+        field(&mut rest)?,
+        field(&mut rest)?,
+        field(&mut rest)?,
+        field(&mut rest)?,
+        field(&mut rest)?,
+    );
+    // The rest of the line, as the kernel wrote it after its padding: a path keeps its own
+    // runs of spaces and trailing spaces.
+    let path = rest
+        .trim_start_matches(|c: char| c.is_ascii_whitespace())
+        .to_string();
     let (s, e) = range.split_once('-')?;
     let (major, minor) = dev.split_once(':')?;
     let (major, minor) = (
@@ -83,9 +102,16 @@ pub fn page_size() -> u64 {
 }
 
 /// A NUL-padded name from the kernel (a comm, a dentry's basename), as text.
+/// A name the kernel cut short in the middle of a UTF-8 character keeps its whole characters.
 pub fn cstr(bytes: &[u8]) -> &str {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    std::str::from_utf8(&bytes[..end]).unwrap_or("?")
+    match std::str::from_utf8(&bytes[..end]) {
+        Ok(s) => s,
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or("?")
+        }
+        Err(_) => "?",
+    }
 }
 
 /// Effective capabilities of pfault itself, from /proc/self/status.
@@ -180,6 +206,77 @@ garbage line
     #[test]
     fn maps_lines_with_bad_numbers_are_skipped() {
         assert!(parse_maps("zz-10 r-xp 0 fd:01 1 /x\n10-20 r-xp 0 fd 1 /x\n").is_empty());
+    }
+
+    /// Lines as a 6.18 kernel writes them (`show_map_vma`: padded to column 73 before the name).
+    #[test]
+    fn real_maps_lines_parse_to_their_fields() {
+        let text = "\
+555873b78000-555873b7d000 r-xp 00002000 fe:00 247030                     /usr/bin/cat
+55587ee67000-55587ee88000 rw-p 00000000 00:00 0                          [heap]
+7f4b51ead000-7f4b51ecf000 rw-p 00000000 00:00 0\x20
+7f4b52123000-7f4b52125000 r-xp 00000000 00:00 0                          [vdso]
+7ffd3c1e0000-7ffd3c201000 rw-p 00000000 00:00 0                          [stack]
+7f4b5211f000-7f4b52123000 rw-p 00000000 00:00 0                          [anon:glibc malloc]
+7f62828b1000-7f62828b2000 r--s 00010000 103:03 10010912                  /tmp/pf  sp  (deleted)
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 8, "{maps:?}");
+        assert_eq!(
+            maps[0],
+            MapEntry {
+                start: 0x555873b78000,
+                end: 0x555873b7d000,
+                file_offset: 0x2000,
+                dev: 0xfe << 20,
+                ino: 247030,
+                path: "/usr/bin/cat".into(),
+            }
+        );
+        assert_eq!(
+            (maps[1].path.as_str(), maps[1].ino, maps[1].dev),
+            ("[heap]", 0, 0)
+        );
+        // An anonymous mapping: the line ends in "0 ", and the path is empty.
+        assert_eq!(maps[2].path, "");
+        assert_eq!(maps[2].end - maps[2].start, 0x22000);
+        assert_eq!(maps[3].path, "[vdso]");
+        assert_eq!(maps[4].path, "[stack]");
+        assert_eq!(maps[5].path, "[anon:glibc malloc]");
+        // Runs of spaces in a file's name are the name's own: a file "pf  sp " that was removed.
+        assert_eq!(maps[6].path, "/tmp/pf  sp  (deleted)");
+        assert_eq!(maps[6].dev, 0x103 << 20 | 3);
+        assert_eq!(maps[6].file_offset, 0x10000);
+        assert_eq!(
+            (maps[7].start, maps[7].end),
+            (0xffffffffff600000, 0xffffffffff601000)
+        );
+        assert_eq!(maps[7].path, "[vsyscall]");
+    }
+
+    #[test]
+    fn short_lines_and_empty_text_give_nothing() {
+        assert!(parse_maps("").is_empty());
+        assert!(parse_maps("\n\n").is_empty());
+        assert!(parse_maps("10-20 r-xp 0 fd:01").is_empty());
+        // No trailing newline: the last line still counts.
+        assert_eq!(parse_maps("10-20 r-xp 0 fd:01 5 /x").len(), 1);
+        // A range without its dash, an inode that is not decimal, a number too big for u64.
+        assert!(parse_maps("1020 r-xp 0 fd:01 5 /x").is_empty());
+        assert!(parse_maps("10-20 r-xp 0 fd:01 0x5 /x").is_empty());
+        assert!(parse_maps("10000000000000000-20 r-xp 0 fd:01 5 /x").is_empty());
+    }
+
+    #[test]
+    fn cstr_keeps_whole_characters_of_a_name_cut_short() {
+        // "héé" cut after the first byte of its last "é" (as a 16-byte comm is cut).
+        assert_eq!(cstr(b"h\xc3\xa9\xc3"), "hé");
+        assert_eq!(cstr(b"h\xc3\xa9\xc3\0\0"), "hé");
+        assert_eq!(cstr(b""), "");
+        assert_eq!(cstr(b"\0bash"), "");
+        // Invalid in the middle is not a cut: the name is unknown.
+        assert_eq!(cstr(b"a\xffb\0"), "?");
     }
 
     #[test]

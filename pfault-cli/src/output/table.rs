@@ -72,3 +72,71 @@ pub fn bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(t: &Table) -> String {
+        let mut out = Vec::new();
+        t.write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn row(cells: &[&str]) -> Vec<String> {
+        cells.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn numbers_align_right_text_left_and_nothing_trails() {
+        let mut t = Table::new(&[("PID", true), ("COMM", false), ("FAULTS", true)]);
+        t.push(row(&["1", "bash", "12"]));
+        t.push(row(&["12345", "x", "7"]));
+        assert_eq!(
+            render(&t),
+            "  PID COMM FAULTS\n    1 bash     12\n12345 x         7\n"
+        );
+    }
+
+    #[test]
+    fn a_text_column_last_is_not_padded() {
+        let mut t = Table::new(&[("N", true), ("PATH", false)]);
+        t.push(row(&["3", "/a b"]));
+        t.push(row(&["100", "/c"]));
+        t.push(row(&["4", ""]));
+        assert_eq!(render(&t), "  N PATH\n  3 /a b\n100 /c\n  4\n");
+    }
+
+    #[test]
+    fn no_rows_is_the_header_alone() {
+        let t = Table::new(&[("COMM", false), ("MINOR", true)]);
+        assert_eq!(render(&t), "COMM MINOR\n");
+    }
+
+    #[test]
+    fn columns_line_up_with_non_ascii_text() {
+        let mut t = Table::new(&[("COMM", false), ("N", true)]);
+        t.push(row(&["héllo", "1"]));
+        t.push(row(&["x", "22"]));
+        let text = render(&t);
+        // Every row's number ends in the same column (counted in characters).
+        let ends: Vec<usize> = text.lines().map(|l| l.chars().count()).collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    #[test]
+    fn bytes_as_people_read_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(4096), "4.0 KiB");
+        // 78 MiB + 100 KiB = 78.098 MiB
+        assert_eq!(bytes((78 << 20) + (100 << 10)), "78.1 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(1 << 40), "1.0 TiB");
+        // TiB is the largest unit: larger sizes stay in it.
+        assert_eq!(bytes(1 << 50), "1024.0 TiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+    }
+}

@@ -171,4 +171,77 @@ mod tests {
         assert_eq!(long_names(expand(0, pme::SWAP)), ["swap"]);
         assert_eq!(long_names(bit(45)), ["bit45"]);
     }
+
+    #[test]
+    fn symbolic_has_one_letter_per_known_flag_in_bit_order() {
+        assert_eq!(symbolic_width(), 43);
+        assert_eq!(symbolic(0), "_".repeat(43));
+        assert_eq!(symbolic(u64::MAX), "LERUDlASWIBMasbHTGuXnxtozigrmdPpOhfHdIAEFw1");
+        // Bit 26 (pgtable) is the 27th letter, bit 32 (reserved) the 28th: 27-31 are not flags.
+        assert_eq!(
+            symbolic(bit(26)),
+            format!("{}g{}", "_".repeat(26), "_".repeat(16))
+        );
+        assert_eq!(
+            symbolic(bit(32)),
+            format!("{}r{}", "_".repeat(27), "_".repeat(15))
+        );
+        assert_eq!(symbolic(bit(63)), format!("{}1", "_".repeat(42)));
+        // Bits no entry names show nowhere in the symbolic column.
+        assert_eq!(symbolic(bit(27) | bit(39) | bit(60)), "_".repeat(43));
+    }
+
+    #[test]
+    fn long_names_name_every_set_bit_once() {
+        let all = long_names(u64::MAX);
+        assert_eq!(all.len(), 64);
+        assert_eq!(all[0], "locked");
+        assert_eq!(all[27], "bit27");
+        assert_eq!(all[39], "bit39");
+        assert_eq!(all[47], "anon_exclusive");
+        assert_eq!(all[63], "mmap_exclusive");
+        assert!(long_names(0).is_empty());
+        assert_eq!(
+            long_names(THP | COMPOUND_HEAD | ANON),
+            ["anonymous", "compound_head", "thp"]
+        );
+    }
+
+    #[test]
+    fn slab_pages_read_active_and_error_as_slub_states() {
+        assert_eq!(expand(SLAB | ACTIVE | ERROR, 0), SLAB | SLUB_FROZEN | SLUB_DEBUG);
+        assert_eq!(expand(SLAB | ACTIVE, 0), SLAB | SLUB_FROZEN);
+        // Not a slab page: active and error are themselves.
+        assert_eq!(expand(ACTIVE | ERROR, 0), ACTIVE | ERROR);
+    }
+
+    #[test]
+    fn mappedtodisk_is_anon_exclusive_only_on_anonymous_pages() {
+        assert_eq!(expand(MAPPEDTODISK, 0), MAPPEDTODISK);
+        assert_eq!(expand(ANON, 0), ANON);
+        assert_eq!(expand(ANON | MAPPEDTODISK, 0), ANON | ANON_EXCLUSIVE);
+        assert_eq!(
+            long_names(expand(ANON | MAPPEDTODISK, 0)),
+            ["anonymous", "anon_exclusive"]
+        );
+    }
+
+    #[test]
+    fn pagemap_bits_add_flags_and_its_pfn_adds_none() {
+        assert_eq!(expand(0, pme::PRESENT | pme::PFN_MASK), 0);
+        assert_eq!(expand(0, pme::SOFT_DIRTY), SOFTDIRTY);
+        assert_eq!(expand(0, pme::FILE), FILE);
+        assert_eq!(expand(0, pme::EXCLUSIVE), MMAP_EXCLUSIVE);
+        assert_eq!(
+            long_names(expand(bit(5), pme::FILE | pme::SOFT_DIRTY | 0x1234)),
+            ["lru", "softdirty", "file"]
+        );
+        assert_eq!(
+            symbolic(expand(0, pme::SWAP))
+                .chars()
+                .filter(|&c| c != '_')
+                .collect::<String>(),
+            "w"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! kpagecount per run. The syscalls then follow how scattered physical memory is, not how
 //! much of it there is: a huge page is one run.
 
-mod kpageflags;
+pub mod kpageflags;
 
 use std::{
     collections::{BTreeMap, HashMap},
