@@ -5,8 +5,8 @@ use pfault_common::CFG_OUT_PROCS;
 
 use crate::{
     btf::Btf,
-    output::table::bytes,
     engine::{features, layout::kernel_layout, plan, short_error, Engine, Plan, ProbeMode, TaskFilter},
+    output::table::bytes,
     procfs,
 };
 
