@@ -273,9 +273,9 @@ check_stackcount() {
         return
     fi
     anon=$(grep -F '"comm":"anon_writer","kind":"minor"' "$dir/stacks.json" |
-        grep '"ustack":\[{"addr":[0-9]*,"symbol":"touch_pages"' | number count)
+        grep -E '"ustack":\[\{("addr":[0-9]+,)?"symbol":"touch_pages"' | number count)
     file=$(grep -F '"comm":"file_reader","kind":"major"' "$dir/stacks.json" |
-        grep '"ustack":\[{"addr":[0-9]*,"symbol":"read_pages"' | number count)
+        grep -E '"ustack":\[\{("addr":[0-9]+,)?"symbol":"read_pages"' | number count)
     counts_verdict "$1" stackcount "touch_pages minor and read_pages major stacks" \
         "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")"
 }
