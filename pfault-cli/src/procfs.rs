@@ -134,7 +134,7 @@ pub fn check_privileges() -> Result<()> {
     let caps = effective_caps();
     let has = |c: u64| caps & (1 << c) != 0;
     if !(has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON)) {
-        bail!("pfault needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
+        bail!("needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
     }
     Ok(())
 }

@@ -211,11 +211,7 @@ impl Session {
                 eprintln!("{}", serde_json::json!({ "summary": summary }));
             }
             Format::Text => match (events, lost.line(plan, ring_what)) {
-                (Some(n), _) => eprintln!(
-                    "pfault: {n} events, {} lost (ring buffer full){}",
-                    lost.ringbuf,
-                    lost.others(plan)
-                ),
+                (Some(n), _) => eprintln!("pfault: {n} events, {}{}", lost.ring(plan, ""), lost.others(plan)),
                 (None, Some(line)) => eprintln!("pfault: {line}"),
                 (None, None) => {}
             },

@@ -73,6 +73,19 @@ struct Proc {
 struct Screen(Stdout);
 
 impl Screen {
+    /// Fails, before anything is loaded or started, where there is no terminal to draw in
+    /// (crossterm reads keys from stdin, or /dev/tty when stdin is not one).
+    fn check() -> Result<()> {
+        use std::io::IsTerminal;
+        let keys = std::io::stdin().is_terminal() || std::fs::File::open("/dev/tty").is_ok();
+        if !stdout().is_terminal() || !keys {
+            anyhow::bail!(
+                "top draws in a terminal, and has none here: run it in one (for a log, use pfault stat -i 1)"
+            );
+        }
+        Ok(())
+    }
+
     fn open() -> Result<Screen> {
         terminal::enable_raw_mode()?;
         let mut out = stdout();
@@ -243,6 +256,7 @@ impl Handler for Top {
 pub async fn run(args: TopArgs) -> Result<Option<i32>> {
     let mut plan = Plan::filtered(CFG_OUT_PROCS | CFG_OUT_FILES | CFG_NOTIFY_TASKS, &args.filter);
     plan.ringbuf_bytes = 256 << 10;
+    Screen::check()?;
     let mut session = Session::start(&args.target, None, &plan)?;
     let mut ring = session.events()?;
     let refresh = Duration::from_secs_f64(args.interval.interval.unwrap_or(1.0).max(KEY_POLL));

@@ -9,6 +9,27 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Whether this test may run: end-to-end tests load eBPF programs, so as another user than
+/// root they skip, saying so on stderr (as aya's integration tests do). Call it first:
+/// `if !root_or_skip() { return; }`.
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    // Straight to stderr, past the test harness's capture, so a passing run shows the skip.
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map(|n| format!("{n}: "))
+        .unwrap_or_default();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}skipped: needs root (loads eBPF programs)"
+    );
+    false
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -172,6 +193,11 @@ impl Attached {
             s
         });
         Attached { child, head, rest }
+    }
+
+    /// pfault's process id (to stop and continue it, for one).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for pfault to end by itself; returns its whole stderr.

@@ -11,6 +11,9 @@ fn rows_of(path: &std::path::Path, pid: u64) -> Vec<Value> {
 
 #[test]
 fn file_read_through_mmap_shows_major_faults_under_its_path() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("ffaults-file");
     let data = dir.join("data.bin");
     let pages = 4096u64;
@@ -46,6 +49,9 @@ fn file_read_through_mmap_shows_major_faults_under_its_path() {
 
 #[test]
 fn anonymous_memory_executable_and_libc_are_named() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("ffaults-anon");
     let out = dir.join("files.json");
     let truth = pfault_on(&["ffaults", "-o", "json"], &out, "anon_writer", &["20000"]);
@@ -77,6 +83,9 @@ fn anonymous_memory_executable_and_libc_are_named() {
 
 #[test]
 fn text_table_has_a_header_and_sizes() {
+    if !root_or_skip() {
+        return;
+    }
     let run = run_with_timeout(
         pfault()
             .args(["ffaults", "--largest-first", "--top", "3", "--"])

@@ -53,6 +53,9 @@ fn pid_args(pid: u32, more: &[&str]) -> Vec<String> {
 
 #[test]
 fn written_anonymous_memory_shows_as_resident_anonymous_pages() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("pages-anon");
     let (held, said) = hold(Command::new(workload("pages_anon")).args(["64", "nohuge"]));
     let want = 64 << 20 >> 12;
@@ -90,6 +93,9 @@ fn written_anonymous_memory_shows_as_resident_anonymous_pages() {
 
 #[test]
 fn a_region_advised_hugepage_shows_transparent_huge_pages() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("pages-thp");
     let (held, said) = hold(Command::new(workload("pages_anon")).args(["32", "huge"]));
     let want = 32 << 20 >> 12;
@@ -135,6 +141,9 @@ fn a_region_advised_hugepage_shows_transparent_huge_pages() {
 
 #[test]
 fn a_file_read_through_mmap_shows_as_mapped_page_cache() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("pages-file");
     let data = dir.join("data.bin");
     let pages = 4096u64;
@@ -165,6 +174,9 @@ fn a_file_read_through_mmap_shows_as_mapped_page_cache() {
 
 #[test]
 fn text_output_is_a_page_types_table() {
+    if !root_or_skip() {
+        return;
+    }
     let (held, said) = hold(Command::new(workload("pages_anon")).args(["4", "nohuge"]));
     let run = run_with_timeout(
         pfault()
@@ -226,6 +238,9 @@ fn a_missing_pid_is_one_clear_error() {
 /// table of page 0.
 #[test]
 fn hidden_pfns_are_one_clear_error() {
+    if !root_or_skip() {
+        return;
+    }
     if Command::new("setpriv").arg("--version").output().is_err() {
         eprintln!("setpriv (util-linux) not installed: cannot drop CAP_SYS_ADMIN, skipped");
         return;
@@ -251,6 +266,9 @@ fn hidden_pfns_are_one_clear_error() {
 
 #[test]
 fn a_range_outside_every_mapping_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
     let (held, _) = hold(Command::new(workload("pages_anon")).args(["1", "nohuge"]));
     let run = run_with_timeout(
         pfault().args(["pages", "-p", &held.pid.to_string(), "--range", "1000-2000"]),

@@ -20,6 +20,9 @@ fn folded_count(folded: &str, leaf: &str) -> Option<(String, u64)> {
 
 #[test]
 fn folded_user_stack_counts_match_rusage_after_the_workload_exits() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-folded");
     let out = dir.join("folded.txt");
     let held = Held::start(Command::new(workload("anon_writer")).args(["20000", "0", "wait"]));
@@ -51,6 +54,9 @@ fn folded_user_stack_counts_match_rusage_after_the_workload_exits() {
 /// a few milliseconds (counting at completion alone sees no first fault to announce it).
 #[test]
 fn forked_child_stacks_are_named() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-fork");
     let out = dir.join("folded.txt");
     let truth = pfault_on(
@@ -80,6 +86,9 @@ fn forked_child_stacks_are_named() {
 
 #[test]
 fn svg_flame_graph_is_well_formed_and_names_the_function() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-svg");
     let svg = dir.join("faults.svg");
     let run = run_with_timeout(
@@ -117,6 +126,9 @@ fn svg_flame_graph_is_well_formed_and_names_the_function() {
 
 #[test]
 fn json_stacks_carry_symbolized_frames() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-json");
     let out = dir.join("stacks.json");
     let minflt = num(
@@ -173,6 +185,9 @@ fn folded_lines(folded: &str) -> Vec<(String, u64)> {
 /// default sizes (the kernel's stack-trace map drops a stack whenever its bucket is taken).
 #[test]
 fn every_one_of_65536_distinct_stacks_is_counted_on_its_own() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-many");
     let out = dir.join("folded.txt");
     let run = run_with_timeout(
@@ -212,6 +227,9 @@ fn every_one_of_65536_distinct_stacks_is_counted_on_its_own() {
 /// prints its stack once, with every fault on it; -v keeps the addresses apart.
 #[test]
 fn an_unrolled_loop_is_one_stack_in_every_format() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-unrolled");
     let out = dir.join("out");
     let leaf = "touch_unrolled";
@@ -267,6 +285,9 @@ fn an_unrolled_loop_is_one_stack_in_every_format() {
 /// kernel's own faults while it loads the program are not shown as unknown user code.
 #[test]
 fn a_process_that_exits_at_once_has_its_libraries_named() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("stackcount-short");
     let out = dir.join("folded.txt");
     let bin = workload("anon_writer");

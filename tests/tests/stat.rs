@@ -20,6 +20,9 @@ fn stat_args(timed: bool) -> Vec<&'static str> {
 /// probes: both must agree with getrusage.
 #[test]
 fn forked_child_copy_on_write_faults_get_their_own_row() {
+    if !root_or_skip() {
+        return;
+    }
     for timed in [false, true] {
         child_row_matches_getrusage(timed);
     }
@@ -60,6 +63,9 @@ fn child_row_matches_getrusage(timed: bool) {
 
 #[test]
 fn command_exit_status_becomes_pfaults_and_errors_are_counted() {
+    if !root_or_skip() {
+        return;
+    }
     for timed in [false, true] {
         segv_is_an_error(timed);
     }
@@ -88,6 +94,9 @@ fn segv_is_an_error(timed: bool) {
 /// A process still alive when pfault reports: its threads' counts are folded in at the report.
 #[test]
 fn live_process_is_counted_up_to_the_report() {
+    if !root_or_skip() {
+        return;
+    }
     for timed in [false, true] {
         live_row_matches_getrusage(timed);
     }
@@ -129,6 +138,9 @@ fn live_row_matches_getrusage(timed: bool) {
 
 #[test]
 fn hist_draws_log2_buckets() {
+    if !root_or_skip() {
+        return;
+    }
     let run = run_with_timeout(
         pfault()
             .args(["stat", "--hist", "--"])

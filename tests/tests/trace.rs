@@ -16,6 +16,9 @@ fn in_range(e: &Value, start: u64, end: u64) -> bool {
 
 #[test]
 fn anon_writer_gives_one_minor_write_fault_per_page() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("trace-anon");
     let out = dir.join("events.json");
     let truth = pfault_on(&["trace", "-o", "json"], &out, "anon_writer", &["20000"]);
@@ -44,6 +47,9 @@ fn anon_writer_gives_one_minor_write_fault_per_page() {
 
 #[test]
 fn file_read_through_mmap_gives_major_faults_mapped_to_its_path() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("trace-file");
     let data = dir.join("data.bin");
     let pages = 4096u64;
@@ -89,6 +95,9 @@ fn file_read_through_mmap_gives_major_faults_mapped_to_its_path() {
 
 #[test]
 fn sigsegv_shows_as_an_error_fault() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("trace-segv");
     let out = dir.join("events.json");
     let run = run_with_timeout(
@@ -122,6 +131,9 @@ fn sigsegv_shows_as_an_error_fault() {
 
 #[test]
 fn json_trace_keeps_up_with_a_fast_faulter_or_counts_what_it_lost() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("trace-rate");
     let out = dir.join("events.json");
     let run = run_with_timeout(
@@ -163,6 +175,9 @@ fn json_trace_keeps_up_with_a_fast_faulter_or_counts_what_it_lost() {
 
 #[test]
 fn user_stacks_of_a_short_lived_command_are_symbolized() {
+    if !root_or_skip() {
+        return;
+    }
     let dir = scratch("trace-short");
     let out = dir.join("events.json");
     // About 20 ms of life, over long before pfault prints: its maps are read when it execs.

@@ -60,20 +60,30 @@ impl Losses {
         .collect()
     }
 
-    /// The line a tool ends with when anything was lost; `ring_what` names what its ring
-    /// buffer carried. `None` when nothing was.
+    /// `N lost (ring buffer full, raise --flag)`, the advice only where `plan`'s tool has
+    /// the flag; `what` names what the ring buffer carried ("" after a count of it).
+    pub fn ring(&self, plan: &Plan, what: &str) -> String {
+        let advice = plan
+            .flag_for(maps::EVENTS)
+            .map(|f| format!(", raise {f}"))
+            .unwrap_or_default();
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!(" {what}")
+        };
+        format!("{}{what} lost (ring buffer full{advice})", self.ringbuf)
+    }
+
+    /// The line a tool ends with when anything was lost, the ring buffer's part only when it
+    /// lost something; `ring_what` names what it carried. `None` when nothing was lost.
     pub fn line(&self, plan: &Plan, ring_what: &str) -> Option<String> {
         let others = self.others(plan);
-        (self.ringbuf > 0 || !others.is_empty()).then(|| {
-            let advice = plan
-                .flag_for(maps::EVENTS)
-                .map(|f| format!(", raise {f}"))
-                .unwrap_or_default();
-            format!(
-                "{} {ring_what} lost (ring buffer full{advice}){others}",
-                self.ringbuf
-            )
-        })
+        match (self.ringbuf > 0, others.strip_prefix(", ")) {
+            (true, _) => Some(format!("{}{others}", self.ring(plan, ring_what))),
+            (false, Some(others)) => Some(others.to_string()),
+            (false, None) => None,
+        }
     }
 }
 
@@ -115,5 +125,22 @@ mod tests {
         );
         assert!(text.contains("full (raise --map-entries)"), "{text}");
         assert_eq!(Losses::default().line(&stackcount, "notices"), None);
+        // Nothing lost to the ring buffer: the line does not say "0 lost".
+        let line = lost.line(&stackcount, "notices").unwrap();
+        assert!(line.starts_with("2 faults whose new stack"), "{line}");
+        let mut trace = Plan::new(0);
+        trace.tunables = vec![Tunable::RINGBUF];
+        let full = Losses {
+            ringbuf: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            full.line(&trace, "events").unwrap(),
+            "7 events lost (ring buffer full, raise --ringbuf-mb)"
+        );
+        assert_eq!(
+            full.ring(&trace, ""),
+            "7 lost (ring buffer full, raise --ringbuf-mb)"
+        );
     }
 }
