@@ -159,6 +159,7 @@ impl Session {
                 }
                 _ = ticker.tick(), if period.is_some() => {
                     handler.tick(&mut self.engine, false)?;
+                    self.engine.flush_log();
                     if handler.quit() {
                         break End::Quit;
                     }
@@ -175,6 +176,7 @@ impl Session {
                         Err(_) => drain(fd.get_mut(), handler)?,
                     }
                     handler.idle(&mut self.engine);
+                    self.engine.flush_log();
                     anyhow::Ok(())
                 }, if ring.is_some() => r?,
             }
@@ -183,6 +185,7 @@ impl Session {
             drain(fd.get_mut(), handler)?;
         }
         handler.tick(&mut self.engine, true)?;
+        self.engine.flush_log();
         Ok(end)
     }
 

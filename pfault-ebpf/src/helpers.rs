@@ -7,10 +7,37 @@ pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
 pub(crate) const PAGE_MASK: u64 = !0xfff;
 
+/// Counts one loss of kind `idx`; the first on each CPU is also logged (`--bpf-log`).
 #[inline(always)]
 pub(crate) fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        let first = unsafe { *p } == 0;
         unsafe { *p += 1 };
+        if first {
+            log_first_loss(idx);
+        }
+    }
+}
+
+/// Says what went wrong the first time it does on a CPU. Off (a load of `AYA_LOG_LEVEL` on
+/// a loss path, nothing per fault) unless userspace asked for the kernel side's log.
+#[inline(never)]
+fn log_first_loss(idx: u32) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match idx {
+        CNT_RINGBUF_LOST => warn!(&(), "cpu {}: ring buffer full, records dropped", cpu),
+        CNT_PENDING_FULL => warn!(
+            &(),
+            "cpu {}: no per-thread storage (out of memory, or a probe nested in another): faults not tracked",
+            cpu
+        ),
+        CNT_STACK_LOST => warn!(
+            &(),
+            "cpu {}: ring buffer full, a new stack's frames dropped (the next fault on it retries)", cpu
+        ),
+        CNT_AGG_FULL => warn!(&(), "cpu {}: a count map is full, counts dropped", cpu),
+        CNT_VMA_BUSY => warn!(&(), "cpu {}: mmap lock contended, a mapping left unknown", cpu),
+        _ => {}
     }
 }
 

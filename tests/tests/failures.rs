@@ -281,7 +281,44 @@ fn a_full_count_map_names_the_flag_that_sizes_it() {
             .find(|l| l.contains("count map was full"))
             .unwrap_or_else(|| panic!("{args:?} --map-entries 1: no loss line: {err}"));
         assert_eq!(check_advice(args[0], line), ["--map-entries"], "{line}");
+        // The kernel side says it only when asked.
+        assert!(
+            !err.contains("pfault: kernel:"),
+            "{args:?}: logged without --bpf-log: {err}"
+        );
     }
+}
+
+/// `--bpf-log` prints the kernel side's own words on a loss, once per CPU.
+#[test]
+fn bpf_log_tells_when_a_count_map_fills() {
+    if !root_or_skip() {
+        return;
+    }
+    let run = run_with_timeout(
+        pfault().args([
+            "stackcount",
+            "-U",
+            "--bpf-log",
+            "--map-entries",
+            "1",
+            "--",
+            "ls",
+            "-l",
+            "/",
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = stderr_of(&run);
+    assert!(run.status.success(), "{err}");
+    let logged: Vec<&str> = err
+        .lines()
+        .filter(|l| {
+            l.starts_with("pfault: kernel: cpu ") && l.ends_with("a count map is full, counts dropped")
+        })
+        .collect();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(!logged.is_empty() && logged.len() <= cpus, "{err}");
 }
 
 /// A 1 MiB ring buffer that pfault does not read (stopped) while 50000 faults each send a

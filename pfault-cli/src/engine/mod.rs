@@ -24,7 +24,7 @@ pub use self::{
 };
 use self::{
     layout::kernel_layout,
-    objects::{maps, programs, BPF_OBJECT, CONFIG},
+    objects::{maps, programs, BPF_OBJECT, CONFIG, LOG_LEVEL},
 };
 use crate::{btf::Btf, procfs};
 
@@ -40,6 +40,22 @@ pub struct Engine {
     pub accounted: bool,
     /// CLOCK_MONOTONIC when the probes were attached.
     pub started_ns: u64,
+    log: Option<aya_log::EbpfLogger<StderrLog>>,
+}
+
+/// The kernel side's log lines (`--bpf-log`), on stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        eprintln!("pfault: kernel: {}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
@@ -106,6 +122,7 @@ impl Engine {
         };
         // Maps an output does not use shrink to one entry: they are preallocated.
         let size = |bit: u32, n: u32| if flags & bit != 0 { n } else { 1 };
+        let log_level: u8 = if plan.bpf_log { u8::MAX } else { 0 };
         let mut loader = EbpfLoader::new();
         // The programs carry no CO-RE relocations (offsets come in CONFIG): aya need not parse
         // the kernel's BTF for them, which costs start-up time and about 14 MiB.
@@ -114,12 +131,21 @@ impl Engine {
         loader.allow_unsupported_maps();
         loader
             .override_global(CONFIG, &config, true)
+            .override_global(LOG_LEVEL, &log_level, true)
             .map_max_entries(maps::EVENTS, plan.ringbuf_bytes)
             .map_max_entries(maps::STACK_COUNTS, size(CFG_OUT_STACKS, plan.agg_entries))
             .map_max_entries(maps::STACKS_SENT, size(CFG_OUT_STACKS, plan.stack_entries))
             .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.agg_entries))
             .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192));
         let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
+        let log = if plan.bpf_log {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, StderrLog)
+                    .context("reading the kernel side's log")?,
+            )
+        } else {
+            None
+        };
         let (mode, refused) = attach::attach(&mut ebpf, plan, flags, hmf_btf_id)?;
         if let Some(id) = iter_btf_id {
             attach::load_thread_folder(&mut ebpf, id)?;
@@ -132,7 +158,15 @@ impl Engine {
             refused,
             accounted: flags & CFG_ACCOUNTED != 0,
             started_ns: procfs::monotonic_ns(),
+            log,
         })
+    }
+
+    /// Prints what the kernel side logged since the last call (`--bpf-log`).
+    pub fn flush_log(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
     }
 
     /// "probe mode tracepoint (fentry: ...; kprobe: ...)", for stderr.

@@ -8,6 +8,8 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/pfault.bpf
 
 /// The read-only settings (`pfault_common::Config`).
 pub const CONFIG: &str = "CONFIG";
+/// aya-log's level global: 0 silences the kernel side's log.
+pub const LOG_LEVEL: &str = aya_log::LEVEL;
 
 pub mod maps {
     /// Ring buffer: fault events (`trace`) and process notices.
@@ -92,5 +94,10 @@ mod tests {
             .find(|s| s.name() == Ok(CONFIG))
             .expect("the object has no CONFIG global");
         assert_eq!(sym.size() as usize, size_of::<pfault_common::Config>());
+        let level = elf
+            .symbols()
+            .find(|s| s.name() == Ok(LOG_LEVEL))
+            .expect("the object has no aya-log level global");
+        assert_eq!(level.size(), 1);
     }
 }
