@@ -124,9 +124,6 @@ pub struct Offsets {
     /// `mm_struct.mm_lock_seq`, bumped by every mmap-lock writer; 0 where the kernel has none
     /// (then the per-thread mapping cache is off).
     pub mm_lock_seq: u32,
-    /// `task_struct.fs`, `fs_struct.in_exec`: set while the task is in execve (0: unknown).
-    pub task_fs: u32,
-    pub fs_in_exec: u32,
     /// `enum vm_fault_reason` values.
     pub vm_fault_major: u32,
     pub vm_fault_retry: u32,

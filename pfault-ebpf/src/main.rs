@@ -106,6 +106,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
 
+/// Threads in execve (`stackcount -U`): their kernel-mode faults are the kernel writing the
+/// new image.
+#[map]
+static EXECING: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
 /// Per-CPU room to walk a user and a kernel stack into (a stack is too big for the
 /// 512-byte BPF stack).
 #[map]
@@ -232,6 +237,24 @@ pub fn task_exec(_ctx: TracePointContext) -> u32 {
             }
         }
     }
+    0
+}
+
+/// `sys_enter_execve(at)`: a wanted thread starts an exec (see `EXECING`).
+#[tracepoint]
+pub fn exec_enter(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if wanted_task(tgid, tid) {
+        let _ = EXECING.insert(&tid, &1u8, 0);
+    }
+    0
+}
+
+/// `sys_exit_execve(at)`: the exec is over, in the new image or failed.
+#[tracepoint]
+pub fn exec_exit(_ctx: TracePointContext) -> u32 {
+    let _ = EXECING.remove(&(bpf_get_current_pid_tgid() as u32));
     0
 }
 

@@ -316,4 +316,18 @@ fn a_process_that_exits_at_once_has_its_libraries_named() {
         .filter(|(s, _)| s.starts_with("anon_writer;_start;_dl_"))
         .count();
     assert!(loader > 0, "no ld.so stack named:\n{folded}");
+    // The kernel's writes to the new image during execve: named, and not charged to the
+    // frame of the program that called execve.
+    assert!(
+        lines
+            .iter()
+            .any(|(s, _)| s == "anon_writer;[execve:_the_kernel_writing_the_new_image]"),
+        "no execve line:\n{folded}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|(s, _)| s.starts_with("anon_writer;") && s.contains("execve") && !s.contains("[execve")),
+        "an execve fault on the old image's stack:\n{folded}"
+    );
 }

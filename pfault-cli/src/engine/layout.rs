@@ -67,8 +67,6 @@ pub fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         task_min_flt: btf.offset_of("task_struct", "min_flt")?,
         task_maj_flt: btf.offset_of("task_struct", "maj_flt")?,
         mm_lock_seq: btf.offset_of("mm_struct", "mm_lock_seq").unwrap_or(0),
-        task_fs: btf.offset_of("task_struct", "fs").unwrap_or(0),
-        fs_in_exec: btf.offset_of("fs_struct", "in_exec").unwrap_or(0),
         vm_fault_major: enum_value(&reasons, "VM_FAULT_MAJOR")?,
         vm_fault_retry: enum_value(&reasons, "VM_FAULT_RETRY")?,
         vm_fault_error: error,

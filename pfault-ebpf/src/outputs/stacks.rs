@@ -75,16 +75,13 @@ pub(crate) fn walk(ctx: *mut c_void, user: bool, kernel_mode: bool) -> u64 {
     h
 }
 
-/// Is the current task in execve? Faults it takes in kernel mode then are the kernel writing
-/// the new image, and its user registers still belong to the old one.
+/// Is the current thread in execve (`EXECING`, marked at the syscall's entry and exit)? A
+/// fault it takes in kernel mode then is the kernel writing the new image, and its user
+/// registers still belong to the old one. (`fs_struct.in_exec` would say it without a probe,
+/// but 6.18 clears it before the binary loader writes.)
 #[inline(always)]
 fn in_exec() -> bool {
-    let (fs_off, in_exec_off) = (conf!(off.task_fs), conf!(off.fs_in_exec));
-    if fs_off == 0 || in_exec_off == 0 {
-        return false;
-    }
-    let fs: u64 = read(unsafe { bpf_get_current_task() }, fs_off);
-    fs != 0 && read::<u8>(fs, in_exec_off) != 0
+    EXECING.get_ptr(&(bpf_get_current_pid_tgid() as u32)).is_some()
 }
 
 /// Makes sure userspace has the frames of the stack `walk` just left in its scratch slot, for
