@@ -232,8 +232,8 @@ pub const STACK_EXEC: u64 = 2;
 /// Real stacks hash to this or above.
 pub const STACK_FIRST: u64 = 3;
 
-/// Key of the `STACK_COUNTS` map (`stackcount`). Stacks are named by a 64-bit hash of their
-/// frames; the frames go to userspace once per process and stack ([`StackFrames`]).
+/// What `stackcount` counts faults by. Stacks are named by a 64-bit hash of their frames; the
+/// frames go to userspace once per process and stack ([`StackFrames`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackKey {
@@ -243,6 +243,39 @@ pub struct StackKey {
     pub ustack: u64,
     pub kstack: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// A `STACK_COUNTS` value, under a 64-bit hash of its key ([`stack_key_hash`]): an 8-byte
+/// key hashes and compares faster than the whole [`StackKey`] on every fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackCount {
+    pub key: StackKey,
+    pub count: u64,
+}
+
+/// The `STACK_COUNTS` key of `k`. Each step is a bijection of the state, so keys that differ
+/// in one field never collide; any two collide with probability 2^-64.
+#[inline(always)]
+pub fn stack_key_hash(k: &StackKey, comm: [u64; 2]) -> u64 {
+    #[inline(always)]
+    fn mix(h: u64, v: u64) -> u64 {
+        let h = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+    let h = mix(k.ustack, k.kstack.rotate_left(17));
+    let h = mix(h, (k.tgid as u64) << 32 | k.kind as u64);
+    mix(mix(h, comm[0]), comm[1])
+}
+
+/// A comm as the two words [`stack_key_hash`] takes.
+#[inline(always)]
+pub fn comm_words(comm: &[u8; COMM_LEN]) -> [u64; 2] {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&comm[..8]);
+    hi.copy_from_slice(&comm[8..]);
+    [u64::from_le_bytes(lo), u64::from_le_bytes(hi)]
 }
 
 /// A stack's frames, leaf first, sent in the `EVENTS` ring buffer the first time a process
@@ -390,6 +423,7 @@ mod pod {
     unsafe impl aya::Pod for TaskSeen {}
     unsafe impl aya::Pod for StackKey {}
     unsafe impl aya::Pod for StackFrames {}
+    unsafe impl aya::Pod for StackCount {}
     unsafe impl aya::Pod for SentKey {}
     unsafe impl aya::Pod for MapSeen {}
     unsafe impl aya::Pod for FileKey {}

@@ -280,7 +280,7 @@ pub(crate) fn feed_outputs(
             kstack: unsafe { (*p).kstack },
             comm,
         };
-        count_stack(&key);
+        count_stack(&key, comm_words(&comm));
     }
     if flags & CFG_OUT_FILES != 0 {
         count_file(map, kind, tgid, &comm);

@@ -101,10 +101,10 @@ static THREADS: TaskStorage<Thread> = TaskStorage::new();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
-/// Counts per (process, kind, stack hashes, comm). Allocated as entries are added: the
+/// Counts per (process, kind, stack hashes, comm), under a hash of those. Allocated as entries are added: the
 /// default holds a program with a hundred thousand stacks, and most runs use a few hundred.
 #[map]
-static STACK_COUNTS: HashMap<StackKey, u64> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
+static STACK_COUNTS: HashMap<u64, StackCount> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
 
 /// Threads in execve (`stackcount -U`): their kernel-mode faults are the kernel writing the
 /// new image.

@@ -331,3 +331,47 @@ fn a_process_that_exits_at_once_has_its_libraries_named() {
         "an execve fault on the old image's stack:\n{folded}"
     );
 }
+
+/// A real program, Debian's Python importing twenty standard modules: no stack lost, none
+/// printed twice, and every fault it had by the end counted (its own getrusage).
+#[test]
+fn python_importing_twenty_modules_loses_no_stack() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("stackcount-python");
+    let out = dir.join("folded.txt");
+    let modules = "json, decimal, asyncio, email.mime.text, http.client, xml.dom.minidom, sqlite3, \
+                   csv, argparse, logging.handlers, unittest, pathlib, subprocess, tarfile, zipfile, \
+                   statistics, fractions, difflib, pprint, urllib.request";
+    let script = format!(
+        "import {modules}, resource\nr = resource.getrusage(resource.RUSAGE_SELF)\nprint(f'faults={{r.ru_minflt + r.ru_majflt}}')"
+    );
+    let run = run_with_timeout(
+        pfault()
+            .args(["stackcount", "-U", "-f", "--output"])
+            .arg(&out)
+            .args(["--", "/usr/bin/python3", "-c", &script]),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(!stderr.contains("lost"), "{stderr}");
+    let truth = num(&kv(&String::from_utf8_lossy(&run.stdout)), "faults");
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let lines = folded_lines(&folded);
+    assert!(
+        !folded.contains("[stack lost") && !folded.contains("[stack not received]"),
+        "{folded}"
+    );
+    let counted: u64 = lines
+        .iter()
+        .filter(|(s, _)| s.starts_with("python3;"))
+        .map(|(_, n)| n)
+        .sum();
+    // Counted until it exits: the faults after its getrusage (printing, exit) come on top.
+    assert!(
+        truth <= counted && counted <= truth + truth / 20,
+        "pfault counted {counted} faults of python3, getrusage says {truth} before its exit"
+    );
+}

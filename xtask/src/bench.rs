@@ -154,6 +154,47 @@ fn measure(bin: &Path, tracers: &[Option<&Tracer>]) -> Result<Vec<f64>> {
     Ok(times.into_iter().map(median).collect())
 }
 
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Run time and run count of every BPF program process `pid` holds (its fdinfo, filled while
+/// `kernel.bpf_stats_enabled` is on).
+fn bpf_run_stats(pid: u32) -> Result<(u64, u64)> {
+    let (mut ns, mut runs) = (0, 0);
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(e?.path()).unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(t), Some(c)) = (field("run_time_ns:"), field("run_cnt:")) {
+            ns += t;
+            runs += c;
+        }
+    }
+    Ok((ns, runs))
+}
+
+/// Nanoseconds in the kernel per fault and per program run, of `t`'s programs over one
+/// workload run, from the kernel's own BPF statistics (on only for this: they cost two clock
+/// reads per run).
+fn kernel_cost(bin: &Path, t: &Tracer) -> Result<(f64, f64)> {
+    let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = (|| {
+        let running = Running(start(t)?);
+        let pid = running.0.id();
+        let (ns0, runs0) = bpf_run_stats(pid)?;
+        run_workload(bin)?;
+        let (ns1, runs1) = bpf_run_stats(pid)?;
+        stop(running)?;
+        let (ns, runs) = ((ns1 - ns0) as f64, (runs1 - runs0).max(1) as f64);
+        Ok((ns / PAGES as f64, ns / runs))
+    })();
+    let _ = std::fs::write(BPF_STATS, before.trim());
+    result
+}
+
 fn pfault_tracer(name: &'static str, pfault: &str, args: &[&str]) -> Tracer {
     let mut argv = vec![pfault.to_string()];
     argv.extend(args.iter().map(|a| a.to_string()));
@@ -329,6 +370,18 @@ pub fn run(_args: &[String]) -> Result<()> {
                 .replace(&p, "pfault")
                 .replace(&*dir.to_string_lossy(), "target/bench");
             commands += &format!("- {}: `{cmd}`\n", t.name);
+        }
+    }
+    md += "\nIn the kernel (kernel.bpf_stats_enabled, one workload run each):\n\n\
+           | job | tool | ns per fault | ns per program run |\n|---|---|---|---|\n";
+    for (job, tracers) in &jobs {
+        for t in tracers
+            .iter()
+            .filter(|t| t.name.starts_with("pfault") || t.name.starts_with("bpftrace"))
+        {
+            let (per_fault, per_run) = kernel_cost(&bin, t)?;
+            say(format!("{}: {per_fault:.0} ns per fault in the kernel", t.name));
+            md += &format!("| {job} | `{}` | {per_fault:.0} | {per_run:.0} |\n", t.name);
         }
     }
     let (pf_s, pf_kb) = startup(&[&p, "stackcount", "-U", "-d", "0", "--output", "/dev/null"])?;

@@ -36,7 +36,7 @@ const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
 /// built into the kernel are skipped.
 const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 
-const WORKLOADS: &[&str] = &["anon_writer", "file_reader", "segv"];
+const WORKLOADS: &[&str] = &["anon_writer", "file_reader", "segv", "many_stacks"];
 
 /// Pages of the file the guest reads for major faults (`/data/data.bin`).
 const DATA_PAGES: usize = 2048;

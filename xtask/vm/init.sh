@@ -280,6 +280,29 @@ check_stackcount() {
         "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")"
 }
 
+# 65,536 distinct call paths, one fault each (many_stacks): at least 99.9% counted on their own
+# stack (16 left/right frames above the leaf walk), once each, and nothing said lost.
+check_many_stacks() {
+    dir=/tmp/many-$1
+    mkdir -p "$dir"
+    timeout $RUN_TIMEOUT pfault stackcount -U -f --probe "$1" --output "$dir/folded" \
+        -- /w/many_stacks >"$dir/many.out" 2>"$dir/pfault.err"
+    status=$?
+    paths=$(kv paths "$dir/many.out")
+    if [ "$status" != 0 ] || [ -z "$paths" ]; then
+        verdict "$1" stackcount "$(run_problem)" "65536 distinct stacks: no ground truth"
+        return
+    fi
+    own=$(awk -F';' '/;walk 1$/ { n = 0; for (i = 1; i <= NF; i++) if ($i == "left" || $i == "right") n++; if (n == 16) c++ } END { print c + 0 }' "$dir/folded")
+    problems=""
+    [ $((own * 1000)) -ge $((paths * 999)) ] || problems="$problems
+$own of $paths paths counted once on their own stack"
+    lost=$(grep lost "$dir/pfault.err")
+    [ -z "$lost" ] || problems="$problems
+$lost"
+    verdict "$1" stackcount "${problems#?}" "$own of $paths distinct stacks counted once each on their own"
+}
+
 # Counts per file: [anon] for the writer, the data file's path for the reader.
 check_ffaults() {
     run_tool ffaults "$1" -o json --output /tmp/ffaults-"$1"/files.json
@@ -315,6 +338,10 @@ for mode in $MODES; do
     for tool in $TOOLS; do
         check_"$tool" "$mode"
     done
+done
+# The entry path (fentry) and the completion-only path (tracepoint) take stacks apart.
+for mode in fentry tracepoint; do
+    check_many_stacks "$mode"
 done
 # stat without -L or --probe counts from the threads' own accounting (no per-fault timing).
 check_stat auto

@@ -229,13 +229,8 @@ impl Engine {
 
     /// Counts per (process, stack ids, kind) that did not fit in the slot array.
     pub fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
-        self.read_hash(maps::STACK_COUNTS, reset)
-    }
-
-    /// Tgids with stack counts in the hash map, without reading the counts.
-    pub fn stack_count_tgids(&self) -> Result<Vec<u32>> {
-        let map: BpfHashMap<_, StackKey, u64> = BpfHashMap::try_from(self.map(maps::STACK_COUNTS)?)?;
-        Ok(map.keys().filter_map(|k| k.ok()).map(|k| k.tgid).collect())
+        let counts: Vec<(u64, StackCount)> = self.read_hash(maps::STACK_COUNTS, reset)?;
+        Ok(counts.into_iter().map(|(_, c)| (c.key, c.count)).collect())
     }
 
     pub fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {

@@ -1,7 +1,7 @@
 //! What a subcommand asks of the kernel side: which outputs, which faults, which tasks, and
 //! how big the maps are.
 
-use pfault_common::{SentKey, StackKey, MODE_KERNEL, MODE_USER};
+use pfault_common::{SentKey, StackCount, MODE_KERNEL, MODE_USER};
 
 use super::objects::maps;
 use crate::args::{FaultFilterArgs, Kind};
@@ -113,7 +113,7 @@ pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
     vec![
         (
             maps::STACK_COUNTS,
-            STACK_COUNT_ENTRIES as u64 * entry(size_of::<StackKey>(), size_of::<u64>()),
+            STACK_COUNT_ENTRIES as u64 * entry(size_of::<u64>(), size_of::<StackCount>()),
         ),
         (
             maps::STACKS_SENT,

@@ -136,27 +136,36 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
         return 0;
     }
     let kernel_mode = raised_in_kernel(ctx);
+    // The thread's name in two plain loads from its task (checked against the kernel's BTF):
+    // no helper call on the hot path.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let comm_at =
+        |i: usize| unsafe { read_volatile(task.add(conf!(off.task_comm) as usize + 8 * i) as *const u64) };
+    let comm = [comm_at(0), comm_at(1)];
     let mut key = StackKey {
         tgid,
         kind: kind as u32,
         ustack: walk(ctx.as_ptr(), true, kernel_mode),
         kstack: walk(ctx.as_ptr(), false, kernel_mode),
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: [0; COMM_LEN],
     };
     // A stack this process has counted on before: its frames are with userspace.
-    if let Some(v) = STACK_COUNTS.get_ptr_mut(&key) {
-        atomic_add(v, 1);
+    if let Some(v) = STACK_COUNTS.get_ptr_mut(&stack_key_hash(&key, comm)) {
+        atomic_add(unsafe { addr_of_mut!((*v).count) }, 1);
         return 0;
     }
     key.ustack = publish(tgid, key.ustack, true);
     key.kstack = publish(tgid, key.kstack, false);
-    count_stack(&key);
+    key.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    count_stack(&key, comm);
     0
 }
 
+/// Counts a fault under `key`, whose comm is also given as the words it was hashed from.
 #[inline(always)]
-pub(crate) fn count_stack(key: &StackKey) {
-    if let Some(v) = get_or_insert(&STACK_COUNTS, key, &0) {
-        atomic_add(v, 1);
+pub(crate) fn count_stack(key: &StackKey, comm: [u64; 2]) {
+    let fresh = StackCount { key: *key, count: 0 };
+    if let Some(v) = get_or_insert(&STACK_COUNTS, &stack_key_hash(key, comm), &fresh) {
+        atomic_add(unsafe { addr_of_mut!((*v).count) }, 1);
     }
 }
