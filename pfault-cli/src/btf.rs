@@ -149,7 +149,7 @@ impl Btf {
         id
     }
 
-    /// Byte offset of `member` in the struct or union `id`, looking inside anonymous members
+    /// Bit offset of `member` in the struct or union `id`, looking inside anonymous members
     /// (a few dozen deep and a million members at most: a blob may loop).
     fn member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
         self.member_within(id, member, 32, &mut 1_000_000)
@@ -170,10 +170,10 @@ impl Btf {
             let ty = self.resolve(ty);
             if name_off == 0 && matches!(self.kind(ty), KIND_STRUCT | KIND_UNION) {
                 if let Some((off, t)) = self.member_within(ty, member, depth - 1, budget) {
-                    return Some(((bits / 8).checked_add(off)?, t));
+                    return Some((bits.checked_add(off)?, t));
                 }
             } else if self.name(name_off) == member.as_bytes() {
-                return Some((bits / 8, ty));
+                return Some((bits, ty));
             }
         }
         None
@@ -181,6 +181,16 @@ impl Btf {
 
     /// Byte offset of a dotted member path, e.g. `offset_of("file", "f_path.dentry")`.
     pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
+        let bits = self.bit_offset_of(strukt, path)?;
+        if bits % 8 != 0 {
+            bail!("kernel BTF: struct {strukt} member {path} is a bit field");
+        }
+        Ok(bits / 8)
+    }
+
+    /// Bit offset of a dotted member path: a bit field's own bit, e.g.
+    /// `bit_offset_of("task_struct", "in_execve")`.
+    pub fn bit_offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
         let mut id = self
             .find(&[KIND_STRUCT, KIND_UNION], strukt)
             .with_context(|| format!("kernel BTF has no struct {strukt}"))?;
@@ -190,7 +200,7 @@ impl Btf {
                 .member(id, part)
                 .with_context(|| format!("kernel BTF: struct {strukt} has no member {path}"))?;
             total = u32::checked_add(total, off)
-                .with_context(|| format!("kernel BTF: struct {strukt} member {path} is past 4 GiB"))?;
+                .with_context(|| format!("kernel BTF: struct {strukt} member {path} is past 512 MiB"))?;
             id = ty;
         }
         Ok(total)

@@ -59,7 +59,7 @@ pub struct StackcountArgs {
     #[arg(short = 'v', long)]
     pub addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
-    /// they are used (about 100 bytes each)
+    /// they are used (104 bytes each)
     #[arg(long, value_name = "N", default_value_t = STACK_COUNT_ENTRIES)]
     pub map_entries: u32,
 }

@@ -124,6 +124,8 @@ pub struct Offsets {
     /// `mm_struct.mm_lock_seq`, bumped by every mmap-lock writer; 0 where the kernel has none
     /// (then the per-thread mapping cache is off).
     pub mm_lock_seq: u32,
+    /// Bit offset of `task_struct.in_execve`, set while the task is in execve (0: unknown).
+    pub task_in_execve_bit: u32,
     /// `enum vm_fault_reason` values.
     pub vm_fault_major: u32,
     pub vm_fault_retry: u32,

@@ -106,11 +106,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 static STACK_COUNTS: HashMap<u64, StackCount> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
 
-/// Threads in execve (`stackcount -U`): their kernel-mode faults are the kernel writing the
-/// new image.
-#[map]
-static EXECING: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
-
 /// Per-CPU room to walk a user and a kernel stack into (a stack is too big for the
 /// 512-byte BPF stack).
 #[map]
@@ -193,8 +188,10 @@ pub fn hmf_fexit(ctx: FExitContext) -> u32 {
 
 /// A thread exits with a fault still parked: the fault killed it (SIGSEGV, SIGBUS, OOM).
 /// The user registers are still those of the fault, so its user stack can still be read.
-#[tracepoint]
-pub fn task_exit(ctx: TracePointContext) -> u32 {
+/// Raw tracepoints here and at exec: a classic one's detach waits for a grace period (tens of
+/// milliseconds at pfault's exit).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn task_exit(ctx: RawTracePointContext) -> u32 {
     // The thread's storage goes with its task_struct.
     let p = parked(false);
     let flags = conf!(flags);
@@ -214,8 +211,8 @@ pub fn task_exit(ctx: TracePointContext) -> u32 {
 }
 
 /// A traced process replaced its image: its maps are new, tell userspace while it lives.
-#[tracepoint]
-pub fn task_exec(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if wanted_task(tgid, tid) {
@@ -237,24 +234,6 @@ pub fn task_exec(_ctx: TracePointContext) -> u32 {
             }
         }
     }
-    0
-}
-
-/// `sys_enter_execve(at)`: a wanted thread starts an exec (see `EXECING`).
-#[tracepoint]
-pub fn exec_enter(_ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if wanted_task(tgid, tid) {
-        let _ = EXECING.insert(&tid, &1u8, 0);
-    }
-    0
-}
-
-/// `sys_exit_execve(at)`: the exec is over, in the new image or failed.
-#[tracepoint]
-pub fn exec_exit(_ctx: TracePointContext) -> u32 {
-    let _ = EXECING.remove(&(bpf_get_current_pid_tgid() as u32));
     0
 }
 

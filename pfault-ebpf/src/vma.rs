@@ -119,8 +119,10 @@ pub(crate) fn mapping_of(p: *mut Pending) {
 }
 
 /// Sends the file mapping that holds `addr` (`CFG_NOTIFY_MAPS`); anonymous memory is left out.
-#[inline(always)]
-pub(crate) fn notify_map(tgid: u32, addr: u64) {
+/// A global function: the verifier checks it once, not at each of exec's two calls.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn notify_map(tgid: u32, addr: u64) -> i64 {
     let mut v = VmaCtx {
         addr,
         end: 0,
@@ -137,7 +139,7 @@ pub(crate) fn notify_map(tgid: u32, addr: u64) {
         )
     };
     if ret != 0 || v.map.kind != MAP_FILE {
-        return;
+        return 0;
     }
     // The VMA may start below `addr` (merged with its neighbour): name its own start.
     v.map.offset = v.pgoff << 12;
@@ -150,4 +152,6 @@ pub(crate) fn notify_map(tgid: u32, addr: u64) {
     if EVENTS.output::<MapSeen>(&seen, wakeup_flag()).is_err() {
         count(CNT_RINGBUF_LOST);
     }
+    // A global function must return a scalar; nothing reads it.
+    0
 }

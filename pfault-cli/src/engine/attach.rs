@@ -28,14 +28,13 @@ where
     Ok(p.try_into()?)
 }
 
-/// Loads program `name` and attaches it to each of `events` in `category`.
-fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, events: &[&str]) -> Result<()> {
+/// A classic tracepoint, where no raw one will do (syscall events): its detach waits for a
+/// grace period.
+fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
     let tp: &mut TracePoint = program(ebpf, name)?;
     tp.load().with_context(|| format!("loading {name}"))?;
-    for event in events {
-        tp.attach(category, event)
-            .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
-    }
+    tp.attach(category, event)
+        .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
     Ok(())
 }
 
@@ -166,39 +165,19 @@ pub fn attach(
     }
     if !completion_only {
         // Reports the faults that killed threads, and folds the counts of exiting ones.
-        tracepoint(ebpf, prog::TASK_EXIT, "sched", &["sched_process_exit"])?;
+        raw_tracepoint(ebpf, prog::TASK_EXIT, "sched_process_exit")?;
     }
     if flags & (CFG_FOLLOW | CFG_NOTIFY_TASKS) != 0 {
         raw_tracepoint(ebpf, prog::TASK_FORK, "sched_process_fork")?;
     }
     if flags & CFG_NOTIFY_TASKS != 0 {
-        tracepoint(ebpf, prog::TASK_EXEC, "sched", &["sched_process_exec"])?;
+        raw_tracepoint(ebpf, prog::TASK_EXEC, "sched_process_exec")?;
     }
     if flags & CFG_NOTIFY_MAPS != 0 {
         // A kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) still traces: the maps
         // of processes that exit at once are then read from /proc alone, and may come too late.
-        if let Err(e) = tracepoint(ebpf, prog::TASK_MMAP, "syscalls", &["sys_exit_mmap"]) {
+        if let Err(e) = tracepoint(ebpf, prog::TASK_MMAP, "syscalls", "sys_exit_mmap") {
             refused.push(format!("mmap notices: {}", short_error(&e)));
-        }
-    }
-    if flags & CFG_OUT_STACKS != 0 && flags & CFG_USTACK != 0 {
-        // Marks threads in execve, whose kernel-mode faults have no user stack of their own.
-        let marked = tracepoint(
-            ebpf,
-            prog::EXEC_ENTER,
-            "syscalls",
-            &["sys_enter_execve", "sys_enter_execveat"],
-        )
-        .and_then(|()| {
-            tracepoint(
-                ebpf,
-                prog::EXEC_EXIT,
-                "syscalls",
-                &["sys_exit_execve", "sys_exit_execveat"],
-            )
-        });
-        if let Err(e) = marked {
-            refused.push(format!("execve marks: {}", short_error(&e)));
         }
     }
     Ok((mode, refused))

@@ -67,6 +67,7 @@ pub fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         task_min_flt: btf.offset_of("task_struct", "min_flt")?,
         task_maj_flt: btf.offset_of("task_struct", "maj_flt")?,
         mm_lock_seq: btf.offset_of("mm_struct", "mm_lock_seq").unwrap_or(0),
+        task_in_execve_bit: btf.bit_offset_of("task_struct", "in_execve").unwrap_or(0),
         vm_fault_major: enum_value(&reasons, "VM_FAULT_MAJOR")?,
         vm_fault_retry: enum_value(&reasons, "VM_FAULT_RETRY")?,
         vm_fault_error: error,

@@ -49,8 +49,6 @@ pub mod programs {
     pub const TASK_EXEC: &str = "task_exec";
     pub const TASK_FORK: &str = "task_fork";
     pub const TASK_MMAP: &str = "task_mmap";
-    pub const EXEC_ENTER: &str = "exec_enter";
-    pub const EXEC_EXIT: &str = "exec_exit";
     pub const FOLD_THREADS: &str = "fold_threads";
 
     pub const ALL: &[&str] = &[
@@ -66,8 +64,6 @@ pub mod programs {
         TASK_EXEC,
         TASK_FORK,
         TASK_MMAP,
-        EXEC_ENTER,
-        EXEC_EXIT,
         FOLD_THREADS,
     ];
 }

@@ -104,7 +104,7 @@ pub struct TaskFilter {
 pub const STACK_COUNT_ENTRIES: u32 = 262_144;
 /// The ring buffer carries process notices and each new stack's frames, once: a program
 /// importing a large library sends tens of thousands in a second.
-pub const STACK_RINGBUF_BYTES: u32 = 8 << 20;
+pub const STACK_RINGBUF_BYTES: u32 = 1 << 20;
 
 /// The most kernel memory stackcount's maps take with the default sizes, map by map: a hash
 /// map entry is its key and value behind a 48-byte element header.

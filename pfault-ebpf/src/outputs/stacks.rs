@@ -75,13 +75,14 @@ pub(crate) fn walk(ctx: *mut c_void, user: bool, kernel_mode: bool) -> u64 {
     h
 }
 
-/// Is the current thread in execve (`EXECING`, marked at the syscall's entry and exit)? A
-/// fault it takes in kernel mode then is the kernel writing the new image, and its user
-/// registers still belong to the old one. (`fs_struct.in_exec` would say it without a probe,
-/// but 6.18 clears it before the binary loader writes.)
+/// Is the current task in execve (`task_struct.in_execve`, a bit field)? A fault it takes in
+/// kernel mode then is the kernel writing the new image, and its user registers still belong
+/// to the old one. (`fs_struct.in_exec` would be a whole byte, but 6.18 clears it before the
+/// binary loader writes.)
 #[inline(always)]
 fn in_exec() -> bool {
-    EXECING.get_ptr(&(bpf_get_current_pid_tgid() as u32)).is_some()
+    let bit = conf!(off.task_in_execve_bit);
+    bit != 0 && read::<u8>(unsafe { bpf_get_current_task() }, bit / 8) & (1 << (bit % 8)) != 0
 }
 
 /// Makes sure userspace has the frames of the stack `walk` just left in its scratch slot, for
