@@ -183,6 +183,8 @@ fn kernel_cost(bin: &Path, t: &Tracer) -> Result<(f64, f64)> {
     std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let result = (|| {
         let running = Running(start(t)?);
+        // bpftrace says it is attaching before its last CPU is: faults then go uncounted.
+        std::thread::sleep(Duration::from_secs(1));
         let pid = running.0.id();
         let (ns0, runs0) = bpf_run_stats(pid)?;
         run_workload(bin)?;
