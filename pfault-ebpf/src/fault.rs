@@ -10,7 +10,7 @@ use crate::*;
 pub(crate) fn enter(
     ctx: *mut c_void,
     p: Option<*mut Pending>,
-    tid: u32,
+    (tgid, tid): (u32, u32),
     addr: u64,
     ip: u64,
     error_code: u32,
@@ -24,7 +24,7 @@ pub(crate) fn enter(
         unsafe { (*p).announced = 1 };
         announce(TaskSeen {
             rec: REC_TASK,
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            pid: tgid,
             tid,
             forked_from: 0,
         });
@@ -40,10 +40,7 @@ pub(crate) fn enter(
         (*p).ustack = STACK_NONE;
         (*p).kstack = STACK_NONE;
         if flags & CFG_OUT_STACKS != 0 {
-            let (tgid, kernel_mode) = (
-                (bpf_get_current_pid_tgid() >> 32) as u32,
-                error_code & PF_USER == 0,
-            );
+            let kernel_mode = error_code & PF_USER == 0;
             (*p).ustack = publish(tgid, walk(ctx, true, kernel_mode), true);
             (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
         }
@@ -65,11 +62,9 @@ pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
     if completing() {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !wanted_task(tgid, tid) {
+    let Some(who) = wanted_current() else {
         return 0;
-    }
+    };
     let addr: u64 = ctx.arg(0);
     // Faults on kernel addresses (vmalloc and the like) never reach handle_mm_fault.
     if (addr as i64) < 0 {
@@ -100,7 +95,7 @@ pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
     };
     let p = parked(false);
     flush_error(ctx.as_ptr(), p, false);
-    enter(ctx.as_ptr(), p, tid, addr, ip, error_code as u32, 0);
+    enter(ctx.as_ptr(), p, who, addr, ip, error_code as u32, 0);
     0
 }
 
@@ -137,11 +132,9 @@ pub(crate) fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u
     if completing() {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !wanted_task(tgid, tid) {
+    let Some(who) = wanted_current() else {
         return 0;
-    }
+    };
     let user = fault_flags & conf!(off.fault_flag_user) != 0;
     let mode = if user { MODE_USER } else { MODE_KERNEL };
     let pending = parked(false);
@@ -180,7 +173,7 @@ pub(crate) fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u
     } else {
         0
     };
-    enter(ctx, pending, tid, addr, ip, error_code, vma);
+    enter(ctx, pending, who, addr, ip, error_code, vma);
     0
 }
 

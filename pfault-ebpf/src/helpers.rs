@@ -66,6 +66,14 @@ pub(crate) fn read<T: Copy>(base: u64, off: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or(core::mem::zeroed()) }
 }
 
+/// The current task's (tgid, tid), if it is one the user asked for.
+#[inline(always)]
+pub(crate) fn wanted_current() -> Option<(u32, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    wanted_task(tgid, tid).then_some((tgid, tid))
+}
+
 /// Is this task one the user asked for?
 #[inline(always)]
 pub(crate) fn wanted_task(tgid: u32, tid: u32) -> bool {

@@ -213,9 +213,7 @@ pub fn task_exit(ctx: RawTracePointContext) -> u32 {
 /// A traced process replaced its image: its maps are new, tell userspace while it lives.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if wanted_task(tgid, tid) {
+    if let Some((tgid, tid)) = wanted_current() {
         announce(TaskSeen {
             rec: REC_TASK,
             pid: tgid,
@@ -247,9 +245,7 @@ pub fn task_mmap(ctx: TracePointContext) -> u32 {
     if ret < 0 {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if wanted_task(tgid, tid) {
+    if let Some((tgid, _)) = wanted_current() {
         notify_map(tgid, ret as u64);
     }
     0

@@ -56,6 +56,28 @@ pub(crate) extern "C" fn vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *m
     0
 }
 
+/// `bpf_find_vma` on the current task: its result (0, or -ENOENT where no VMA holds `addr`)
+/// and what [`vma_found`] read.
+#[inline(always)]
+fn find_vma(addr: u64) -> (i64, VmaCtx) {
+    let mut v = VmaCtx {
+        addr,
+        end: 0,
+        pgoff: 0,
+        map: unsafe { core::mem::zeroed() },
+    };
+    let ret = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            vma_found as *mut c_void,
+            addr_of_mut!(v) as *mut c_void,
+            0,
+        )
+    };
+    (ret, v)
+}
+
 /// The mapping of the parked fault `p`, from the thread's cache or `bpf_find_vma`.
 ///
 /// `bpf_find_vma` costs more than the fault itself where interrupts are off (the exception
@@ -85,21 +107,7 @@ pub(crate) fn mapping_of(p: *mut Pending) {
             return;
         }
     }
-    let mut v = VmaCtx {
-        addr,
-        end: 0,
-        pgoff: 0,
-        map: unsafe { core::mem::zeroed() },
-    };
-    let ret = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            addr,
-            vma_found as *mut c_void,
-            addr_of_mut!(v) as *mut c_void,
-            0,
-        )
-    };
+    let (ret, mut v) = find_vma(addr);
     if ret == 0 {
         if seq & 1 == 0 {
             unsafe {
@@ -123,21 +131,7 @@ pub(crate) fn mapping_of(p: *mut Pending) {
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn notify_map(tgid: u32, addr: u64) -> i64 {
-    let mut v = VmaCtx {
-        addr,
-        end: 0,
-        pgoff: 0,
-        map: unsafe { core::mem::zeroed() },
-    };
-    let ret = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            addr,
-            vma_found as *mut c_void,
-            addr_of_mut!(v) as *mut c_void,
-            0,
-        )
-    };
+    let (ret, mut v) = find_vma(addr);
     if ret != 0 || v.map.kind != MAP_FILE {
         return 0;
     }

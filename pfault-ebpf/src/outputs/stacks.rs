@@ -131,11 +131,9 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
     if conf!(kinds) & (1 << kind) == 0 {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !wanted_task(tgid, tid) {
+    let Some((tgid, _)) = wanted_current() else {
         return 0;
-    }
+    };
     let kernel_mode = raised_in_kernel(ctx);
     // The thread's name in two plain loads from its task (checked against the kernel's BTF):
     // no helper call on the hot path.
