@@ -145,12 +145,13 @@ impl FaultFilterArgs {
     }
 }
 
-/// Where results go: stdout, or the file given with `--output`.
+/// Where results go: stdout, or the file given with `--output`; `F` is the formats the tool
+/// writes (stackcount's include pprof).
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct OutputArgs {
+pub struct OutputArgs<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static = Format> {
     /// Output format
-    #[arg(short = 'o', long = "format", value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(short = 'o', long = "format", value_enum, default_value_t)]
+    pub format: F,
     /// Write results to FILE instead of stdout
     #[arg(long = "output", value_name = "FILE")]
     pub file: Option<PathBuf>,

@@ -14,7 +14,11 @@ use crate::{
         plan::{STACK_COUNT_ENTRIES, STACK_RINGBUF_BYTES},
         Engine, Plan, Tunable,
     },
-    output::{flamegraph, folded, json, Format, LateFile},
+    output::{
+        flamegraph, folded, json,
+        pprof::{self, LabelValue},
+        Format, LateFile,
+    },
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
@@ -53,7 +57,7 @@ pub struct StackcountArgs {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub output: OutputArgs<StackFormat>,
     /// Print each frame's address and offset (as bcc's -v); stacks that differ in them are
     /// then counted apart
     #[arg(short = 'v', long)]
@@ -62,6 +66,18 @@ pub struct StackcountArgs {
     /// they are used (104 bytes each)
     #[arg(long, value_name = "N", default_value_t = STACK_COUNT_ENTRIES)]
     pub map_entries: u32,
+}
+
+/// What stackcount writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StackFormat {
+    /// Stacks as bcc's stackcount prints them
+    #[default]
+    Text,
+    /// JSON Lines: one stack per line
+    Json,
+    /// A gzipped pprof profile of the whole run (go tool pprof, Pyroscope, Parca, speedscope)
+    Pprof,
 }
 
 #[derive(Serialize)]
@@ -93,6 +109,7 @@ struct Counter {
     syms: Symbols,
     /// Every stack the kernel sent, by hash: raw frames, leaf first.
     stacks: HashMap<u64, Vec<u64>>,
+    started: std::time::Instant,
 }
 
 /// Frames standing for what the kernel could not or need not walk.
@@ -132,6 +149,24 @@ impl Counter {
         Ok(sorted(rows))
     }
 
+    /// The rows as a pprof profile: a sample per row, labelled with comm, kind and (with -P)
+    /// pid.
+    fn pprof(&self, rows: &[(Row, u64)]) -> pprof::Builder {
+        let mut b = pprof::Builder::new(self.started.elapsed().as_nanos() as i64);
+        // Heaviest first: pprof names a profile after its first mapping, the program's own.
+        for (r, n) in rows.iter().rev() {
+            let mut labels = vec![
+                ("comm", LabelValue::Str(&r.comm)),
+                ("kind", LabelValue::Str(Kind::from_raw(r.kind).name())),
+            ];
+            if let Some(pid) = r.pid {
+                labels.push(("pid", LabelValue::Num(pid as i64)));
+            }
+            b.add(&r.kstack, &r.ustack, *n, &labels);
+        }
+        b
+    }
+
     /// `comm;user root..leaf;kernel root..leaf_[k]` as bcc folds them.
     fn fold(&self, r: &Row, with_kind: bool) -> Vec<String> {
         let mut frames = vec![who(r)];
@@ -168,7 +203,11 @@ impl Counter {
             return folded::write(&mut self.out, &lines);
         }
         match self.args.output.format {
-            Format::Json => {
+            StackFormat::Pprof => {
+                let profile = self.pprof(rows);
+                self.out.write_all(&profile.gzipped()?)?;
+            }
+            StackFormat::Json => {
                 for (r, count) in rows {
                     json::write_line(
                         &mut self.out,
@@ -183,7 +222,7 @@ impl Counter {
                     )?;
                 }
             }
-            Format::Text => {
+            StackFormat::Text => {
                 // As bcc prints: kernel frames, "--", user frames, who, then the count;
                 // least frequent first so the heaviest ends at the bottom of the terminal.
                 let addresses = self.args.addresses;
@@ -246,7 +285,7 @@ impl Handler for Counter {
 
     fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
         let rows = self.collect(engine, !last)?;
-        if !last && self.args.output.format == Format::Text && !self.args.folded {
+        if !last && self.args.output.format == StackFormat::Text && !self.args.folded {
             writeln!(self.out, "[{}]", crate::output::clock())?;
         }
         self.print(&rows)?;
@@ -287,6 +326,9 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     plan.agg_entries = args.map_entries;
     plan.tunables = vec![Tunable::STACK_COUNTS];
     plan.ringbuf_bytes = STACK_RINGBUF_BYTES;
+    if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {
+        anyhow::bail!("-o pprof writes one profile of the whole run: drop -i (or use -o json)");
+    }
     let out = args.output.open()?;
     let svg = args
         .svg
@@ -297,12 +339,16 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let mut ring = session.events()?;
     let interval = args.interval.interval;
     let duration = args.duration.clone();
-    let format = args.output.format;
+    let format = match args.output.format {
+        StackFormat::Json => Format::Json,
+        StackFormat::Text | StackFormat::Pprof => Format::Text,
+    };
     let mut counter = Counter {
         out,
         svg,
         syms: Symbols::default(),
         stacks: HashMap::new(),
+        started: std::time::Instant::now(),
         args,
     };
     if let Some(pid) = counter.args.target.pid {

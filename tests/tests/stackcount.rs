@@ -375,3 +375,66 @@ fn python_importing_twenty_modules_loses_no_stack() {
         "pfault counted {counted} faults of python3, getrusage says {truth} before its exit"
     );
 }
+
+/// `-o pprof` writes a profile the real client reads: `go tool pprof` shows the faulting
+/// function with the workload's own count, the program's mapping with its build id, and the
+/// comm, kind and pid labels.
+#[test]
+fn pprof_profile_reads_in_go_tool_pprof() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("stackcount-pprof");
+    let out = dir.join("faults.pb.gz");
+    let truth = pfault_on(
+        &["stackcount", "-U", "-P", "-o", "pprof"],
+        &out,
+        "anon_writer",
+        &["20000"],
+    );
+    let minflt = num(&truth, "minflt");
+    let go = |view: &str| {
+        let run = Command::new("go")
+            .args(["tool", "pprof", view])
+            .arg(&out)
+            .output()
+            .expect("go tool pprof");
+        assert!(
+            run.status.success(),
+            "go tool pprof {view}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stdout).into_owned()
+    };
+    let top = go("-top");
+    let flat: u64 = top
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("touch_pages"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no touch_pages in:\n{top}"));
+    assert!(
+        within(flat, minflt, 1.0),
+        "pprof says {flat}, getrusage {minflt}:\n{top}"
+    );
+    let raw = go("-raw");
+    let mapping = raw
+        .lines()
+        .find(|l| l.contains("/anon_writer "))
+        .unwrap_or_else(|| panic!("no anon_writer mapping:\n{raw}"));
+    let build_id = mapping.split_whitespace().nth(3).unwrap_or("");
+    assert!(
+        build_id.len() == 40 && build_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{mapping}"
+    );
+    let tags = go("-tags");
+    for want in [
+        "comm:",
+        "anon_writer",
+        "kind:",
+        "minor",
+        "pid:",
+        &num(&truth, "pid").to_string(),
+    ] {
+        assert!(tags.contains(want), "no {want} in:\n{tags}");
+    }
+}

@@ -177,8 +177,9 @@ fn test() -> Result<()> {
     // And the sources must still build with the toolchain this machine can install.
     compile_ebpf()?;
     toolchain::ensure_tracefs()?;
-    // `pfault top` is tested in a real terminal.
-    toolchain::ensure_packages(&[("tmux", "tmux")])?;
+    // The tests use the clients a user would: `pfault top` in a real terminal, pprof
+    // profiles in `go tool pprof`.
+    toolchain::ensure_packages(&[("tmux", "tmux"), ("go", "golang-go")])?;
     say("checking format and lints");
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     // The host crates with stable; the kernel crate with nightly for its own target.

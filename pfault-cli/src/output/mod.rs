@@ -5,6 +5,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod hist;
 pub mod json;
+pub mod pprof;
 pub mod table;
 
 use std::{
@@ -35,7 +36,7 @@ pub fn create(path: &Path, flag: &str) -> Result<File> {
         .with_context(|| format!("cannot write {}: choose a writable {flag} path", path.display()))
 }
 
-impl OutputArgs {
+impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
     /// Opens the destination now, so an unwritable file fails before any probe is attached.
     pub fn open(&self) -> Result<Box<dyn Write>> {
         Ok(match &self.file {

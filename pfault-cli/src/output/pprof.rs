@@ -1,0 +1,373 @@
+//! pprof profiles (profile.proto, gzipped), as `go tool pprof`, Pyroscope and Parca read them.
+//!
+//! The message types are profile.proto's, declared for prost's derive (which encodes them);
+//! [`Builder`] interns strings, functions, mappings and locations as the format wants.
+
+use std::{collections::HashMap, io::Write, path::Path};
+
+use anyhow::{Context, Result};
+use flate2::{write::GzEncoder, Compression};
+use prost::Message;
+
+use crate::symbolize::Frame;
+
+/// perftools.profiles.Profile.
+#[derive(Clone, PartialEq, Message)]
+pub struct Profile {
+    #[prost(message, repeated, tag = "1")]
+    pub sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "2")]
+    pub sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    pub location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    pub function: Vec<Function>,
+    #[prost(string, repeated, tag = "6")]
+    pub string_table: Vec<String>,
+    #[prost(int64, tag = "9")]
+    pub time_nanos: i64,
+    #[prost(int64, tag = "10")]
+    pub duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    pub period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    pub period: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ValueType {
+    #[prost(int64, tag = "1")]
+    pub r#type: i64,
+    #[prost(int64, tag = "2")]
+    pub unit: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Sample {
+    /// Leaf first.
+    #[prost(uint64, repeated, tag = "1")]
+    pub location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    pub value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub label: Vec<Label>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Label {
+    #[prost(int64, tag = "1")]
+    pub key: i64,
+    #[prost(int64, tag = "2")]
+    pub str: i64,
+    #[prost(int64, tag = "3")]
+    pub num: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Mapping {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
+    #[prost(bool, tag = "7")]
+    pub has_functions: bool,
+    #[prost(bool, tag = "8")]
+    pub has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    pub has_line_numbers: bool,
+    #[prost(bool, tag = "10")]
+    pub has_inline_frames: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Location {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub address: u64,
+    /// Inlined callees first, the function they were inlined into last.
+    #[prost(message, repeated, tag = "4")]
+    pub line: Vec<Line>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Line {
+    #[prost(uint64, tag = "1")]
+    pub function_id: u64,
+    #[prost(int64, tag = "2")]
+    pub line: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Function {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int64, tag = "2")]
+    pub name: i64,
+    #[prost(int64, tag = "3")]
+    pub system_name: i64,
+    #[prost(int64, tag = "4")]
+    pub filename: i64,
+}
+
+/// The module kernel frames are mapped to, as perf names it.
+const KERNEL: &str = "[kernel.kallsyms]";
+
+/// A sample's labels: a string (`comm`, `kind`, `cgroup`) or a number (`pid`).
+pub enum LabelValue<'a> {
+    Str(&'a str),
+    Num(i64),
+}
+
+/// Builds one profile of fault counts.
+pub struct Builder {
+    profile: Profile,
+    strings: HashMap<String, i64>,
+    functions: HashMap<(i64, i64), u64>,
+    mappings: HashMap<String, u64>,
+    locations: HashMap<Vec<(u64, i64, u64)>, u64>,
+}
+
+impl Builder {
+    /// A profile whose samples count page faults, `duration_ns` long, ending now.
+    pub fn new(duration_ns: i64) -> Builder {
+        let mut b = Builder {
+            profile: Profile::default(),
+            strings: HashMap::new(),
+            functions: HashMap::new(),
+            mappings: HashMap::new(),
+            locations: HashMap::new(),
+        };
+        // string_table[0] must be "".
+        b.string("");
+        let kind = ValueType {
+            r#type: b.string("page_faults"),
+            unit: b.string("count"),
+        };
+        b.profile.sample_type = vec![kind.clone()];
+        b.profile.period_type = Some(kind);
+        b.profile.period = 1;
+        b.profile.duration_nanos = duration_ns;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        b.profile.time_nanos = now - duration_ns;
+        b
+    }
+
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.strings.get(s) {
+            return i;
+        }
+        let i = self.profile.string_table.len() as i64;
+        self.profile.string_table.push(s.to_string());
+        self.strings.insert(s.to_string(), i);
+        i
+    }
+
+    fn function(&mut self, name: &str, file: Option<&str>) -> u64 {
+        let key = (self.string(name), self.string(file.unwrap_or("")));
+        if let Some(&id) = self.functions.get(&key) {
+            return id;
+        }
+        let id = self.profile.function.len() as u64 + 1;
+        self.profile.function.push(Function {
+            id,
+            name: key.0,
+            system_name: key.0,
+            filename: key.1,
+        });
+        self.functions.insert(key, id);
+        id
+    }
+
+    fn mapping(&mut self, module: &str) -> u64 {
+        if let Some(&id) = self.mappings.get(module) {
+            return id;
+        }
+        let id = self.profile.mapping.len() as u64 + 1;
+        let build_id = build_id(module).unwrap_or_default();
+        let mapping = Mapping {
+            id,
+            filename: self.string(module),
+            build_id: self.string(&build_id),
+            has_functions: true,
+            has_filenames: true,
+            has_line_numbers: true,
+            has_inline_frames: true,
+            ..Default::default()
+        };
+        self.profile.mapping.push(mapping);
+        self.mappings.insert(module.to_string(), id);
+        id
+    }
+
+    /// Locations of a stack, leaf first: a function and the callees inlined into it at one
+    /// address make one location of several lines.
+    fn locations(&mut self, frames: &[Frame], kernel: bool) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for (i, f) in frames.iter().enumerate() {
+            if f.inlined {
+                continue;
+            }
+            let group = &frames[start..=i];
+            start = i + 1;
+            let module = match (&f.module, kernel) {
+                (_, true) => KERNEL.to_string(),
+                (Some(m), false) => m.clone(),
+                (None, false) => "[unknown]".to_string(),
+            };
+            let mapping_id = self.mapping(&module);
+            let lines: Vec<(u64, i64)> = group
+                .iter()
+                .map(|g| {
+                    let name = g.name();
+                    (
+                        self.function(&name, g.file.as_deref()),
+                        g.line.unwrap_or(0) as i64,
+                    )
+                })
+                .collect();
+            let key: Vec<(u64, i64, u64)> = lines.iter().map(|&(f, l)| (f, l, group[0].addr)).collect();
+            let next = self.profile.location.len() as u64 + 1;
+            let id = *self.locations.entry(key).or_insert(next);
+            if id == next {
+                self.profile.location.push(Location {
+                    id,
+                    mapping_id,
+                    address: f.addr,
+                    line: lines
+                        .into_iter()
+                        .map(|(function_id, line)| Line { function_id, line })
+                        .collect(),
+                });
+            }
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Adds `count` faults on a stack (kernel frames, then user frames, each leaf first).
+    pub fn add(&mut self, kstack: &[Frame], ustack: &[Frame], count: u64, labels: &[(&str, LabelValue)]) {
+        let mut location_id = self.locations(kstack, true);
+        location_id.extend(self.locations(ustack, false));
+        let label = labels
+            .iter()
+            .map(|(k, v)| {
+                let key = self.string(k);
+                match v {
+                    LabelValue::Str(s) => Label {
+                        key,
+                        str: self.string(s),
+                        num: 0,
+                    },
+                    LabelValue::Num(n) => Label { key, str: 0, num: *n },
+                }
+            })
+            .collect();
+        self.profile.sample.push(Sample {
+            location_id,
+            value: vec![count as i64],
+            label,
+        });
+    }
+
+    /// The profile, gzipped, as pprof files and HTTP endpoints carry it.
+    pub fn gzipped(&self) -> Result<Vec<u8>> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&self.profile.encode_to_vec())?;
+        Ok(gz.finish()?)
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+}
+
+/// The GNU build id of an ELF file, in hex, as pprof's mappings carry it.
+fn build_id(path: &str) -> Option<String> {
+    use object::Object as _;
+    let data = std::fs::read(Path::new(path)).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let id = file.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a gzipped profile to `path` (created up front by the caller's flag check).
+pub fn write(file: &std::fs::File, path: &Path, b: &Builder) -> Result<()> {
+    let mut f = file;
+    f.write_all(&b.gzipped()?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(symbol: &str, addr: u64, inlined: bool) -> Frame {
+        Frame {
+            addr,
+            symbol: Some(symbol.into()),
+            offset: 0,
+            module: Some("/bin/prog".into()),
+            file: Some("prog.c".into()),
+            line: Some(7),
+            inlined,
+        }
+    }
+
+    #[test]
+    fn a_profile_decodes_with_its_samples_locations_and_inlined_lines() {
+        let mut b = Builder::new(1_000_000_000);
+        let stack = [
+            frame("inner", 0x10, true),
+            frame("outer", 0x10, false),
+            frame("main", 0x20, false),
+        ];
+        b.add(
+            &[],
+            &stack,
+            5,
+            &[("comm", LabelValue::Str("prog")), ("pid", LabelValue::Num(42))],
+        );
+        b.add(&[], &stack[2..], 3, &[("comm", LabelValue::Str("prog"))]);
+        let gz = b.gzipped().unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+        let p = Profile::decode(&raw[..]).unwrap();
+        assert_eq!(p.string_table[0], "");
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        assert_eq!(
+            (s(p.sample_type[0].r#type), s(p.sample_type[0].unit)),
+            ("page_faults", "count")
+        );
+        assert_eq!(p.sample.len(), 2);
+        assert_eq!(p.sample[0].value, vec![5]);
+        // Two locations: outer (with inner inlined) and main, shared by both samples.
+        assert_eq!(p.location.len(), 2);
+        assert_eq!(p.sample[0].location_id, vec![1, 2]);
+        assert_eq!(p.sample[1].location_id, vec![2]);
+        let names: Vec<&str> = p.location[0]
+            .line
+            .iter()
+            .map(|l| s(p.function[l.function_id as usize - 1].name))
+            .collect();
+        assert_eq!(names, ["inner", "outer"]);
+        assert_eq!(s(p.mapping[0].filename), "/bin/prog");
+        let pid = p.sample[0].label.iter().find(|l| s(l.key) == "pid").unwrap();
+        assert_eq!(pid.num, 42);
+    }
+}
