@@ -20,16 +20,32 @@ pub struct TargetArgs {
     /// Only processes with this command name (as in /proc/PID/comm)
     #[arg(short, long, value_name = "COMM")]
     pub comm: Option<String>,
+    /// Only processes in this cgroup v2 or below it: a directory under the cgroup2 mount, or
+    /// a path as /proc/PID/cgroup writes it (/system.slice/foo.service)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
     /// Start this command and trace it and its children from their first instruction
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
 impl TargetArgs {
-    /// Nothing named: neither -a, -p, -c nor a command.
+    /// Nothing named: neither -a, -p, -c, --cgroup nor a command.
     pub fn is_unset(&self) -> bool {
-        !self.all && self.pid.is_none() && self.comm.is_none() && self.command.is_empty()
+        !self.all
+            && self.pid.is_none()
+            && self.comm.is_none()
+            && self.cgroup.is_none()
+            && self.command.is_empty()
     }
+}
+
+/// Rows that say their process's cgroup.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct CgroupColumnArgs {
+    /// Show each row's cgroup v2 (a CGROUP column; a `cgroup` field in JSON)
+    #[arg(long)]
+    pub by_cgroup: bool,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]

@@ -8,7 +8,8 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
+    args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
+    cgroup,
     engine::{Engine, Plan, Tunable},
     mappings::Mappings,
     output::table,
@@ -44,6 +45,8 @@ pub struct FfaultsArgs {
     #[arg(long)]
     pub largest_first: bool,
     #[command(flatten)]
+    pub cgroups: CgroupColumnArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
     /// Count-map size: distinct (process, file) entries kept
     #[arg(long, value_name = "N", default_value_t = 40960)]
@@ -54,6 +57,8 @@ pub struct FfaultsArgs {
 struct Row {
     pid: u32,
     comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
     file: String,
     minor: u64,
     major: u64,
@@ -66,6 +71,7 @@ struct Counter {
     out: Box<dyn Write>,
     args: FfaultsArgs,
     maps: Mappings,
+    cgroups: cgroup::Names,
 }
 
 impl Counter {
@@ -83,6 +89,7 @@ impl Counter {
                 Row {
                     pid: k.tgid,
                     comm: cstr(&k.comm).to_string(),
+                    cgroup: self.args.cgroups.by_cgroup.then(|| self.cgroups.name(v.cgroup)),
                     file,
                     minor,
                     major,
@@ -120,10 +127,13 @@ impl Handler for Counter {
 
     fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
         let rows = self.rows(engine, !last)?;
+        let by_cgroup = self.args.cgroups.by_cgroup;
         crate::output::write_rows(&mut self.out, self.args.output.format, last, &rows, |rows| {
-            let mut t = table::Table::new(&[
-                ("PID", true),
-                ("COMM", false),
+            let mut cols = vec![("PID", true), ("COMM", false)];
+            if by_cgroup {
+                cols.push(("CGROUP", false));
+            }
+            cols.extend([
                 ("MINOR", true),
                 ("MAJOR", true),
                 ("ERRORS", true),
@@ -131,10 +141,11 @@ impl Handler for Counter {
                 ("BYTES", true),
                 ("FILE", false),
             ]);
+            let mut t = table::Table::new(&cols);
             for r in rows {
-                t.push(vec![
-                    r.pid.to_string(),
-                    r.comm.clone(),
+                let mut cells = vec![r.pid.to_string(), r.comm.clone()];
+                cells.extend(r.cgroup.clone());
+                cells.extend([
                     r.minor.to_string(),
                     r.major.to_string(),
                     r.errors.to_string(),
@@ -142,6 +153,7 @@ impl Handler for Counter {
                     table::bytes(r.bytes),
                     r.file.clone(),
                 ]);
+                t.push(cells);
             }
             t
         })?;
@@ -151,7 +163,11 @@ impl Handler for Counter {
 }
 
 pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
-    let mut plan = Plan::filtered(CFG_OUT_FILES | CFG_NOTIFY_TASKS, &args.filter);
+    let mut flags = CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    if args.cgroups.by_cgroup {
+        flags |= CFG_BY_CGROUP;
+    }
+    let mut plan = Plan::filtered(flags, &args.filter);
     plan.agg_entries = args.map_entries;
     plan.tunables = vec![Tunable::FILE_COUNTS];
     // Only process notices go through the ring buffer here.
@@ -163,6 +179,7 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
     let mut counter = Counter {
         out,
         maps: Mappings::default(),
+        cgroups: cgroup::Names::default(),
         args,
     };
     if let Some(pid) = counter.args.target.pid {

@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod btf;
+pub mod cgroup;
 pub mod cli;
 pub mod engine;
 pub mod ffaults;

@@ -18,6 +18,7 @@ use tokio::{
 
 use crate::{
     args::{DurationArgs, TargetArgs},
+    cgroup,
     engine::{Engine, Losses, Plan, TaskFilter},
     held::Held,
     output::Format,
@@ -87,6 +88,7 @@ impl Session {
             procfs::check_tid(tid)?;
         }
         procfs::check_privileges()?;
+        let cgroup = target.cgroup.as_deref().map(cgroup::resolve).transpose()?;
         // Held until everything below succeeded; dropped (killed) on any error.
         let command = if target.command.is_empty() {
             None
@@ -97,6 +99,7 @@ impl Session {
             tgid: target.pid.unwrap_or(0),
             tid: tid.unwrap_or(0),
             comm: target.comm.clone(),
+            cgroup,
             follow: command.is_some(),
         };
         let mut engine = Engine::start(plan, &filter)?;

@@ -8,7 +8,8 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
+    args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
+    cgroup,
     engine::{Engine, Plan},
     output::{hist, table, Format},
     procfs::cstr,
@@ -36,6 +37,8 @@ pub struct StatArgs {
     #[command(flatten)]
     pub interval: IntervalArgs,
     #[command(flatten)]
+    pub cgroups: CgroupColumnArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -54,6 +57,8 @@ struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     tid: Option<u32>,
     comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<String>,
     minor: u64,
     major: u64,
     errors: u64,
@@ -70,12 +75,15 @@ struct Stats {
     since: Instant,
     /// Faults are timed (the per-fault probes are attached).
     timed: bool,
+    cgroups: cgroup::Names,
 }
 
 impl Stats {
     fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let timed = self.timed;
+        let by_cgroup = self.args.cgroups.by_cgroup;
+        let cgroups = &mut self.cgroups;
         let mut rows: Vec<Row> = engine
             .proc_stats(reset)?
             .into_iter()
@@ -86,6 +94,7 @@ impl Stats {
                     pid: k.tgid,
                     tid: self.args.per_thread.then_some(k.tid),
                     comm: cstr(&v.comm).to_string(),
+                    cgroup: by_cgroup.then(|| cgroups.name(v.cgroup)),
                     minor,
                     major,
                     errors,
@@ -121,13 +130,17 @@ impl Handler for Stats {
         let rows = self.rows(engine, !last)?;
         let per_thread = self.args.per_thread;
         let timed = self.timed;
+        let by_cgroup = self.args.cgroups.by_cgroup;
         crate::output::write_rows(&mut self.out, self.args.output.format, last, &rows, |rows| {
             let mut cols = vec![("PID", true)];
             if per_thread {
                 cols.push(("TID", true));
             }
+            cols.push(("COMM", false));
+            if by_cgroup {
+                cols.push(("CGROUP", false));
+            }
             cols.extend([
-                ("COMM", false),
                 ("MINOR", true),
                 ("MAJOR", true),
                 ("ERRORS", true),
@@ -140,8 +153,9 @@ impl Handler for Stats {
             for r in rows {
                 let mut cells = vec![r.pid.to_string()];
                 cells.extend(r.tid.map(|t| t.to_string()));
+                cells.push(r.comm.clone());
+                cells.extend(r.cgroup.clone());
                 cells.extend([
-                    r.comm.clone(),
                     r.minor.to_string(),
                     r.major.to_string(),
                     r.errors.to_string(),
@@ -173,6 +187,9 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
     if args.per_thread {
         flags |= CFG_PER_THREAD;
     }
+    if args.cgroups.by_cgroup {
+        flags |= CFG_BY_CGROUP;
+    }
     // Only timing, and filters that must see each fault, need the per-fault probes.
     let timed = args.latency || args.hist || args.filter.needs_fault_entry();
     if !timed {
@@ -187,6 +204,7 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
         args,
         since: Instant::now(),
         timed,
+        cgroups: cgroup::Names::default(),
     };
     let end = session.run(&duration, interval, None, &mut stats).await?;
     session.finish(end, format, None, "events")

@@ -19,7 +19,8 @@ use crossterm::{
 use pfault_common::*;
 
 use crate::{
-    args::{DurationArgs, FaultFilterArgs, IntervalArgs, TargetArgs},
+    args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, TargetArgs},
+    cgroup,
     engine::{Engine, Plan},
     mappings::Mappings,
     output::hist::percentile,
@@ -53,11 +54,14 @@ pub struct TopArgs {
     /// Sort by (keys r, M, t, l change it while running)
     #[arg(long, value_enum, default_value_t = TopSort::Rate)]
     pub sort: TopSort,
+    #[command(flatten)]
+    pub cgroups: CgroupColumnArgs,
 }
 
 #[derive(Default)]
 struct Proc {
     comm: String,
+    cgroup: u64,
     rate: f64,
     major_rate: f64,
     minor: u64,
@@ -110,6 +114,9 @@ struct Top {
     maps: Mappings,
     mode: String,
     quit: bool,
+    /// A CGROUP column (`--by-cgroup`).
+    by_cgroup: bool,
+    cgroups: cgroup::Names,
 }
 
 /// Input is polled this often; the screen is redrawn every `--interval`.
@@ -144,6 +151,7 @@ impl Top {
             let p = self.procs.entry(k.tgid).or_default();
             let [minor, major, errors] = v.counts;
             p.comm = cstr(&v.comm).to_string();
+            p.cgroup = v.cgroup;
             p.rate = (minor + major + errors) as f64 / secs;
             p.major_rate = major as f64 / secs;
             p.minor += minor;
@@ -192,9 +200,23 @@ impl Top {
             self.sort
         );
         queue!(out, Print(fit(&title, cols)), cursor::MoveToNextLine(2))?;
+        let by_cgroup = self.by_cgroup;
         let header = format!(
-            "{:>7} {:<16} {:>10} {:>9} {:>12} {:>10} {:>8} {:>9}  {}",
-            "PID", "COMM", "FAULTS/s", "MAJOR/s", "MINOR", "MAJOR", "ERRORS", "P99us", "TOP MAPPING"
+            "{:>7} {:<16} {}{:>10} {:>9} {:>12} {:>10} {:>8} {:>9}  {}",
+            "PID",
+            "COMM",
+            if by_cgroup {
+                format!("{:<32} ", "CGROUP")
+            } else {
+                String::new()
+            },
+            "FAULTS/s",
+            "MAJOR/s",
+            "MINOR",
+            "MAJOR",
+            "ERRORS",
+            "P99us",
+            "TOP MAPPING"
         );
         queue!(
             out,
@@ -210,8 +232,13 @@ impl Top {
                 .max_by_key(|(_, n)| **n)
                 .map(|(f, _)| f.as_str())
                 .unwrap_or("-");
+            let cgroup = if by_cgroup {
+                format!("{:<32} ", self.cgroups.name(p.cgroup))
+            } else {
+                String::new()
+            };
             let line = format!(
-                "{pid:>7} {:<16} {:>10.0} {:>9.0} {:>12} {:>10} {:>8} {:>9.1}  {top}",
+                "{pid:>7} {:<16} {cgroup}{:>10.0} {:>9.0} {:>12} {:>10} {:>8} {:>9.1}  {top}",
                 p.comm,
                 p.rate,
                 p.major_rate,
@@ -254,7 +281,11 @@ impl Handler for Top {
 }
 
 pub async fn run(args: TopArgs) -> Result<Option<i32>> {
-    let mut plan = Plan::filtered(CFG_OUT_PROCS | CFG_OUT_FILES | CFG_NOTIFY_TASKS, &args.filter);
+    let mut flags = CFG_OUT_PROCS | CFG_OUT_FILES | CFG_NOTIFY_TASKS;
+    if args.cgroups.by_cgroup {
+        flags |= CFG_BY_CGROUP;
+    }
+    let mut plan = Plan::filtered(flags, &args.filter);
     plan.ringbuf_bytes = 256 << 10;
     Screen::check()?;
     let mut session = Session::start(&args.target, None, &plan)?;
@@ -269,6 +300,8 @@ pub async fn run(args: TopArgs) -> Result<Option<i32>> {
         maps: Mappings::default(),
         mode: session.engine.describe(),
         quit: false,
+        by_cgroup: args.cgroups.by_cgroup,
+        cgroups: cgroup::Names::default(),
     };
     top.draw()?;
     let end = session

@@ -77,6 +77,11 @@ pub const CFG_ACCOUNTED: u32 = 1 << 13;
 /// stacks name their libraries even when it exits before userspace reads its maps.
 pub const CFG_NOTIFY_MAPS: u32 = 1 << 14;
 
+/// Only tasks in one cgroup v2 and its descendants (`Config::cgroup_id`).
+pub const CFG_FILTER_CGROUP: u32 = 1 << 15;
+/// Per-process and per-file rows note their process's cgroup v2 id (`--by-cgroup`).
+pub const CFG_BY_CGROUP: u32 = 1 << 16;
+
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
 pub const MODE_KERNEL: u32 = 2;
@@ -126,6 +131,12 @@ pub struct Offsets {
     pub mm_lock_seq: u32,
     /// Bit offset of `task_struct.in_execve`, set while the task is in execve (0: unknown).
     pub task_in_execve_bit: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`: a task's
+    /// cgroup v2 id, for tasks other than the current one.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// `enum vm_fault_reason` values.
     pub vm_fault_major: u32,
     pub vm_fault_retry: u32,
@@ -156,7 +167,10 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// pfault's own process: never traced (its faults are the tracer's, not the workload's).
     pub self_tgid: u32,
-    pub _pad: u32,
+    /// Depth below the cgroup v2 root of `cgroup_id` (`CFG_FILTER_CGROUP`).
+    pub cgroup_level: u32,
+    /// Only tasks in this cgroup v2 or below it (`CFG_FILTER_CGROUP`).
+    pub cgroup_id: u64,
     pub off: Offsets,
 }
 
@@ -337,6 +351,8 @@ pub struct FileKey {
 pub struct FileCounts {
     /// Indexed by `KIND_*`.
     pub counts: [u64; 3],
+    /// The process's cgroup v2 id when the file was first counted (`CFG_BY_CGROUP`).
+    pub cgroup: u64,
     pub name: [u8; NAME_LEN],
 }
 
@@ -360,6 +376,8 @@ pub struct ProcStats {
     /// The process's name (its main thread's) when its threads' counts were last folded in;
     /// the thread's own name in a per-thread row.
     pub comm: [u8; COMM_LEN],
+    /// The process's (or thread's) cgroup v2 id when last folded (`CFG_BY_CGROUP`).
+    pub cgroup: u64,
     /// Latency of completed faults, log-linear buckets (see [`hist_bucket`]).
     pub hist: [u64; HIST_BUCKETS],
 }

@@ -92,6 +92,9 @@ pub(crate) fn fold(task: *mut task_struct, t: *mut Thread) {
     };
     unsafe {
         (*row).comm = read(named, conf!(off.task_comm));
+        if conf!(flags) & CFG_BY_CGROUP != 0 {
+            (*row).cgroup = cgroup_of(named);
+        }
         for (k, &n) in accounted.iter().enumerate() {
             atomic_add(addr_of_mut!((*row).counts[k]), n);
         }

@@ -66,6 +66,15 @@ pub(crate) fn read<T: Copy>(base: u64, off: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or(core::mem::zeroed()) }
 }
 
+/// The cgroup v2 id of `task` (any task, not only the current one).
+#[inline(always)]
+pub(crate) fn cgroup_of(task: u64) -> u64 {
+    let css: u64 = read(task, conf!(off.task_cgroups));
+    let cgrp: u64 = read(css, conf!(off.css_set_dfl_cgrp));
+    let kn: u64 = read(cgrp, conf!(off.cgroup_kn));
+    read(kn, conf!(off.kernfs_node_id))
+}
+
 /// The current task's (tgid, tid), if it is one the user asked for.
 #[inline(always)]
 pub(crate) fn wanted_current() -> Option<(u32, u32)> {
@@ -90,6 +99,11 @@ pub(crate) fn wanted_task(tgid: u32, tid: u32) -> bool {
     }
     let flags = conf!(flags);
     if flags & CFG_FOLLOW != 0 && TRACED.get_ptr(tgid).is_none() {
+        return false;
+    }
+    if flags & CFG_FILTER_CGROUP != 0
+        && unsafe { bpf_get_current_ancestor_cgroup_id(conf!(cgroup_level) as i32) } != conf!(cgroup_id)
+    {
         return false;
     }
     if flags & CFG_FILTER_COMM != 0 {

@@ -41,8 +41,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
-            bpf_task_pt_regs, bpf_task_storage_get,
+            bpf_find_vma, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack, bpf_task_pt_regs,
+            bpf_task_storage_get,
         },
     },
     macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},

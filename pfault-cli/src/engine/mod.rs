@@ -107,6 +107,9 @@ impl Engine {
         if filter.follow {
             flags |= CFG_FOLLOW;
         }
+        if filter.cgroup.is_some() {
+            flags |= CFG_FILTER_CGROUP;
+        }
         let config = Config {
             tgid: filter.tgid,
             tid: filter.tid,
@@ -117,7 +120,8 @@ impl Engine {
             modes: plan.modes,
             wakeup_bytes: plan.ringbuf_bytes / 16,
             self_tgid: std::process::id(),
-            _pad: 0,
+            cgroup_level: filter.cgroup.map_or(0, |c| c.level),
+            cgroup_id: filter.cgroup.map_or(0, |c| c.id),
             off,
         };
         // Maps an output does not use shrink to one entry: they are preallocated.

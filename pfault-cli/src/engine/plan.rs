@@ -96,6 +96,7 @@ pub struct TaskFilter {
     pub tgid: u32,
     pub tid: u32,
     pub comm: Option<String>,
+    pub cgroup: Option<crate::cgroup::Cgroup>,
     /// Trace the tgids in the `TRACED` map (a command and its children).
     pub follow: bool,
 }

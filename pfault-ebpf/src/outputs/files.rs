@@ -12,8 +12,14 @@ pub(crate) fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]
         _pad: 0,
         comm: *comm,
     };
+    let cgroup = if conf!(flags) & CFG_BY_CGROUP != 0 {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
     let fresh = FileCounts {
         counts: [0; 3],
+        cgroup,
         name: m.name,
     };
     let Some(v) = get_or_insert(&FILE_COUNTS, &key, &fresh) else {

@@ -1,0 +1,132 @@
+//! `--cgroup` and `--by-cgroup` against a child cgroup v2 the test makes: a workload inside is
+//! counted (as its own getrusage says), one outside is not.
+
+use std::{path::PathBuf, time::Duration};
+
+use pfault_tests::*;
+use serde_json::Value;
+
+/// A fresh cgroup under the cgroup2 mount, removed when dropped.
+struct TestCgroup {
+    dir: PathBuf,
+    /// As /proc/PID/cgroup names it.
+    name: String,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> TestCgroup {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = info
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+            })
+            .expect("no cgroup v2 mount");
+        let name = format!("/pfault-test-{tag}-{}", std::process::id());
+        let dir = root.join(&name[1..]);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TestCgroup { dir, name }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `sh -c` that runs anon_writer PAGES inside the cgroup, then another outside it; returns
+/// the two workloads' `key=value` lines.
+fn inside_then_outside(cg: &TestCgroup, pages: &str) -> Vec<String> {
+    let w = workload("anon_writer");
+    vec![
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        // The inner shell moves itself (its own $$) into the cgroup, then becomes the workload.
+        format!(
+            "sh -c 'echo $$ > {}/cgroup.procs && exec {} {pages}'; {} {pages}",
+            cg.dir.display(),
+            w.display(),
+            w.display()
+        ),
+    ]
+}
+
+fn pid_rows(rows: &[Value], pid: u64) -> Vec<&Value> {
+    rows.iter().filter(|r| r["pid"] == pid).collect()
+}
+
+#[test]
+fn only_the_process_inside_the_cgroup_is_counted() {
+    if !root_or_skip() {
+        return;
+    }
+    let cg = TestCgroup::new("stat");
+    let dir = scratch("cgroup-stat");
+    let out = dir.join("rows.json");
+    let mut args = vec![
+        "stat".to_string(),
+        "--cgroup".into(),
+        cg.dir.display().to_string(),
+    ];
+    args.extend(["--by-cgroup", "-o", "json", "--output"].map(String::from));
+    args.push(out.display().to_string());
+    args.extend(inside_then_outside(&cg, "20000"));
+    let run = run_with_timeout(pfault().args(&args), Duration::from_secs(60));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let said: Vec<_> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter(|l| l.starts_with("pid="))
+        .map(kv)
+        .collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    let (inside, outside) = (&said[0], &said[1]);
+    let rows = json_lines(&out);
+    let counted = pid_rows(&rows, num(inside, "pid"));
+    assert_eq!(counted.len(), 1, "{rows:?}");
+    let minor = counted[0]["minor"].as_u64().unwrap();
+    assert!(
+        within(minor, num(inside, "minflt"), 1.0),
+        "counted {minor}, getrusage {inside:?}"
+    );
+    assert_eq!(counted[0]["cgroup"], cg.name.as_str());
+    assert!(
+        pid_rows(&rows, num(outside, "pid")).is_empty(),
+        "the process outside was counted: {rows:?}"
+    );
+    assert!(rows.iter().all(|r| r["cgroup"] == cg.name.as_str()), "{rows:?}");
+}
+
+#[test]
+fn ffaults_rows_name_their_cgroup() {
+    if !root_or_skip() {
+        return;
+    }
+    let cg = TestCgroup::new("ffaults");
+    let dir = scratch("cgroup-ffaults");
+    let out = dir.join("rows.json");
+    let mut args: Vec<String> = ["ffaults", "--by-cgroup", "-o", "json", "--output"]
+        .map(String::from)
+        .to_vec();
+    args.push(out.display().to_string());
+    args.extend(inside_then_outside(&cg, "2000"));
+    let run = run_with_timeout(pfault().args(&args), Duration::from_secs(60));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let said: Vec<_> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter(|l| l.starts_with("pid="))
+        .map(kv)
+        .collect();
+    let rows = json_lines(&out);
+    let anon = |pid: u64| {
+        rows.iter()
+            // The same pid was the shell before it exec'd, outside the cgroup.
+            .find(|r| r["pid"] == pid && r["comm"] == "anon_writer" && r["file"] == "[anon]")
+            .unwrap_or_else(|| panic!("no [anon] row for {pid}: {rows:?}"))
+    };
+    assert_eq!(anon(num(&said[0], "pid"))["cgroup"], cg.name.as_str());
+    assert_ne!(anon(num(&said[1], "pid"))["cgroup"], cg.name.as_str());
+}
