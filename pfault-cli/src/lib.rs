@@ -19,6 +19,7 @@ pub mod procfs;
 pub mod records;
 pub mod session;
 pub mod stackcount;
+pub mod stacks;
 pub mod stat;
 pub mod symbolize;
 pub mod top;

@@ -14,15 +14,11 @@ use crate::{
         plan::{STACK_COUNT_ENTRIES, STACK_RINGBUF_BYTES},
         Engine, Plan, Tunable,
     },
-    output::{
-        flamegraph, folded, json,
-        pprof::{self, LabelValue},
-        Format, LateFile,
-    },
-    procfs::cstr,
+    output::{flamegraph, folded, json, Format, LateFile},
     records::Record,
     session::{Handler, Session},
-    symbolize::{Frame, Symbols},
+    stacks::{sorted, Row, StackCounts},
+    symbolize::Frame,
 };
 
 #[derive(clap::Args, Debug)]
@@ -90,83 +86,14 @@ struct JsonStack<'a> {
     kstack: &'a [Frame],
 }
 
-/// One printed stack and its count: faults on stacks that print the same (within a
-/// function, or across processes without -P) are added into one row.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Row {
-    /// With -P only.
-    pid: Option<u32>,
-    comm: String,
-    kind: u8,
-    ustack: Vec<Frame>,
-    kstack: Vec<Frame>,
-}
-
 struct Counter {
     out: Box<dyn Write>,
     svg: Option<LateFile>,
     args: StackcountArgs,
-    syms: Symbols,
-    /// Every stack the kernel sent, by hash: raw frames, leaf first.
-    stacks: HashMap<u64, Vec<u64>>,
-    started: std::time::Instant,
-}
-
-/// Frames standing for what the kernel could not or need not walk.
-fn pseudo(what: &str) -> Vec<Frame> {
-    vec![Frame::named(what)]
+    counts: StackCounts,
 }
 
 impl Counter {
-    fn frames(&mut self, hash: u64, pid: u32, user: bool) -> Vec<Frame> {
-        let frames = match hash {
-            STACK_NONE => Vec::new(),
-            STACK_LOST => pseudo("[stack lost: ring buffer full]"),
-            STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
-            h => match self.stacks.get(&h) {
-                Some(ips) if user => self.syms.user(pid, ips),
-                Some(ips) => self.syms.kernel(ips),
-                None => pseudo("[stack not received]"),
-            },
-        };
-        let addresses = self.args.addresses;
-        frames.into_iter().map(|f| f.printed(addresses)).collect()
-    }
-
-    /// The counts of the interval, one per printed stack, least first.
-    fn collect(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
-        let mut rows: HashMap<Row, u64> = HashMap::new();
-        for (key, count) in engine.stack_counts(reset)? {
-            let row = Row {
-                pid: self.args.per_pid.then_some(key.tgid),
-                comm: cstr(&key.comm).to_string(),
-                kind: key.kind as u8,
-                ustack: self.frames(key.ustack, key.tgid, true),
-                kstack: self.frames(key.kstack, 0, false),
-            };
-            *rows.entry(row).or_default() += count;
-        }
-        Ok(sorted(rows))
-    }
-
-    /// The rows as a pprof profile: a sample per row, labelled with comm, kind and (with -P)
-    /// pid.
-    fn pprof(&self, rows: &[(Row, u64)]) -> pprof::Builder {
-        let mut b = pprof::Builder::new(self.started.elapsed().as_nanos() as i64);
-        // Heaviest first: pprof names a profile after its first mapping, the program's own.
-        for (r, n) in rows.iter().rev() {
-            let mut labels = vec![
-                ("comm", LabelValue::Str(&r.comm)),
-                ("kind", LabelValue::Str(Kind::from_raw(r.kind).name())),
-            ];
-            if let Some(pid) = r.pid {
-                labels.push(("pid", LabelValue::Num(pid as i64)));
-            }
-            b.add(&r.kstack, &r.ustack, *n, &labels);
-        }
-        b
-    }
-
     /// `comm;user root..leaf;kernel root..leaf_[k]` as bcc folds them.
     fn fold(&self, r: &Row, with_kind: bool) -> Vec<String> {
         let mut frames = vec![who(r)];
@@ -204,7 +131,7 @@ impl Counter {
         }
         match self.args.output.format {
             StackFormat::Pprof => {
-                let profile = self.pprof(rows);
+                let profile = self.counts.pprof(rows);
                 self.out.write_all(&profile.gzipped()?)?;
             }
             StackFormat::Json => {
@@ -258,33 +185,18 @@ fn who(r: &Row) -> String {
     }
 }
 
-/// Counted entries, least first (ties in a stable order, so runs compare line by line).
-fn sorted<K: Ord>(counts: HashMap<K, u64>) -> Vec<(K, u64)> {
-    let mut v: Vec<(K, u64)> = counts.into_iter().collect();
-    v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-    v
-}
-
 impl Handler for Counter {
     fn record(&mut self, record: Record) -> Result<()> {
-        match record {
-            Record::Stack { hash, tgid, frames } => {
-                // Counting at completion sends no notice of a process that was running before
-                // pfault: its first stack is one, while it lives.
-                self.syms.note_process(tgid);
-                self.stacks.insert(hash, frames);
-            }
-            notice => self.syms.notice(&notice),
-        }
+        self.counts.record(record);
         Ok(())
     }
 
     fn idle(&mut self, _engine: &mut Engine) {
-        self.syms.maps.refresh_young();
+        self.counts.syms.maps.refresh_young();
     }
 
     fn tick(&mut self, engine: &mut Engine, last: bool) -> Result<()> {
-        let rows = self.collect(engine, !last)?;
+        let rows = self.counts.rows(engine, !last)?;
         if !last && self.args.output.format == StackFormat::Text && !self.args.folded {
             writeln!(self.out, "[{}]", crate::output::clock())?;
         }
@@ -346,13 +258,11 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let mut counter = Counter {
         out,
         svg,
-        syms: Symbols::default(),
-        stacks: HashMap::new(),
-        started: std::time::Instant::now(),
+        counts: StackCounts::new(args.per_pid, args.addresses),
         args,
     };
     if let Some(pid) = counter.args.target.pid {
-        counter.syms.note_process(pid);
+        counter.counts.syms.note_process(pid);
     }
     let end = session
         .run(&duration, interval, Some(&mut ring), &mut counter)

@@ -1,0 +1,126 @@
+//! Fault counts per stack, from the kernel's hashed counts and the frames it sends once per
+//! process and stack: symbolized, and merged into one row per printed stack. Shared by
+//! `stackcount` and the exporter's pprof endpoint.
+
+use std::{collections::HashMap, time::Instant};
+
+use anyhow::Result;
+use pfault_common::*;
+
+use crate::{
+    args::Kind,
+    engine::Engine,
+    output::pprof::{self, LabelValue},
+    procfs::cstr,
+    records::Record,
+    symbolize::{Frame, Symbols},
+};
+
+/// One printed stack: faults on stacks that print the same (within a function, or across
+/// processes when they are not kept apart) are added into one row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Row {
+    /// When processes are kept apart.
+    pub pid: Option<u32>,
+    pub comm: String,
+    pub kind: u8,
+    pub ustack: Vec<Frame>,
+    pub kstack: Vec<Frame>,
+}
+
+/// Frames standing for what the kernel could not or need not walk.
+fn pseudo(what: &str) -> Vec<Frame> {
+    vec![Frame::named(what)]
+}
+
+pub struct StackCounts {
+    pub syms: Symbols,
+    /// Every stack the kernel sent, by hash: raw frames, leaf first.
+    stacks: HashMap<u64, Vec<u64>>,
+    /// Rows per process (-P).
+    per_pid: bool,
+    /// Frames keep their addresses, offsets and lines (-v).
+    addresses: bool,
+    started: Instant,
+}
+
+impl StackCounts {
+    pub fn new(per_pid: bool, addresses: bool) -> StackCounts {
+        StackCounts {
+            syms: Symbols::default(),
+            stacks: HashMap::new(),
+            per_pid,
+            addresses,
+            started: Instant::now(),
+        }
+    }
+
+    /// Takes in a ring-buffer record: a stack's frames, or a notice about a process's maps.
+    pub fn record(&mut self, record: Record) {
+        match record {
+            Record::Stack { hash, tgid, frames } => {
+                // Counting at completion sends no notice of a process that was running before
+                // pfault: its first stack is one, while it lives.
+                self.syms.note_process(tgid);
+                self.stacks.insert(hash, frames);
+            }
+            notice => self.syms.notice(&notice),
+        }
+    }
+
+    fn frames(&mut self, hash: u64, pid: u32, user: bool) -> Vec<Frame> {
+        let frames = match hash {
+            STACK_NONE => Vec::new(),
+            STACK_LOST => pseudo("[stack lost: ring buffer full]"),
+            STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
+            h => match self.stacks.get(&h) {
+                Some(ips) if user => self.syms.user(pid, ips),
+                Some(ips) => self.syms.kernel(ips),
+                None => pseudo("[stack not received]"),
+            },
+        };
+        let addresses = self.addresses;
+        frames.into_iter().map(|f| f.printed(addresses)).collect()
+    }
+
+    /// The counts so far (with `reset`, of the interval), one per printed stack, least first.
+    pub fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
+        let mut rows: HashMap<Row, u64> = HashMap::new();
+        for (key, count) in engine.stack_counts(reset)? {
+            let row = Row {
+                pid: self.per_pid.then_some(key.tgid),
+                comm: cstr(&key.comm).to_string(),
+                kind: key.kind as u8,
+                ustack: self.frames(key.ustack, key.tgid, true),
+                kstack: self.frames(key.kstack, 0, false),
+            };
+            *rows.entry(row).or_default() += count;
+        }
+        Ok(sorted(rows))
+    }
+
+    /// The rows as a pprof profile of the time since this counter started: a sample per
+    /// row, labelled with comm, kind and (per process) pid.
+    pub fn pprof(&self, rows: &[(Row, u64)]) -> pprof::Builder {
+        let mut b = pprof::Builder::new(self.started.elapsed().as_nanos() as i64);
+        // Heaviest first: pprof names a profile after its first mapping, the program's own.
+        for (r, n) in rows.iter().rev() {
+            let mut labels = vec![
+                ("comm", LabelValue::Str(&r.comm)),
+                ("kind", LabelValue::Str(Kind::from_raw(r.kind).name())),
+            ];
+            if let Some(pid) = r.pid {
+                labels.push(("pid", LabelValue::Num(pid as i64)));
+            }
+            b.add(&r.kstack, &r.ustack, *n, &labels);
+        }
+        b
+    }
+}
+
+/// Counted entries, least first (ties in a stable order, so runs compare line by line).
+pub fn sorted<K: Ord>(counts: HashMap<K, u64>) -> Vec<(K, u64)> {
+    let mut v: Vec<(K, u64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
