@@ -88,8 +88,10 @@ impl Names {
             .map_or_else(|| format!("cgroup:{id}"), String::clone)
     }
 
+    /// Rebuilt whole: cgroups removed since leave it, so it stays as big as the hierarchy.
     fn rescan(&mut self) {
         let Ok(root) = mount() else { return };
+        self.paths.clear();
         let mut todo = vec![root.clone()];
         while let Some(dir) = todo.pop() {
             let Ok(meta) = std::fs::metadata(&dir) else {

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
-    ffaults::FfaultsArgs, pages::PagesArgs, stackcount::StackcountArgs, stat::StatArgs, top::TopArgs,
-    trace::TraceArgs,
+    exporter::ExporterArgs, ffaults::FfaultsArgs, pages::PagesArgs, stackcount::StackcountArgs,
+    stat::StatArgs, top::TopArgs, trace::TraceArgs,
 };
 
 #[derive(Parser, Debug)]
@@ -31,6 +31,9 @@ pub enum Command {
     Stat(StatArgs),
     /// A live view of the processes faulting most; q quits
     Top(TopArgs),
+    /// Serve fault counts to Prometheus (/metrics) and fault profiles to pprof scrapers
+    /// (/debug/pprof/faults) until stopped
+    Exporter(ExporterArgs),
     /// What a process's resident pages are: flags from /proc/kpageflags, like page-types -p
     Pages(PagesArgs),
     /// What this kernel offers (BTF, kprobes, fentry, tracefs, ring buffer) and which probe mode the tools use

@@ -9,6 +9,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod engine;
+pub mod exporter;
 pub mod ffaults;
 pub mod held;
 pub mod mappings;
@@ -48,6 +49,7 @@ pub fn main() -> ExitCode {
             Command::Ffaults(args) => ffaults::run(args).await,
             Command::Stat(args) => stat::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Exporter(args) => exporter::run(args).await,
             Command::Pages(args) => pages::run(args),
             Command::Probes => probes_cmd::run(),
             Command::Completions { shell } => cli::completions(shell),

@@ -82,6 +82,11 @@ impl Mappings {
         }
     }
 
+    /// Drops what is known of a process that is gone, once nothing will ask for it.
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
     /// Takes in what a ring-buffer notice says about a process's maps.
     pub fn notice(&mut self, record: &Record) {
         match record {

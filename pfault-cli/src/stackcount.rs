@@ -10,14 +10,11 @@ use serde::Serialize;
 
 use crate::{
     args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs},
-    engine::{
-        plan::{STACK_COUNT_ENTRIES, STACK_RINGBUF_BYTES},
-        Engine, Plan, Tunable,
-    },
+    engine::{plan::STACK_COUNT_ENTRIES, Engine},
     output::{flamegraph, folded, json, Format, LateFile},
     records::Record,
     session::{Handler, Session},
-    stacks::{sorted, Row, StackCounts},
+    stacks::{self, sorted, Row, StackCounts},
     symbolize::Frame,
 };
 
@@ -212,32 +209,18 @@ impl Handler for Counter {
 }
 
 pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
-    let mut flags = CFG_OUT_STACKS | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
-    if !args.kernel_stacks_only {
-        flags |= CFG_USTACK;
-    }
-    if !args.user_stacks_only {
-        flags |= CFG_KSTACK;
-    }
     if args.minor {
         args.filter.kind = vec![Kind::Minor];
     }
     if args.major {
         args.filter.kind = vec![Kind::Major];
     }
-    // Errors and the filters that need each fault's entry take the entry probe; minor and
-    // major alone are counted at completion with one probe per fault (tracepoint path).
-    if args.filter.kind.is_empty() {
-        args.filter.kind = vec![Kind::Minor, Kind::Major];
-    }
-    let completion_only = !args.filter.kind.contains(&Kind::Error) && !args.filter.needs_fault_entry();
-    if completion_only {
-        flags |= CFG_COMPLETION_ONLY;
-    }
-    let mut plan = Plan::filtered(flags, &args.filter);
-    plan.agg_entries = args.map_entries;
-    plan.tunables = vec![Tunable::STACK_COUNTS];
-    plan.ringbuf_bytes = STACK_RINGBUF_BYTES;
+    let plan = stacks::plan(
+        !args.kernel_stacks_only,
+        !args.user_stacks_only,
+        &args.filter,
+        args.map_entries,
+    );
     if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {
         anyhow::bail!("-o pprof writes one profile of the whole run: drop -i (or use -o json)");
     }

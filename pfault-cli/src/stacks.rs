@@ -8,8 +8,8 @@ use anyhow::Result;
 use pfault_common::*;
 
 use crate::{
-    args::Kind,
-    engine::Engine,
+    args::{FaultFilterArgs, Kind},
+    engine::{plan::STACK_RINGBUF_BYTES, Engine, Plan, Tunable},
     output::pprof::{self, LabelValue},
     procfs::cstr,
     records::Record,
@@ -26,6 +26,31 @@ pub struct Row {
     pub kind: u8,
     pub ustack: Vec<Frame>,
     pub kstack: Vec<Frame>,
+}
+
+/// What the kernel side is asked for to count faults per user and/or kernel stack. Minor
+/// and major faults alone are counted at completion with one probe per fault (tracepoint
+/// path); errors and the filters that need each fault's entry take the entry probe.
+pub fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entries: u32) -> Plan {
+    let mut flags = CFG_OUT_STACKS | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    if user {
+        flags |= CFG_USTACK;
+    }
+    if kernel {
+        flags |= CFG_KSTACK;
+    }
+    let mut filter = filter.clone();
+    if filter.kind.is_empty() {
+        filter.kind = vec![Kind::Minor, Kind::Major];
+    }
+    if !filter.kind.contains(&Kind::Error) && !filter.needs_fault_entry() {
+        flags |= CFG_COMPLETION_ONLY;
+    }
+    let mut plan = Plan::filtered(flags, &filter);
+    plan.agg_entries = map_entries;
+    plan.tunables = vec![Tunable::STACK_COUNTS];
+    plan.ringbuf_bytes = STACK_RINGBUF_BYTES;
+    plan
 }
 
 /// Frames standing for what the kernel could not or need not walk.

@@ -11,6 +11,9 @@ pub(crate) fn count_thread(p: *mut Pending, kind: u8, latency: u64) {
     // Atomic, though only this thread adds: `fold` may be taking from another CPU.
     unsafe {
         atomic_add(addr_of_mut!((*s).counts[(kind as usize) % 3]), 1);
+        if (*p).error_code & PF_USER == 0 {
+            atomic_add(addr_of_mut!((*s).kernel[(kind as usize) % 3]), 1);
+        }
         if kind != KIND_ERROR {
             atomic_add(addr_of_mut!((*s).latency_sum_ns), latency);
             if latency > (*s).latency_max_ns {
@@ -100,6 +103,7 @@ pub(crate) fn fold(task: *mut task_struct, t: *mut Thread) {
         }
         for k in 0..3 {
             take(addr_of_mut!((*s).counts[k]), addr_of_mut!((*row).counts[k]));
+            take(addr_of_mut!((*s).kernel[k]), addr_of_mut!((*row).kernel[k]));
         }
         take(
             addr_of_mut!((*s).latency_sum_ns),

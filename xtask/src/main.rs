@@ -179,7 +179,11 @@ fn test() -> Result<()> {
     toolchain::ensure_tracefs()?;
     // The tests use the clients a user would: `pfault top` in a real terminal, pprof
     // profiles in `go tool pprof`.
-    toolchain::ensure_packages(&[("tmux", "tmux"), ("go", "golang-go")])?;
+    toolchain::ensure_packages(&[
+        ("tmux", "tmux"),
+        ("go", "golang-go"),
+        ("prometheus", "prometheus"),
+    ])?;
     say("checking format and lints");
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     // The host crates with stable; the kernel crate with nightly for its own target.

@@ -248,6 +248,24 @@ impl Engine {
         self.read_hash(maps::PROC_STATS, reset)
     }
 
+    /// Removes rows of a count map (of processes that are gone: the exporter keeps their
+    /// counts).
+    fn remove_keys<K: Pod, V: Pod>(&mut self, name: &str, keys: &[K]) -> Result<()> {
+        let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(self.map_mut(name)?)?;
+        for k in keys {
+            let _ = map.remove(k);
+        }
+        Ok(())
+    }
+
+    pub fn forget_procs(&mut self, keys: &[ProcKey]) -> Result<()> {
+        self.remove_keys::<ProcKey, ProcStats>(maps::PROC_STATS, keys)
+    }
+
+    pub fn forget_files(&mut self, keys: &[FileKey]) -> Result<()> {
+        self.remove_keys::<FileKey, FileCounts>(maps::FILE_COUNTS, keys)
+    }
+
     /// Moves the counts the live threads hold into `PROC_STATS`: runs `fold_threads` over
     /// every task.
     fn fold_threads(&mut self) -> Result<()> {

@@ -6,6 +6,7 @@ pub mod folded;
 pub mod hist;
 pub mod json;
 pub mod pprof;
+pub mod prometheus;
 pub mod table;
 
 use std::{

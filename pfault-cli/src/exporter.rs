@@ -1,0 +1,390 @@
+//! `pfault exporter`: the host's page faults (or those of `-c`, `-p`, `--cgroup`) for the
+//! tools fleets run: `/metrics` for Prometheus, `/debug/pprof/faults?seconds=N` for the
+//! pprof scrapers of Parca and Pyroscope and for `go tool pprof`.
+//!
+//! One task owns the kernel side and the series; the HTTP handlers ask it through a channel.
+//! The kernel counts per process; every `--collect-every` the new counts move into series
+//! keyed by process name, kind, mode and cgroup, and the rows of processes that are gone are
+//! dropped from the kernel's map, so neither the kernel's map nor pfault's memory grows with
+//! the processes a host runs over days.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use axum::{
+    extract::{Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use aya::maps::{MapData, RingBuf};
+use pfault_common::*;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    args::{FaultFilterArgs, Kind, TargetArgs},
+    cgroup,
+    engine::{plan::STACK_COUNT_ENTRIES, Engine, Plan},
+    mappings::Mappings,
+    output::prometheus::{FaultLabels, LatencyLabels, Metrics},
+    records,
+    session::Session,
+    stacks::{self, StackCounts},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct ExporterArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Address to serve /metrics and /debug/pprof/faults on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Latency histograms per process name and cgroup (pfault_page_fault_latency_seconds)
+    #[arg(short = 'L', long)]
+    pub latency: bool,
+    /// Faults per file and kind (pfault_file_page_faults_total); costs a mapping lookup per
+    /// fault
+    #[arg(long)]
+    pub by_file: bool,
+    /// With --by-file: the first N files to fault get a series each; the rest add to
+    /// file="_other"
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub max_files: usize,
+    /// Series kept apart (process name, kind, mode, cgroup); past the cap new ones add to
+    /// comm="_other", so memory stays flat however many processes come and go
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub max_series: usize,
+    /// Move the kernel's counts into the series every SECONDS (and at every scrape)
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub collect_every: f64,
+    #[command(flatten)]
+    pub filter: FaultFilterArgs,
+}
+
+/// What a handler asks the exporter's task for.
+enum Job {
+    Metrics(oneshot::Sender<String>),
+    Profile {
+        seconds: u64,
+        reply: oneshot::Sender<Result<Vec<u8>, (StatusCode, String)>>,
+    },
+}
+
+/// Longest profile a request may ask for, seconds.
+const MAX_PROFILE: u64 = 300;
+/// In-flight requests at once; more wait.
+const MAX_REQUESTS: usize = 8;
+/// The most a /metrics request waits for the exporter's task.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A process row's totals when last collected.
+#[derive(Default)]
+struct Seen {
+    counts: [u64; 3],
+    kernel: [u64; 3],
+    latency_sum_ns: u64,
+    hist: Option<Box<[u64; HIST_BUCKETS]>>,
+}
+
+/// A pprof profile being taken, by a second, stack-counting engine of its own.
+struct Profiling {
+    session: Session,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counts: StackCounts,
+    until: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>, (StatusCode, String)>>,
+}
+
+struct Exporter {
+    args: ExporterArgs,
+    metrics: Metrics,
+    procs: HashMap<ProcKey, Seen>,
+    files: HashMap<FileKey, [u64; 3]>,
+    /// Rows whose process was gone at the last collection: read once more (their last
+    /// counts, folded at exit), then dropped.
+    doomed_procs: Vec<ProcKey>,
+    doomed_files: Vec<FileKey>,
+    cgroups: cgroup::Names,
+    maps: Mappings,
+    profiling: Option<Profiling>,
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl Exporter {
+    /// Moves the kernel's new counts into the series.
+    fn collect(&mut self, engine: &mut Engine) -> Result<()> {
+        let doomed = std::mem::take(&mut self.doomed_procs);
+        for (k, v) in engine.proc_stats(false)? {
+            let seen = self.procs.entry(k).or_default();
+            let comm = crate::procfs::cstr(&v.comm).to_string();
+            let cgroup = self.cgroups.name(v.cgroup);
+            for (i, kind) in Kind::ALL.iter().enumerate() {
+                let kernel = v.kernel[i].saturating_sub(seen.kernel[i]);
+                let all = v.counts[i].saturating_sub(seen.counts[i]);
+                for (mode, n) in [("user", all.saturating_sub(kernel)), ("kernel", kernel)] {
+                    let labels = FaultLabels {
+                        comm: comm.clone(),
+                        kind: kind.name().into(),
+                        mode: mode.into(),
+                        cgroup: cgroup.clone(),
+                    };
+                    self.metrics.add_faults(labels, n);
+                }
+            }
+            if self.args.latency {
+                let prev = seen.hist.get_or_insert_with(|| Box::new([0; HIST_BUCKETS]));
+                let mut delta = [0u64; HIST_BUCKETS];
+                for (d, (now, was)) in delta.iter_mut().zip(v.hist.iter().zip(prev.iter())) {
+                    *d = now.saturating_sub(*was);
+                }
+                **prev = v.hist;
+                let sum = v.latency_sum_ns.saturating_sub(seen.latency_sum_ns);
+                self.metrics
+                    .add_latency(LatencyLabels { comm, cgroup }, &delta, sum);
+            }
+            (seen.counts, seen.kernel, seen.latency_sum_ns) = (v.counts, v.kernel, v.latency_sum_ns);
+            if !alive(k.tgid) && !doomed.contains(&k) {
+                self.doomed_procs.push(k);
+            }
+        }
+        engine.forget_procs(&doomed)?;
+        for k in &doomed {
+            self.procs.remove(k);
+        }
+        if self.args.by_file {
+            self.collect_files(engine)?;
+        }
+        let lost = engine.losses()?;
+        for (what, n) in [
+            ("ringbuf", lost.ringbuf),
+            ("untracked", lost.untracked),
+            ("stacks", lost.stacks_lost),
+            ("map_full", lost.map_full),
+            ("vma_busy", lost.vma_busy),
+        ] {
+            self.metrics.set_lost(what, n);
+        }
+        Ok(())
+    }
+
+    fn collect_files(&mut self, engine: &mut Engine) -> Result<()> {
+        let doomed = std::mem::take(&mut self.doomed_files);
+        for (k, v) in engine.file_counts(false)? {
+            let file = self
+                .maps
+                .counted_name(k.tgid, k.map_kind as u8, k.dev, k.ino, &v.name);
+            let seen = self.files.entry(k).or_default();
+            for (i, kind) in Kind::ALL.iter().enumerate() {
+                self.metrics
+                    .add_file_faults(&file, kind.name(), v.counts[i].saturating_sub(seen[i]));
+            }
+            *seen = v.counts;
+            if !alive(k.tgid) && !doomed.contains(&k) {
+                self.doomed_files.push(k);
+            }
+        }
+        engine.forget_files(&doomed)?;
+        for k in &doomed {
+            self.files.remove(k);
+            self.maps.forget(k.tgid);
+        }
+        Ok(())
+    }
+
+    fn start_profile(&mut self, seconds: u64, reply: oneshot::Sender<Result<Vec<u8>, (StatusCode, String)>>) {
+        if let Some(p) = &self.profiling {
+            let left = p.until.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let _ = reply.send(Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("a profile is being taken: try again in {left} s\n"),
+            )));
+            return;
+        }
+        let plan = stacks::plan(true, true, &self.args.filter, STACK_COUNT_ENTRIES);
+        let started = Session::start(&self.args.target, None, &plan).and_then(|mut session| {
+            let ring = session.events()?;
+            Ok((session, ring))
+        });
+        match started {
+            Ok((session, ring)) => {
+                self.profiling = Some(Profiling {
+                    session,
+                    ring,
+                    counts: StackCounts::new(false, false),
+                    until: Instant::now() + Duration::from_secs(seconds),
+                    reply,
+                })
+            }
+            Err(e) => {
+                let _ = reply.send(Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"))));
+            }
+        }
+    }
+
+    /// Reads a profile's stacks as they come, and answers it when its time is up.
+    fn tend_profile(&mut self) -> Result<()> {
+        let Some(p) = &mut self.profiling else {
+            return Ok(());
+        };
+        while let Some(item) = p.ring.get_mut().next() {
+            p.counts.record(records::decode(&item)?);
+        }
+        if Instant::now() < p.until {
+            return Ok(());
+        }
+        let mut p = self.profiling.take().expect("checked above");
+        let body = p
+            .counts
+            .rows(&mut p.session.engine, false)
+            .and_then(|rows| p.counts.pprof(&rows).gzipped())
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")));
+        let _ = p.reply.send(body);
+        Ok(())
+    }
+}
+
+async fn metrics(State(jobs): State<mpsc::Sender<Job>>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if jobs.send(Job::Metrics(reply)).await.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    match tokio::time::timeout(METRICS_TIMEOUT, answer).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ProfileQuery {
+    seconds: Option<u64>,
+}
+
+async fn profile(State(jobs): State<mpsc::Sender<Job>>, Query(q): Query<ProfileQuery>) -> Response {
+    // As Go's /debug/pprof/profile: 30 s unless asked.
+    let seconds = q.seconds.unwrap_or(30).clamp(1, MAX_PROFILE);
+    let (reply, answer) = oneshot::channel();
+    if jobs.send(Job::Profile { seconds, reply }).await.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(seconds) + METRICS_TIMEOUT, answer).await {
+        Ok(Ok(Ok(body))) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"faults.pb.gz\"",
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Ok(Ok(Err((status, text)))) => (status, text).into_response(),
+        _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
+    if !args.target.command.is_empty() {
+        bail!(
+            "the exporter runs until it is stopped: choose processes with -p, -c or --cgroup, not a command"
+        );
+    }
+    if args.collect_every <= 0.0 {
+        bail!(
+            "--collect-every {}: must be more than 0 seconds",
+            args.collect_every
+        );
+    }
+    // Faults are timed (entry and completion): the kernel's own accounting has no mode.
+    let mut flags = CFG_OUT_PROCS | CFG_BY_CGROUP;
+    if args.by_file {
+        flags |= CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    }
+    let mut plan = Plan::filtered(flags, &args.filter);
+    if args.by_file {
+        plan.ringbuf_bytes = 256 << 10;
+    }
+    // Bound before anything is loaded: a taken port is one clear line.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: choose another --listen address",
+                args.listen
+            )
+        })?;
+    let mut session = Session::start(&args.target, None, &plan)?;
+    let mut ring = args.by_file.then(|| session.events()).transpose()?;
+    let (jobs, mut requests) = mpsc::channel(MAX_REQUESTS);
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/pprof/faults", get(profile))
+        .with_state(jobs)
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_REQUESTS));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    eprintln!(
+        "pfault: serving http://{0}/metrics and http://{0}/debug/pprof/faults?seconds=N",
+        args.listen
+    );
+    let mut exporter = Exporter {
+        metrics: Metrics::new(args.max_series, args.max_files),
+        procs: HashMap::new(),
+        files: HashMap::new(),
+        doomed_procs: Vec::new(),
+        doomed_files: Vec::new(),
+        cgroups: cgroup::Names::default(),
+        maps: Mappings::default(),
+        profiling: None,
+        args,
+    };
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut collect = tokio::time::interval(Duration::from_secs_f64(exporter.args.collect_every));
+    let mut tend = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            job = requests.recv() => match job {
+                Some(Job::Metrics(reply)) => {
+                    exporter.collect(&mut session.engine)?;
+                    let _ = reply.send(exporter.metrics.encode());
+                }
+                Some(Job::Profile { seconds, reply }) => exporter.start_profile(seconds, reply),
+                None => break,
+            },
+            _ = collect.tick() => exporter.collect(&mut session.engine)?,
+            _ = tend.tick() => {
+                if let Some(ring) = ring.as_mut() {
+                    while let Some(item) = ring.get_mut().next() {
+                        exporter.maps.notice(&records::decode(&item)?);
+                    }
+                }
+                exporter.tend_profile()?;
+            }
+        }
+        session.engine.flush_log();
+    }
+    server.abort();
+    Ok(None)
+}

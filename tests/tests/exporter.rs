@@ -1,0 +1,190 @@
+//! `pfault exporter` with the real clients: a Prometheus server scraping it, its pprof
+//! endpoint, and a soak of many short-lived processes with distinct names.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pfault_tests::*;
+use serde_json::Value;
+
+/// A child killed (SIGTERM, then SIGKILL) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it says yes or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+fn exporter(port: u16, more: &[&str]) -> Attached {
+    Attached::start(
+        pfault()
+            .args([
+                "exporter",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--collect-every",
+                "0.5",
+            ])
+            .args(more),
+    )
+}
+
+/// The workload under a name of its own: its comm is the binary's basename.
+fn renamed_workload(name: &str) -> std::path::PathBuf {
+    let dir = scratch(&format!("exporter-{name}"));
+    let bin = dir.join(name);
+    std::fs::copy(workload("anon_writer"), &bin).unwrap();
+    bin
+}
+
+/// A Prometheus server scraping the exporter every second counts the workload's minor
+/// faults within 1% of its getrusage (queried through Prometheus's own API); the pprof
+/// endpoint answers a profile, and any other path is 404.
+#[test]
+fn prometheus_scrapes_the_workloads_faults() {
+    if !root_or_skip() {
+        return;
+    }
+    let (pf_port, prom_port) = (free_port(), free_port());
+    let tracer = exporter(pf_port, &[]);
+    let dir = scratch("exporter-prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pfault\n    static_configs:\n      - targets: ['127.0.0.1:{pf_port}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's prometheus package)"),
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || http_get(prom_port, "/-/ready")
+            .is_ok_and(|(s, _)| s == 200)),
+        "Prometheus did not come up"
+    );
+    let name = format!("pfx{}", std::process::id() % 100_000);
+    let out = Command::new(renamed_workload(&name))
+        .arg("20000")
+        .output()
+        .unwrap();
+    let minflt = num(&kv(&String::from_utf8_lossy(&out.stdout)), "minflt");
+    let query = format!("sum(pfault_page_faults_total{{comm=\"{name}\",kind=\"minor\"}})");
+    let mut seen = 0;
+    let counted = eventually(Duration::from_secs(30), || {
+        let Ok((200, body)) = http_get(prom_port, &format!("/api/v1/query?query={}", url_encode(&query)))
+        else {
+            return false;
+        };
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        seen = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        seen >= minflt
+    });
+    assert!(
+        counted || within(seen, minflt, 1.0),
+        "Prometheus says {seen}, getrusage {minflt}"
+    );
+    assert!(
+        within(seen, minflt, 1.0),
+        "Prometheus says {seen}, getrusage {minflt}"
+    );
+    let (status, profile) = http_get(pf_port, "/debug/pprof/faults?seconds=1").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&profile[..2], &[0x1f, 0x8b], "not gzip");
+    assert_eq!(http_get(pf_port, "/nothing/here").unwrap().0, 404);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGTERM) };
+    tracer.wait(Duration::from_secs(10));
+}
+
+/// Two minutes of short-lived processes, each with a name of its own, scraped as Prometheus
+/// would: the exporter's memory stays flat, its series stop at the cap, and the kernel's
+/// per-process map never fills.
+#[test]
+fn memory_stays_flat_under_a_stream_of_new_process_names() {
+    if !root_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let tracer = exporter(port, &["--max-series", "300", "--by-file", "-L"]);
+    let named = workload("named");
+    let start = Instant::now();
+    let mut warm_rss = 0;
+    let mut text = String::new();
+    let mut spawned = 0u64;
+    while start.elapsed() < Duration::from_secs(120) {
+        for _ in 0..20 {
+            let status = Command::new(&named)
+                .args([format!("n{spawned}"), "50".into()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            spawned += 1;
+        }
+        let (status, body) = http_get(port, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        text = String::from_utf8(body).unwrap();
+        if warm_rss == 0 && start.elapsed() > Duration::from_secs(30) {
+            warm_rss = rss_kib(tracer.pid());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let end_rss = rss_kib(tracer.pid());
+    eprintln!("exporter RSS {warm_rss} KiB after 30 s, {end_rss} KiB after {spawned} processes");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("pfault_page_faults_total{"))
+        .count();
+    assert!(spawned > 2000, "only {spawned} processes");
+    assert!(series <= 300 + 6, "{series} series past the cap of 300");
+    assert!(text.contains("comm=\"_other\""), "nothing past the cap");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pfault_lost_total{what=\"map_full\"} 0")),
+        "a map filled:\n{}",
+        text.lines()
+            .filter(|l| l.contains("lost"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        end_rss <= warm_rss + 2048,
+        "RSS grew from {warm_rss} KiB to {end_rss} KiB over {spawned} processes"
+    );
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGTERM) };
+    tracer.wait(Duration::from_secs(10));
+}
