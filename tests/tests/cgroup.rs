@@ -1,7 +1,7 @@
 //! `--cgroup` and `--by-cgroup` against a child cgroup v2 the test makes: a workload inside is
 //! counted (as its own getrusage says), one outside is not.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use pfault_tests::*;
 use serde_json::Value;
@@ -37,22 +37,39 @@ impl Drop for TestCgroup {
     }
 }
 
-/// `sh -c` that runs anon_writer PAGES inside the cgroup, then another outside it; returns
-/// the two workloads' `key=value` lines.
-fn inside_then_outside(cg: &TestCgroup, pages: &str) -> Vec<String> {
+/// Runs `pfault ARGS --output FILE -- sh -c ...`, where the command runs anon_writer PAGES
+/// inside the cgroup, then another outside it; returns pfault's JSON rows and the two
+/// workloads' `key=value` ground truth, inside first.
+fn inside_then_outside(
+    cg: &TestCgroup,
+    args: &[&str],
+    pages: &str,
+) -> (Vec<Value>, Vec<HashMap<String, String>>) {
+    let out = scratch(&format!("cgroup-{}", args[0])).join("rows.json");
     let w = workload("anon_writer");
-    vec![
-        "--".into(),
-        "sh".into(),
-        "-c".into(),
-        // The inner shell moves itself (its own $$) into the cgroup, then becomes the workload.
-        format!(
-            "sh -c 'echo $$ > {}/cgroup.procs && exec {} {pages}'; {} {pages}",
-            cg.dir.display(),
-            w.display(),
-            w.display()
-        ),
-    ]
+    // The inner shell moves itself (its own $$) into the cgroup, then becomes the workload.
+    let script = format!(
+        "sh -c 'echo $$ > {}/cgroup.procs && exec {} {pages}'; {} {pages}",
+        cg.dir.display(),
+        w.display(),
+        w.display()
+    );
+    let run = run_with_timeout(
+        pfault()
+            .args(args)
+            .arg("--output")
+            .arg(&out)
+            .args(["--", "sh", "-c", &script]),
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let said: Vec<_> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter(|l| l.starts_with("pid="))
+        .map(kv)
+        .collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    (json_lines(&out), said)
 }
 
 fn pid_rows(rows: &[Value], pid: u64) -> Vec<&Value> {
@@ -65,26 +82,13 @@ fn only_the_process_inside_the_cgroup_is_counted() {
         return;
     }
     let cg = TestCgroup::new("stat");
-    let dir = scratch("cgroup-stat");
-    let out = dir.join("rows.json");
-    let mut args = vec![
-        "stat".to_string(),
-        "--cgroup".into(),
-        cg.dir.display().to_string(),
-    ];
-    args.extend(["--by-cgroup", "-o", "json", "--output"].map(String::from));
-    args.push(out.display().to_string());
-    args.extend(inside_then_outside(&cg, "20000"));
-    let run = run_with_timeout(pfault().args(&args), Duration::from_secs(60));
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let said: Vec<_> = String::from_utf8_lossy(&run.stdout)
-        .lines()
-        .filter(|l| l.starts_with("pid="))
-        .map(kv)
-        .collect();
-    assert_eq!(said.len(), 2, "{said:?}");
+    let dir = cg.dir.display().to_string();
+    let (rows, said) = inside_then_outside(
+        &cg,
+        &["stat", "--cgroup", &dir, "--by-cgroup", "-o", "json"],
+        "20000",
+    );
     let (inside, outside) = (&said[0], &said[1]);
-    let rows = json_lines(&out);
     let counted = pid_rows(&rows, num(inside, "pid"));
     assert_eq!(counted.len(), 1, "{rows:?}");
     let minor = counted[0]["minor"].as_u64().unwrap();
@@ -106,21 +110,7 @@ fn ffaults_rows_name_their_cgroup() {
         return;
     }
     let cg = TestCgroup::new("ffaults");
-    let dir = scratch("cgroup-ffaults");
-    let out = dir.join("rows.json");
-    let mut args: Vec<String> = ["ffaults", "--by-cgroup", "-o", "json", "--output"]
-        .map(String::from)
-        .to_vec();
-    args.push(out.display().to_string());
-    args.extend(inside_then_outside(&cg, "2000"));
-    let run = run_with_timeout(pfault().args(&args), Duration::from_secs(60));
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let said: Vec<_> = String::from_utf8_lossy(&run.stdout)
-        .lines()
-        .filter(|l| l.starts_with("pid="))
-        .map(kv)
-        .collect();
-    let rows = json_lines(&out);
+    let (rows, said) = inside_then_outside(&cg, &["ffaults", "--by-cgroup", "-o", "json"], "2000");
     let anon = |pid: u64| {
         rows.iter()
             // The same pid was the shell before it exec'd, outside the cgroup.
