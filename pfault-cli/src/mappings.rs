@@ -23,6 +23,8 @@ struct ProcMaps {
     /// /proc/PID/maps could not be read (the process is gone): do not try again.
     gone: bool,
     first_seen: Instant,
+    /// When /proc/PID/maps was last read.
+    read_at: Instant,
 }
 
 /// Paths of the files seen mapped by any process, by `(dev, ino)`.
@@ -37,13 +39,28 @@ fn read_indexed(files: &mut FilePaths, pid: u32) -> Option<Vec<MapEntry>> {
     Some(entries)
 }
 
+/// A miss re-reads a process's maps at most this often: an address no mapping holds any
+/// more (unmapped since) must not cost a /proc read on every event.
+const REREAD_EVERY: Duration = Duration::from_millis(20);
+
 impl ProcMaps {
+    /// A miss may read the maps again (the process lives, and they were not just read); the
+    /// read is then taken as done.
+    fn may_reread(&mut self) -> bool {
+        if self.gone || self.read_at.elapsed() < REREAD_EVERY {
+            return false;
+        }
+        self.read_at = Instant::now();
+        true
+    }
+
     fn read(files: &mut FilePaths, pid: u32) -> ProcMaps {
         let entries = read_indexed(files, pid);
         ProcMaps {
             gone: entries.is_none(),
             entries: entries.unwrap_or_default(),
             first_seen: Instant::now(),
+            read_at: Instant::now(),
         }
     }
 }
@@ -177,7 +194,7 @@ impl Mappings {
                 .position(|e| e.start <= addr && addr < e.end && ino.is_none_or(|i| e.ino == i))
         };
         let mut idx = find(&p.entries);
-        if idx.is_none() && !p.gone {
+        if idx.is_none() && p.may_reread() {
             match read_indexed(&mut self.files, pid) {
                 Some(entries) => p.entries = entries,
                 None => p.gone = true,
@@ -204,7 +221,7 @@ impl Mappings {
                 .position(|e| e.ino == ino && e.dev == dev && !e.path.is_empty())
         };
         let mut idx = find(&p.entries);
-        if idx.is_none() && !p.gone {
+        if idx.is_none() && p.may_reread() {
             if let Some(entries) = read_indexed(&mut self.files, pid) {
                 p.entries = entries;
             }

@@ -204,3 +204,44 @@ fn user_stacks_of_a_short_lived_command_are_symbolized() {
         assert_eq!(names.get(..2), Some(&["touch_pages", "main"][..]), "{e}");
     }
 }
+
+/// Two processes faulting at once, one on each CPU, under `trace -o json --output FILE`:
+/// nothing lost, and every fault of each written (its own getrusage).
+#[test]
+fn a_two_process_storm_is_written_whole() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("trace-storm");
+    let out = dir.join("events.json");
+    let w = workload("anon_writer");
+    let script = format!("{0} 200000 & {0} 200000; wait", w.display());
+    let run = run_with_timeout(
+        pfault()
+            .args(["trace", "-o", "json", "--output"])
+            .arg(&out)
+            .args(["--", "sh", "-c", &script]),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert_eq!(summary(&stderr)["lost"]["ringbuf"], 0, "{stderr}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let said: Vec<_> = stdout.lines().filter(|l| l.starts_with("pid=")).map(kv).collect();
+    let ranges: Vec<_> = stdout
+        .lines()
+        .filter(|l| l.starts_with("start="))
+        .map(kv)
+        .collect();
+    assert_eq!((said.len(), ranges.len()), (2, 2), "{stdout}");
+    let events = json_lines(&out);
+    for s in &said {
+        let pid = num(s, "pid");
+        let minflt = num(s, "minflt");
+        let n = events.iter().filter(|e| e["pid"] == pid).count() as u64;
+        assert!(
+            n >= minflt && within(n, minflt, 1.0),
+            "{n} events of {pid}, getrusage {minflt}"
+        );
+    }
+}

@@ -224,6 +224,31 @@ fn bpftrace(name: &'static str, out: PathBuf, program: &str) -> Tracer {
     }
 }
 
+/// The consumer alone: a million ring-buffer records replayed through `trace`'s decoder and
+/// writers into a file (`cargo bench -p pfault-cli --bench consumer`).
+fn consumer() -> Result<String> {
+    say("consumer: replaying 1,000,000 records through trace's writers");
+    let out = crate::cargo()
+        .args(["bench", "--quiet", "-p", "pfault-cli", "--bench", "consumer", "--", "1000000"])
+        .output()
+        .context("running the consumer bench")?;
+    if !out.status.success() {
+        bail!("the consumer bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut md = "The consumer alone (1,000,000 ring-buffer records decoded and written to a file by \
+                  `trace`'s writers, one thread):\n\n| format | ns per event |\n|---|---|\n"
+        .to_string();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "consumer json: 206 ns per event (...)"
+        if let Some((format, rest)) = line.strip_prefix("consumer ").and_then(|l| l.split_once(": ")) {
+            let ns = rest.split_whitespace().next().unwrap_or("?");
+            say(format!("consumer {format}: {ns} ns per event"));
+            md += &format!("| {format} | {ns} |\n");
+        }
+    }
+    Ok(md)
+}
+
 /// The internal command behind [`startup`]: `cargo xtask peak-rss CMD ARGS` runs CMD and
 /// prints its wall seconds and peak RSS in KiB.
 pub const PEAK_RSS: &str = "peak-rss";
@@ -401,6 +426,7 @@ pub fn run(_args: &[String]) -> Result<()> {
         pf_s / bt_s,
         pf_kb as f64 / bt_kb as f64
     );
+    md += &format!("\n{}", consumer()?);
     md += &format!("\n### pfault pages\n\n{}", crate::bench_pages::run()?);
     md += &format!("\nCommands:\n\n{commands}");
     std::fs::write(dir.join("results.md"), &md)?;

@@ -5,13 +5,14 @@ pub mod flamegraph;
 pub mod folded;
 pub mod hist;
 pub mod json;
+pub mod lines;
 pub mod pprof;
 pub mod prometheus;
 pub mod table;
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
@@ -39,11 +40,13 @@ pub fn create(path: &Path, flag: &str) -> Result<File> {
 
 impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
     /// Opens the destination now, so an unwritable file fails before any probe is attached.
+    /// Output leaves in whole lines; on stdout, which a traced command may share, in pieces
+    /// a pipe keeps whole (`--output FILE` keeps the two streams apart altogether).
     pub fn open(&self) -> Result<Box<dyn Write>> {
-        Ok(match &self.file {
-            Some(path) => Box::new(BufWriter::with_capacity(1 << 16, create(path, "--output")?)),
-            None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),
-        })
+        Ok(Box::new(match &self.file {
+            Some(path) => lines::Lines::new(Box::new(create(path, "--output")?), false),
+            None => lines::Lines::new(Box::new(io::stdout()), true),
+        }))
     }
 }
 
