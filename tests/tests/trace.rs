@@ -245,3 +245,43 @@ fn a_two_process_storm_is_written_whole() {
         );
     }
 }
+
+/// pfault and the traced command writing to one pipe at once: every line is one or the
+/// other's, whole.
+#[test]
+fn lines_stay_whole_when_the_command_shares_stdout() {
+    if !root_or_skip() {
+        return;
+    }
+    let w = workload("anon_writer");
+    let script = format!(
+        "{} 100000 & i=0; while [ $i -lt 3000 ]; do echo workload-line-$i; i=$((i+1)); done; wait",
+        w.display()
+    );
+    // Read as it comes (output() drains both pipes): a pipe left unread would stop both
+    // writers.
+    let run = pfault()
+        .args(["trace", "-o", "json", "--", "sh", "-c", &script])
+        .output()
+        .expect("pfault");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let (mut events, mut theirs) = (0, 0);
+    for line in stdout.lines() {
+        if line.starts_with('{') {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("a cut line {line:?}: {e}"));
+            assert!(v["pid"].is_u64(), "{line}");
+            events += 1;
+        } else {
+            assert!(
+                line.starts_with("workload-line-") || line.starts_with("pid=") || line.starts_with("start="),
+                "a line mixed with pfault's: {line:?}"
+            );
+            theirs += 1;
+        }
+    }
+    assert!(
+        events > 100_000 && theirs >= 3000,
+        "{events} events, {theirs} lines of the command"
+    );
+}

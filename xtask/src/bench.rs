@@ -229,11 +229,23 @@ fn bpftrace(name: &'static str, out: PathBuf, program: &str) -> Tracer {
 fn consumer() -> Result<String> {
     say("consumer: replaying 1,000,000 records through trace's writers");
     let out = crate::cargo()
-        .args(["bench", "--quiet", "-p", "pfault-cli", "--bench", "consumer", "--", "1000000"])
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "pfault-cli",
+            "--bench",
+            "consumer",
+            "--",
+            "1000000",
+        ])
         .output()
         .context("running the consumer bench")?;
     if !out.status.success() {
-        bail!("the consumer bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the consumer bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut md = "The consumer alone (1,000,000 ring-buffer records decoded and written to a file by \
                   `trace`'s writers, one thread):\n\n| format | ns per event |\n|---|---|\n"
