@@ -39,9 +39,11 @@ pub struct TraceArgs {
     pub duration: DurationArgs,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Ring buffer size in MiB (rounded up to a power of two; at most 2048)
-    #[arg(long, value_name = "MIB", default_value_t = 16)]
-    pub ringbuf_mb: u32,
+    /// Ring buffer size in MiB (rounded up to a power of two; at most 2048). Default: 1 MiB
+    /// per CPU (4 with -U or -K), at least 2: what the consumer keeps up with, without the
+    /// memory and start-up of a large buffer on a small host
+    #[arg(long, value_name = "MIB")]
+    pub ringbuf_mb: Option<u32>,
 }
 
 fn access(error_code: u32) -> (&'static str, &'static str) {
@@ -242,7 +244,18 @@ pub fn replay(records: &[Vec<u8>], format: Format, out: Box<dyn Write>) -> Resul
 }
 
 pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
-    let ringbuf_mb = check_size("--ringbuf-mb", args.ringbuf_mb, 1, MAX_RINGBUF_MB, " MiB")?;
+    let ringbuf_mb = match args.ringbuf_mb {
+        Some(mb) => check_size("--ringbuf-mb", mb, 1, MAX_RINGBUF_MB, " MiB")?,
+        None => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            let per_cpu = if args.user_stack || args.kernel_stack {
+                4
+            } else {
+                1
+            };
+            (cpus * per_cpu).clamp(2, MAX_RINGBUF_MB)
+        }
+    };
     // Processes are noted at their first fault and at exec, so their maps (full paths, and
     // symbols with -U) are read while they live.
     let mut flags = CFG_OUT_EVENTS | CFG_MAPPING | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;

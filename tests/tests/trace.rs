@@ -280,8 +280,10 @@ fn lines_stay_whole_when_the_command_shares_stdout() {
             theirs += 1;
         }
     }
+    // Not every event need arrive: the test reads the pipe no faster than it must, and a
+    // full ring buffer drops (and counts) events. What matters here is that lines are whole.
     assert!(
-        events > 100_000 && theirs >= 3000,
+        events > 10_000 && theirs >= 3000,
         "{events} events, {theirs} lines of the command"
     );
 }

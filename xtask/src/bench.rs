@@ -438,6 +438,19 @@ pub fn run(_args: &[String]) -> Result<()> {
         pf_s / bt_s,
         pf_kb as f64 / bt_kb as f64
     );
+    // The other tools' start-up, beside stackcount's.
+    md += "\n| tool | wall s | peak RSS MiB |\n|---|---|---|\n";
+    for args in [&["trace", "-d", "0"][..], &["stat", "-a", "-d", "0"][..]] {
+        let mut argv = vec![p.as_str()];
+        argv.extend(args);
+        argv.extend(["--output", "/dev/null"]);
+        let (s, kb) = startup(&argv)?;
+        md += &format!(
+            "| `pfault {}` | {s:.3} | {:.1} |\n",
+            args.join(" "),
+            kb as f64 / 1024.0
+        );
+    }
     md += &format!("\n{}", consumer()?);
     md += &format!("\n### pfault pages\n\n{}", crate::bench_pages::run()?);
     md += &format!("\nCommands:\n\n{commands}");

@@ -60,11 +60,13 @@ impl Losses {
         .collect()
     }
 
-    /// `N lost (ring buffer full, raise --flag)`, the advice only where `plan`'s tool has
-    /// the flag; `what` names what the ring buffer carried ("" after a count of it).
+    /// `N lost (ring buffer full, raise --flag)`, the advice only where something was lost
+    /// and `plan`'s tool has the flag; `what` names what the ring buffer carried ("" after a
+    /// count of it).
     pub fn ring(&self, plan: &Plan, what: &str) -> String {
         let advice = plan
             .flag_for(maps::EVENTS)
+            .filter(|_| self.ringbuf > 0)
             .map(|f| format!(", raise {f}"))
             .unwrap_or_default();
         let what = if what.is_empty() {
@@ -142,5 +144,7 @@ mod tests {
             full.ring(&trace, ""),
             "7 lost (ring buffer full, raise --ringbuf-mb)"
         );
+        // Nothing lost: no advice.
+        assert_eq!(Losses::default().ring(&trace, ""), "0 lost (ring buffer full)");
     }
 }
