@@ -82,10 +82,10 @@ pub fn report() -> Vec<(String, String)> {
     add(
         "mmap notices",
         if std::path::Path::new(features::TRACEFS)
-            .join("events/raw_syscalls/sys_exit")
+            .join("events/syscalls/sys_exit_mmap")
             .exists()
         {
-            "yes (raw tracepoint sys_exit: short-lived processes' libraries are named)".into()
+            "yes (syscalls:sys_exit_mmap: short-lived processes' libraries are named)".into()
         } else {
             "no (no syscall tracepoints: maps come from /proc alone)".into()
         },

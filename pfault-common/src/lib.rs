@@ -118,8 +118,6 @@ pub struct Offsets {
     pub mm_start_stack: u32,
     pub mm_start_code: u32,
     pub regs_ip: u32,
-    /// `pt_regs.orig_ax`: the system call's number.
-    pub regs_orig_ax: u32,
     pub task_mm: u32,
     pub task_pid: u32,
     pub task_tgid: u32,

@@ -46,10 +46,11 @@ use aya_ebpf::{
             bpf_task_storage_get,
         },
     },
-    macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint},
+    macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
     },
     EbpfContext, Global,
 };
@@ -235,23 +236,13 @@ pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// A wanted process mapped a file (`mmap` returned): its VMA goes to userspace, which then
+/// `sys_exit_mmap`: a wanted process mapped a file. Its VMA goes to userspace, which then
 /// knows the file's place in the process even if the process exits before its maps are read
 /// (a program that runs a millisecond still gets its libraries named).
-///
-/// On the raw `sys_exit` tracepoint, which every system call's exit passes, rather than the
-/// `syscalls:sys_exit_mmap` event: detaching a classic tracepoint waits for a grace period
-/// (tens of milliseconds at pfault's exit). Any other call returns at the number check.
-/// `TP_PROTO(struct pt_regs *regs, long ret)`.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn task_mmap(ctx: RawTracePointContext) -> u32 {
-    const NR_MMAP: u64 = 9;
-    let regs: u64 = ctx.arg(0);
-    if read::<u64>(regs, conf!(off.regs_orig_ax)) != NR_MMAP {
-        return 0;
-    }
-    // The mapping's start, or -errno.
-    let ret: i64 = ctx.arg(1);
+#[tracepoint]
+pub fn task_mmap(ctx: TracePointContext) -> u32 {
+    // `long ret` of the syscall exit record: the mapping's start, or -errno.
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     if ret < 0 {
         return 0;
     }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        FEntry, FExit, Iter, KProbe, PerfEvent, RawTracePoint,
+        FEntry, FExit, Iter, KProbe, PerfEvent, RawTracePoint, TracePoint,
     },
     util::online_cpus,
     Btf as AyaBtf, Ebpf,
@@ -26,6 +26,16 @@ where
         .program_mut(name)
         .with_context(|| format!("pfault's eBPF object has no program {name}"))?;
     Ok(p.try_into()?)
+}
+
+/// A classic tracepoint, where no raw one will do (syscall events): its detach waits for a
+/// grace period.
+fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
+    let tp: &mut TracePoint = program(ebpf, name)?;
+    tp.load().with_context(|| format!("loading {name}"))?;
+    tp.attach(category, event)
+        .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
+    Ok(())
 }
 
 /// A raw tracepoint: the kernel's arguments as they are, without a trace record built first.
@@ -164,9 +174,9 @@ pub fn attach(
         raw_tracepoint(ebpf, prog::TASK_EXEC, "sched_process_exec")?;
     }
     if flags & CFG_NOTIFY_MAPS != 0 {
-        // A kernel without syscall tracepoints still traces: the maps of processes that exit
-        // at once are then read from /proc alone, and may come too late.
-        if let Err(e) = raw_tracepoint(ebpf, prog::TASK_MMAP, "sys_exit") {
+        // A kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) still traces: the maps
+        // of processes that exit at once are then read from /proc alone, and may come too late.
+        if let Err(e) = tracepoint(ebpf, prog::TASK_MMAP, "syscalls", "sys_exit_mmap") {
             refused.push(format!("mmap notices: {}", short_error(&e)));
         }
     }

@@ -59,7 +59,6 @@ pub fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         mm_start_stack: btf.offset_of("mm_struct", "start_stack")?,
         mm_start_code: btf.offset_of("mm_struct", "start_code")?,
         regs_ip: btf.offset_of("pt_regs", "ip")?,
-        regs_orig_ax: btf.offset_of("pt_regs", "orig_ax")?,
         task_mm: btf.offset_of("task_struct", "mm")?,
         task_pid: btf.offset_of("task_struct", "pid")?,
         task_tgid: btf.offset_of("task_struct", "tgid")?,
