@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, io::Write, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
@@ -125,7 +125,7 @@ pub struct Function {
 /// The module kernel frames are mapped to, as perf names it.
 const KERNEL: &str = "[kernel.kallsyms]";
 
-/// A sample's labels: a string (`comm`, `kind`, `cgroup`) or a number (`pid`).
+/// A sample's label value: a string (`comm`, `kind`) or a number (`pid`).
 pub enum LabelValue<'a> {
     Str(&'a str),
     Num(i64),
@@ -291,10 +291,6 @@ impl Builder {
         gz.write_all(&self.profile.encode_to_vec())?;
         Ok(gz.finish()?)
     }
-
-    pub fn profile(&self) -> &Profile {
-        &self.profile
-    }
 }
 
 /// The GNU build id of an ELF file, in hex, as pprof's mappings carry it.
@@ -304,13 +300,6 @@ fn build_id(path: &str) -> Option<String> {
     let file = object::File::parse(&*data).ok()?;
     let id = file.build_id().ok()??;
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Writes a gzipped profile to `path` (created up front by the caller's flag check).
-pub fn write(file: &std::fs::File, path: &Path, b: &Builder) -> Result<()> {
-    let mut f = file;
-    f.write_all(&b.gzipped()?)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
