@@ -37,8 +37,7 @@ use crate::{
     engine::{plan::STACK_COUNT_ENTRIES, Engine, Plan},
     mappings::Mappings,
     output::prometheus::{FaultLabels, LatencyLabels, Metrics},
-    records,
-    session::Session,
+    session::{self, Session},
     stacks::{self, StackCounts},
 };
 
@@ -239,9 +238,11 @@ impl Exporter {
         let Some(p) = &mut self.profiling else {
             return Ok(());
         };
-        while let Some(item) = p.ring.get_mut().next() {
-            p.counts.record(records::decode(&item)?);
-        }
+        let counts = &mut p.counts;
+        session::drain_records(p.ring.get_mut(), |r| {
+            counts.record(r);
+            Ok(())
+        })?;
         if Instant::now() < p.until {
             return Ok(());
         }
@@ -376,9 +377,11 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
             _ = collect.tick() => exporter.collect(&mut session.engine)?,
             _ = tend.tick() => {
                 if let Some(ring) = ring.as_mut() {
-                    while let Some(item) = ring.get_mut().next() {
-                        exporter.maps.notice(&records::decode(&item)?);
-                    }
+                    let maps = &mut exporter.maps;
+                    session::drain_records(ring.get_mut(), |r| {
+                        maps.notice(&r);
+                        Ok(())
+                    })?;
                 }
                 exporter.tend_profile()?;
             }

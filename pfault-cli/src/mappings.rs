@@ -44,13 +44,17 @@ fn read_indexed(files: &mut FilePaths, pid: u32) -> Option<Vec<MapEntry>> {
 const REREAD_EVERY: Duration = Duration::from_millis(20);
 
 impl ProcMaps {
-    /// A miss may read the maps again (the process lives, and they were not just read); the
-    /// read is then taken as done.
-    fn may_reread(&mut self) -> bool {
+    /// After a miss, reads `pid`'s maps again, unless the process is gone or they were just
+    /// read; says whether it did. Maps that cannot be read are a process gone.
+    fn reread(&mut self, files: &mut FilePaths, pid: u32) -> bool {
         if self.gone || self.read_at.elapsed() < REREAD_EVERY {
             return false;
         }
         self.read_at = Instant::now();
+        match read_indexed(files, pid) {
+            Some(entries) => self.entries = entries,
+            None => self.gone = true,
+        }
         true
     }
 
@@ -194,11 +198,7 @@ impl Mappings {
                 .position(|e| e.start <= addr && addr < e.end && ino.is_none_or(|i| e.ino == i))
         };
         let mut idx = find(&p.entries);
-        if idx.is_none() && p.may_reread() {
-            match read_indexed(&mut self.files, pid) {
-                Some(entries) => p.entries = entries,
-                None => p.gone = true,
-            }
+        if idx.is_none() && p.reread(&mut self.files, pid) {
             idx = find(&p.entries);
         }
         let e = &mut p.entries[idx?];
@@ -221,10 +221,7 @@ impl Mappings {
                 .position(|e| e.ino == ino && e.dev == dev && !e.path.is_empty())
         };
         let mut idx = find(&p.entries);
-        if idx.is_none() && p.may_reread() {
-            if let Some(entries) = read_indexed(&mut self.files, pid) {
-                p.entries = entries;
-            }
+        if idx.is_none() && p.reread(&mut self.files, pid) {
             idx = find(&p.entries);
         }
         match idx {

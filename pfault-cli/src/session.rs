@@ -260,8 +260,13 @@ pub trait Handler {
 }
 
 fn drain(ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
+    drain_records(ring, |r| handler.record(r))
+}
+
+/// Decodes every record waiting in `ring` and hands each to `take`.
+pub fn drain_records(ring: &mut RingBuf<MapData>, mut take: impl FnMut(Record) -> Result<()>) -> Result<()> {
     while let Some(item) = ring.next() {
-        handler.record(records::decode(&item)?)?;
+        take(records::decode(&item)?)?;
     }
     Ok(())
 }

@@ -231,7 +231,7 @@ impl Engine {
         Ok(entries)
     }
 
-    /// Counts per (process, stack ids, kind) that did not fit in the slot array.
+    /// Fault counts per (process, kind, stack hashes, comm).
     pub fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
         let counts: Vec<(u64, StackCount)> = self.read_hash(maps::STACK_COUNTS, reset)?;
         Ok(counts.into_iter().map(|(_, c)| (c.key, c.count)).collect())
