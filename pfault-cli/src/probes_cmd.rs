@@ -134,7 +134,7 @@ pub fn report() -> Vec<(String, String)> {
             "tools",
             match best {
                 Some(m) => format!(
-                    "trace, stackcount, ffaults, stat and top use {} (the first available of fentry, kprobe, tracepoint; --probe overrides)",
+                    "trace, stackcount, ffaults, stat, top and exporter use {} (the first available of fentry, kprobe, tracepoint; --probe overrides)",
                     m.name()
                 ),
                 None => "no probe mode works on this kernel".into(),
