@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use pfault_common::{KIND_ERROR, KIND_MAJOR, KIND_MINOR, MODE_KERNEL, MODE_USER};
 
-use crate::{engine::ProbeMode, output::Format};
+use crate::{
+    engine::{Plan, ProbeMode},
+    output::Format,
+    unwind::{rows_for_mb, Unwind},
+};
 
 /// Which processes to look at.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -102,6 +106,28 @@ impl Kind {
     /// `Config::kinds` for a set of kinds: bit `1 << KIND_*` for each.
     pub fn mask(kinds: &[Kind]) -> u32 {
         kinds.iter().fold(0, |m, k| m | 1 << k.raw())
+    }
+}
+
+/// How user stacks are walked, for the subcommands that take them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UnwindArgs {
+    /// How user stacks are walked: cfi follows each binary's .eh_frame (callers of memset
+    /// and of code built without frame pointers kept), fp the frame pointers alone
+    #[arg(long, value_enum, value_name = "HOW", default_value = "cfi")]
+    pub unwind: Unwind,
+    /// Kernel memory for unwind tables, MiB (8 bytes a row; the C library takes about 250 KiB)
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub unwind_mb: u32,
+}
+
+impl UnwindArgs {
+    /// Asks for CFI unwinding in `plan` where it walks user stacks.
+    pub fn apply(&self, plan: &mut Plan) {
+        if self.unwind == Unwind::Cfi && plan.flags & pfault_common::CFG_USTACK != 0 {
+            plan.flags |= pfault_common::CFG_UNWIND_CFI;
+            plan.unwind_rows = rows_for_mb(self.unwind_mb);
+        }
     }
 }
 

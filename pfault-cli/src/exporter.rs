@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    args::{FaultFilterArgs, Kind, TargetArgs},
+    args::{FaultFilterArgs, Kind, TargetArgs, UnwindArgs},
     cgroup,
     engine::{plan::STACK_COUNT_ENTRIES, Engine, Plan},
     mappings::Mappings,
@@ -68,6 +68,9 @@ pub struct ExporterArgs {
     pub collect_every: f64,
     #[command(flatten)]
     pub filter: FaultFilterArgs,
+    /// How /debug/pprof/faults walks user stacks
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
 }
 
 /// What a handler asks the exporter's task for.
@@ -212,7 +215,8 @@ impl Exporter {
             )));
             return;
         }
-        let plan = stacks::plan(true, true, &self.args.filter, STACK_COUNT_ENTRIES);
+        let mut plan = stacks::plan(true, true, &self.args.filter, STACK_COUNT_ENTRIES);
+        self.args.unwind.apply(&mut plan);
         let started = Session::start(&self.args.target, None, &plan).and_then(|mut session| {
             let ring = session.events()?;
             Ok((session, ring))
@@ -239,7 +243,7 @@ impl Exporter {
             return Ok(());
         };
         let counts = &mut p.counts;
-        session::drain_records(p.ring.get_mut(), |r| {
+        session::drain_records(&p.session.engine, p.ring.get_mut(), |r| {
             counts.record(r);
             Ok(())
         })?;
@@ -378,7 +382,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
             _ = tend.tick() => {
                 if let Some(ring) = ring.as_mut() {
                     let maps = &mut exporter.maps;
-                    session::drain_records(ring.get_mut(), |r| {
+                    session::drain_records(&session.engine, ring.get_mut(), |r| {
                         maps.notice(&r);
                         Ok(())
                     })?;

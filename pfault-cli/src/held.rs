@@ -22,6 +22,8 @@ const NOT_RELEASED: i32 = 126;
 /// after forking it), it is killed and reaped: the command never runs untraced.
 pub struct Held {
     pub pid: u32,
+    /// The program it will exec, as found in PATH.
+    pub program: PathBuf,
     release: Option<File>,
 }
 
@@ -50,7 +52,8 @@ fn resolve_program(prog: &str) -> Result<PathBuf> {
 impl Held {
     /// Forks `argv`, held until [`Held::release`].
     pub fn spawn(argv: &[String]) -> Result<Held> {
-        let prog = CString::new(resolve_program(&argv[0])?.into_os_string().into_encoded_bytes())?;
+        let program = resolve_program(&argv[0])?;
+        let prog = CString::new(program.clone().into_os_string().into_encoded_bytes())?;
         let args: Vec<CString> = argv
             .iter()
             .map(|a| CString::new(a.as_bytes()))
@@ -90,6 +93,7 @@ impl Held {
         unsafe { libc::close(fds[0]) };
         Ok(Held {
             pid: pid as u32,
+            program,
             release: Some(unsafe { File::from_raw_fd(fds[1]) }),
         })
     }

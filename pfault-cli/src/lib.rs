@@ -25,6 +25,7 @@ pub mod stat;
 pub mod symbolize;
 pub mod top;
 pub mod trace;
+pub mod unwind;
 
 use std::process::ExitCode;
 

@@ -113,7 +113,7 @@ impl Mappings {
         match record {
             Record::Task(t) => self.seen(t),
             Record::Map(m) => self.mapped(m),
-            Record::Fault(..) | Record::Stack { .. } => {}
+            Record::Fault(..) | Record::Stack { .. } | Record::Unwind(_) => {}
         }
     }
 
@@ -142,6 +142,8 @@ impl Mappings {
             dev: m.map.dev,
             ino: m.map.ino,
             path,
+            // A notice does not carry the permissions; only the unwinder's warm-up asks.
+            exec: false,
         });
     }
 

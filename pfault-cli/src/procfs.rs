@@ -14,6 +14,8 @@ pub struct MapEntry {
     pub dev: u32,
     pub ino: u64,
     pub path: String,
+    /// Mapped executable (`x` in its permissions): code.
+    pub exec: bool,
 }
 
 /// Parses /proc/PID/maps text. Lines that do not parse are skipped: the file is the kernel's,
@@ -33,7 +35,7 @@ fn field<'a>(rest: &mut &'a str) -> Option<&'a str> {
 
 fn parse_maps_line(line: &str) -> Option<MapEntry> {
     let mut rest = line;
-    let (range, _perms, off, dev, ino) = (
+    let (range, perms, off, dev, ino) = (
         field(&mut rest)?,
         field(&mut rest)?,
         field(&mut rest)?,
@@ -58,6 +60,7 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
         dev: (major & 0xfff) << 20 | (minor & 0xfffff),
         ino: ino.parse().ok()?,
         path,
+        exec: perms.contains('x'),
     })
 }
 
@@ -197,6 +200,7 @@ garbage line
                 dev: 0xfd << 20 | 1,
                 ino: 1234567,
                 path: "/usr/bin/my prog (deleted)".into(),
+                exec: true,
             }
         );
         assert_eq!(maps[1].path, "[stack]");
@@ -232,6 +236,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 dev: 0xfe << 20,
                 ino: 247030,
                 path: "/usr/bin/cat".into(),
+                exec: true,
             }
         );
         assert_eq!(

@@ -6,8 +6,8 @@ use std::fmt;
 
 use aya::Pod;
 use pfault_common::{
-    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK, REC_TASK,
-    STACK_FRAMES_HEADER,
+    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, UnwindNeed, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK,
+    REC_TASK, REC_UNWIND, STACK_FRAMES_HEADER,
 };
 
 /// A fault's stacks (`trace -U/-K`), leaf first.
@@ -25,6 +25,8 @@ pub enum Record {
     Task(TaskSeen),
     /// A file a process mapped.
     Map(MapSeen),
+    /// Code of a file the CFI unwinder has no table for; the engine takes it.
+    Unwind(UnwindNeed),
     /// The frames (leaf first) of a stack `stackcount` counts under `hash`, first counted by
     /// process `tgid`.
     Stack { hash: u64, tgid: u32, frames: Vec<u64> },
@@ -93,6 +95,9 @@ pub fn decode(data: &[u8]) -> Result<Record, RecordError> {
         REC_MAP => read::<MapSeen>(data)
             .map(Record::Map)
             .ok_or_else(|| short(size_of::<MapSeen>())),
+        REC_UNWIND => read::<UnwindNeed>(data)
+            .map(Record::Unwind)
+            .ok_or_else(|| short(size_of::<UnwindNeed>())),
         REC_STACK => {
             // `{u32 rec; u32 nframes; u64 hash; u32 tgid; u32 pad; u64 frames[nframes]}`: only
             // the frames walked.

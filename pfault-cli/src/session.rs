@@ -101,6 +101,7 @@ impl Session {
             comm: target.comm.clone(),
             cgroup,
             follow: command.is_some(),
+            program: command.as_ref().map(|c| c.program.clone()),
         };
         let mut engine = Engine::start(plan, &filter)?;
         if let Some(c) = &command {
@@ -173,10 +174,10 @@ impl Session {
                     match tokio::time::timeout(RING_POLL, fd.readable_mut()).await {
                         Ok(guard) => {
                             let mut guard = guard?;
-                            drain(guard.get_inner_mut(), handler)?;
+                            drain(&self.engine, guard.get_inner_mut(), handler)?;
                             guard.clear_ready();
                         }
-                        Err(_) => drain(fd.get_mut(), handler)?,
+                        Err(_) => drain(&self.engine, fd.get_mut(), handler)?,
                     }
                     handler.idle(&mut self.engine);
                     self.engine.flush_log();
@@ -185,7 +186,7 @@ impl Session {
             }
         };
         if let Some(fd) = ring.as_mut() {
-            drain(fd.get_mut(), handler)?;
+            drain(&self.engine, fd.get_mut(), handler)?;
         }
         handler.tick(&mut self.engine, true)?;
         self.engine.flush_log();
@@ -204,6 +205,7 @@ impl Session {
         ring_what: &str,
     ) -> Result<Option<i32>> {
         let lost = self.engine.losses()?;
+        let unwind = self.engine.unwind_report()?;
         let plan = &self.engine.plan;
         match format {
             Format::Json => {
@@ -213,14 +215,22 @@ impl Session {
                     events,
                     lost,
                     exit_status: end.exit_code(),
+                    unwind,
                 };
                 eprintln!("{}", serde_json::json!({ "summary": summary }));
             }
-            Format::Text => match (events, lost.line(plan, ring_what)) {
-                (Some(n), _) => eprintln!("pfault: {n} events, {}{}", lost.ring(plan, ""), lost.others(plan)),
-                (None, Some(line)) => eprintln!("pfault: {line}"),
-                (None, None) => {}
-            },
+            Format::Text => {
+                match (events, lost.line(plan, ring_what)) {
+                    (Some(n), _) => {
+                        eprintln!("pfault: {n} events, {}{}", lost.ring(plan, ""), lost.others(plan))
+                    }
+                    (None, Some(line)) => eprintln!("pfault: {line}"),
+                    (None, None) => {}
+                }
+                if let Some(u) = unwind {
+                    eprintln!("pfault: {}", u.line());
+                }
+            }
         }
         Ok(end.exit_code())
     }
@@ -236,6 +246,8 @@ struct Summary {
     lost: Losses,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_status: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unwind: Option<crate::engine::UnwindReport>,
 }
 
 /// What a subcommand does with the run loop's records and ticks.
@@ -259,14 +271,21 @@ pub trait Handler {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
-    drain_records(ring, |r| handler.record(r))
+fn drain(engine: &Engine, ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
+    drain_records(engine, ring, |r| handler.record(r))
 }
 
-/// Decodes every record waiting in `ring` and hands each to `take`.
-pub fn drain_records(ring: &mut RingBuf<MapData>, mut take: impl FnMut(Record) -> Result<()>) -> Result<()> {
+/// Decodes every record waiting in `ring` and hands each to `take`, but those the engine
+/// serves itself.
+pub fn drain_records(
+    engine: &Engine,
+    ring: &mut RingBuf<MapData>,
+    mut take: impl FnMut(Record) -> Result<()>,
+) -> Result<()> {
     while let Some(item) = ring.next() {
-        take(records::decode(&item)?)?;
+        if let Some(r) = engine.take_record(records::decode(&item)?) {
+            take(r)?;
+        }
     }
     Ok(())
 }

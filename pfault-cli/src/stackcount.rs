@@ -9,7 +9,7 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs},
+    args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
     engine::{plan::STACK_COUNT_ENTRIES, Engine},
     output::{flamegraph, folded, json, Format, LateFile},
     records::Record,
@@ -39,6 +39,8 @@ pub struct StackcountArgs {
     pub major: bool,
     #[command(flatten)]
     pub filter: FaultFilterArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
     #[command(flatten)]
     pub duration: DurationArgs,
     #[command(flatten)]
@@ -215,12 +217,13 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.major {
         args.filter.kind = vec![Kind::Major];
     }
-    let plan = stacks::plan(
+    let mut plan = stacks::plan(
         !args.kernel_stacks_only,
         !args.user_stacks_only,
         &args.filter,
         args.map_entries,
     );
+    args.unwind.apply(&mut plan);
     if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {
         anyhow::bail!("-o pprof writes one profile of the whole run: drop -i (or use -o json)");
     }

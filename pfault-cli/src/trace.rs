@@ -8,7 +8,7 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    args::{check_size, DurationArgs, FaultFilterArgs, Kind, OutputArgs, TargetArgs},
+    args::{check_size, DurationArgs, FaultFilterArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
     engine::{Engine, Plan, ProbeMode, Tunable, VmFaultNames},
     output::{json, Format},
     procfs::cstr,
@@ -35,6 +35,8 @@ pub struct TraceArgs {
     pub kernel_stack: bool,
     #[command(flatten)]
     pub filter: FaultFilterArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
     #[command(flatten)]
     pub duration: DurationArgs,
     #[command(flatten)]
@@ -266,6 +268,7 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
         flags |= CFG_KSTACK;
     }
     let mut plan = Plan::filtered(flags, &args.filter);
+    args.unwind.apply(&mut plan);
     plan.ringbuf_bytes = ringbuf_mb.next_power_of_two() << 20;
     plan.tunables = vec![Tunable::RINGBUF];
     let out = args.output.open()?;

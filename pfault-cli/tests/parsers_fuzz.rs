@@ -13,8 +13,8 @@ use pfault::{
     records::{bytes_of, decode, Record, RecordError},
 };
 use pfault_common::{
-    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK, REC_TASK,
-    STACK_FRAMES_HEADER,
+    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, UnwindNeed, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK,
+    REC_TASK, REC_UNWIND, STACK_FRAMES_HEADER,
 };
 use proptest::{collection::vec, prelude::*, test_runner::Config};
 
@@ -337,6 +337,7 @@ fn map_entry() -> impl Strategy<Value = MapEntry> {
             dev: major << 20 | minor,
             ino,
             path,
+            exec: false,
         })
 }
 
@@ -390,7 +391,10 @@ proptest! {
             text.push_str(&map_line(e, perms, *pad));
             text.push('\n');
         }
-        let want: Vec<MapEntry> = entries.into_iter().map(|(e, _, _)| e).collect();
+        let want: Vec<MapEntry> = entries
+            .into_iter()
+            .map(|(e, perms, _)| MapEntry { exec: perms.contains('x'), ..e })
+            .collect();
         prop_assert_eq!(parse_maps(&text), want);
     }
 }
@@ -481,6 +485,7 @@ proptest! {
             Just(Some(REC_TASK)),
             Just(Some(REC_MAP)),
             Just(Some(REC_STACK)),
+            Just(Some(REC_UNWIND)),
             any::<u32>().prop_map(Some)
         ],
     ) {
@@ -498,13 +503,14 @@ proptest! {
                 }
             }
             Ok(Record::Map(m)) => prop_assert!(m.rec == REC_MAP && data.len() >= size_of::<MapSeen>()),
+            Ok(Record::Unwind(u)) => prop_assert!(u.rec == REC_UNWIND && data.len() >= size_of::<UnwindNeed>()),
             Ok(Record::Stack { frames, .. }) => {
                 prop_assert!(frames.len() <= MAX_STACK);
                 prop_assert!(data.len() >= STACK_FRAMES_HEADER + frames.len() * 8);
             }
             Err(RecordError::Short { len, need, .. }) => prop_assert!(len == data.len() && len < need),
             Err(RecordError::UnknownTag(t)) => {
-                prop_assert!(![REC_FAULT, REC_TASK, REC_MAP, REC_STACK].contains(&t))
+                prop_assert!(![REC_FAULT, REC_TASK, REC_MAP, REC_STACK, REC_UNWIND].contains(&t))
             }
         }
     }

@@ -40,6 +40,7 @@ pub const REC_FAULT: u32 = 1;
 pub const REC_TASK: u32 = 2;
 pub const REC_STACK: u32 = 3;
 pub const REC_MAP: u32 = 4;
+pub const REC_UNWIND: u32 = 5;
 
 /// `Config::flags` bits.
 pub const CFG_FILTER_COMM: u32 = 1 << 0;
@@ -81,6 +82,9 @@ pub const CFG_NOTIFY_MAPS: u32 = 1 << 14;
 pub const CFG_FILTER_CGROUP: u32 = 1 << 15;
 /// Per-process and per-file rows note their process's cgroup v2 id (`--by-cgroup`).
 pub const CFG_BY_CGROUP: u32 = 1 << 16;
+/// Walk user stacks with the binaries' CFI (`UNWIND_*` maps), the frame pointer where there is
+/// none; else `bpf_get_stack`'s frame-pointer walk.
+pub const CFG_UNWIND_CFI: u32 = 1 << 17;
 
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
@@ -93,6 +97,11 @@ pub const CNT_PENDING_FULL: u32 = 1;
 pub const CNT_STACK_LOST: u32 = 2;
 pub const CNT_AGG_FULL: u32 = 4;
 pub const CNT_VMA_BUSY: u32 = 5;
+/// Not losses: user frames the CFI unwinder had no row for (anonymous or JIT code, a binary
+/// without CFI, a table still loading), unwound by the frame pointer instead.
+pub const CNT_UNWIND_FP: u32 = 6;
+/// User frames the CFI unwinder walked.
+pub const CNT_UNWIND_FRAMES: u32 = 7;
 pub const CNT_MAX: u32 = 8;
 
 /// Kernel struct field offsets and enum values, read from the running kernel's BTF at load
@@ -104,6 +113,7 @@ pub struct Offsets {
     pub vma_vm_end: u32,
     pub vma_vm_pgoff: u32,
     pub vma_vm_file: u32,
+    pub vma_vm_flags: u32,
     pub vma_vm_mm: u32,
     pub file_f_inode: u32,
     /// `file.f_path.dentry`
@@ -118,6 +128,8 @@ pub struct Offsets {
     pub mm_start_stack: u32,
     pub mm_start_code: u32,
     pub regs_ip: u32,
+    pub regs_sp: u32,
+    pub regs_bp: u32,
     pub task_mm: u32,
     pub task_pid: u32,
     pub task_tgid: u32,
@@ -436,6 +448,97 @@ pub fn hist_bucket_floor(idx: usize) -> u64 {
     (4 + sub) << (lg - 2)
 }
 
+/// How an unwind row finds the caller's frame: its CFA (the stack pointer before the call),
+/// whose word below is the return address (x86-64).
+/// No row covers the address: the frame pointer is followed instead.
+pub const CFA_NONE: u8 = 0;
+/// CFA = rsp + `cfa_off`.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + `cfa_off`.
+pub const CFA_RBP: u8 = 2;
+/// A PLT entry: CFA = rsp + 8, plus 8 once rip is `cfa_off` or more bytes into its 16-byte
+/// slot (the push of the lazy-binding stub).
+pub const CFA_PLT: u8 = 3;
+/// The return address is undefined: the outermost frame (`_start`, a thread's start).
+pub const CFA_END: u8 = 4;
+
+/// One row of a binary's unwind table: from file offset `off` up to the next row's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub off: u32,
+    pub cfa_off: i16,
+    /// `CFA_*`
+    pub cfa: u8,
+    /// Where the caller's rbp was saved: at CFA + 8 * `rbp`; 0 when rbp is unchanged.
+    pub rbp: i8,
+}
+
+/// A file, as the kernel names it: `s_dev` and inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// `UnwindFile::state`: the kernel side asked userspace for the table.
+pub const TABLE_ASKED: u32 = 0;
+/// Rows `first..first + rows` of `UNWIND_ROWS`.
+pub const TABLE_READY: u32 = 1;
+/// The file has no usable CFI (or no room was left): its frames follow the frame pointer.
+pub const TABLE_NONE: u32 = 2;
+
+/// Value of `UNWIND_FILES`: where a binary's rows are, shared by every process mapping it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindFile {
+    pub first: u32,
+    pub rows: u32,
+    pub state: u32,
+    pub _pad: u32,
+}
+
+/// Key of `TEXT_VMAS`: a 64 KiB granule of a process's address space. `gen` (`EXEC_GEN`)
+/// tells a process apart from what it was before an exec, and from an earlier process that
+/// had its pid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TextKey {
+    pub tgid: u32,
+    pub gen: u32,
+    pub granule: u32,
+    pub _pad: u32,
+}
+
+/// `TEXT_VMAS` granules are this many bits of address.
+pub const TEXT_GRANULE_SHIFT: u32 = 16;
+
+/// A code mapping the unwinder met, and its file's table as last seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TextVma {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of an address = address + `bias` (wrapping).
+    pub bias: u64,
+    pub file: FileId,
+    pub table: UnwindFile,
+}
+
+/// The kernel side met code of a file it has no table for (`REC_UNWIND`): the VMA it was in,
+/// to open through /proc/PID/map_files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindNeed {
+    pub rec: u32,
+    pub pid: u32,
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub file: FileId,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -453,6 +556,12 @@ mod pod {
     unsafe impl aya::Pod for FileCounts {}
     unsafe impl aya::Pod for ProcKey {}
     unsafe impl aya::Pod for ProcStats {}
+    unsafe impl aya::Pod for UnwindRow {}
+    unsafe impl aya::Pod for FileId {}
+    unsafe impl aya::Pod for UnwindFile {}
+    unsafe impl aya::Pod for TextKey {}
+    unsafe impl aya::Pod for TextVma {}
+    unsafe impl aya::Pod for UnwindNeed {}
 }
 
 #[cfg(test)]

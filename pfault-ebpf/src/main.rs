@@ -34,20 +34,20 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC, BPF_F_USER_STACK,
-        BPF_NOEXIST,
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
+        BPF_F_USER_STACK, BPF_NOEXIST,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         generated::{
             bpf_find_vma, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack, bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack, bpf_loop, bpf_task_pt_regs,
             bpf_task_storage_get,
         },
     },
     macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
@@ -81,6 +81,7 @@ mod fold;
 mod helpers;
 mod outputs;
 mod thread;
+mod unwind;
 mod vma;
 
 use crate::{
@@ -89,6 +90,7 @@ use crate::{
     helpers::*,
     outputs::{events::*, files::*, stacks::*},
     thread::*,
+    unwind::*,
     vma::*,
 };
 
@@ -115,6 +117,23 @@ static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(2
 /// The (process, stack) pairs whose frames userspace has.
 #[map]
 static STACKS_SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Every loaded binary's unwind rows, back to back (`CFG_UNWIND_CFI`; sized by the loader).
+/// Userspace writes it through an mmap of its own.
+#[map]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Where each binary's rows are in `UNWIND_ROWS`, by file.
+#[map]
+static UNWIND_FILES: HashMap<FileId, UnwindFile> = HashMap::with_max_entries(8192, 0);
+
+/// Each process's generation in `TEXT_VMAS` keys (absent: 0).
+#[map]
+static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(32768, 0);
+
+/// The code mappings the unwinder met, per process and 64 KiB granule.
+#[map]
+static TEXT_VMAS: LruHashMap<TextKey, TextVma> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
 static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(16384, 0);
@@ -193,6 +212,10 @@ pub fn hmf_fexit(ctx: FExitContext) -> u32 {
 /// milliseconds at pfault's exit).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn task_exit(ctx: RawTracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        next_generation((pid_tgid >> 32) as u32);
+    }
     // The thread's storage goes with its task_struct.
     let p = parked(false);
     let flags = conf!(flags);
@@ -214,6 +237,7 @@ pub fn task_exit(ctx: RawTracePointContext) -> u32 {
 /// A traced process replaced its image: its maps are new, tell userspace while it lives.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
+    next_generation((bpf_get_current_pid_tgid() >> 32) as u32);
     if let Some((tgid, tid)) = wanted_current() {
         announce(TaskSeen {
             rec: REC_TASK,

@@ -45,6 +45,7 @@ pub(crate) struct VmaCtx {
     pub(crate) addr: u64,
     pub(crate) end: u64,
     pub(crate) pgoff: u64,
+    pub(crate) vm_flags: u64,
     pub(crate) map: Mapping,
 }
 
@@ -53,6 +54,7 @@ pub(crate) struct VmaCtx {
 pub(crate) extern "C" fn vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
     let ctx = unsafe { &mut *(ctx as *mut VmaCtx) };
     (ctx.end, ctx.pgoff) = read_vma(vma as u64, ctx.addr, &mut ctx.map);
+    ctx.vm_flags = read(vma as u64, conf!(off.vma_vm_flags));
     0
 }
 
@@ -64,6 +66,7 @@ fn find_vma(addr: u64) -> (i64, VmaCtx) {
         addr,
         end: 0,
         pgoff: 0,
+        vm_flags: 0,
         map: unsafe { core::mem::zeroed() },
     };
     let ret = unsafe {
@@ -126,13 +129,18 @@ pub(crate) fn mapping_of(p: *mut Pending) {
     *out = v.map;
 }
 
-/// Sends the file mapping that holds `addr` (`CFG_NOTIFY_MAPS`); anonymous memory is left out.
-/// A global function: the verifier checks it once, not at each of exec's two calls.
+/// `VM_EXEC` in `vm_area_struct.vm_flags`.
+const VM_EXEC: u64 = 0x4;
+
+/// Sends the file mapping that holds `addr` (`CFG_NOTIFY_MAPS`); anonymous memory is left out
+/// but for code (a JIT's), which may land where a file was mapped before and must not be
+/// taken for it. A global function: the verifier checks it once, not at each of exec's two
+/// calls.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn notify_map(tgid: u32, addr: u64) -> i64 {
     let (ret, mut v) = find_vma(addr);
-    if ret != 0 || v.map.kind != MAP_FILE {
+    if ret != 0 || (v.map.kind != MAP_FILE && v.vm_flags & VM_EXEC == 0) {
         return 0;
     }
     // The VMA may start below `addr` (merged with its neighbour): name its own start.

@@ -62,29 +62,51 @@ pub fn pfault() -> Command {
 /// functions even with -fno-omit-frame-pointer, and a frame-pointer walk then skips their caller.
 /// A source whose first line is `/* cflags: FLAGS` is compiled with FLAGS after those.
 pub fn workload(name: &str) -> PathBuf {
-    let src = root().join("tests/workloads").join(format!("{name}.c"));
-    let out_dir = root().join("target/workloads");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(name);
-    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let header = root().join("tests/workloads/common.h");
-    if fresh(&out) < fresh(&src).max(fresh(&header)) {
-        let text = std::fs::read_to_string(&src).unwrap();
+    build_once(&format!("{name}.c"), name, |src, out| {
+        let text = std::fs::read_to_string(src).unwrap();
         let own: Vec<&str> = text
             .lines()
             .next()
             .and_then(|l| l.strip_prefix("/* cflags:"))
             .map(|f| f.split_whitespace().collect())
             .unwrap_or_default();
-        let status = Command::new("cc")
+        Command::new("cc")
             .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer"])
             .args(own)
             .arg("-o")
-            .arg(&out)
-            .arg(&src)
+            .arg(out)
+            .arg(src)
             .status()
-            .expect("cc");
-        assert!(status.success(), "compiling {}", src.display());
+            .expect("cc")
+    })
+}
+
+/// Compiles `tests/workloads/NAME.rs` as cargo's release profile would, without frame pointers.
+pub fn rust_workload(name: &str) -> PathBuf {
+    build_once(&format!("{name}.rs"), name, |src, out| {
+        Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .args(["-C", "opt-level=2", "-C", "force-frame-pointers=no", "-g", "-o"])
+            .arg(out)
+            .arg(src)
+            .status()
+            .expect("rustc")
+    })
+}
+
+/// `target/workloads/NAME`, built from `tests/workloads/SOURCE` by `build` when older than it.
+fn build_once(
+    source: &str,
+    name: &str,
+    build: impl FnOnce(&Path, &Path) -> std::process::ExitStatus,
+) -> PathBuf {
+    let src = root().join("tests/workloads").join(source);
+    let out_dir = root().join("target/workloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(name);
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let header = root().join("tests/workloads/common.h");
+    if fresh(&out) < fresh(&src).max(fresh(&header)) {
+        assert!(build(&src, &out).success(), "compiling {}", src.display());
     }
     out
 }
@@ -254,22 +276,44 @@ pub fn hold(cmd: &mut Command) -> (Held, HashMap<String, String>) {
 /// Runs `pfault ARGS --output OUT -- WORKLOAD WARGS` to completion, failing the test if pfault
 /// fails, and returns the `key=value` ground truth the workload printed.
 pub fn pfault_on(args: &[&str], out: &Path, workload_name: &str, wargs: &[&str]) -> HashMap<String, String> {
+    pfault_on_program(args, out, &workload(workload_name), wargs).0
+}
+
+/// [`pfault_on`] for any program; also returns pfault's stderr.
+pub fn pfault_on_program(
+    args: &[&str],
+    out: &Path,
+    program: &Path,
+    wargs: &[&str],
+) -> (HashMap<String, String>, String) {
     let run = run_with_timeout(
         pfault()
             .args(args)
             .arg("--output")
             .arg(out)
             .arg("--")
-            .arg(workload(workload_name))
+            .arg(program)
             .args(wargs),
         Duration::from_secs(300),
     );
-    assert!(
-        run.status.success(),
-        "pfault {args:?} failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    kv(&String::from_utf8_lossy(&run.stdout))
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "pfault {args:?} failed: {stderr}");
+    (kv(&String::from_utf8_lossy(&run.stdout)), stderr)
+}
+
+/// `comm;root;...;leaf COUNT` lines as (stack, count); a stack printed twice fails the test.
+pub fn folded_lines(folded: &str) -> Vec<(String, u64)> {
+    let mut seen = std::collections::HashSet::new();
+    folded
+        .lines()
+        .map(|l| {
+            let (stack, n) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad folded line {l:?}"));
+            assert!(seen.insert(stack.to_string()), "stack printed twice: {stack}");
+            (stack.to_string(), n.parse().unwrap())
+        })
+        .collect()
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

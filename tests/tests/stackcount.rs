@@ -167,20 +167,6 @@ fn json_stacks_carry_symbolized_frames() {
 }
 
 /// Folded lines as (stack, count), failing on a stack printed twice.
-fn folded_lines(folded: &str) -> Vec<(String, u64)> {
-    let mut seen = std::collections::HashSet::new();
-    folded
-        .lines()
-        .map(|l| {
-            let (stack, n) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad folded line {l:?}"));
-            assert!(seen.insert(stack.to_string()), "stack printed twice: {stack}");
-            (stack.to_string(), n.parse().unwrap())
-        })
-        .collect()
-}
-
 /// 65,536 distinct call paths, one fault each: every fault keeps its own stack, with the
 /// default sizes (the kernel's stack-trace map drops a stack whenever its bucket is taken).
 #[test]

@@ -163,14 +163,15 @@ pub fn attach(
     if mode == ProbeMode::Tracepoint && flags & CFG_ACCOUNTED == 0 {
         attach_accounting_events(ebpf)?;
     }
-    if !completion_only {
-        // Reports the faults that killed threads, and folds the counts of exiting ones.
+    if !completion_only || flags & CFG_UNWIND_CFI != 0 {
+        // Reports the faults that killed threads, folds the counts of exiting ones, and ends
+        // a process's unwinder cache.
         raw_tracepoint(ebpf, prog::TASK_EXIT, "sched_process_exit")?;
     }
     if flags & (CFG_FOLLOW | CFG_NOTIFY_TASKS) != 0 {
         raw_tracepoint(ebpf, prog::TASK_FORK, "sched_process_fork")?;
     }
-    if flags & CFG_NOTIFY_TASKS != 0 {
+    if flags & (CFG_NOTIFY_TASKS | CFG_UNWIND_CFI) != 0 {
         raw_tracepoint(ebpf, prog::TASK_EXEC, "sched_process_exec")?;
     }
     if flags & CFG_NOTIFY_MAPS != 0 {

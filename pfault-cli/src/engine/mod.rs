@@ -26,7 +26,12 @@ use self::{
     layout::kernel_layout,
     objects::{maps, programs, BPF_OBJECT, CONFIG, LOG_LEVEL},
 };
-use crate::{btf::Btf, procfs};
+use crate::{
+    btf::Btf,
+    procfs,
+    records::Record,
+    unwind::{self, Unwinder},
+};
 
 /// The loaded, attached kernel side.
 pub struct Engine {
@@ -40,7 +45,34 @@ pub struct Engine {
     pub accounted: bool,
     /// CLOCK_MONOTONIC when the probes were attached.
     pub started_ns: u64,
+    /// The CFI unwinder's tables (`CFG_UNWIND_CFI`).
+    pub unwinder: Option<Unwinder>,
     log: Option<aya_log::EbpfLogger<StderrLog>>,
+}
+
+/// The CFI unwinder's account of a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnwindReport {
+    /// User frames walked, and of those, by frame pointer (code without a table).
+    pub frames: u64,
+    pub frames_by_fp: u64,
+    pub tables: unwind::Stats,
+}
+
+impl UnwindReport {
+    /// "unwind: cfi, 0.1% of 20,012 frames by frame pointer; 3 tables (...)".
+    pub fn line(&self) -> String {
+        let pct = if self.frames == 0 {
+            0.0
+        } else {
+            100.0 * self.frames_by_fp as f64 / self.frames as f64
+        };
+        format!(
+            "unwind: cfi, {pct:.1}% of {} user frames by frame pointer; {}",
+            self.frames,
+            unwind::describe(&self.tables)
+        )
+    }
 }
 
 /// The kernel side's log lines (`--bpf-log`), on stderr.
@@ -86,6 +118,9 @@ impl Engine {
     pub fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
         procfs::check_privileges()?;
         features::ensure_tracefs()?;
+        // The target's tables are built while the programs load (the verifier's time).
+        let ahead = (plan.flags & CFG_UNWIND_CFI != 0)
+            .then(|| unwind::Ahead::start((filter.tgid != 0).then_some(filter.tgid), filter.program.clone()));
         // The kernel's BTF (megabytes) is freed before attaching: the fentry attempt parses its
         // own copy, and the two need not coexist.
         let btf = Btf::from_sys_fs()?;
@@ -140,7 +175,11 @@ impl Engine {
             .map_max_entries(maps::STACK_COUNTS, size(CFG_OUT_STACKS, plan.agg_entries))
             .map_max_entries(maps::STACKS_SENT, size(CFG_OUT_STACKS, plan.stack_entries))
             .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.agg_entries))
-            .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192));
+            .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192))
+            .map_max_entries(maps::UNWIND_ROWS, size(CFG_UNWIND_CFI, plan.unwind_rows))
+            .map_max_entries(maps::UNWIND_FILES, size(CFG_UNWIND_CFI, 8192))
+            .map_max_entries(maps::TEXT_VMAS, size(CFG_UNWIND_CFI, 16384))
+            .map_max_entries(maps::EXEC_GEN, size(CFG_UNWIND_CFI, 32768));
         let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
         let log = if plan.bpf_log {
             Some(
@@ -149,6 +188,22 @@ impl Engine {
             )
         } else {
             None
+        };
+        // Tables in place before the first fault is walked.
+        let unwinder = match ahead {
+            Some(ahead) => {
+                let mut take = |name: &str| {
+                    ebpf.take_map(name)
+                        .with_context(|| format!("pfault's eBPF object has no map {name}"))
+                };
+                let (rows, files, text) = (
+                    take(maps::UNWIND_ROWS)?,
+                    take(maps::UNWIND_FILES)?,
+                    take(maps::TEXT_VMAS)?,
+                );
+                Some(Unwinder::start(rows, files, text, plan.unwind_rows, ahead)?)
+            }
+            None => None,
         };
         let (mode, refused) = attach::attach(&mut ebpf, plan, flags, hmf_btf_id)?;
         if let Some(id) = iter_btf_id {
@@ -162,8 +217,37 @@ impl Engine {
             refused,
             accounted: flags & CFG_ACCOUNTED != 0,
             started_ns: procfs::monotonic_ns(),
+            unwinder,
             log,
         })
+    }
+
+    /// Serves what is the engine's own business among ring-buffer records (the unwinder's
+    /// requests); gives back the rest.
+    pub fn take_record(&self, record: Record) -> Option<Record> {
+        match (record, &self.unwinder) {
+            (Record::Unwind(need), Some(u)) => {
+                u.need(need);
+                None
+            }
+            (Record::Unwind(_), None) => None,
+            (r, _) => Some(r),
+        }
+    }
+
+    /// How the CFI unwinder did: its tables, and the share of frames it could not unwind
+    /// from CFI (walked by frame pointer instead). `None` when it was not used.
+    pub fn unwind_report(&self) -> Result<Option<UnwindReport>> {
+        let Some(u) = &self.unwinder else {
+            return Ok(None);
+        };
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        let sum = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        Ok(Some(UnwindReport {
+            frames: sum(CNT_UNWIND_FRAMES),
+            frames_by_fp: sum(CNT_UNWIND_FP),
+            tables: u.stats(),
+        }))
     }
 
     /// Prints what the kernel side logged since the last call (`--bpf-log`).

@@ -24,6 +24,14 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// Tgids to trace when following a command and its children.
     pub const TRACED: &str = "TRACED";
+    /// Unwind rows of every loaded binary, back to back.
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// Where each binary's rows are, by file.
+    pub const UNWIND_FILES: &str = "UNWIND_FILES";
+    /// The code mappings the unwinder met, per process and 64 KiB granule.
+    pub const TEXT_VMAS: &str = "TEXT_VMAS";
+    /// Each process's generation in `TEXT_VMAS` keys: bumped at exec and exit.
+    pub const EXEC_GEN: &str = "EXEC_GEN";
 
     pub const ALL: &[&str] = &[
         EVENTS,
@@ -33,6 +41,10 @@ pub mod maps {
         PROC_STATS,
         COUNTERS,
         TRACED,
+        UNWIND_ROWS,
+        UNWIND_FILES,
+        TEXT_VMAS,
+        EXEC_GEN,
     ];
 }
 

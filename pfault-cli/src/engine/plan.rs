@@ -51,6 +51,8 @@ pub struct Plan {
     pub ringbuf_bytes: u32,
     pub stack_entries: u32,
     pub agg_entries: u32,
+    /// Rows of `UNWIND_ROWS` (`CFG_UNWIND_CFI`).
+    pub unwind_rows: u32,
     /// The maps this subcommand sizes from its flags.
     pub tunables: Vec<Tunable>,
 }
@@ -68,6 +70,7 @@ impl Plan {
             ringbuf_bytes: 4096,
             stack_entries: 65536,
             agg_entries: 40960,
+            unwind_rows: 0,
             tunables: Vec::new(),
         }
     }
@@ -99,6 +102,8 @@ pub struct TaskFilter {
     pub cgroup: Option<crate::cgroup::Cgroup>,
     /// Trace the tgids in the `TRACED` map (a command and its children).
     pub follow: bool,
+    /// The program of the command pfault starts: its unwind table is built ahead.
+    pub program: Option<std::path::PathBuf>,
 }
 
 /// `stackcount`'s default count-map size: a program with a hundred thousand stacks fits.

@@ -62,12 +62,16 @@ pub(crate) fn emit_event(ctx: *mut c_void, p: *const Pending, d: &Done) {
             fill_event(addr_of_mut!((*s).ev), p, d);
             const BYTES: u32 = (MAX_STACK * 8) as u32;
             if d.stacks_ok && flags & CFG_USTACK != 0 {
-                let n = bpf_get_stack(
-                    ctx,
-                    addr_of_mut!((*s).ustack) as *mut c_void,
-                    BYTES,
-                    BPF_F_USER_STACK as u64,
-                );
+                let n = if flags & CFG_UNWIND_CFI != 0 {
+                    copy_unwound(addr_of_mut!((*s).ustack) as *mut c_void)
+                } else {
+                    bpf_get_stack(
+                        ctx,
+                        addr_of_mut!((*s).ustack) as *mut c_void,
+                        BYTES,
+                        BPF_F_USER_STACK as u64,
+                    )
+                };
                 (*s).ev.ustack_bytes = if n > 0 { n as u16 } else { 0 };
             }
             if d.stacks_ok && flags & CFG_KSTACK != 0 {
@@ -76,5 +80,31 @@ pub(crate) fn emit_event(ctx: *mut c_void, p: *const Pending, d: &Done) {
             }
         }
         e.submit(wakeup_flag());
+    }
+}
+
+/// Unwinds the user stack from its CFI and copies its frames to `dst` (room for
+/// `MAX_STACK`); returns their bytes.
+#[inline(always)]
+fn copy_unwound(dst: *mut c_void) -> i64 {
+    let mut n = unwind_user();
+    if n > MAX_STACK {
+        n = MAX_STACK;
+    }
+    let Some(src) = STACK_SCRATCH.get_ptr(USER_SCRATCH) else {
+        return 0;
+    };
+    let bytes = (n * 8) as u32;
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst,
+            bytes,
+            addr_of!((*src).frames) as *const c_void,
+        )
+    };
+    if ret == 0 {
+        bytes as i64
+    } else {
+        0
     }
 }

@@ -8,7 +8,7 @@
 use crate::*;
 
 /// Scratch slot of the user stack; the kernel stack's is `KERNEL_SCRATCH`.
-const USER_SCRATCH: u32 = 0;
+pub(crate) const USER_SCRATCH: u32 = 0;
 const KERNEL_SCRATCH: u32 = 1;
 
 /// `regs->cs` in `struct pt_regs` (x86_64): its low two bits are the privilege level the fault
@@ -30,15 +30,22 @@ pub(crate) fn walk(ctx: *mut c_void, user: bool, kernel_mode: bool) -> u64 {
     let Some(s) = STACK_SCRATCH.get_ptr_mut(if user { USER_SCRATCH } else { KERNEL_SCRATCH }) else {
         return STACK_NONE;
     };
-    let f = if user { BPF_F_USER_STACK as u64 } else { 0 };
-    const BYTES: u32 = (MAX_STACK * 8) as u32;
-    let got = unsafe { bpf_get_stack(ctx, addr_of_mut!((*s).frames) as *mut c_void, BYTES, f) };
-    // -EFAULT only says there is no such stack (no kernel stack for a fault raised in user
-    // mode, no user stack for a kernel thread): nothing lost.
-    if got <= 0 {
+    let mut n = if user && conf!(flags) & CFG_UNWIND_CFI != 0 {
+        unwind_user()
+    } else {
+        let f = if user { BPF_F_USER_STACK as u64 } else { 0 };
+        const BYTES: u32 = (MAX_STACK * 8) as u32;
+        let got = unsafe { bpf_get_stack(ctx, addr_of_mut!((*s).frames) as *mut c_void, BYTES, f) };
+        // -EFAULT only says there is no such stack (no kernel stack for a fault raised in user
+        // mode, no user stack for a kernel thread): nothing lost.
+        if got <= 0 {
+            return STACK_NONE;
+        }
+        got as usize / 8
+    };
+    if n == 0 {
         return STACK_NONE;
     }
-    let mut n = got as usize / 8;
     if n > MAX_STACK {
         n = MAX_STACK;
     }

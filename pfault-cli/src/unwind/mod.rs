@@ -1,0 +1,452 @@
+//! CFI unwinding's userspace half: the tables the kernel side unwinds user stacks with.
+//!
+//! Each binary's table ([`table::build`]) goes into `UNWIND_ROWS`, an mmap-able array that
+//! is written in place (one syscall per table, not per row), and its place into
+//! `UNWIND_FILES`, which the kernel side reads by file: one table serves every process that
+//! maps the file. Tables are built ahead for the files the target process (and pfault
+//! itself: the C library and loader most processes share) has mapped as code, while the
+//! programs load; after that, when the kernel side meets code of a file it has no table
+//! for, it asks (`REC_UNWIND`) and a worker thread builds it, meanwhile the frame pointer
+//! stands in. Rows are never freed: a run that meets more code than `--unwind-mb` holds
+//! unwinds the rest by frame pointer, and says so.
+
+pub mod table;
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::{fd::AsFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Mutex},
+    thread::JoinHandle,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use pfault_common::*;
+use serde::Serialize;
+
+use crate::procfs;
+
+/// Which user-stack walk the kernel side does (`--unwind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unwind {
+    /// The binaries' CFI (.eh_frame): right without frame pointers; the frame pointer where
+    /// code has no CFI
+    Cfi,
+    /// Frame pointers only (bpf_get_stack), as bcc and bpftrace walk: skips the caller of
+    /// code that keeps none (memset, memcpy, -O2 C, Rust)
+    Fp,
+}
+
+/// The file behind a mapping, opened through /proc so that it is the mapped file itself
+/// (even deleted or replaced since), with its identity as the kernel names it.
+fn open_mapped(pid: u32, start: u64, end: u64) -> Option<(File, FileId, PathBuf)> {
+    let link = PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"));
+    let file = File::open(&link).ok()?;
+    let id = file_id(&file.metadata().ok()?);
+    let path = std::fs::read_link(&link).unwrap_or(link);
+    Some((file, id, path))
+}
+
+/// A file's identity as the kernel side sees it (`s_dev` is major << 20 | minor).
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    let dev = meta.dev();
+    FileId {
+        ino: meta.ino(),
+        dev: (libc::major(dev) << 20) | libc::minor(dev),
+        _pad: 0,
+    }
+}
+
+/// A table built for a file, or why it has none.
+struct Built {
+    id: FileId,
+    path: PathBuf,
+    table: Result<table::Table, String>,
+}
+
+fn build_file(file: &File, id: FileId, path: PathBuf) -> Built {
+    // SAFETY: the map is read only; a file truncated under us could fault, as for any
+    // reader of a mapped binary (the loader itself maps them the same way).
+    let table = match unsafe { memmap2::Mmap::map(file) } {
+        Ok(data) => table::build(&data),
+        Err(e) => Err(format!("cannot map it: {e}")),
+    };
+    Built { id, path, table }
+}
+
+/// A code mapping of the target process, to fill `TEXT_VMAS` with ahead.
+struct CodeMap {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    file: FileId,
+}
+
+/// What [`build_ahead`] leaves: tables, and the target's code mappings.
+#[derive(Default)]
+struct BuiltAhead {
+    tables: Vec<Built>,
+    target: Vec<CodeMap>,
+}
+
+/// Tables for the files `pids` have mapped as code (but pfault's own program, which it never
+/// traces), and for `program`, built on a thread of their own. The first pid is the target.
+fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhead> {
+    std::thread::spawn(move || {
+        let own = std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino());
+        let mut seen = Vec::new();
+        let mut out = BuiltAhead::default();
+        if let Some(path) = program {
+            if let Ok(file) = File::open(&path) {
+                if let Ok(id) = file.metadata().map(|m| file_id(&m)) {
+                    seen.push(id);
+                    out.tables.push(build_file(&file, id, path));
+                }
+            }
+        }
+        for (i, pid) in pids.into_iter().enumerate() {
+            for m in procfs::read_maps(pid).unwrap_or_default() {
+                if !m.exec || !m.path.starts_with('/') {
+                    continue;
+                }
+                if pid == std::process::id() && own == Some(m.ino) {
+                    continue;
+                }
+                let Some((file, id, path)) = open_mapped(pid, m.start, m.end) else {
+                    continue;
+                };
+                if i == 0 {
+                    out.target.push(CodeMap {
+                        start: m.start,
+                        end: m.end,
+                        file_offset: m.file_offset,
+                        file: id,
+                    });
+                }
+                if !seen.contains(&id) {
+                    seen.push(id);
+                    out.tables.push(build_file(&file, id, path));
+                }
+            }
+        }
+        out
+    })
+}
+
+/// What the tables hold, for the run's summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Rows `UNWIND_ROWS` has room for, and their bytes.
+    pub capacity_rows: u64,
+    pub capacity_bytes: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Every table loaded, largest first.
+    pub tables: Vec<TableStat>,
+    /// Files whose code is unwound by frame pointer, and why.
+    pub without_cfi: Vec<NoTable>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TableStat {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// FDEs that could not be read (a truncated or corrupt .eh_frame).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bad_fdes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NoTable {
+    pub path: String,
+    pub why: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// `UNWIND_ROWS`, mapped into pfault: rows are written in place.
+struct RowsMap {
+    mem: memmap2::MmapMut,
+    /// Keeps the map alive as long as the mapping is used.
+    _map: MapData,
+    capacity: usize,
+    next: usize,
+}
+
+impl RowsMap {
+    fn new(map: Map, capacity: usize) -> Result<RowsMap> {
+        let Map::Array(data) = map else {
+            anyhow::bail!("UNWIND_ROWS is not an array map");
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned()?;
+        let bytes = capacity * size_of::<UnwindRow>();
+        // SAFETY: an mmap-able BPF array of `capacity` 8-byte rows; the kernel side reads a
+        // table's rows only after its UNWIND_FILES entry says they are written.
+        let mem = unsafe {
+            memmap2::MmapOptions::new()
+                .len(bytes.next_multiple_of(4096))
+                .map_mut(&File::from(fd))
+        }
+        .context("mapping the unwind-row map into pfault (BPF_F_MMAPABLE arrays: Linux 5.5+)")?;
+        Ok(RowsMap {
+            mem,
+            _map: data,
+            capacity,
+            next: 0,
+        })
+    }
+
+    /// Copies `rows` in; their first index, or `None` when they do not fit.
+    fn push(&mut self, rows: &[UnwindRow]) -> Option<u32> {
+        if self.next + rows.len() > self.capacity {
+            return None;
+        }
+        let first = self.next;
+        // SAFETY: the mapping holds `capacity` rows, `first + len` of them are within it, and
+        // UnwindRow is plain data with the kernel's layout.
+        let dst = unsafe { (self.mem.as_mut_ptr() as *mut UnwindRow).add(first) };
+        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), dst, rows.len()) };
+        self.next += rows.len();
+        Some(first as u32)
+    }
+}
+
+/// Loads tables into the maps and keeps count.
+struct Loader {
+    rows: RowsMap,
+    files: BpfHashMap<MapData, FileId, UnwindFile>,
+    /// Held open: the programs are loaded after the maps are taken.
+    text: BpfHashMap<MapData, TextKey, TextVma>,
+    /// Files handled, and where their tables were left.
+    done: HashMap<FileId, UnwindFile>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl Loader {
+    fn load(&mut self, b: Built) {
+        if self.done.contains_key(&b.id) {
+            return;
+        }
+        let path = b.path.display().to_string();
+        let mut entry = UnwindFile {
+            state: TABLE_NONE,
+            ..Default::default()
+        };
+        let mut stats = self.stats.lock().unwrap();
+        match b.table {
+            Ok(t) => match self.rows.push(&t.rows) {
+                Some(first) => {
+                    entry = UnwindFile {
+                        first,
+                        rows: t.rows.len() as u32,
+                        state: TABLE_READY,
+                        _pad: 0,
+                    };
+                    let bytes = (t.rows.len() * size_of::<UnwindRow>()) as u64;
+                    stats.rows += t.rows.len() as u64;
+                    stats.bytes += bytes;
+                    let at = stats.tables.partition_point(|s| s.rows >= t.rows.len() as u64);
+                    stats.tables.insert(
+                        at,
+                        TableStat {
+                            path,
+                            rows: t.rows.len() as u64,
+                            bytes,
+                            bad_fdes: t.bad_fdes as u64,
+                        },
+                    );
+                }
+                None => stats.without_cfi.push(NoTable {
+                    path,
+                    why: format!("no room left for its {} rows: raise --unwind-mb", t.rows.len()),
+                }),
+            },
+            Err(why) => stats.without_cfi.push(NoTable { path, why }),
+        }
+        drop(stats);
+        // Published after its rows: the kernel side reads rows only of a ready table.
+        let _ = self.files.insert(b.id, entry, 0);
+        self.done.insert(b.id, entry);
+    }
+
+    /// Fills `TEXT_VMAS` with process `pid`'s code mappings: the kernel side then walks its
+    /// stacks whole from the first fault (it finds one new mapping per fault by itself).
+    fn prime(&mut self, pid: u32, maps: &[CodeMap]) {
+        for m in maps {
+            let Some(table) = self.done.get(&m.file) else {
+                continue;
+            };
+            let v = TextVma {
+                start: m.start,
+                end: m.end,
+                bias: m.file_offset.wrapping_sub(m.start),
+                file: m.file,
+                table: *table,
+            };
+            for granule in m.start >> TEXT_GRANULE_SHIFT..=(m.end - 1) >> TEXT_GRANULE_SHIFT {
+                let key = TextKey {
+                    tgid: pid,
+                    // A process that has not exec'd since the programs loaded.
+                    gen: 0,
+                    granule: granule as u32,
+                    _pad: 0,
+                };
+                let _ = self.text.insert(key, v, 0);
+            }
+        }
+    }
+
+    /// The kernel side's request: the file behind one of `need.pid`'s mappings.
+    fn need(&mut self, need: &UnwindNeed) {
+        if let Some(entry) = self.done.get(&need.file) {
+            // Built already: the kernel side asked before it saw the table.
+            let _ = self.files.insert(need.file, *entry, 0);
+            return;
+        }
+        match open_mapped(need.pid, need.vm_start, need.vm_end) {
+            Some((file, id, path)) if id == need.file => self.load(build_file(&file, id, path)),
+            // The process is gone, or mapped something else there since: let the next process
+            // that runs this code ask again.
+            _ => {
+                let _ = self.files.remove(&need.file);
+            }
+        }
+    }
+}
+
+enum Job {
+    Need(UnwindNeed),
+    /// Answered once every job before it is done.
+    Sync(mpsc::Sender<()>),
+}
+
+/// The tables' loader thread, and what it loaded.
+pub struct Unwinder {
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+/// Tables being built ahead, before the maps exist.
+pub struct Ahead {
+    pid: Option<u32>,
+    built: JoinHandle<BuiltAhead>,
+}
+
+impl Ahead {
+    /// Starts building tables for the code `pid` (when given) and pfault itself have mapped,
+    /// and for `program` (a command about to start).
+    pub fn start(pid: Option<u32>, program: Option<PathBuf>) -> Ahead {
+        let mut pids: Vec<u32> = pid.into_iter().collect();
+        pids.push(std::process::id());
+        Ahead {
+            pid,
+            built: build_ahead(pids, program),
+        }
+    }
+}
+
+impl Unwinder {
+    /// Takes the unwind maps, loads the tables built ahead (and the target's code mappings),
+    /// and starts the thread that builds the rest as the kernel side asks.
+    pub fn start(rows: Map, files: Map, text: Map, capacity_rows: u32, ahead: Ahead) -> Result<Unwinder> {
+        let stats = Arc::new(Mutex::new(Stats {
+            capacity_rows: capacity_rows as u64,
+            capacity_bytes: capacity_rows as u64 * size_of::<UnwindRow>() as u64,
+            ..Default::default()
+        }));
+        let mut loader = Loader {
+            rows: RowsMap::new(rows, capacity_rows as usize)?,
+            files: BpfHashMap::try_from(files)?,
+            text: BpfHashMap::try_from(text)?,
+            done: HashMap::new(),
+            stats: stats.clone(),
+        };
+        let built = ahead.built.join().unwrap_or_default();
+        for b in built.tables {
+            loader.load(b);
+        }
+        if let Some(pid) = ahead.pid {
+            loader.prime(pid, &built.target);
+        }
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pfault-unwind".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Need(n) => loader.need(&n),
+                        Job::Sync(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .context("starting the unwind-table thread")?;
+        Ok(Unwinder { jobs, stats })
+    }
+
+    /// The kernel side met code it has no table for.
+    pub fn need(&self, need: UnwindNeed) {
+        let _ = self.jobs.send(Job::Need(need));
+    }
+
+    /// What the tables hold, once the requests so far are served.
+    pub fn stats(&self) -> Stats {
+        let (tx, rx) = mpsc::channel();
+        if self.jobs.send(Job::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        self.stats.lock().unwrap().clone()
+    }
+}
+
+/// Bytes of `UNWIND_ROWS` per `--unwind-mb`.
+pub fn rows_for_mb(mb: u32) -> u32 {
+    ((mb as u64) << 20).div_ceil(size_of::<UnwindRow>() as u64) as u32
+}
+
+/// "3 tables (libc.so.6 31,204 rows, ...), 420 KiB of 8 MiB", for the run's end.
+pub fn describe(s: &Stats) -> String {
+    let name = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map_or(p.to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    let listed: Vec<String> = s
+        .tables
+        .iter()
+        .take(4)
+        .map(|t| format!("{} {} rows", name(&t.path), t.rows))
+        .collect();
+    let more = s.tables.len().saturating_sub(listed.len());
+    let mut line = format!(
+        "{} tables ({}{}), {} KiB of {} KiB",
+        s.tables.len(),
+        listed.join(", "),
+        if more > 0 {
+            format!(", {more} more")
+        } else {
+            String::new()
+        },
+        s.bytes.div_ceil(1024),
+        s.capacity_bytes / 1024
+    );
+    if !s.without_cfi.is_empty() {
+        let list: Vec<String> = s
+            .without_cfi
+            .iter()
+            .take(3)
+            .map(|n| format!("{}: {}", name(&n.path), n.why))
+            .collect();
+        line.push_str(&format!("; by frame pointer: {}", list.join("; ")));
+        if s.without_cfi.len() > 3 {
+            line.push_str(&format!(" and {} more", s.without_cfi.len() - 3));
+        }
+    }
+    line
+}

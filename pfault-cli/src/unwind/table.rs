@@ -1,0 +1,300 @@
+//! A binary's call frame information as the kernel side's unwind rows.
+//!
+//! Every FDE of `.eh_frame` (or `.debug_frame`, where a binary has no `.eh_frame`) is run
+//! through gimli into rows; each row says, from its address on, how to find the CFA (rsp or
+//! rbp plus an offset, or the PLT rule) and where the caller's rbp was saved. Addresses
+//! become file offsets through the executable segments, so one table serves every process
+//! whatever address it maps the file at. Rows that change nothing are dropped, and the end of
+//! each FDE that no other one continues gets a `CFA_NONE` row (code without CFI there).
+
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
+};
+use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use pfault_common::*;
+
+/// Most rows one table may have: the kernel side's binary search takes 22 steps.
+pub const MAX_ROWS: usize = 1 << 22;
+
+/// A binary's rows, sorted by file offset.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub rows: Vec<UnwindRow>,
+    /// FDEs that could not be read (a truncated or corrupt section): their code has no rows.
+    pub bad_fdes: usize,
+}
+
+/// An executable segment: addresses `vaddr..vaddr + size` are file offsets `offset..`.
+struct Segment {
+    vaddr: u64,
+    size: u64,
+    offset: u64,
+}
+
+/// The rows of the ELF file `data`; an error says why it has none (not ELF, not x86-64, no
+/// CFI).
+pub fn build(data: &[u8]) -> Result<Table, String> {
+    let file = object::File::parse(data).map_err(|e| format!("not an ELF file ({e})"))?;
+    if file.architecture() != object::Architecture::X86_64 {
+        return Err(format!("{:?} code, not x86-64", file.architecture()));
+    }
+    let segments: Vec<Segment> = file
+        .segments()
+        .filter(|s| matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0))
+        .map(|s| Segment {
+            vaddr: s.address(),
+            size: s.file_range().1,
+            offset: s.file_range().0,
+        })
+        .collect();
+    let addr_of = |name: &str| file.section_by_name(name).map(|s| s.address());
+    let mut rows = Rows::default();
+    if let Some(section) = file.section_by_name(".eh_frame") {
+        let bytes = section.data().map_err(|e| format!("reading .eh_frame: {e}"))?;
+        let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+        if let Some(a) = addr_of(".text") {
+            bases = bases.set_text(a);
+        }
+        if let Some(a) = addr_of(".got") {
+            bases = bases.set_got(a);
+        }
+        rows.section(&EhFrame::new(bytes, LittleEndian), &bases, &segments);
+    } else if let Some(section) = file.section_by_name(".debug_frame") {
+        let bytes = section.data().map_err(|e| format!("reading .debug_frame: {e}"))?;
+        let mut frame = DebugFrame::new(bytes, LittleEndian);
+        frame.set_address_size(8);
+        rows.section(&frame, &BaseAddresses::default(), &segments);
+    } else {
+        return Err("no .eh_frame or .debug_frame (stripped of its CFI)".into());
+    }
+    let table = rows.finish();
+    if table.rows.is_empty() {
+        return Err("its CFI describes no code".into());
+    }
+    if table.rows.len() > MAX_ROWS {
+        return Err(format!(
+            "{} rows, more than the {MAX_ROWS} a table may hold",
+            table.rows.len()
+        ));
+    }
+    Ok(table)
+}
+
+/// Rows as they are gathered: (file offset, is the end of an FDE, rule).
+#[derive(Default)]
+struct Rows {
+    raw: Vec<(u64, bool, UnwindRow)>,
+    bad_fdes: usize,
+}
+
+impl Rows {
+    fn section<'a, S>(&mut self, section: &S, bases: &BaseAddresses, segments: &[Segment])
+    where
+        S: UnwindSection<EndianSlice<'a, LittleEndian>>,
+    {
+        let to_off = |vaddr: u64| {
+            segments
+                .iter()
+                .find(|s| s.vaddr <= vaddr && vaddr < s.vaddr + s.size)
+                .map(|s| vaddr - s.vaddr + s.offset)
+        };
+        let mut ctx = Box::new(UnwindContext::new());
+        let mut entries = section.entries(bases);
+        loop {
+            let fde = match entries.next() {
+                Ok(Some(CieOrFde::Fde(partial))) => partial.parse(S::cie_from_offset),
+                Ok(Some(CieOrFde::Cie(_))) => continue,
+                Ok(None) => break,
+                // The section cannot be walked past a bad entry.
+                Err(_) => {
+                    self.bad_fdes += 1;
+                    break;
+                }
+            };
+            let Ok(fde) = fde else {
+                self.bad_fdes += 1;
+                continue;
+            };
+            let Some(end) = to_off(fde.end_address().saturating_sub(1)).map(|o| o + 1) else {
+                continue;
+            };
+            let Ok(mut table) = fde.rows(section, bases, &mut ctx) else {
+                self.bad_fdes += 1;
+                continue;
+            };
+            let start = self.raw.len();
+            let mut ok = true;
+            loop {
+                match table.next_row() {
+                    Ok(Some(row)) => {
+                        if let Some(off) = to_off(row.start_address()) {
+                            self.raw.push((off, false, rule(row, section)));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                self.raw.truncate(start);
+                self.bad_fdes += 1;
+                continue;
+            }
+            self.raw.push((end, true, UnwindRow::default()));
+        }
+    }
+
+    fn finish(mut self) -> Table {
+        // At one offset, a row beats the end of the FDE before it.
+        self.raw.sort_by_key(|&(off, end, _)| (off, end));
+        self.raw.dedup_by_key(|&mut (off, _, _)| off);
+        let mut rows: Vec<UnwindRow> = Vec::with_capacity(self.raw.len());
+        for (off, _, mut r) in self.raw {
+            let Ok(off) = u32::try_from(off) else { break };
+            r.off = off;
+            let same = rows
+                .last()
+                .is_some_and(|l| (l.cfa, l.cfa_off, l.rbp) == (r.cfa, r.cfa_off, r.rbp));
+            if !same {
+                rows.push(r);
+            }
+        }
+        Table {
+            rows,
+            bad_fdes: self.bad_fdes,
+        }
+    }
+}
+
+/// The CFA rule of glibc's and binutils' PLT entries: rsp + 8, plus 8 once rip is `N` or more
+/// bytes into its 16-byte slot.
+fn plt_threshold(expr: &[u8]) -> Option<i16> {
+    // DW_OP_breg7 8, DW_OP_breg16 0, DW_OP_lit15, DW_OP_and, DW_OP_litN, DW_OP_ge, DW_OP_lit3,
+    // DW_OP_shl, DW_OP_plus
+    match expr {
+        [0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, lit @ 0x30..=0x4f, 0x2a, 0x33, 0x24, 0x22] => {
+            Some((lit - 0x30) as i16)
+        }
+        _ => None,
+    }
+}
+
+fn rule<'a, S>(row: &gimli::UnwindTableRow<usize>, section: &S) -> UnwindRow
+where
+    S: UnwindSection<EndianSlice<'a, LittleEndian>>,
+{
+    let none = UnwindRow::default();
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Offset(-8)) => {}
+        Some(RegisterRule::Undefined) => return UnwindRow { cfa: CFA_END, ..none },
+        _ => return none,
+    }
+    let (cfa, cfa_off) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => {
+            let Ok(off) = i16::try_from(*offset) else {
+                return none;
+            };
+            match *register {
+                X86_64::RSP => (CFA_RSP, off),
+                X86_64::RBP => (CFA_RBP, off),
+                _ => return none,
+            }
+        }
+        CfaRule::Expression(e) => {
+            let Some(n) = e.get(section).ok().and_then(|e| plt_threshold(e.0.slice())) else {
+                return none;
+            };
+            (CFA_PLT, n)
+        }
+    };
+    let rbp = match row.register(X86_64::RBP) {
+        Some(RegisterRule::Offset(o)) if o % 8 == 0 && o != 0 => match i8::try_from(o / 8) {
+            Ok(v) => v,
+            Err(_) => return none,
+        },
+        // Unchanged (the default), or kept somewhere the kernel side cannot follow: the caller
+        // sees the value it has, as a frame-pointer walk would.
+        _ => 0,
+    };
+    UnwindRow {
+        off: 0,
+        cfa_off,
+        cfa,
+        rbp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row_at(t: &Table, off: u32) -> UnwindRow {
+        *t.rows.iter().rev().find(|r| r.off <= off).expect("a row")
+    }
+
+    /// The file offset of `addr` in this process, and the file mapped there.
+    fn file_offset_of(addr: u64) -> (String, u64) {
+        let maps = crate::procfs::read_maps(std::process::id()).unwrap();
+        let m = maps
+            .iter()
+            .find(|m| m.start <= addr && addr < m.end)
+            .expect("mapped");
+        (m.path.clone(), addr - m.start + m.file_offset)
+    }
+
+    #[test]
+    fn libc_memset_starts_with_the_return_address_on_top() {
+        let addr = libc::memset as *const () as u64;
+        let (path, off) = file_offset_of(addr);
+        let t = build(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(t.rows.len() > 1000, "{} rows for {path}", t.rows.len());
+        assert!(t.rows.windows(2).all(|w| w[0].off < w[1].off), "sorted, unique");
+        // At a function's first instruction the CFA is rsp + 8 (just the return address).
+        let r = row_at(&t, off as u32);
+        assert_eq!(
+            (r.cfa, r.cfa_off),
+            (CFA_RSP, 8),
+            "memset at {off:#x} of {path}: {r:?}"
+        );
+    }
+
+    #[test]
+    fn a_functions_body_saves_rbp_where_its_cfi_says() {
+        // This test binary's own code: Rust keeps frame pointers off, so rows carry rsp rules;
+        // somewhere rbp is saved (pushed by a function that uses it).
+        let t = build(&std::fs::read("/proc/self/exe").unwrap()).unwrap();
+        assert!(t.rows.iter().any(|r| r.cfa == CFA_RSP && r.cfa_off > 8));
+        assert!(t.rows.iter().any(|r| r.rbp < 0));
+        assert!(t.rows.iter().any(|r| r.cfa == CFA_NONE), "FDE ends");
+    }
+
+    #[test]
+    fn plt_rule_is_recognized() {
+        let expr = [0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22];
+        assert_eq!(plt_threshold(&expr), Some(11));
+        assert_eq!(plt_threshold(&expr[..10]), None);
+    }
+
+    #[test]
+    fn truncated_or_foreign_files_give_errors_not_panics() {
+        let libc = std::fs::read(file_offset_of(libc::memset as *const () as u64).0).unwrap();
+        for cut in [0, 16, 64, 4096, libc.len() / 2, libc.len() - 1] {
+            let _ = build(&libc[..cut]);
+        }
+        // A copy whose .eh_frame is cut short in place.
+        let file = object::File::parse(&*libc).unwrap();
+        let eh = file.section_by_name(".eh_frame").unwrap();
+        let (at, len) = eh.file_range().unwrap();
+        let mut bad = libc.clone();
+        for b in &mut bad[(at + len / 2) as usize..(at + len) as usize] {
+            *b = 0xff;
+        }
+        let t = build(&bad).unwrap();
+        assert!(t.bad_fdes > 0, "the corrupt half is counted");
+        assert!(build(b"not an elf").is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! User stacks unwound from the binaries' own CFI (`CFG_UNWIND_CFI`).
+//!
+//! A frame-pointer walk loses a frame wherever code keeps no frame pointer: hand-written
+//! memset/memcpy skip their caller, and code built without `-fno-omit-frame-pointer` (most
+//! Rust and -O2 C) ends the stack after its first frame. Userspace turns each binary's
+//! `.eh_frame` into rows (file offset -> how to find the CFA and the caller's rbp) in
+//! `UNWIND_ROWS`, one table per file shared by every process mapping it (`UNWIND_FILES`).
+//! Here each frame's code mapping is found (`TEXT_VMAS`, filled from `bpf_find_vma` once per
+//! process and 64 KiB of code), its row binary-searched, and the caller's pc, rsp and rbp
+//! computed from it, frame after frame in a `bpf_loop`. Code no table covers (anonymous or JIT
+//! code, a file without CFI, a table still loading) takes one frame-pointer step, counted in
+//! `CNT_UNWIND_FP`.
+
+use crate::*;
+
+/// log2 of the rows a table may hold (userspace keeps within it): the search's steps.
+const SEARCH_STEPS: u32 = 22;
+/// The lowest address user code can run at; a return address below it ends the walk.
+const MIN_USER_PC: u64 = 4096;
+/// User space ends here on x86-64 (47-bit addresses).
+const USER_END: u64 = 1 << 47;
+
+/// What [`unwind_text_vma`] found, per CPU (a global function returns one scalar).
+#[map]
+static VMA_FOUND: PerCpuArray<TextVma> = PerCpuArray::with_max_entries(1, 0);
+
+/// The walk's state, per CPU: in a map value the verifier knows nothing of what each step
+/// leaves, so it checks the step once (state on the BPF stack would be checked again for
+/// every different value the steps could leave there).
+#[repr(C)]
+pub(crate) struct Walk {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    n: u64,
+    tgid: u64,
+    gen: u64,
+    /// The code mapping of the last frame (`end == 0`: none yet), and its file's table.
+    start: u64,
+    end: u64,
+    bias: u64,
+    first: u32,
+    rows: u32,
+    state: u64,
+}
+
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new image (exec) or a process gone (its pid free to reuse): its `TEXT_VMAS` entries are
+/// of the past. Run at exec and at the exit of a process's main thread.
+#[inline(always)]
+pub(crate) fn next_generation(tgid: u32) {
+    if conf!(flags) & CFG_UNWIND_CFI == 0 {
+        return;
+    }
+    match EXEC_GEN.get_ptr_mut(&tgid) {
+        Some(g) => unsafe { *g += 1 },
+        None => {
+            let _ = EXEC_GEN.insert(&tgid, &1u32, 0);
+        }
+    }
+}
+
+impl Walk {
+    #[inline(always)]
+    fn take_vma(&mut self, v: &TextVma) {
+        self.start = v.start;
+        self.end = v.end;
+        self.bias = v.bias;
+        self.first = v.table.first;
+        self.rows = v.table.rows;
+        self.state = v.table.state as u64;
+    }
+}
+
+/// Unwinds the current task's user stack into the user scratch slot's frames, leaf first;
+/// returns the frames walked (0 where the task has no user registers).
+#[inline(always)]
+pub(crate) fn unwind_user() -> usize {
+    let task = unsafe { bpf_get_current_task_btf() };
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    if regs == 0 {
+        return 0;
+    }
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return 0;
+    };
+    let w = unsafe { &mut *w };
+    w.pc = read(regs, conf!(off.regs_ip));
+    w.sp = read(regs, conf!(off.regs_sp));
+    w.bp = read(regs, conf!(off.regs_bp));
+    w.n = 0;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    w.tgid = tgid as u64;
+    w.gen = unsafe { EXEC_GEN.get(&tgid) }.map_or(0, |g| *g as u64);
+    w.end = 0;
+    if w.pc == 0 || w.pc >= USER_END {
+        return 0;
+    }
+    unsafe {
+        bpf_loop(
+            MAX_STACK as u32,
+            unwind_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    let n = w.n;
+    if let Some(c) = COUNTERS.get_ptr_mut(CNT_UNWIND_FRAMES) {
+        unsafe { *c += n };
+    }
+    n as usize
+}
+
+/// `bpf_loop` callback: one frame. Not `no_mangle`: the verifier wants a static callback.
+#[inline(never)]
+extern "C" fn unwind_step(i: u64, _ctx: *mut c_void) -> i64 {
+    // The verifier wants 0 or 1 here, and knows nothing of what a global function returns;
+    // LLVM knows it is 0 or 1 and would drop the test, were the value not read back volatile.
+    let r = unwind_frame(i);
+    if unsafe { read_volatile(&r) } == 0 {
+        0
+    } else {
+        1
+    }
+}
+
+/// Frame `i`: records `WALK.pc`, then moves the walk to the caller. Returns 1 to end the
+/// walk. A global function: checked once, whatever the state of its callers.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn unwind_frame(i: u64) -> i64 {
+    let (Some(w), Some(s)) = (WALK.get_ptr_mut(0), STACK_SCRATCH.get_ptr_mut(USER_SCRATCH)) else {
+        return 1;
+    };
+    let w = unsafe { &mut *w };
+    let n = i as usize;
+    if n >= MAX_STACK {
+        return 1;
+    }
+    unsafe { (*s).frames[n] = w.pc };
+    w.n = i + 1;
+    // A return address is the instruction after the call, which may already be the next
+    // function's: its row is that of the byte before.
+    let pc = if n == 0 { w.pc } else { w.pc - 1 };
+    if !(w.start <= pc && pc < w.end) {
+        w.end = 0;
+        if unwind_text_vma(pc, w.tgid, w.gen) != 0 {
+            if let Some(v) = VMA_FOUND.get_ptr(0) {
+                w.take_vma(unsafe { &*v });
+            }
+        }
+    }
+    let row = if w.end != 0 && w.state == TABLE_READY as u64 {
+        unwind_find_row(w.first, w.rows, pc.wrapping_add(w.bias))
+    } else {
+        0
+    };
+    // `UnwindRow` as one little-endian word: off, cfa_off, cfa, rbp.
+    let (cfa_off, kind, rbp) = (
+        (row >> 32) as u16 as i16,
+        (row >> 48) as u8,
+        (row >> 56) as u8 as i8,
+    );
+    let (cfa, rbp) = match kind {
+        CFA_RSP => (w.sp.wrapping_add(cfa_off as i64 as u64), rbp),
+        CFA_RBP => (w.bp.wrapping_add(cfa_off as i64 as u64), rbp),
+        CFA_PLT => {
+            let pushed = if (w.pc & 15) >= cfa_off as u64 { 16 } else { 8 };
+            (w.sp + pushed, rbp)
+        }
+        CFA_END => return 1,
+        _ => {
+            // The frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address.
+            // None (as `_start` leaves it) ends the stack.
+            if w.bp == 0 {
+                return 1;
+            }
+            count(CNT_UNWIND_FP);
+            (w.bp + 16, -2)
+        }
+    };
+    // Callers' frames lie above: a CFA at or below the stack pointer is a bad row or a
+    // corrupt stack, and would loop.
+    if cfa <= w.sp || cfa >= USER_END {
+        return 1;
+    }
+    let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+        return 1;
+    };
+    if rbp != 0 {
+        let at = cfa.wrapping_add((rbp as i64 * 8) as u64);
+        w.bp = unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
+    }
+    if !(MIN_USER_PC..USER_END).contains(&ra) {
+        return 1;
+    }
+    w.pc = ra;
+    w.sp = cfa;
+    0
+}
+
+/// The row covering file offset `off` in the table of `rows` rows at `first`: the last one
+/// starting at or below it, as one word (0: none). A global function, as is
+/// [`unwind_text_vma`]: the verifier checks it once, not in every state of the walk.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
+    if off > u32::MAX as u64 || rows == 0 || rows > 1 << SEARCH_STEPS {
+        return 0;
+    }
+    let off = off as u32;
+    let mut lo = first;
+    let mut hi = first.wrapping_add(rows);
+    let mut i = 0;
+    while i < SEARCH_STEPS {
+        if hi.wrapping_sub(lo) <= 1 {
+            break;
+        }
+        let mid = lo + hi.wrapping_sub(lo) / 2;
+        let Some(row) = UNWIND_ROWS.get_ptr(mid) else {
+            return 0;
+        };
+        if unsafe { (*row).off } <= off {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        i += 1;
+    }
+    let Some(row) = UNWIND_ROWS.get_ptr(lo) else {
+        return 0;
+    };
+    let word = unsafe { read_volatile(row as *const u64) };
+    if (word as u32) <= off {
+        word
+    } else {
+        0
+    }
+}
+
+/// Finds the code mapping holding `pc` in process `tgid` (generation `gen`), with its
+/// file's table, into `VMA_FOUND`: from `TEXT_VMAS`, else from `bpf_find_vma` (then
+/// remembered). 0 where no VMA holds it.
+///
+/// Where interrupts are off (the exception tracepoints, the perf overflow path),
+/// `bpf_find_vma` works once per program run (its unlock waits in an irq_work), so a stack
+/// that spans code mappings not yet met takes a few faults to be walked whole; userspace
+/// fills `TEXT_VMAS` ahead for the process it was pointed at (-p).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
+    let Some(out) = VMA_FOUND.get_ptr_mut(0) else {
+        return 0;
+    };
+    let key = TextKey {
+        tgid: tgid as u32,
+        gen: gen as u32,
+        granule: (pc >> TEXT_GRANULE_SHIFT) as u32,
+        _pad: 0,
+    };
+    if let Some(v) = TEXT_VMAS.get_ptr_mut(&key) {
+        let v = unsafe { &mut *v };
+        if v.start <= pc && pc < v.end {
+            if v.table.state == TABLE_ASKED {
+                // Userspace may have loaded it since.
+                if let Some(t) = unsafe { UNWIND_FILES.get(&v.file) } {
+                    v.table.first = t.first;
+                    v.table.rows = t.rows;
+                    v.table.state = t.state;
+                }
+            }
+            copy_vma(out, v);
+            return 1;
+        }
+    }
+    let mut found = FoundVma {
+        start: 0,
+        end: 0,
+        pgoff: 0,
+        ino: 0,
+        dev: 0,
+    };
+    let ret = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            pc,
+            text_vma_found as *mut c_void,
+            addr_of_mut!(found) as *mut c_void,
+            0,
+        )
+    };
+    if ret != 0 {
+        return 0;
+    }
+    let file = FileId {
+        ino: found.ino,
+        dev: found.dev as u32,
+        _pad: 0,
+    };
+    let (first, rows, state) = if found.ino != 0 {
+        table_of(tgid as u32, &file, found.start, found.end)
+    } else {
+        (0, 0, TABLE_NONE)
+    };
+    let v = TextVma {
+        start: found.start,
+        end: found.end,
+        bias: (found.pgoff << 12).wrapping_sub(found.start),
+        file,
+        table: UnwindFile {
+            first,
+            rows,
+            state,
+            _pad: 0,
+        },
+    };
+    let _ = TEXT_VMAS.insert(&key, &v, 0);
+    copy_vma(out, &v);
+    1
+}
+
+#[inline(always)]
+fn copy_vma(out: *mut TextVma, v: &TextVma) {
+    unsafe {
+        (*out).start = v.start;
+        (*out).end = v.end;
+        (*out).bias = v.bias;
+        (*out).table.first = v.table.first;
+        (*out).table.rows = v.table.rows;
+        (*out).table.state = v.table.state;
+    }
+}
+
+/// The table of `file` (first row, rows, state); asks userspace for it the first time any
+/// process meets the file, here mapped at `start..end`.
+#[inline(always)]
+fn table_of(tgid: u32, file: &FileId, start: u64, end: u64) -> (u32, u32, u32) {
+    if let Some(t) = unsafe { UNWIND_FILES.get(file) } {
+        return (t.first, t.rows, t.state);
+    }
+    let asked = UnwindFile {
+        first: 0,
+        rows: 0,
+        state: TABLE_ASKED,
+        _pad: 0,
+    };
+    // Only the first to insert asks (another CPU may race here).
+    if UNWIND_FILES.insert(file, &asked, BPF_NOEXIST as u64).is_ok() {
+        let need = UnwindNeed {
+            rec: REC_UNWIND,
+            pid: tgid,
+            vm_start: start,
+            vm_end: end,
+            file: *file,
+        };
+        if EVENTS.output::<UnwindNeed>(&need, wakeup_flag()).is_err() {
+            // Asked again by the next frame in this file.
+            let _ = UNWIND_FILES.remove(file);
+            count(CNT_RINGBUF_LOST);
+        }
+    }
+    (0, 0, TABLE_ASKED)
+}
+
+#[repr(C)]
+struct FoundVma {
+    start: u64,
+    end: u64,
+    pgoff: u64,
+    /// 0: anonymous memory.
+    ino: u64,
+    dev: u64,
+}
+
+/// `bpf_find_vma` callback for [`text_vma`]: the VMA's range and file, without its name.
+#[inline(never)]
+extern "C" fn text_vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let f = unsafe { &mut *(ctx as *mut FoundVma) };
+    let vma = vma as u64;
+    f.start = read(vma, conf!(off.vma_vm_start));
+    f.end = read(vma, conf!(off.vma_vm_end));
+    f.pgoff = read(vma, conf!(off.vma_vm_pgoff));
+    let file: u64 = read(vma, conf!(off.vma_vm_file));
+    if file != 0 {
+        let inode: u64 = read(file, conf!(off.file_f_inode));
+        let sb: u64 = read(inode, conf!(off.inode_i_sb));
+        f.ino = read(inode, conf!(off.inode_i_ino));
+        f.dev = read::<u32>(sb, conf!(off.sb_s_dev)) as u64;
+    }
+    0
+}

@@ -1,0 +1,269 @@
+//! CFI unwinding (`--unwind cfi`, the default) on programs a frame-pointer walk gets wrong:
+//! callers of memset, C built with -O2 -fomit-frame-pointer, Rust built as cargo builds it;
+//! and on code it has no CFI for. Counts are checked against the workloads' own getrusage.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use pfault_tests::*;
+
+/// `stackcount -U --folded` (plus `extra`) over `program PAGES`: its folded lines, the
+/// workload's minor faults, and pfault's stderr.
+fn stacks_of(name: &str, program: &Path, pages: &str, extra: &[&str]) -> (Vec<(String, u64)>, u64, String) {
+    let out = scratch(name).join("folded.txt");
+    let mut args = vec!["stackcount", "-U", "--folded"];
+    args.extend_from_slice(extra);
+    let (truth, stderr) = pfault_on_program(&args, &out, program, &[pages]);
+    let folded = std::fs::read_to_string(&out).unwrap();
+    (folded_lines(&folded), num(&truth, "minflt"), stderr)
+}
+
+/// Of the faults on stacks that `is_leaf` picks, how many, and how many of those on stacks
+/// that hold `want`.
+fn share(lines: &[(String, u64)], is_leaf: impl Fn(&str) -> bool, want: impl Fn(&str) -> bool) -> (u64, u64) {
+    let mut total = 0;
+    let mut with = 0;
+    for (stack, n) in lines.iter().filter(|(s, _)| is_leaf(s)) {
+        total += n;
+        if want(stack) {
+            with += n;
+        }
+    }
+    (total, with)
+}
+
+fn leaf(stack: &str) -> &str {
+    stack.rsplit(';').next().unwrap_or("")
+}
+
+fn at_least_99_percent(with: u64, total: u64, what: &str, lines: &[(String, u64)]) {
+    assert!(
+        with * 100 >= total * 99,
+        "{what}: {with} of {total} faults, on these stacks:\n{lines:#?}"
+    );
+}
+
+#[test]
+fn the_caller_of_memset_is_kept() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("memset_caller");
+    let (lines, minflt, _) = stacks_of("unwind-memset", &program, "20000", &[]);
+    let in_memset = |s: &str| leaf(s).starts_with("__memset");
+    let (total, with) = share(&lines, in_memset, |s| s.contains(";main;fill_pages;__memset"));
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in memset, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "main;fill_pages;memset", &lines);
+    // The frame-pointer walk skips fill_pages: what the CFI walk is for.
+    let (lines, _, _) = stacks_of("unwind-memset-fp", &program, "20000", &["--unwind", "fp"]);
+    let (total, with) = share(&lines, in_memset, |s| s.contains(";fill_pages;"));
+    assert!(
+        total > 0 && with == 0,
+        "frame pointers found fill_pages? {lines:#?}"
+    );
+}
+
+#[test]
+fn c_built_with_o2_and_no_frame_pointers_unwinds_to_start() {
+    if !root_or_skip() {
+        return;
+    }
+    let (lines, minflt, _) = stacks_of("unwind-omit-fp", &workload("omit_fp"), "20000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "touch_pages_nofp",
+        |s| {
+            s.starts_with("omit_fp;_start;")
+                && s.contains(";__libc_start_call_main;main;walk_pages;touch_pages_nofp")
+        },
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in touch_pages_nofp, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "_start..main;walk_pages;touch_pages_nofp", &lines);
+}
+
+#[test]
+fn rust_without_frame_pointers_unwinds_to_start() {
+    if !root_or_skip() {
+        return;
+    }
+    let (lines, minflt, _) = stacks_of("unwind-rust", &rust_workload("rust_nofp"), "20000", &[]);
+    let toucher = "rust_nofp::pager::Toucher<T>::touch_every_page";
+    let (total, with) = share(
+        &lines,
+        |s| s.contains(toucher),
+        |s| {
+            s.starts_with("rust_nofp;_start;")
+                && s.contains(";main;std::rt::lang_start_internal;")
+                && s.contains(&format!(";rust_nofp::main;rust_nofp::run;{toucher}"))
+        },
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in touch_every_page, getrusage says {minflt}"
+    );
+    at_least_99_percent(
+        with,
+        total,
+        "_start..main..rust_nofp::run;touch_every_page",
+        &lines,
+    );
+}
+
+/// Where frame pointers were right, the CFI walk gives the same frames; it adds only the
+/// callers the frame-pointer walk could not reach (the C library's, built without them).
+#[test]
+fn stacks_that_frame_pointers_got_right_stay_the_same() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("anon_writer");
+    let touch = |lines: &[(String, u64)]| -> (String, u64) {
+        let hits: Vec<_> = lines.iter().filter(|(s, _)| leaf(s) == "touch_pages").collect();
+        assert_eq!(hits.len(), 1, "one touch_pages stack: {lines:#?}");
+        hits[0].clone()
+    };
+    let (fp, _, _) = stacks_of("unwind-same-fp", &program, "20000", &["--unwind", "fp", "-v"]);
+    let (cfi, _, _) = stacks_of("unwind-same-cfi", &program, "20000", &["-v"]);
+    let ((fp, fp_n), (cfi, cfi_n)) = (touch(&fp), touch(&cfi));
+    // With -v every frame carries its address: the same frames, to the byte.
+    let fp_frames = fp.split_once(';').unwrap().1;
+    assert!(cfi.ends_with(&format!(";{fp_frames}")), "cfi {cfi}\nfp  {fp}");
+    assert!(within(cfi_n, fp_n, 1.0), "{cfi_n} vs {fp_n}");
+}
+
+/// A copy of `program` with its `.eh_frame` changed by `edit` (None: removed).
+fn with_eh_frame(program: &Path, copy: &str, edit: Option<fn(&mut [u8])>) -> PathBuf {
+    let dir = scratch(copy);
+    let out = dir.join(copy);
+    std::fs::copy(program, &out).unwrap();
+    let status = match edit {
+        None => Command::new("objcopy")
+            .args(["--remove-section=.eh_frame", "--remove-section=.eh_frame_hdr"])
+            .arg(&out)
+            .status(),
+        Some(edit) => {
+            let dump = dir.join("eh_frame.bin");
+            let ok = Command::new("objcopy")
+                .arg(format!("--dump-section=.eh_frame={}", dump.display()))
+                .arg(&out)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "dumping .eh_frame");
+            let mut bytes = std::fs::read(&dump).unwrap();
+            edit(&mut bytes);
+            std::fs::write(&dump, &bytes).unwrap();
+            Command::new("objcopy")
+                .arg(format!("--update-section=.eh_frame={}", dump.display()))
+                .arg(&out)
+                .status()
+        }
+    };
+    assert!(status.unwrap().success(), "objcopy on {}", out.display());
+    out
+}
+
+/// Code without CFI (stripped, corrupt, or written at run time) is walked by frame pointer:
+/// no fault lost, no crash, and the run's end says which code and why.
+#[test]
+fn code_without_usable_cfi_falls_back_to_the_frame_pointer_and_says_so() {
+    if !root_or_skip() {
+        return;
+    }
+    let anon = workload("anon_writer");
+    let stripped = with_eh_frame(&anon, "anon_nocfi", None);
+    let (lines, minflt, stderr) = stacks_of("unwind-stripped", &stripped, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "touch_pages",
+        |s| s.contains(";main;touch_pages"),
+    );
+    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
+    at_least_99_percent(with, total, "main;touch_pages by frame pointer", &lines);
+    assert!(
+        stderr.contains("by frame pointer: anon_nocfi: no .eh_frame"),
+        "says why: {stderr}"
+    );
+
+    // Every FDE's length made huge: the section cannot be walked.
+    let corrupt = with_eh_frame(
+        &anon,
+        "anon_badcfi",
+        Some(|b: &mut [u8]| {
+            let third = b.len() / 3;
+            b[third..].fill(0xff)
+        }),
+    );
+    let (lines, minflt, stderr) = stacks_of("unwind-corrupt", &corrupt, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "touch_pages",
+        |s| s.contains(";main;touch_pages"),
+    );
+    assert!(within(total, minflt, 1.0), "{total} vs {minflt}: {stderr}");
+    at_least_99_percent(with, total, "main;touch_pages", &lines);
+    assert!(stderr.contains("unwind: cfi"), "{stderr}");
+
+    // Machine code in anonymous memory, as a JIT writes it.
+    let (lines, minflt, stderr) = stacks_of("unwind-jit", &workload("jit_writer"), "5000", &[]);
+    let total: u64 = lines
+        .iter()
+        .filter(|(s, _)| leaf(s) == "[unknown]")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in the JIT code vs {minflt}: {lines:#?}"
+    );
+    let pct: f64 = stderr
+        .split("unwind: cfi, ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no unwind line: {stderr}"));
+    assert!(
+        pct > 10.0,
+        "the JIT frames are counted as walked by frame pointer: {stderr}"
+    );
+}
+
+/// `trace -U` takes the same walk: every fault inside memset names its caller.
+#[test]
+fn trace_user_stacks_keep_the_caller_of_memset() {
+    if !root_or_skip() {
+        return;
+    }
+    let out = scratch("unwind-trace").join("trace.json");
+    let truth = pfault_on(&["trace", "-U", "-o", "json"], &out, "memset_caller", &["2000"]);
+    let pid = num(&truth, "pid");
+    let mut total = 0;
+    let mut with = 0;
+    for e in json_lines(&out).iter().filter(|e| e["pid"].as_u64() == Some(pid)) {
+        let names: Vec<&str> = e["ustack"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f["symbol"].as_str()).collect())
+            .unwrap_or_default();
+        if names.first().is_some_and(|n| n.starts_with("__memset")) {
+            total += 1;
+            if names.get(1..3) == Some(&["fill_pages", "main"][..]) {
+                with += 1;
+            }
+        }
+    }
+    assert!(
+        within(total, num(&truth, "minflt"), 1.0),
+        "{total} events in memset vs {truth:?}"
+    );
+    assert!(
+        with * 100 >= total * 99,
+        "{with} of {total} name fill_pages, main"
+    );
+}

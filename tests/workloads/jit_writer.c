@@ -1,0 +1,24 @@
+/* Writes one byte per page of fresh anonymous memory from machine code it copied into an
+ * anonymous executable mapping, as a JIT would: code no file's CFI describes.
+ * usage: jit_writer PAGES [wait] */
+#include <sys/mman.h>
+#include "common.h"
+
+typedef void (*store_fn)(char *);
+
+int main(int argc, char **argv) {
+    long pages = argc > 1 ? atol(argv[1]) : 1024;
+    /* mov byte ptr [rdi], 0x41; ret */
+    static const unsigned char code[] = {0xc6, 0x07, 0x41, 0xc3};
+    unsigned char *jit = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *p = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (jit == MAP_FAILED || p == MAP_FAILED) { perror("mmap"); return 1; }
+    memcpy(jit, code, sizeof code);
+    madvise(p, pages * 4096, MADV_NOHUGEPAGE);
+    store_fn store = (store_fn)jit;
+    maybe_wait(argc, argv, 2);
+    begin();
+    for (long i = 0; i < pages; i++) store(p + i * 4096);
+    end();
+    return 0;
+}
