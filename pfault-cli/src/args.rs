@@ -9,7 +9,7 @@ use pfault_common::{KIND_ERROR, KIND_MAJOR, KIND_MINOR, MODE_KERNEL, MODE_USER};
 use crate::{
     engine::{Plan, ProbeMode},
     output::Format,
-    unwind::{rows_for_mb, Unwind},
+    unwind::{rows_for_mb, Unwind, UNWIND_MB},
 };
 
 /// Which processes to look at.
@@ -117,8 +117,17 @@ pub struct UnwindArgs {
     #[arg(long, value_enum, value_name = "HOW", default_value = "cfi")]
     pub unwind: Unwind,
     /// Kernel memory for unwind tables, MiB (8 bytes a row; the C library takes about 250 KiB)
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "MIB", default_value_t = UNWIND_MB, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub unwind_mb: u32,
+}
+
+impl Default for UnwindArgs {
+    fn default() -> Self {
+        UnwindArgs {
+            unwind: Unwind::Cfi,
+            unwind_mb: UNWIND_MB,
+        }
+    }
 }
 
 impl UnwindArgs {

@@ -130,6 +130,22 @@ pub fn report() -> Vec<(String, String)> {
             };
             add(&format!("mode {}", mode.name()), verdict);
         }
+        // The user-stack walk stackcount and trace -U take by default.
+        let mut stacks = crate::stacks::plan(true, false, &Default::default(), 1024);
+        stacks.probe = best;
+        crate::args::UnwindArgs::default().apply(&mut stacks);
+        let rows = stacks.unwind_rows as u64 * size_of::<pfault_common::UnwindRow>() as u64;
+        add(
+            "user stacks",
+            match Engine::start(&stacks, &filter) {
+                Ok(e) if e.unwinder.is_some() => format!(
+                    "cfi: unwound from each binary's .eh_frame (bpf_loop), {} of rows (--unwind-mb); --unwind fp for frame pointers alone",
+                    bytes(rows)
+                ),
+                Ok(_) => "fp: frame pointers only (this kernel refuses the CFI unwinder)".into(),
+                Err(e) => format!("unavailable: {}", short_error(&e)),
+            },
+        );
         add(
             "tools",
             match best {

@@ -20,6 +20,15 @@ const MIN_USER_PC: u64 = 4096;
 /// User space ends here on x86-64 (47-bit addresses).
 const USER_END: u64 = 1 << 47;
 
+/// Counts one of `COUNTERS` without [`count`]'s log call: its stack frame would take the
+/// walk's chain of calls past the 512 bytes 6.1 allows them together.
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
 /// What [`unwind_text_vma`] found, per CPU (a global function returns one scalar).
 #[map]
 static VMA_FOUND: PerCpuArray<TextVma> = PerCpuArray::with_max_entries(1, 0);
@@ -113,13 +122,13 @@ pub(crate) fn unwind_user() -> usize {
     n as usize
 }
 
-/// `bpf_loop` callback: one frame. Not `no_mangle`: the verifier wants a static callback.
+/// `bpf_loop` callback: frame `i`. Not `no_mangle`: the verifier wants a static callback.
+/// All of a step is inline here, down to `bpf_find_vma`'s own callback: 6.1 counts the stack
+/// of every frame of a call chain against one 512-byte budget (rounding each frame up to 32),
+/// and the programs' own frames take most of it.
 #[inline(never)]
 extern "C" fn unwind_step(i: u64, _ctx: *mut c_void) -> i64 {
-    // The verifier wants 0 or 1 here, and knows nothing of what a global function returns;
-    // LLVM knows it is 0 or 1 and would drop the test, were the value not read back volatile.
-    let r = unwind_frame(i);
-    if unsafe { read_volatile(&r) } == 0 {
+    if unwind_frame(i) == 0 {
         0
     } else {
         1
@@ -127,10 +136,10 @@ extern "C" fn unwind_step(i: u64, _ctx: *mut c_void) -> i64 {
 }
 
 /// Frame `i`: records `WALK.pc`, then moves the walk to the caller. Returns 1 to end the
-/// walk. A global function: checked once, whatever the state of its callers.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn unwind_frame(i: u64) -> i64 {
+/// walk. The verifier checks it once or twice: what one step leaves for the next is in a map
+/// value, of which it knows nothing.
+#[inline(always)]
+fn unwind_frame(i: u64) -> i64 {
     let (Some(w), Some(s)) = (WALK.get_ptr_mut(0), STACK_SCRATCH.get_ptr_mut(USER_SCRATCH)) else {
         return 1;
     };
@@ -177,7 +186,7 @@ pub extern "C" fn unwind_frame(i: u64) -> i64 {
             if w.bp == 0 {
                 return 1;
             }
-            count(CNT_UNWIND_FP);
+            bump(CNT_UNWIND_FP);
             (w.bp + 16, -2)
         }
     };
@@ -202,11 +211,9 @@ pub extern "C" fn unwind_frame(i: u64) -> i64 {
 }
 
 /// The row covering file offset `off` in the table of `rows` rows at `first`: the last one
-/// starting at or below it, as one word (0: none). A global function, as is
-/// [`unwind_text_vma`]: the verifier checks it once, not in every state of the walk.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
+/// starting at or below it, as one word (0: none).
+#[inline(always)]
+fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
     if off > u32::MAX as u64 || rows == 0 || rows > 1 << SEARCH_STEPS {
         return 0;
     }
@@ -248,9 +255,8 @@ pub extern "C" fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
 /// `bpf_find_vma` works once per program run (its unlock waits in an irq_work), so a stack
 /// that spans code mappings not yet met takes a few faults to be walked whole; userspace
 /// fills `TEXT_VMAS` ahead for the process it was pointed at (-p).
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
+#[inline(always)]
+fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
     let Some(out) = VMA_FOUND.get_ptr_mut(0) else {
         return 0;
     };
@@ -275,49 +281,34 @@ pub extern "C" fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
             return 1;
         }
     }
-    let mut found = FoundVma {
-        start: 0,
-        end: 0,
-        pgoff: 0,
-        ino: 0,
-        dev: 0,
-    };
+    // Filled in place by the callback: the stack is short (its callers' frames and this
+    // one's count against the same 512 bytes on 6.1).
+    unsafe { (*out).file.ino = 0 };
     let ret = unsafe {
         bpf_find_vma(
             bpf_get_current_task_btf(),
             pc,
             text_vma_found as *mut c_void,
-            addr_of_mut!(found) as *mut c_void,
+            core::ptr::null_mut(),
             0,
         )
     };
     if ret != 0 {
         return 0;
     }
-    let file = FileId {
-        ino: found.ino,
-        dev: found.dev as u32,
-        _pad: 0,
+    let (first, rows, state) = unsafe {
+        if (*out).file.ino != 0 {
+            table_of(tgid as u32, &(*out).file, (*out).start, (*out).end)
+        } else {
+            (0, 0, TABLE_NONE)
+        }
     };
-    let (first, rows, state) = if found.ino != 0 {
-        table_of(tgid as u32, &file, found.start, found.end)
-    } else {
-        (0, 0, TABLE_NONE)
-    };
-    let v = TextVma {
-        start: found.start,
-        end: found.end,
-        bias: (found.pgoff << 12).wrapping_sub(found.start),
-        file,
-        table: UnwindFile {
-            first,
-            rows,
-            state,
-            _pad: 0,
-        },
-    };
-    let _ = TEXT_VMAS.insert(&key, &v, 0);
-    copy_vma(out, &v);
+    unsafe {
+        (*out).table.first = first;
+        (*out).table.rows = rows;
+        (*out).table.state = state;
+        let _ = TEXT_VMAS.insert(&key, &*out, 0);
+    }
     1
 }
 
@@ -348,46 +339,55 @@ fn table_of(tgid: u32, file: &FileId, start: u64, end: u64) -> (u32, u32, u32) {
     };
     // Only the first to insert asks (another CPU may race here).
     if UNWIND_FILES.insert(file, &asked, BPF_NOEXIST as u64).is_ok() {
-        let need = UnwindNeed {
-            rec: REC_UNWIND,
-            pid: tgid,
-            vm_start: start,
-            vm_end: end,
-            file: *file,
-        };
-        if EVENTS.output::<UnwindNeed>(&need, wakeup_flag()).is_err() {
-            // Asked again by the next frame in this file.
-            let _ = UNWIND_FILES.remove(file);
-            count(CNT_RINGBUF_LOST);
+        match EVENTS.reserve::<UnwindNeed>(0) {
+            Some(mut r) => {
+                let need = r.as_mut_ptr();
+                unsafe {
+                    (*need).rec = REC_UNWIND;
+                    (*need).pid = tgid;
+                    (*need).vm_start = start;
+                    (*need).vm_end = end;
+                    (*need).file.ino = file.ino;
+                    (*need).file.dev = file.dev;
+                    (*need).file._pad = 0;
+                }
+                // Now, not with the next batch: until the table is in, this file's frames
+                // are walked by frame pointer.
+                r.submit(BPF_RB_FORCE_WAKEUP);
+            }
+            None => {
+                // Asked again by the next frame in this file.
+                let _ = UNWIND_FILES.remove(file);
+                bump(CNT_RINGBUF_LOST);
+            }
         }
     }
     (0, 0, TABLE_ASKED)
 }
 
-#[repr(C)]
-struct FoundVma {
-    start: u64,
-    end: u64,
-    pgoff: u64,
-    /// 0: anonymous memory.
-    ino: u64,
-    dev: u64,
-}
-
 /// `bpf_find_vma` callback for [`text_vma`]: the VMA's range and file, without its name.
 #[inline(never)]
-extern "C" fn text_vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
-    let f = unsafe { &mut *(ctx as *mut FoundVma) };
+extern "C" fn text_vma_found(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void) -> i64 {
+    let Some(out) = VMA_FOUND.get_ptr_mut(0) else {
+        return 0;
+    };
     let vma = vma as u64;
-    f.start = read(vma, conf!(off.vma_vm_start));
-    f.end = read(vma, conf!(off.vma_vm_end));
-    f.pgoff = read(vma, conf!(off.vma_vm_pgoff));
+    let start: u64 = read(vma, conf!(off.vma_vm_start));
+    let pgoff: u64 = read(vma, conf!(off.vma_vm_pgoff));
+    unsafe {
+        (*out).start = start;
+        (*out).end = read(vma, conf!(off.vma_vm_end));
+        (*out).bias = (pgoff << 12).wrapping_sub(start);
+    }
     let file: u64 = read(vma, conf!(off.vma_vm_file));
     if file != 0 {
         let inode: u64 = read(file, conf!(off.file_f_inode));
         let sb: u64 = read(inode, conf!(off.inode_i_sb));
-        f.ino = read(inode, conf!(off.inode_i_ino));
-        f.dev = read::<u32>(sb, conf!(off.sb_s_dev)) as u64;
+        unsafe {
+            (*out).file.ino = read(inode, conf!(off.inode_i_ino));
+            (*out).file.dev = read(sb, conf!(off.sb_s_dev));
+            (*out).file._pad = 0;
+        }
     }
     0
 }

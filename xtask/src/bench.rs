@@ -332,7 +332,28 @@ pub fn run(_args: &[String]) -> Result<()> {
             "count per user stack",
             vec![
                 pfault_tracer("pfault stackcount -U", &p, &["stackcount", "-U", "--output", "/dev/null"]),
+                pfault_tracer(
+                    "pfault stackcount -U --unwind fp",
+                    &p,
+                    &["stackcount", "-U", "--unwind", "fp", "--output", "/dev/null"],
+                ),
                 bpftrace("bpftrace @[ustack, pid, comm]", out("bpftrace-stacks.txt"), "software:page-faults:1 { @[ustack, pid, comm] = count(); }"),
+                Tracer {
+                    // perf's own answer to code without frame pointers: 8 KiB of stack copied
+                    // per fault, unwound later (perf report). Its data goes nowhere: the
+                    // copying is the cost while the workload runs.
+                    name: "perf record --call-graph dwarf",
+                    argv: [
+                        "sh",
+                        "-c",
+                        "exec perf record -q -a -e page-faults -c 1 --call-graph dwarf -o - >/dev/null",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                    ready: "",
+                    ready_file: None,
+                },
             ],
         ),
         ("count per file", vec![pfault_tracer("pfault ffaults", &p, &["ffaults", "--output", "/dev/null"])]),

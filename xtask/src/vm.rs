@@ -36,7 +36,14 @@ const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
 /// built into the kernel are skipped.
 const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 
-const WORKLOADS: &[&str] = &["anon_writer", "file_reader", "segv", "many_stacks"];
+const WORKLOADS: &[&str] = &[
+    "anon_writer",
+    "file_reader",
+    "segv",
+    "many_stacks",
+    "memset_caller",
+    "omit_fp",
+];
 
 /// Pages of the file the guest reads for major faults (`/data/data.bin`).
 const DATA_PAGES: usize = 2048;
@@ -304,17 +311,21 @@ fn build_initramfs(dir: &Path, kernel: &Kernel, pfault: &Path) -> Result<PathBuf
     install_binary(&tree, &which("busybox")?, "bin/busybox")?;
     install_binary(&tree, pfault, "bin/pfault")?;
     for w in WORKLOADS {
+        let src = root().join("tests/workloads").join(format!("{w}.c"));
+        // As the tests build them: a first line `/* cflags: FLAGS` adds FLAGS.
+        let text = fs::read_to_string(&src)?;
+        let own: Vec<&str> = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("/* cflags:"))
+            .map(|f| f.split_whitespace().collect())
+            .unwrap_or_default();
         sh(Command::new("cc")
-            .args([
-                "-O0",
-                "-g",
-                "-D_GNU_SOURCE",
-                "-fno-omit-frame-pointer",
-                "-static",
-                "-o",
-            ])
+            .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer", "-static"])
+            .args(own)
+            .arg("-o")
             .arg(tree.join("w").join(w))
-            .arg(root().join("tests/workloads").join(format!("{w}.c"))))?;
+            .arg(src))?;
     }
     let mut order = String::new();
     for ko in modules_to_load(kernel, MODULES)? {

@@ -10,7 +10,7 @@
 # matched with grep patterns: busybox awk costs about a millisecond a line under TCG.
 
 MODES="fentry kprobe tracepoint"
-TOOLS="trace stackcount ffaults stat"
+TOOLS="trace stackcount unwind ffaults stat"
 export ANON_PAGES=10000 DATA=/data/data.bin
 # Stack walks and symbols cost more: fewer pages for the run with -U -K.
 STACK_PAGES=500
@@ -249,6 +249,9 @@ $(echo "$nokstack" | head -n 2 | cut -c 1-600)"
 # number KEY <JSON: the number after "KEY": in the (first) line.
 number() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" | head -n 1; }
 
+# sum_counts <JSON: the sum of every line's "count".
+sum_counts() { sed -n 's/.*"count":\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }'; }
+
 # counts_verdict MODE TOOL WHAT ACTUAL EXPECTED ...: pass when every ACTUAL is within 1% of
 # its EXPECTED (pairs after WHAT), with the numbers in the line.
 counts_verdict() {
@@ -272,10 +275,12 @@ check_stackcount() {
         verdict "$1" stackcount "$(run_problem)" "pfault stackcount on the workloads"
         return
     fi
+    # Summed over the stacks that end there: a program started by a shell gets its unwind
+    # table when it first faults, and its first faults are walked by frame pointer.
     anon=$(grep -F '"comm":"anon_writer","kind":"minor"' "$dir/stacks.json" |
-        grep -E '"ustack":\[\{("addr":[0-9]+,)?"symbol":"touch_pages"' | number count)
+        grep -E '"ustack":\[\{("addr":[0-9]+,)?"symbol":"touch_pages"' | sum_counts)
     file=$(grep -F '"comm":"file_reader","kind":"major"' "$dir/stacks.json" |
-        grep -E '"ustack":\[\{("addr":[0-9]+,)?"symbol":"read_pages"' | number count)
+        grep -E '"ustack":\[\{("addr":[0-9]+,)?"symbol":"read_pages"' | sum_counts)
     counts_verdict "$1" stackcount "touch_pages minor and read_pages major stacks" \
         "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")"
 }
@@ -301,6 +306,42 @@ $own of $paths paths counted once on their own stack"
     [ -z "$lost" ] || problems="$problems
 $lost"
     verdict "$1" stackcount "${problems#?}" "$own of $paths distinct stacks counted once each on their own"
+}
+
+# CFI unwinding (the default): every fault inside memset names memset's caller, and code built
+# with -O2 -fomit-frame-pointer unwinds to main; at least 99% of each.
+check_unwind() {
+    dir=/tmp/unwind-$1
+    mkdir -p "$dir"
+    problems="" shown=""
+    for w in memset_caller:fill_pages:memset omit_fp:walk_pages:touch_pages_nofp; do
+        name=${w%%:*} rest=${w#*:}
+        caller=${rest%%:*} leaf=${rest#*:}
+        timeout $RUN_TIMEOUT pfault stackcount -U -f --probe "$1" --output "$dir/$name.folded" \
+            -- /w/"$name" $ANON_PAGES >"$dir/$name.out" 2>"$dir/pfault.err"
+        status=$?
+        minflt=$(kv minflt "$dir/$name.out")
+        if [ "$status" != 0 ] || [ -z "$minflt" ]; then
+            problems="$problems
+$name: $(run_problem)"
+            continue
+        fi
+        counts=$(awk -v caller="$caller" -v leaf="$leaf" '{
+            n = $NF; stack = $0; sub(/ [0-9]+$/, "", stack)
+            k = split(stack, f, ";")
+            if (index(f[k], leaf) == 0) next
+            all += n
+            if (k >= 3 && f[k - 1] == caller && index(stack, ";main;") > 0) with += n
+        } END { print all + 0, with + 0 }' "$dir/$name.folded")
+        all=${counts% *} with=${counts#* }
+        within "$all" "$minflt" || problems="$problems
+$name: $all faults in $leaf, getrusage says $minflt"
+        [ $((with * 100)) -ge $((all * 99)) ] || problems="$problems
+$name: $with of $all faults in $leaf name main..$caller; stacks:
+$(sort -t' ' -k2 -n "$dir/$name.folded" | tail -n 3 | cut -c 1-400)"
+        shown="$shown $name $with/$all"
+    done
+    verdict "$1" unwind "${problems#?}" "callers kept through memset and code without frame pointers:$shown"
 }
 
 # Counts per file: [anon] for the writer, the data file's path for the reader.

@@ -116,6 +116,24 @@ impl Engine {
     /// Checks privileges and kernel features, loads the object configured for `plan`, and
     /// attaches the probes of the chosen mode (and only those).
     pub fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
+        match Self::start_with(plan, filter) {
+            // A kernel whose verifier refuses the CFI unwinder (no bpf_loop or bpf_find_vma:
+            // before 5.17) still walks frame pointers.
+            Err(e) if plan.flags & CFG_UNWIND_CFI != 0 && procfs::check_privileges().is_ok() => {
+                let mut fp = plan.clone();
+                fp.flags &= !CFG_UNWIND_CFI;
+                let mut engine =
+                    Self::start_with(&fp, filter).map_err(|_| e.context("starting with --unwind cfi"))?;
+                engine
+                    .refused
+                    .push("CFI unwinding refused by this kernel: user stacks by frame pointer".into());
+                Ok(engine)
+            }
+            r => r,
+        }
+    }
+
+    fn start_with(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
         procfs::check_privileges()?;
         features::ensure_tracefs()?;
         // The target's tables are built while the programs load (the verifier's time).

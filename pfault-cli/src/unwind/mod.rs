@@ -405,7 +405,10 @@ impl Unwinder {
     }
 }
 
-/// Bytes of `UNWIND_ROWS` per `--unwind-mb`.
+/// `--unwind-mb`'s default: room for the tables of a few hundred typical binaries.
+pub const UNWIND_MB: u32 = 8;
+
+/// Rows of `UNWIND_ROWS` in `mb` MiB.
 pub fn rows_for_mb(mb: u32) -> u32 {
     ((mb as u64) << 20).div_ceil(size_of::<UnwindRow>() as u64) as u32
 }
