@@ -41,6 +41,20 @@ fn log_first_loss(idx: u32) {
     }
 }
 
+/// `*dst = *src` for a `Mapping`, a word at a time. A plain assignment becomes a call to
+/// `memmove`, which copies byte by byte: the verifier walks each of the 96 bytes, in every
+/// state that reaches it.
+#[inline(always)]
+pub(crate) fn copy_mapping(dst: *mut Mapping, src: *const Mapping) {
+    const WORDS: usize = size_of::<Mapping>() / 8;
+    let (d, s) = (dst as *mut u64, src as *const u64);
+    let mut i = 0;
+    while i < WORDS {
+        unsafe { write_volatile(d.add(i), read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
+
 /// `map[key]`, inserted as `init` if absent. `None` (counted) when the map is full.
 #[inline(always)]
 pub(crate) fn get_or_insert<K, V>(map: &HashMap<K, V>, key: &K, init: &V) -> Option<*mut V> {

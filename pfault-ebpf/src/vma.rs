@@ -54,31 +54,50 @@ pub(crate) struct VmaCtx {
 pub(crate) extern "C" fn vma_found(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
     let ctx = unsafe { &mut *(ctx as *mut VmaCtx) };
     (ctx.end, ctx.pgoff) = read_vma(vma as u64, ctx.addr, &mut ctx.map);
-    ctx.vm_flags = read(vma as u64, conf!(off.vma_vm_flags));
     0
 }
 
-/// `bpf_find_vma` on the current task: its result (0, or -ENOENT where no VMA holds `addr`)
-/// and what [`vma_found`] read.
+/// [`vma_found`], and the VMA's flags: for [`notify_map`] alone. One more unknown value in
+/// the fault paths' lookups costs each of their programs about 10 ms more verification.
+#[inline(never)]
+pub(crate) extern "C" fn vma_found_with_flags(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let c = unsafe { &mut *(ctx as *mut VmaCtx) };
+    (c.end, c.pgoff) = read_vma(vma as u64, c.addr, &mut c.map);
+    c.vm_flags = read(vma as u64, conf!(off.vma_vm_flags));
+    0
+}
+
+/// `bpf_find_vma` on the current task, into `v` (whose `addr` says where): its result (0, or
+/// -ENOENT where no VMA holds `addr`). `v` is filled in place: a struct this size returned by
+/// value is copied byte by byte, and the verifier walks every byte.
 #[inline(always)]
-fn find_vma(addr: u64) -> (i64, VmaCtx) {
-    let mut v = VmaCtx {
+fn find_vma(v: &mut VmaCtx, with_flags: bool) -> i64 {
+    let found = if with_flags {
+        vma_found_with_flags as *mut c_void
+    } else {
+        vma_found as *mut c_void
+    };
+    unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            v.addr,
+            found,
+            v as *mut VmaCtx as *mut c_void,
+            0,
+        )
+    }
+}
+
+/// A `VmaCtx` to look `addr` up with.
+#[inline(always)]
+fn vma_ctx(addr: u64) -> VmaCtx {
+    VmaCtx {
         addr,
         end: 0,
         pgoff: 0,
         vm_flags: 0,
         map: unsafe { core::mem::zeroed() },
-    };
-    let ret = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            addr,
-            vma_found as *mut c_void,
-            addr_of_mut!(v) as *mut c_void,
-            0,
-        )
-    };
-    (ret, v)
+    }
 }
 
 /// The mapping of the parked fault `p`, from the thread's cache or `bpf_find_vma`.
@@ -103,14 +122,15 @@ pub(crate) fn mapping_of(p: *mut Pending) {
             && c.vm_start <= addr
             && addr < (*p).cache_end
         {
-            *out = *c;
+            copy_mapping(out, c);
             if out.kind == MAP_FILE {
                 out.offset = ((*p).cache_pgoff << 12) + ((addr & PAGE_MASK) - c.vm_start);
             }
             return;
         }
     }
-    let (ret, mut v) = find_vma(addr);
+    let mut v = vma_ctx(addr);
+    let ret = find_vma(&mut v, false);
     if ret == 0 {
         if seq & 1 == 0 {
             unsafe {
@@ -118,7 +138,7 @@ pub(crate) fn mapping_of(p: *mut Pending) {
                 (*p).cache_seq = seq;
                 (*p).cache_end = v.end;
                 (*p).cache_pgoff = v.pgoff;
-                (*p).cache = v.map;
+                copy_mapping(addr_of_mut!((*p).cache), &v.map);
             }
         }
     } else if ret == -2 {
@@ -126,7 +146,7 @@ pub(crate) fn mapping_of(p: *mut Pending) {
     } else {
         count(CNT_VMA_BUSY);
     }
-    *out = v.map;
+    copy_mapping(out, &v.map);
 }
 
 /// `VM_EXEC` in `vm_area_struct.vm_flags`.
@@ -139,7 +159,8 @@ const VM_EXEC: u64 = 0x4;
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn notify_map(tgid: u32, addr: u64) -> i64 {
-    let (ret, mut v) = find_vma(addr);
+    let mut v = vma_ctx(addr);
+    let ret = find_vma(&mut v, true);
     if ret != 0 || (v.map.kind != MAP_FILE && v.vm_flags & VM_EXEC == 0) {
         return 0;
     }

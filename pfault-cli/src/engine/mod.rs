@@ -195,9 +195,12 @@ impl Engine {
             .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.agg_entries))
             .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192))
             .map_max_entries(maps::UNWIND_ROWS, size(CFG_UNWIND_CFI, plan.unwind_rows))
-            .map_max_entries(maps::UNWIND_FILES, size(CFG_UNWIND_CFI, 8192))
-            .map_max_entries(maps::TEXT_VMAS, size(CFG_UNWIND_CFI, 16384))
-            .map_max_entries(maps::EXEC_GEN, size(CFG_UNWIND_CFI, 32768));
+            .map_max_entries(
+                maps::UNWIND_FILES,
+                size(CFG_UNWIND_CFI, plan::UNWIND_FILES_ENTRIES),
+            )
+            .map_max_entries(maps::TEXT_VMAS, size(CFG_UNWIND_CFI, plan::TEXT_VMAS_ENTRIES))
+            .map_max_entries(maps::EXEC_GEN, size(CFG_UNWIND_CFI, plan::EXEC_GEN_ENTRIES));
         let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
         let log = if plan.bpf_log {
             Some(

@@ -1,10 +1,15 @@
 //! What a subcommand asks of the kernel side: which outputs, which faults, which tasks, and
 //! how big the maps are.
 
-use pfault_common::{SentKey, StackCount, MODE_KERNEL, MODE_USER};
+use pfault_common::{
+    FileId, SentKey, StackCount, TextKey, TextVma, UnwindFile, UnwindRow, MODE_KERNEL, MODE_USER,
+};
 
 use super::objects::maps;
-use crate::args::{FaultFilterArgs, Kind};
+use crate::{
+    args::{FaultFilterArgs, Kind},
+    unwind::{rows_for_mb, UNWIND_MB},
+};
 
 /// How a fault's completion (and with it minor/major/error and latency) is observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -126,5 +131,29 @@ pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
             Plan::new(0).stack_entries as u64 * entry(size_of::<SentKey>(), 1),
         ),
         (maps::EVENTS, STACK_RINGBUF_BYTES as u64),
+        // The CFI unwinder's (`--unwind cfi`, the default).
+        (
+            maps::UNWIND_ROWS,
+            rows_for_mb(UNWIND_MB) as u64 * size_of::<UnwindRow>() as u64,
+        ),
+        (
+            maps::TEXT_VMAS,
+            TEXT_VMAS_ENTRIES as u64 * entry(size_of::<TextKey>(), size_of::<TextVma>()),
+        ),
+        (
+            maps::UNWIND_FILES,
+            UNWIND_FILES_ENTRIES as u64 * entry(size_of::<FileId>(), size_of::<UnwindFile>()),
+        ),
+        (
+            maps::EXEC_GEN,
+            EXEC_GEN_ENTRIES as u64 * entry(size_of::<u32>(), size_of::<u32>()),
+        ),
     ]
 }
+
+/// Code mappings the unwinder remembers (per process and 64 KiB): a few hundred processes'.
+pub const TEXT_VMAS_ENTRIES: u32 = 16384;
+/// Binaries with unwind tables.
+pub const UNWIND_FILES_ENTRIES: u32 = 8192;
+/// Processes whose exec/exit generation the unwinder keeps.
+pub const EXEC_GEN_ENTRIES: u32 = 8192;

@@ -40,7 +40,7 @@ pub(crate) fn fill_event(e: *mut FaultEvent, p: *const Pending, d: &Done) {
         (*e)._pad2 = [0; 6];
         (*e).rec = REC_FAULT;
         (*e).comm = d.comm;
-        (*e).map = (*p).map;
+        copy_mapping(addr_of_mut!((*e).map), addr_of!((*p).map));
     }
 }
 
