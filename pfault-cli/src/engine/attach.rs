@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        FEntry, FExit, Iter, KProbe, PerfEvent, RawTracePoint, TracePoint,
+        FEntry, FExit, Iter, KProbe, PerfEvent, Program, RawTracePoint, TracePoint,
     },
     util::online_cpus,
     Btf as AyaBtf, Ebpf,
@@ -32,7 +32,9 @@ where
 /// grace period.
 fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
     let tp: &mut TracePoint = program(ebpf, name)?;
-    tp.load().with_context(|| format!("loading {name}"))?;
+    if tp.fd().is_err() {
+        tp.load().with_context(|| format!("loading {name}"))?;
+    }
     tp.attach(category, event)
         .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
     Ok(())
@@ -41,7 +43,9 @@ fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Resul
 /// A raw tracepoint: the kernel's arguments as they are, without a trace record built first.
 fn raw_tracepoint(ebpf: &mut Ebpf, name: &str, event: &str) -> Result<()> {
     let tp: &mut RawTracePoint = program(ebpf, name)?;
-    tp.load().with_context(|| format!("loading {name}"))?;
+    if tp.fd().is_err() {
+        tp.load().with_context(|| format!("loading {name}"))?;
+    }
     tp.attach(event)
         .with_context(|| format!("attaching to raw tracepoint {event}"))?;
     Ok(())
@@ -87,25 +91,46 @@ fn attach_kprobe(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-fn attach_accounting_events(ebpf: &mut Ebpf) -> Result<()> {
+/// A perf software event on every CPU (`PAGE_FAULTS_MIN`/`MAJ`): the fault's completion.
+fn attach_accounting_event(ebpf: &mut Ebpf, name: &str, event: SoftwareEvent) -> Result<()> {
     let cpus = online_cpus().map_err(|(_, e)| e).context("reading online CPUs")?;
-    for (name, event) in [
-        (prog::FAULT_MINOR, SoftwareEvent::PageFaultsMin),
-        (prog::FAULT_MAJOR, SoftwareEvent::PageFaultsMaj),
-    ] {
-        let pe: &mut PerfEvent = program(ebpf, name)?;
+    let pe: &mut PerfEvent = program(ebpf, name)?;
+    if pe.fd().is_err() {
         pe.load().with_context(|| format!("loading {name}"))?;
-        for &cpu in &cpus {
-            pe.attach(
-                PerfEventConfig::Software(event),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Period(1),
-                false,
-            )
-            .with_context(|| format!("attaching {name} to the page-fault perf event on CPU {cpu}"))?;
-        }
+    }
+    for &cpu in &cpus {
+        pe.attach(
+            PerfEventConfig::Software(event),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(1),
+            false,
+        )
+        .with_context(|| format!("attaching {name} to the page-fault perf event on CPU {cpu}"))?;
     }
     Ok(())
+}
+
+/// Loads `names` side by side, a thread each: the verifier checks one program per call, and
+/// most of pfault's start-up is its time. A program that fails is loaded again where it is
+/// attached, which reports the error.
+fn load_together(ebpf: &mut Ebpf, names: &[&str]) {
+    let programs: Vec<&mut Program> = ebpf
+        .programs_mut()
+        .filter(|(n, _)| names.contains(n))
+        .map(|(_, p)| p)
+        .collect();
+    std::thread::scope(|s| {
+        for p in programs {
+            s.spawn(move || {
+                let _ = match p {
+                    Program::TracePoint(p) => p.load(),
+                    Program::RawTracePoint(p) => p.load(),
+                    Program::PerfEvent(p) => p.load(),
+                    _ => Ok(()),
+                };
+            });
+        }
+    });
 }
 
 /// The innermost cause of an error, e.g. "Operation not permitted (os error 1)".
@@ -152,33 +177,51 @@ pub fn attach(
     // The exception tracepoints are the entry on the tracepoint path; on the handle_mm_fault
     // paths they only catch faults that never reach it (bad address, bad access).
     let completion_only = mode == ProbeMode::Tracepoint && flags & CFG_COMPLETION_ONLY != 0;
+    let mut wanted = Vec::new();
     if (mode == ProbeMode::Tracepoint || errors_wanted) && !completion_only {
         if plan.modes & MODE_USER != 0 {
-            raw_tracepoint(ebpf, prog::PAGE_FAULT_USER, "page_fault_user")?;
+            wanted.push(prog::PAGE_FAULT_USER);
         }
         if plan.modes & MODE_KERNEL != 0 {
-            raw_tracepoint(ebpf, prog::PAGE_FAULT_KERNEL, "page_fault_kernel")?;
+            wanted.push(prog::PAGE_FAULT_KERNEL);
         }
     }
     if mode == ProbeMode::Tracepoint && flags & CFG_ACCOUNTED == 0 {
-        attach_accounting_events(ebpf)?;
+        wanted.extend([prog::FAULT_MINOR, prog::FAULT_MAJOR]);
     }
     if !completion_only || flags & CFG_UNWIND_CFI != 0 {
         // Reports the faults that killed threads, folds the counts of exiting ones, and ends
         // a process's unwinder cache.
-        raw_tracepoint(ebpf, prog::TASK_EXIT, "sched_process_exit")?;
+        wanted.push(prog::TASK_EXIT);
     }
     if flags & (CFG_FOLLOW | CFG_NOTIFY_TASKS) != 0 {
-        raw_tracepoint(ebpf, prog::TASK_FORK, "sched_process_fork")?;
+        wanted.push(prog::TASK_FORK);
     }
     if flags & (CFG_NOTIFY_TASKS | CFG_UNWIND_CFI) != 0 {
-        raw_tracepoint(ebpf, prog::TASK_EXEC, "sched_process_exec")?;
+        wanted.push(prog::TASK_EXEC);
     }
     if flags & CFG_NOTIFY_MAPS != 0 {
-        // A kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) still traces: the maps
-        // of processes that exit at once are then read from /proc alone, and may come too late.
-        if let Err(e) = tracepoint(ebpf, prog::TASK_MMAP, "syscalls", "sys_exit_mmap") {
-            refused.push(format!("mmap notices: {}", short_error(&e)));
+        wanted.push(prog::TASK_MMAP);
+    }
+    load_together(ebpf, &wanted);
+    for name in wanted {
+        match name {
+            prog::PAGE_FAULT_USER => raw_tracepoint(ebpf, name, "page_fault_user")?,
+            prog::PAGE_FAULT_KERNEL => raw_tracepoint(ebpf, name, "page_fault_kernel")?,
+            prog::FAULT_MINOR => attach_accounting_event(ebpf, name, SoftwareEvent::PageFaultsMin)?,
+            prog::FAULT_MAJOR => attach_accounting_event(ebpf, name, SoftwareEvent::PageFaultsMaj)?,
+            prog::TASK_EXIT => raw_tracepoint(ebpf, name, "sched_process_exit")?,
+            prog::TASK_FORK => raw_tracepoint(ebpf, name, "sched_process_fork")?,
+            prog::TASK_EXEC => raw_tracepoint(ebpf, name, "sched_process_exec")?,
+            // A kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) still traces: the
+            // maps of processes that exit at once are then read from /proc alone, and may come
+            // too late.
+            prog::TASK_MMAP => {
+                if let Err(e) = tracepoint(ebpf, name, "syscalls", "sys_exit_mmap") {
+                    refused.push(format!("mmap notices: {}", short_error(&e)));
+                }
+            }
+            _ => unreachable!("every wanted program has its attachment above"),
         }
     }
     Ok((mode, refused))
