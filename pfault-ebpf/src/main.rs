@@ -245,17 +245,25 @@ pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
             tid,
             forked_from: 0,
         });
+        // The kernel mapped the program and its loader itself (no mmap to see): their code
+        // is where the program's text starts and where it will start running.
+        let task = unsafe { bpf_get_current_task_btf() };
+        let mm: u64 = read(task as u64, conf!(off.task_mm));
+        let start_code: u64 = read(mm, conf!(off.mm_start_code));
+        let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+        let entry: u64 = if regs != 0 {
+            read(regs, conf!(off.regs_ip))
+        } else {
+            0
+        };
         if conf!(flags) & CFG_NOTIFY_MAPS != 0 {
-            // The kernel mapped the program and its loader itself (no mmap to see): their code
-            // is where the program's text starts and where it will start running.
-            let task = unsafe { bpf_get_current_task_btf() };
-            let mm: u64 = read(task as u64, conf!(off.task_mm));
-            notify_map(tgid, read(mm, conf!(off.mm_start_code)));
-            let regs = unsafe { bpf_task_pt_regs(task) } as u64;
-            if regs != 0 {
-                notify_map(tgid, read(regs, conf!(off.regs_ip)));
+            notify_map(tgid, start_code);
+            if entry != 0 {
+                notify_map(tgid, entry);
             }
         }
+        unwind_ahead(tgid, start_code);
+        unwind_ahead(tgid, entry);
     }
     0
 }

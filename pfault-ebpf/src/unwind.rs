@@ -56,6 +56,17 @@ pub(crate) struct Walk {
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
+/// At exec, before the new image runs: finds the code mapping at `addr` and asks for its
+/// table, so that userspace builds it while the loader starts (and not at the first fault).
+#[inline(always)]
+pub(crate) fn unwind_ahead(tgid: u32, addr: u64) {
+    if conf!(flags) & CFG_UNWIND_CFI == 0 || addr == 0 {
+        return;
+    }
+    let gen = unsafe { EXEC_GEN.get(&tgid) }.map_or(0, |g| *g as u64);
+    unwind_text_vma(addr, tgid as u64, gen);
+}
+
 /// A new image (exec) or a process gone (its pid free to reuse): its `TEXT_VMAS` entries are
 /// of the past. Run at exec and at the exit of a process's main thread.
 #[inline(always)]

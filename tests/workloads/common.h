@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,4 +35,13 @@ static void end(void) {
     printf("pid=%d minflt=%ld majflt=%ld seconds=%.6f\n", getpid(), ru.ru_minflt - ru_before.ru_minflt,
            ru.ru_majflt - ru_before.ru_majflt, secs);
     fflush(stdout);
+}
+
+/* PAGES of fresh anonymous memory, one minor fault per page written: no transparent huge
+ * pages. Exits on failure. */
+static char *fresh_pages(long pages) {
+    char *p = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { perror("mmap"); exit(1); }
+    madvise(p, pages * 4096, MADV_NOHUGEPAGE);
+    return p;
 }

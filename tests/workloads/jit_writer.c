@@ -1,7 +1,6 @@
 /* Writes one byte per page of fresh anonymous memory from machine code it copied into an
  * anonymous executable mapping, as a JIT would: code no file's CFI describes.
  * usage: jit_writer PAGES [wait] */
-#include <sys/mman.h>
 #include "common.h"
 
 typedef void (*store_fn)(char *);
@@ -11,10 +10,9 @@ int main(int argc, char **argv) {
     /* mov byte ptr [rdi], 0x41; ret */
     static const unsigned char code[] = {0xc6, 0x07, 0x41, 0xc3};
     unsigned char *jit = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    char *p = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (jit == MAP_FAILED || p == MAP_FAILED) { perror("mmap"); return 1; }
+    if (jit == MAP_FAILED) { perror("mmap"); return 1; }
+    char *p = fresh_pages(pages);
     memcpy(jit, code, sizeof code);
-    madvise(p, pages * 4096, MADV_NOHUGEPAGE);
     store_fn store = (store_fn)jit;
     maybe_wait(argc, argv, 2);
     begin();

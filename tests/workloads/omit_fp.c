@@ -2,7 +2,6 @@
  * Touches fresh anonymous memory from code built as most C is (-O2, no frame pointers):
  * main -> walk_pages -> touch_pages_nofp, one minor fault per page.
  * usage: omit_fp PAGES [wait] */
-#include <sys/mman.h>
 #include "common.h"
 
 __attribute__((noinline)) long touch_pages_nofp(char *p, long pages) {
@@ -24,9 +23,7 @@ __attribute__((noinline)) long walk_pages(char *p, long pages) {
 
 int main(int argc, char **argv) {
     long pages = argc > 1 ? atol(argv[1]) : 1024;
-    char *p = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) { perror("mmap"); return 1; }
-    madvise(p, pages * 4096, MADV_NOHUGEPAGE);
+    char *p = fresh_pages(pages);
     maybe_wait(argc, argv, 2);
     begin();
     long sum = walk_pages(p, pages);
