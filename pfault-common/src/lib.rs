@@ -461,6 +461,14 @@ pub const CFA_RBP: u8 = 2;
 pub const CFA_PLT: u8 = 3;
 /// The return address is undefined: the outermost frame (`_start`, a thread's start).
 pub const CFA_END: u8 = 4;
+/// A signal frame (`__restore_rt`): the interrupted rip, rsp and rbp are in the `ucontext`
+/// at rsp, and the interrupted rip is no return address (its own row, not the one before).
+pub const CFA_SIGNAL: u8 = 5;
+/// Where the kernel's x86-64 `ucontext` (at rsp in `__restore_rt`) keeps rbp, rsp and rip:
+/// `uc_mcontext.gregs[REG_RBP]`, `[REG_RSP]`, `[REG_RIP]`.
+pub const SIGFRAME_RBP: u64 = 120;
+pub const SIGFRAME_RSP: u64 = 160;
+pub const SIGFRAME_RIP: u64 = 168;
 
 /// One row of a binary's unwind table: from file offset `off` up to the next row's.
 #[repr(C)]

@@ -51,6 +51,8 @@ pub(crate) struct Walk {
     first: u32,
     rows: u32,
     state: u64,
+    /// `pc` was interrupted (by a signal), not called from: its own row is the one.
+    exact: u64,
 }
 
 #[map]
@@ -115,6 +117,7 @@ pub(crate) fn unwind_user() -> usize {
     w.tgid = tgid as u64;
     w.gen = unsafe { EXEC_GEN.get(&tgid) }.map_or(0, |g| *g as u64);
     w.end = 0;
+    w.exact = 0;
     if w.pc == 0 || w.pc >= USER_END {
         return 0;
     }
@@ -163,7 +166,8 @@ fn unwind_frame(i: u64) -> i64 {
     w.n = i + 1;
     // A return address is the instruction after the call, which may already be the next
     // function's: its row is that of the byte before.
-    let pc = if n == 0 { w.pc } else { w.pc - 1 };
+    let pc = if n == 0 || w.exact != 0 { w.pc } else { w.pc - 1 };
+    w.exact = 0;
     if !(w.start <= pc && pc < w.end) {
         w.end = 0;
         if unwind_text_vma(pc, w.tgid, w.gen) != 0 {
@@ -191,6 +195,22 @@ fn unwind_frame(i: u64) -> i64 {
             (w.sp + pushed, rbp)
         }
         CFA_END => return 1,
+        CFA_SIGNAL => {
+            // The kernel's signal frame: the interrupted registers, from the ucontext at rsp
+            // (on the signal stack, which need not lie above the interrupted one).
+            let at = |off: u64| unsafe { bpf_probe_read_user((w.sp + off) as *const u64) };
+            let (Ok(ip), Ok(sp), Ok(bp)) = (at(SIGFRAME_RIP), at(SIGFRAME_RSP), at(SIGFRAME_RBP)) else {
+                return 1;
+            };
+            if !(MIN_USER_PC..USER_END).contains(&ip) || sp == 0 || sp >= USER_END {
+                return 1;
+            }
+            w.pc = ip;
+            w.sp = sp;
+            w.bp = bp;
+            w.exact = 1;
+            return 0;
+        }
         _ => {
             // The frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address.
             // None (as `_start` leaves it) ends the stack.

@@ -117,6 +117,35 @@ fn rust_without_frame_pointers_unwinds_to_start() {
     );
 }
 
+/// A fault in a signal handler: through the kernel's signal frame to the code the signal
+/// interrupted, and on to main (a frame-pointer walk skips the interrupted function's caller).
+#[test]
+fn signal_handler_stacks_go_through_the_signal_frame() {
+    if !root_or_skip() {
+        return;
+    }
+    let (lines, minflt, _) = stacks_of("unwind-signal", &workload("in_signal"), "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "touch_in_handler",
+        |s| {
+            s.starts_with("in_signal;_start;")
+                && s.contains(";main;deliver;")
+                && s.ends_with(";on_signal;touch_in_handler")
+        },
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in the handler, getrusage says {minflt}"
+    );
+    at_least_99_percent(
+        with,
+        total,
+        "_start..main;deliver..on_signal;touch_in_handler",
+        &lines,
+    );
+}
+
 /// Where frame pointers were right, the CFI walk gives the same frames; it adds only the
 /// callers the frame-pointer walk could not reach (the C library's, built without them).
 #[test]

@@ -183,11 +183,26 @@ fn plt_threshold(expr: &[u8]) -> Option<i16> {
     }
 }
 
+/// The CFA rule of a signal frame (glibc's `__restore_rt`): `DW_OP_breg7 160; DW_OP_deref`,
+/// the interrupted rsp saved in the `ucontext` at rsp.
+fn is_signal_frame(expr: &[u8]) -> bool {
+    // 160 as a signed LEB128 is 0xa0 0x01.
+    expr == [0x77, 0xa0, 0x01, 0x06]
+}
+
 fn rule<'a, S>(row: &gimli::UnwindTableRow<usize>, section: &S) -> UnwindRow
 where
     S: UnwindSection<EndianSlice<'a, LittleEndian>>,
 {
     let none = UnwindRow::default();
+    if let CfaRule::Expression(e) = row.cfa() {
+        if e.get(section).is_ok_and(|e| is_signal_frame(e.0.slice())) {
+            return UnwindRow {
+                cfa: CFA_SIGNAL,
+                ..none
+            };
+        }
+    }
     match row.register(X86_64::RA) {
         Some(RegisterRule::Offset(-8)) => {}
         Some(RegisterRule::Undefined) => return UnwindRow { cfa: CFA_END, ..none },
@@ -270,6 +285,13 @@ mod tests {
         assert!(t.rows.iter().any(|r| r.cfa == CFA_RSP && r.cfa_off > 8));
         assert!(t.rows.iter().any(|r| r.rbp < 0));
         assert!(t.rows.iter().any(|r| r.cfa == CFA_NONE), "FDE ends");
+    }
+
+    #[test]
+    fn libc_has_its_signal_frame() {
+        let libc = std::fs::read(file_offset_of(libc::memset as *const () as u64).0).unwrap();
+        let t = build(&libc).unwrap();
+        assert!(t.rows.iter().any(|r| r.cfa == CFA_SIGNAL), "__restore_rt's row");
     }
 
     #[test]
