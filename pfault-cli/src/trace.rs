@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     args::{check_size, DurationArgs, FaultFilterArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
     engine::{Engine, Plan, ProbeMode, Tunable, VmFaultNames},
-    output::{json, Format},
+    output::{columns::Columns, json, Format},
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
@@ -182,36 +182,34 @@ impl Handler for Printer {
                 },
             )?,
             Format::Text => {
-                let t = ev.ts_ns.saturating_sub(self.started_ns) as f64 / 1e9;
-                let lat = latency
-                    .map(|l| format!("{:.1}", l as f64 / 1000.0))
-                    .unwrap_or_else(|| "-".into());
-                let flags = if self.with_flags {
-                    format!(
-                        "{:<16} ",
-                        if flags.is_empty() {
-                            "-".into()
-                        } else {
-                            flags.join("|")
-                        }
-                    )
-                } else {
-                    String::new()
+                // Rounded to the units printed: microseconds of run time, tenths of a
+                // microsecond of latency.
+                let t_us = (ev.ts_ns.saturating_sub(self.started_ns) + 500) / 1000;
+                let mut c = Columns::new(&mut self.line);
+                c.fixed(t_us, 6, 12, true)
+                    .uint(ev.pid as u64, 7)
+                    .uint(ev.tid as u64, 7)
+                    .left(cstr(&ev.comm), 16)
+                    .hex(ev.addr, 18)
+                    .left(acc_short, 3)
+                    .left(&mode[..4], 4)
+                    .left(Kind::from_raw(ev.kind).name(), 5);
+                match latency {
+                    Some(l) => c.fixed((l + 50) / 100, 1, 9, false),
+                    None => c.right("-", 9),
                 };
-                let mapping = match offset {
-                    Some(o) => format!("{mapping}+{o:#x}"),
-                    None => mapping,
-                };
-                writeln!(
-                    self.out,
-                    "{t:<12.6} {:>7} {:>7} {:<16} {:>#18x} {acc_short:<3} {:<4} {:<5} {lat:>9} {flags}{mapping}",
-                    ev.pid,
-                    ev.tid,
-                    cstr(&ev.comm),
-                    ev.addr,
-                    &mode[..4],
-                    Kind::from_raw(ev.kind).name(),
-                )?;
+                if self.with_flags {
+                    if flags.is_empty() {
+                        c.left("-", 16);
+                    } else {
+                        c.left(&flags.join("|"), 16);
+                    }
+                }
+                match offset {
+                    Some(o) => c.end(&format!("{mapping}+{o:#x}")),
+                    None => c.end(&mapping),
+                }
+                self.out.write_all(&self.line)?;
                 for f in kstack.iter().flatten().chain(ustack.iter().flatten()) {
                     writeln!(self.out, "        {}", f.text())?;
                 }

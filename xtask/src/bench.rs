@@ -305,6 +305,35 @@ fn startup(argv: &[&str]) -> Result<(f64, u64)> {
     Ok(runs[runs.len() / 2])
 }
 
+/// What the CFI unwinder loaded for the workload: its tables, from `-o json`'s summary.
+fn unwind_tables(pfault: &str, bin: &Path) -> Result<String> {
+    let out = Command::new(pfault)
+        .args(["stackcount", "-U", "-o", "json", "--output", "/dev/null", "--"])
+        .arg(bin)
+        .arg("1000")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: serde_json::Value = stderr
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("stackcount -o json printed no summary")?;
+    let u = &summary["summary"]["unwind"]["tables"];
+    let mut md = format!(
+        "\nUnwind tables the CFI unwinder loaded for the workload (`stackcount -U`), of {} KiB:\n\n| binary | rows | KiB |\n|---|---|---|\n",
+        u["capacity_bytes"].as_u64().unwrap_or(0) / 1024
+    );
+    for t in u["tables"].as_array().into_iter().flatten() {
+        md += &format!(
+            "| {} | {} | {:.1} |\n",
+            t["path"].as_str().unwrap_or("?"),
+            t["rows"],
+            t["bytes"].as_f64().unwrap_or(0.0) / 1024.0
+        );
+    }
+    Ok(md)
+}
+
 pub fn run(_args: &[String]) -> Result<()> {
     toolchain::ensure_packages(&[("bpftrace", "bpftrace"), ("perf", "linux-perf")])?;
     toolchain::ensure_tracefs()?;
@@ -444,6 +473,7 @@ pub fn run(_args: &[String]) -> Result<()> {
             md += &format!("| {job} | `{}` | {per_fault:.0} | {per_run:.0} |\n", t.name);
         }
     }
+    md += &unwind_tables(&p, &bin)?;
     let (pf_s, pf_kb) = startup(&[&p, "stackcount", "-U", "-d", "0", "--output", "/dev/null"])?;
     let (bt_s, bt_kb) = startup(&[
         "bpftrace",

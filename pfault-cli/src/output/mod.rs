@@ -1,6 +1,7 @@
 //! Output formats and where output goes. One module per format; subcommands render their
 //! own rows and hand them to these writers.
 
+pub mod columns;
 pub mod flamegraph;
 pub mod folded;
 pub mod hist;
