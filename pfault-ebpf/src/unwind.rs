@@ -20,16 +20,17 @@ const MIN_USER_PC: u64 = 4096;
 /// User space ends here on x86-64 (47-bit addresses).
 const USER_END: u64 = 1 << 47;
 
-/// Counts one of `COUNTERS` without [`count`]'s log call: its stack frame would take the
+/// Adds `n` to one of `COUNTERS` without [`count`]'s log call: its stack frame would take the
 /// walk's chain of calls past the 512 bytes 6.1 allows them together.
 #[inline(always)]
-fn bump(idx: u32) {
+fn bump(idx: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 
-/// What [`unwind_text_vma`] found, per CPU (a global function returns one scalar).
+/// The code mapping [`unwind_text_vma`] found through `bpf_find_vma`, per CPU: its callback
+/// fills it in place (the BPF stack has no room left for it on 6.1).
 #[map]
 static VMA_FOUND: PerCpuArray<TextVma> = PerCpuArray::with_max_entries(1, 0);
 
@@ -66,7 +67,7 @@ pub(crate) fn unwind_ahead(tgid: u32, addr: u64) {
         return;
     }
     let gen = unsafe { EXEC_GEN.get(&tgid) }.map_or(0, |g| *g as u64);
-    unwind_text_vma(addr, tgid as u64, gen);
+    let _ = unwind_text_vma(addr, tgid as u64, gen);
 }
 
 /// A new image (exec) or a process gone (its pid free to reuse): its `TEXT_VMAS` entries are
@@ -129,11 +130,8 @@ pub(crate) fn unwind_user() -> usize {
             0,
         );
     }
-    let n = w.n;
-    if let Some(c) = COUNTERS.get_ptr_mut(CNT_UNWIND_FRAMES) {
-        unsafe { *c += n };
-    }
-    n as usize
+    bump(CNT_UNWIND_FRAMES, w.n);
+    w.n as usize
 }
 
 /// `bpf_loop` callback: frame `i`. Not `no_mangle`: the verifier wants a static callback.
@@ -142,11 +140,7 @@ pub(crate) fn unwind_user() -> usize {
 /// and the programs' own frames take most of it.
 #[inline(never)]
 extern "C" fn unwind_step(i: u64, _ctx: *mut c_void) -> i64 {
-    if unwind_frame(i) == 0 {
-        0
-    } else {
-        1
-    }
+    unwind_frame(i)
 }
 
 /// Frame `i`: records `WALK.pc`, then moves the walk to the caller. Returns 1 to end the
@@ -170,10 +164,8 @@ fn unwind_frame(i: u64) -> i64 {
     w.exact = 0;
     if !(w.start <= pc && pc < w.end) {
         w.end = 0;
-        if unwind_text_vma(pc, w.tgid, w.gen) != 0 {
-            if let Some(v) = VMA_FOUND.get_ptr(0) {
-                w.take_vma(unsafe { &*v });
-            }
+        if let Some(v) = unwind_text_vma(pc, w.tgid, w.gen) {
+            w.take_vma(unsafe { &*v });
         }
     }
     let row = if w.end != 0 && w.state == TABLE_READY as u64 {
@@ -217,7 +209,7 @@ fn unwind_frame(i: u64) -> i64 {
             if w.bp == 0 {
                 return 1;
             }
-            bump(CNT_UNWIND_FP);
+            bump(CNT_UNWIND_FP, 1);
             (w.bp + 16, -2)
         }
     };
@@ -278,19 +270,16 @@ fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
     }
 }
 
-/// Finds the code mapping holding `pc` in process `tgid` (generation `gen`), with its
-/// file's table, into `VMA_FOUND`: from `TEXT_VMAS`, else from `bpf_find_vma` (then
-/// remembered). 0 where no VMA holds it.
+/// The code mapping holding `pc` in process `tgid` (generation `gen`), with its file's
+/// table: from `TEXT_VMAS`, else from `bpf_find_vma` (then remembered). `None` where no VMA
+/// holds it.
 ///
 /// Where interrupts are off (the exception tracepoints, the perf overflow path),
 /// `bpf_find_vma` works once per program run (its unlock waits in an irq_work), so a stack
 /// that spans code mappings not yet met takes a few faults to be walked whole; userspace
 /// fills `TEXT_VMAS` ahead for the process it was pointed at (-p).
 #[inline(always)]
-fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
-    let Some(out) = VMA_FOUND.get_ptr_mut(0) else {
-        return 0;
-    };
+fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> Option<*const TextVma> {
     let key = TextKey {
         tgid: tgid as u32,
         gen: gen as u32,
@@ -308,10 +297,10 @@ fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
                     v.table.state = t.state;
                 }
             }
-            copy_vma(out, v);
-            return 1;
+            return Some(v);
         }
     }
+    let out = VMA_FOUND.get_ptr_mut(0)?;
     // Filled in place by the callback: the stack is short (its callers' frames and this
     // one's count against the same 512 bytes on 6.1).
     unsafe { (*out).file.ino = 0 };
@@ -325,7 +314,7 @@ fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
         )
     };
     if ret != 0 {
-        return 0;
+        return None;
     }
     let (first, rows, state) = unsafe {
         if (*out).file.ino != 0 {
@@ -340,19 +329,7 @@ fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> i64 {
         (*out).table.state = state;
         let _ = TEXT_VMAS.insert(&key, &*out, 0);
     }
-    1
-}
-
-#[inline(always)]
-fn copy_vma(out: *mut TextVma, v: &TextVma) {
-    unsafe {
-        (*out).start = v.start;
-        (*out).end = v.end;
-        (*out).bias = v.bias;
-        (*out).table.first = v.table.first;
-        (*out).table.rows = v.table.rows;
-        (*out).table.state = v.table.state;
-    }
+    Some(out)
 }
 
 /// The table of `file` (first row, rows, state); asks userspace for it the first time any
@@ -389,7 +366,7 @@ fn table_of(tgid: u32, file: &FileId, start: u64, end: u64) -> (u32, u32, u32) {
             None => {
                 // Asked again by the next frame in this file.
                 let _ = UNWIND_FILES.remove(file);
-                bump(CNT_RINGBUF_LOST);
+                bump(CNT_RINGBUF_LOST, 1);
             }
         }
     }

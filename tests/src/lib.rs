@@ -58,21 +58,29 @@ pub fn pfault() -> Command {
     Command::new(bin)
 }
 
-/// Compiles `tests/workloads/NAME.c` once per change. -O0: gcc drops the frame of leaf
-/// functions even with -fno-omit-frame-pointer, and a frame-pointer walk then skips their caller.
-/// A source whose first line is `/* cflags: FLAGS` is compiled with FLAGS after those.
+/// The flags every `tests/workloads/*.c` is compiled with, by the tests and by `cargo xtask`
+/// (bench, vm-test): -O0, because gcc drops the frame of leaf functions even with
+/// -fno-omit-frame-pointer, and a frame-pointer walk then skips their caller; then the
+/// source's own, from a first line `/* cflags: FLAGS`.
+pub fn workload_cflags(src: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(src).unwrap_or_default();
+    let own = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("/* cflags:"))
+        .unwrap_or_default();
+    ["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer"]
+        .into_iter()
+        .chain(own.split_whitespace())
+        .map(String::from)
+        .collect()
+}
+
+/// Compiles `tests/workloads/NAME.c` once per change, with [`workload_cflags`].
 pub fn workload(name: &str) -> PathBuf {
     build_once(&format!("{name}.c"), name, |src, out| {
-        let text = std::fs::read_to_string(src).unwrap();
-        let own: Vec<&str> = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("/* cflags:"))
-            .map(|f| f.split_whitespace().collect())
-            .unwrap_or_default();
         Command::new("cc")
-            .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer"])
-            .args(own)
+            .args(workload_cflags(src))
             .arg("-o")
             .arg(out)
             .arg(src)

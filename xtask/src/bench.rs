@@ -39,13 +39,16 @@ fn bench_dir() -> PathBuf {
     root().join("target/bench")
 }
 
-fn workload() -> Result<PathBuf> {
-    let out = root().join("target/workloads/anon_writer");
+/// Builds `tests/workloads/NAME.c` as the tests do, into `target/workloads`.
+pub fn workload(name: &str) -> Result<PathBuf> {
+    let out = root().join("target/workloads").join(name);
     std::fs::create_dir_all(out.parent().unwrap())?;
+    let src = root().join("tests/workloads").join(format!("{name}.c"));
     sh(Command::new("cc")
-        .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer", "-o"])
+        .args(pfault_tests::workload_cflags(&src))
+        .arg("-o")
         .arg(&out)
-        .arg(root().join("tests/workloads/anon_writer.c")))?;
+        .arg(src))?;
     Ok(out)
 }
 
@@ -338,7 +341,7 @@ pub fn run(_args: &[String]) -> Result<()> {
     toolchain::ensure_packages(&[("bpftrace", "bpftrace"), ("perf", "linux-perf")])?;
     toolchain::ensure_tracefs()?;
     let pfault = crate::build_pfault()?;
-    let bin = workload()?;
+    let bin = workload("anon_writer")?;
     let dir = bench_dir();
     std::fs::create_dir_all(&dir)?;
     let p = pfault.to_string_lossy().into_owned();

@@ -4,27 +4,17 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::{root, say, sh};
+use crate::{root, say};
 
 const MIB: u64 = 1024;
 const RUNS: usize = 5;
-
-fn workload() -> Result<PathBuf> {
-    let out = root().join("target/workloads/pages_anon");
-    std::fs::create_dir_all(out.parent().unwrap())?;
-    sh(Command::new("cc")
-        .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer", "-o"])
-        .arg(&out)
-        .arg(root().join("tests/workloads/pages_anon.c")))?;
-    Ok(out)
-}
 
 /// The workload, holding its memory until dropped.
 struct Holding(Child);
@@ -83,7 +73,7 @@ fn time_pages(pfault: &Path, pid: u32, out: &Path) -> Result<(f64, u64)> {
 /// The figures as a markdown section for the bench report.
 pub fn run() -> Result<String> {
     let pfault = crate::build_pfault()?;
-    let bin = workload()?;
+    let bin = crate::bench::workload("pages_anon")?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("pages.json");

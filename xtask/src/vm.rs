@@ -312,17 +312,9 @@ fn build_initramfs(dir: &Path, kernel: &Kernel, pfault: &Path) -> Result<PathBuf
     install_binary(&tree, pfault, "bin/pfault")?;
     for w in WORKLOADS {
         let src = root().join("tests/workloads").join(format!("{w}.c"));
-        // As the tests build them: a first line `/* cflags: FLAGS` adds FLAGS.
-        let text = fs::read_to_string(&src)?;
-        let own: Vec<&str> = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("/* cflags:"))
-            .map(|f| f.split_whitespace().collect())
-            .unwrap_or_default();
         sh(Command::new("cc")
-            .args(["-O0", "-g", "-D_GNU_SOURCE", "-fno-omit-frame-pointer", "-static"])
-            .args(own)
+            .args(pfault_tests::workload_cflags(&src))
+            .arg("-static")
             .arg("-o")
             .arg(tree.join("w").join(w))
             .arg(src))?;

@@ -262,13 +262,17 @@ impl Engine {
         let Some(u) = &self.unwinder else {
             return Ok(None);
         };
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
-        let sum = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         Ok(Some(UnwindReport {
-            frames: sum(CNT_UNWIND_FRAMES),
-            frames_by_fp: sum(CNT_UNWIND_FP),
+            frames: self.counter(CNT_UNWIND_FRAMES)?,
+            frames_by_fp: self.counter(CNT_UNWIND_FP)?,
             tables: u.stats(),
         }))
+    }
+
+    /// One of the kernel side's `COUNTERS`, summed over the CPUs.
+    fn counter(&self, idx: u32) -> Result<u64> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        Ok(counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0))
     }
 
     /// Prints what the kernel side logged since the last call (`--bpf-log`).
@@ -389,14 +393,12 @@ impl Engine {
     }
 
     pub fn losses(&self) -> Result<Losses> {
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
-        let sum = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         Ok(Losses {
-            ringbuf: sum(CNT_RINGBUF_LOST),
-            untracked: sum(CNT_PENDING_FULL),
-            stacks_lost: sum(CNT_STACK_LOST),
-            map_full: sum(CNT_AGG_FULL),
-            vma_busy: sum(CNT_VMA_BUSY),
+            ringbuf: self.counter(CNT_RINGBUF_LOST)?,
+            untracked: self.counter(CNT_PENDING_FULL)?,
+            stacks_lost: self.counter(CNT_STACK_LOST)?,
+            map_full: self.counter(CNT_AGG_FULL)?,
+            vma_busy: self.counter(CNT_VMA_BUSY)?,
         })
     }
 }

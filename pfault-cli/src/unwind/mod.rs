@@ -141,6 +141,7 @@ pub struct Stats {
     /// Rows `UNWIND_ROWS` has room for, and their bytes.
     pub capacity_rows: u64,
     pub capacity_bytes: u64,
+    /// Of the tables, summed when the stats are read.
     pub rows: u64,
     pub bytes: u64,
     /// Every table loaded, largest first.
@@ -248,8 +249,6 @@ impl Loader {
                         _pad: 0,
                     };
                     let bytes = (t.rows.len() * size_of::<UnwindRow>()) as u64;
-                    stats.rows += t.rows.len() as u64;
-                    stats.bytes += bytes;
                     let at = stats.tables.partition_point(|s| s.rows >= t.rows.len() as u64);
                     stats.tables.insert(
                         at,
@@ -401,7 +400,10 @@ impl Unwinder {
         if self.jobs.send(Job::Sync(tx)).is_ok() {
             let _ = rx.recv();
         }
-        self.stats.lock().unwrap().clone()
+        let mut s = self.stats.lock().unwrap().clone();
+        s.rows = s.tables.iter().map(|t| t.rows).sum();
+        s.bytes = s.tables.iter().map(|t| t.bytes).sum();
+        s
     }
 }
 

@@ -195,13 +195,15 @@ where
     S: UnwindSection<EndianSlice<'a, LittleEndian>>,
 {
     let none = UnwindRow::default();
-    if let CfaRule::Expression(e) = row.cfa() {
-        if e.get(section).is_ok_and(|e| is_signal_frame(e.0.slice())) {
-            return UnwindRow {
-                cfa: CFA_SIGNAL,
-                ..none
-            };
-        }
+    let expr = match row.cfa() {
+        CfaRule::Expression(e) => e.get(section).ok().map(|e| e.0.slice()),
+        CfaRule::RegisterAndOffset { .. } => None,
+    };
+    if expr.is_some_and(is_signal_frame) {
+        return UnwindRow {
+            cfa: CFA_SIGNAL,
+            ..none
+        };
     }
     match row.register(X86_64::RA) {
         Some(RegisterRule::Offset(-8)) => {}
@@ -219,8 +221,8 @@ where
                 _ => return none,
             }
         }
-        CfaRule::Expression(e) => {
-            let Some(n) = e.get(section).ok().and_then(|e| plt_threshold(e.0.slice())) else {
+        CfaRule::Expression(_) => {
+            let Some(n) = expr.and_then(plt_threshold) else {
                 return none;
             };
             (CFA_PLT, n)
