@@ -82,12 +82,12 @@ pub fn report() -> Vec<(String, String)> {
     add(
         "mmap notices",
         if std::path::Path::new(features::TRACEFS)
-            .join("events/syscalls/sys_exit_mmap")
+            .join("events/raw_syscalls/sys_exit")
             .exists()
         {
-            "yes (syscalls:sys_exit_mmap: short-lived processes' libraries are named)".into()
+            "yes (raw_syscalls:sys_exit, for mmap: short-lived processes' libraries are named)".into()
         } else {
-            "no (no syscall tracepoints: maps come from /proc alone)".into()
+            "no (no syscall tracepoint: maps come from /proc alone)".into()
         },
     );
     let memory = plan::stack_map_memory();

@@ -130,6 +130,8 @@ pub struct Offsets {
     pub regs_ip: u32,
     pub regs_sp: u32,
     pub regs_bp: u32,
+    /// `pt_regs.orig_ax`: the syscall number at syscall exit.
+    pub regs_orig_ax: u32,
     pub task_mm: u32,
     pub task_pid: u32,
     pub task_tgid: u32,

@@ -75,9 +75,20 @@ pub(crate) fn atomic_add(p: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
+/// A kernel value at `base + off`; zero where the read faults. The helper zeroes its
+/// destination itself on a fault, so nothing branches on its result: a branch per read
+/// doubled the paths the verifier walks after it (half of start-up was verification).
 #[inline(always)]
 pub(crate) fn read<T: Copy>(base: u64, off: u32) -> T {
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or(core::mem::zeroed()) }
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            v.as_mut_ptr() as *mut c_void,
+            size_of::<T>() as u32,
+            (base + off as u64) as *const c_void,
+        );
+        v.assume_init()
+    }
 }
 
 /// The cgroup v2 id of `task` (any task, not only the current one).

@@ -39,18 +39,17 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         generated::{
             bpf_find_vma, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
             bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack, bpf_loop, bpf_task_pt_regs,
             bpf_task_storage_get,
         },
     },
-    macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint, tracepoint},
+    macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
-        TracePointContext,
     },
     EbpfContext, Global,
 };
@@ -268,14 +267,23 @@ pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// `sys_exit_mmap`: a wanted process mapped a file. Its VMA goes to userspace, which then
-/// knows the file's place in the process even if the process exits before its maps are read
-/// (a program that runs a millisecond still gets its libraries named).
-#[tracepoint]
-pub fn task_mmap(ctx: TracePointContext) -> u32 {
-    // `long ret` of the syscall exit record: the mapping's start, or -errno.
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
-    if ret < 0 {
+/// x86-64's `mmap`.
+const NR_MMAP: u64 = 9;
+
+/// A wanted process mapped a file. Its VMA goes to userspace, which then knows the file's
+/// place in the process even if the process exits before its maps are read (a program that
+/// runs a millisecond still gets its libraries named).
+/// `raw_syscalls:sys_exit`, `TP_PROTO(struct pt_regs *regs, long ret)`, rather than the
+/// classic `syscalls:sys_exit_mmap`: both run at every syscall's exit (the syscall event
+/// filters by number in its own handler), and detaching a classic tracepoint waits for an
+/// RCU grace period (about 65 ms of pfault's exit) where a raw one does not.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn task_mmap(ctx: RawTracePointContext) -> u32 {
+    let regs: u64 = ctx.arg(0);
+    let nr: u64 = read(regs, conf!(off.regs_orig_ax));
+    // The mapping's start, or -errno.
+    let ret: i64 = ctx.arg(1);
+    if nr != NR_MMAP || ret < 0 {
         return 0;
     }
     if let Some((tgid, _)) = wanted_current() {

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        FEntry, FExit, Iter, KProbe, PerfEvent, Program, RawTracePoint, TracePoint,
+        FEntry, FExit, Iter, KProbe, PerfEvent, Program, RawTracePoint,
     },
     util::online_cpus,
     Btf as AyaBtf, Ebpf,
@@ -26,18 +26,6 @@ where
         .program_mut(name)
         .with_context(|| format!("pfault's eBPF object has no program {name}"))?;
     Ok(p.try_into()?)
-}
-
-/// A classic tracepoint, where no raw one will do (syscall events): its detach waits for a
-/// grace period.
-fn tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
-    let tp: &mut TracePoint = program(ebpf, name)?;
-    if tp.fd().is_err() {
-        tp.load().with_context(|| format!("loading {name}"))?;
-    }
-    tp.attach(category, event)
-        .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
-    Ok(())
 }
 
 /// A raw tracepoint: the kernel's arguments as they are, without a trace record built first.
@@ -123,7 +111,6 @@ fn load_together(ebpf: &mut Ebpf, names: &[&str]) {
         for p in programs {
             s.spawn(move || {
                 let _ = match p {
-                    Program::TracePoint(p) => p.load(),
                     Program::RawTracePoint(p) => p.load(),
                     Program::PerfEvent(p) => p.load(),
                     _ => Ok(()),
@@ -213,11 +200,10 @@ pub fn attach(
             prog::TASK_EXIT => raw_tracepoint(ebpf, name, "sched_process_exit")?,
             prog::TASK_FORK => raw_tracepoint(ebpf, name, "sched_process_fork")?,
             prog::TASK_EXEC => raw_tracepoint(ebpf, name, "sched_process_exec")?,
-            // A kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS) still traces: the
-            // maps of processes that exit at once are then read from /proc alone, and may come
-            // too late.
+            // A kernel without syscall tracepoints still traces: the maps of processes that
+            // exit at once are then read from /proc alone, and may come too late.
             prog::TASK_MMAP => {
-                if let Err(e) = tracepoint(ebpf, name, "syscalls", "sys_exit_mmap") {
+                if let Err(e) = raw_tracepoint(ebpf, name, "sys_exit") {
                     refused.push(format!("mmap notices: {}", short_error(&e)));
                 }
             }

@@ -181,8 +181,9 @@ impl Engine {
         let size = |bit: u32, n: u32| if flags & bit != 0 { n } else { 1 };
         let log_level: u8 = if plan.bpf_log { u8::MAX } else { 0 };
         let mut loader = EbpfLoader::new();
-        // The programs carry no CO-RE relocations (offsets come in CONFIG): aya need not parse
-        // the kernel's BTF for them, which costs start-up time and about 14 MiB.
+        // The programs carry no CO-RE relocations (offsets come in CONFIG): aya needs no kernel
+        // BTF, whose parse cost ~15 ms and ~10 MiB. pfault's copy of aya does not parse it in
+        // `new()` (third_party/aya/PATCHED.md); this keeps it so should upstream's come back.
         loader.btf(None);
         // The per-thread maps are task storage, which aya creates but has no userspace type for.
         loader.allow_unsupported_maps();
