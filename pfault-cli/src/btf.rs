@@ -6,9 +6,8 @@
 //! offsets private and the crates that expose them are LGPL; the format is small enough
 //! (Documentation/bpf/btf.rst) to read directly.
 
-use std::collections::HashMap;
-
 use anyhow::{bail, Context, Result};
+use memmap2::{Mmap, MmapOptions};
 
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -21,31 +20,61 @@ const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// The blob: mapped where the kernel allows it (6.16+ maps the kernel's own pages, which do
+/// not count in pfault's RSS), read into memory elsewhere.
+enum Blob {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Blob::Mapped(m) => m,
+            Blob::Read(v) => v,
+        }
+    }
+}
+
 pub struct Btf {
-    data: Vec<u8>,
+    data: Blob,
     /// The string section: `data[strings..strings_end]`.
     strings: usize,
     strings_end: usize,
     /// Byte offset of each type record in `data`; type id N is at index N - 1.
-    types: Vec<usize>,
-    /// Struct, union and enum ids by name: built in one pass, not a scan per lookup.
-    named: HashMap<Box<[u8]>, Vec<u32>>,
+    types: Vec<u32>,
+    /// Named struct, union and enum ids, sorted by name: found by binary search rather than a
+    /// scan per lookup, and without a copy of each name.
+    named: Vec<u32>,
 }
 
 impl Btf {
     pub fn from_sys_fs() -> Result<Self> {
         let path = "/sys/kernel/btf/vmlinux";
-        let data = std::fs::read(path).with_context(|| {
+        let file = std::fs::File::open(path).with_context(|| {
             format!("cannot read {path}: this kernel lacks BTF (CONFIG_DEBUG_INFO_BTF); pfault needs it to find kernel struct offsets")
         })?;
-        Self::parse(data)
+        // The kernel refuses shared mappings of it: a private read-only one it takes.
+        let data = match unsafe { MmapOptions::new().map_copy_read_only(&file) } {
+            Ok(m) => Blob::Mapped(m),
+            Err(_) => Blob::Read(std::fs::read(path).with_context(|| format!("cannot read {path}"))?),
+        };
+        Self::parse_blob(data)
     }
 
     /// Reads a BTF blob. Anything that does not fit (a section or a type record past the end)
     /// is an error; the lookups then stay inside the blob whatever it holds.
     pub fn parse(data: Vec<u8>) -> Result<Self> {
+        Self::parse_blob(Blob::Read(data))
+    }
+
+    fn parse_blob(data: Blob) -> Result<Self> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != 0xeb9f {
             bail!("not a little-endian BTF blob");
+        }
+        if data.len() > u32::MAX as usize {
+            bail!("BTF blob of {} bytes is past 4 GiB", data.len());
         }
         let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) as usize;
         let hdr_len = u32_at(4);
@@ -79,7 +108,7 @@ impl Btf {
             if next > end {
                 bail!("BTF type {} runs past the type section", types.len() + 1);
             }
-            types.push(o);
+            types.push(o as u32);
             o = next;
         }
         let mut btf = Self {
@@ -87,16 +116,22 @@ impl Btf {
             strings,
             strings_end,
             types,
-            named: HashMap::new(),
+            named: Vec::new(),
         };
-        for id in 1..=btf.types.len() as u32 {
-            let name_off = btf.u32_at(btf.types[id as usize - 1]);
-            if name_off != 0 && matches!(btf.kind(id), KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) {
-                let name: Box<[u8]> = btf.name(name_off).into();
-                btf.named.entry(name).or_default().push(id);
-            }
-        }
+        let mut named: Vec<u32> = (1..=btf.types.len() as u32)
+            .filter(|&id| {
+                btf.name_off(id) != 0
+                    && matches!(btf.kind(id), KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64)
+            })
+            .collect();
+        named.sort_unstable_by(|&a, &b| btf.name(btf.name_off(a)).cmp(btf.name(btf.name_off(b))));
+        btf.named = named;
         Ok(btf)
+    }
+
+    /// The name offset of type `id` (an id that has a record).
+    fn name_off(&self, id: u32) -> u32 {
+        self.u32_at(self.types[id as usize - 1] as usize)
     }
 
     fn u32_at(&self, o: usize) -> u32 {
@@ -114,7 +149,7 @@ impl Btf {
 
     /// Where type `id`'s record starts; `None` for void (0) and ids past the last type.
     fn record(&self, id: u32) -> Option<usize> {
-        self.types.get((id as usize).checked_sub(1)?).copied()
+        self.types.get((id as usize).checked_sub(1)?).map(|&o| o as usize)
     }
 
     /// The kind of type `id`; 0 (unknown) for an id no type has.
@@ -123,10 +158,14 @@ impl Btf {
     }
 
     fn find(&self, kinds: &[u32], name: &str) -> Option<u32> {
-        self.named
-            .get(name.as_bytes())?
+        let name = name.as_bytes();
+        let first = self
+            .named
+            .partition_point(|&id| self.name(self.name_off(id)) < name);
+        self.named[first..]
             .iter()
             .copied()
+            .take_while(|&id| self.name(self.name_off(id)) == name)
             .find(|&id| kinds.contains(&self.kind(id)))
     }
 
@@ -209,10 +248,8 @@ impl Btf {
     /// The BTF id of a kernel function.
     pub fn func_id(&self, name: &str) -> Option<u32> {
         // One scan: functions are most of the types, too many to index for one lookup.
-        (1..=self.types.len() as u32).find(|&id| {
-            self.kind(id) == KIND_FUNC
-                && self.name(self.u32_at(self.types[id as usize - 1])) == name.as_bytes()
-        })
+        (1..=self.types.len() as u32)
+            .find(|&id| self.kind(id) == KIND_FUNC && self.name(self.name_off(id)) == name.as_bytes())
     }
 
     /// All `(name, value)` pairs of an enum.
@@ -220,7 +257,7 @@ impl Btf {
         let id = self
             .find(&[KIND_ENUM, KIND_ENUM64], name)
             .with_context(|| format!("kernel BTF has no enum {name}"))?;
-        let o = self.types[id as usize - 1];
+        let o = self.types[id as usize - 1] as usize;
         let vlen = (self.u32_at(o + 4) & 0xffff) as usize;
         let wide = self.kind(id) == KIND_ENUM64;
         Ok((0..vlen)
