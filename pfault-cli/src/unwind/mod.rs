@@ -170,10 +170,12 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// `UNWIND_ROWS`, mapped into pfault: rows are written in place.
+/// `UNWIND_ROWS`: each table is written in place through a mapping of just its own pages.
+/// Mapping the whole array at once would put all of it (8 MiB by default) in pfault's RSS:
+/// the kernel maps an array's pages when it is mapped, not as they are touched.
 struct RowsMap {
-    mem: memmap2::MmapMut,
-    /// Keeps the map alive as long as the mapping is used.
+    file: File,
+    /// Keeps the map alive as long as it is written.
     _map: MapData,
     capacity: usize,
     next: usize,
@@ -184,34 +186,41 @@ impl RowsMap {
         let Map::Array(data) = map else {
             anyhow::bail!("UNWIND_ROWS is not an array map");
         };
-        let fd = data.fd().as_fd().try_clone_to_owned()?;
-        let bytes = capacity * size_of::<UnwindRow>();
-        // SAFETY: an mmap-able BPF array of `capacity` 8-byte rows; the kernel side reads a
-        // table's rows only after its UNWIND_FILES entry says they are written.
-        let mem = unsafe {
-            memmap2::MmapOptions::new()
-                .len(bytes.next_multiple_of(4096))
-                .map_mut(&File::from(fd))
-        }
-        .context("mapping the unwind-row map into pfault (BPF_F_MMAPABLE arrays: Linux 5.5+)")?;
+        let file = File::from(data.fd().as_fd().try_clone_to_owned()?);
+        // Refused here rather than at the first table: BPF_F_MMAPABLE arrays need 5.5+.
+        // SAFETY: one page of an mmap-able BPF array, unmapped at once.
+        unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&file) }
+            .context("mapping the unwind-row map into pfault (BPF_F_MMAPABLE arrays: Linux 5.5+)")?;
         Ok(RowsMap {
-            mem,
+            file,
             _map: data,
             capacity,
             next: 0,
         })
     }
 
-    /// Copies `rows` in; their first index, or `None` when they do not fit.
+    /// Copies `rows` in; their first index, or `None` when they do not fit (or the window
+    /// cannot be mapped).
     fn push(&mut self, rows: &[UnwindRow]) -> Option<u32> {
         if self.next + rows.len() > self.capacity {
             return None;
         }
         let first = self.next;
-        // SAFETY: the mapping holds `capacity` rows, `first + len` of them are within it, and
-        // UnwindRow is plain data with the kernel's layout.
-        let dst = unsafe { (self.mem.as_mut_ptr() as *mut UnwindRow).add(first) };
-        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), dst, rows.len()) };
+        let bytes = size_of_val(rows);
+        // SAFETY: a window of an mmap-able BPF array of `capacity` rows, within it (memmap2
+        // aligns the offset down to a page); the kernel side reads a table's rows only after
+        // its UNWIND_FILES entry says they are written.
+        let mut window = unsafe {
+            memmap2::MmapOptions::new()
+                .offset((first * size_of::<UnwindRow>()) as u64)
+                .len(bytes)
+                .map_mut(&self.file)
+        }
+        .ok()?;
+        // SAFETY: UnwindRow is plain data with the kernel's layout, and the window holds
+        // exactly `rows.len()` of them.
+        let src = unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, bytes) };
+        window.copy_from_slice(src);
         self.next += rows.len();
         Some(first as u32)
     }
