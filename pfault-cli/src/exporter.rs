@@ -9,7 +9,7 @@
 //! the processes a host runs over days.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
@@ -180,6 +180,22 @@ impl Exporter {
             self.metrics.set_lost(what, n);
         }
         Ok(())
+    }
+
+    /// Drops the maps of processes that are gone and have no rows left to name, and gives
+    /// the allocator's free pages back. Maps are read for every process the kernel announces
+    /// but were dropped only with a process's last file row, and some processes leave without
+    /// one being doomed (seen: a shell's forked children): 155 dead processes' maps (7,000
+    /// entries) were held after a minute of 70 new processes a second.
+    fn tidy(&mut self) {
+        let counted: HashSet<u32> = self
+            .procs
+            .keys()
+            .map(|k| k.tgid)
+            .chain(self.files.keys().map(|k| k.tgid))
+            .collect();
+        self.maps.retain(|pid| counted.contains(&pid) || alive(pid));
+        release_free_memory();
     }
 
     fn collect_files(&mut self, engine: &mut Engine) -> Result<()> {
@@ -366,6 +382,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut collect = tokio::time::interval(Duration::from_secs_f64(exporter.args.collect_every));
     let mut tend = tokio::time::interval(Duration::from_millis(50));
+    let mut tidy = tokio::time::interval(TIDY_EVERY);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -379,6 +396,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
                 None => break,
             },
             _ = collect.tick() => exporter.collect(&mut session.engine)?,
+            _ = tidy.tick() => exporter.tidy(),
             _ = tend.tick() => {
                 if let Some(ring) = ring.as_mut() {
                     let maps = &mut exporter.maps;
@@ -394,4 +412,18 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     }
     server.abort();
     Ok(None)
+}
+
+const TIDY_EVERY: Duration = Duration::from_secs(10);
+
+/// Hands the allocator's free pages back to the kernel. A daemon that reads the maps of
+/// every new process frees about as much as it allocates, but the freed pieces lie scattered
+/// through the heap, which glibc does not give back by itself (1 MiB of RSS, all of it free,
+/// after a minute of new processes).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory no allocation holds.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -103,6 +103,11 @@ impl Mappings {
         }
     }
 
+    /// Keeps what is known of the processes `keep` says may still be asked about.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        self.procs.retain(|&pid, _| keep(pid));
+    }
+
     /// Drops what is known of a process that is gone, once nothing will ask for it.
     pub fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
