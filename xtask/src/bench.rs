@@ -54,14 +54,17 @@ pub fn workload(name: &str) -> Result<PathBuf> {
 
 /// Runs the workload once; its own measured seconds.
 fn run_workload(bin: &Path) -> Result<f64> {
-    let out = Command::new(bin)
-        .args([PAGES.to_string(), CHUNK.to_string()])
-        .output()?;
+    run_timed(bin, &[PAGES, CHUNK])
+}
+
+/// Runs `bin ARGS` once; the seconds it says it took (`seconds=S`).
+fn run_timed(bin: &Path, args: &[u64]) -> Result<f64> {
+    let out = Command::new(bin).args(args.iter().map(u64::to_string)).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .find_map(|w| w.strip_prefix("seconds="))
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("workload printed no time: {text}"))
+        .with_context(|| format!("{} printed no time: {text}", bin.display()))
 }
 
 /// Starts a tracer and waits until it says it has attached.
@@ -139,15 +142,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median workload seconds with each tracer attached (None: no tracer), in turns.
-fn measure(bin: &Path, tracers: &[Option<&Tracer>]) -> Result<Vec<f64>> {
+/// Median seconds of `run` with each tracer attached (None: no tracer), in turns.
+fn measure(run: impl Fn() -> Result<f64>, tracers: &[Option<&Tracer>]) -> Result<Vec<f64>> {
     let mut times = vec![Vec::new(); tracers.len()];
     for round in 0..RUNS {
         say(format!("round {}/{RUNS}", round + 1));
         for (tracer, times) in tracers.iter().zip(&mut times) {
             let child = tracer.map(start).transpose()?.map(Running);
             for _ in 0..REPEAT {
-                times.push(run_workload(bin)?);
+                times.push(run()?);
             }
             if let Some(c) = child {
                 stop(c)?;
@@ -225,6 +228,41 @@ fn bpftrace(name: &'static str, out: PathBuf, program: &str) -> Tracer {
         ready: "Attaching",
         ready_file: Some(out),
     }
+}
+
+const SYSCALLS: u64 = 3_000_000;
+
+/// What noticing the mmaps of traced processes adds to every system call on the host: pfault
+/// hooks `raw_syscalls:sys_exit` (its detach does not wait for a grace period), bpftrace
+/// the classic `syscalls:sys_exit_mmap` event.
+fn syscall_cost(pfault: &str, bpftrace_out: &Path) -> Result<String> {
+    let bin = workload("syscalls")?;
+    let tracers = [
+        pfault_tracer(
+            "pfault trace -o json",
+            pfault,
+            &["trace", "-o", "json", "--output", "/dev/null"],
+        ),
+        bpftrace(
+            "bpftrace tracepoint:syscalls:sys_exit_mmap",
+            bpftrace_out.to_path_buf(),
+            "tracepoint:syscalls:sys_exit_mmap { @ = count(); }",
+        ),
+    ];
+    say(format!("syscalls: {SYSCALLS} getppid calls, {RUNS} rounds"));
+    let all: Vec<Option<&Tracer>> = std::iter::once(None).chain(tracers.iter().map(Some)).collect();
+    let secs = measure(|| run_timed(&bin, &[SYSCALLS]), &all)?;
+    let ns = |s: f64| s * 1e9 / SYSCALLS as f64;
+    let mut md = format!(
+        "\nSystem calls while tracing (`syscalls {SYSCALLS}`: getppid in a loop), no tracer {:.0} ns per call:\n\n\
+         | tool | ns per syscall | added ns |\n|---|---|---|\n",
+        ns(secs[0])
+    );
+    for (t, s) in tracers.iter().zip(&secs[1..]) {
+        say(format!("{}: {:.0} ns per syscall", t.name, ns(*s)));
+        md += &format!("| `{}` | {:.0} | {:.0} |\n", t.name, ns(*s), ns(*s) - ns(secs[0]));
+    }
+    Ok(md)
 }
 
 /// The consumer alone: a million ring-buffer records replayed through `trace`'s decoder and
@@ -427,7 +465,7 @@ pub fn run(_args: &[String]) -> Result<()> {
     let all: Vec<Option<&Tracer>> = std::iter::once(None)
         .chain(jobs.iter().flat_map(|(_, t)| t.iter().map(Some)))
         .collect();
-    let mut secs = measure(&bin, &all)?.into_iter();
+    let mut secs = measure(|| run_workload(&bin), &all)?.into_iter();
     let base = secs.next().unwrap();
     say(format!(
         "no tracer: {base:.3} s ({:.2} us per fault)",
@@ -477,6 +515,7 @@ pub fn run(_args: &[String]) -> Result<()> {
         }
     }
     md += &unwind_tables(&p, &bin)?;
+    md += &syscall_cost(&p, &out("bpftrace-mmap.txt"))?;
     let (pf_s, pf_kb) = startup(&[&p, "stackcount", "-U", "-d", "0", "--output", "/dev/null"])?;
     let (bt_s, bt_kb) = startup(&[
         "bpftrace",
