@@ -126,13 +126,16 @@ pub fn short_error(e: &anyhow::Error) -> String {
 }
 
 /// Chooses and attaches a probe mode: the one asked for, or the best this kernel allows.
-/// Returns it with the reasons better modes were refused.
-pub fn attach(
+/// Returns it with the reasons better modes were refused, and what `ready` made: it runs
+/// once the programs are loaded, before the tracepoint and perf-event programs attach, so
+/// what they need in place (the unwinder's tables) is built while the verifier works.
+pub fn attach<T>(
     ebpf: &mut Ebpf,
     plan: &Plan,
     flags: u32,
     hmf_btf_id: Option<u32>,
-) -> Result<(ProbeMode, Vec<String>)> {
+    ready: impl FnOnce() -> Result<T>,
+) -> Result<(ProbeMode, Vec<String>, T)> {
     let mut refused = Vec::new();
     let mode = match plan.probe {
         Some(ProbeMode::Fentry) => {
@@ -191,6 +194,7 @@ pub fn attach(
         wanted.push(prog::TASK_MMAP);
     }
     load_together(ebpf, &wanted);
+    let ready = ready()?;
     for name in wanted {
         match name {
             prog::PAGE_FAULT_USER => raw_tracepoint(ebpf, name, "page_fault_user")?,
@@ -210,5 +214,5 @@ pub fn attach(
             _ => unreachable!("every wanted program has its attachment above"),
         }
     }
-    Ok((mode, refused))
+    Ok((mode, refused, ready))
 }

@@ -211,23 +211,28 @@ impl Engine {
         } else {
             None
         };
-        // Tables in place before the first fault is walked.
-        let unwinder = match ahead {
+        // Tables in place before the first fault is walked, built while the programs load
+        // (the verifier's time, on every core).
+        let unwind_maps = match ahead {
             Some(ahead) => {
                 let mut take = |name: &str| {
                     ebpf.take_map(name)
                         .with_context(|| format!("pfault's eBPF object has no map {name}"))
                 };
-                let (rows, files, text) = (
+                Some((
                     take(maps::UNWIND_ROWS)?,
                     take(maps::UNWIND_FILES)?,
                     take(maps::TEXT_VMAS)?,
-                );
-                Some(Unwinder::start(rows, files, text, plan.unwind_rows, ahead)?)
+                    ahead,
+                ))
             }
             None => None,
         };
-        let (mode, refused) = attach::attach(&mut ebpf, plan, flags, hmf_btf_id)?;
+        let (mode, refused, unwinder) = attach::attach(&mut ebpf, plan, flags, hmf_btf_id, || {
+            unwind_maps
+                .map(|(rows, files, text, ahead)| Unwinder::start(rows, files, text, plan.unwind_rows, ahead))
+                .transpose()
+        })?;
         if let Some(id) = iter_btf_id {
             attach::load_thread_folder(&mut ebpf, id)?;
         }
