@@ -127,7 +127,8 @@ fn nightly_cargo() -> Command {
     c
 }
 
-/// BTF for the verifier and aya-log. bpf-linker asks LLVM to keep memcpy in order by
+/// Debug info and `--btf` give the object the BTF the verifier wants (bpf_loop and
+/// bpf_find_vma callbacks need its func info). bpf-linker asks LLVM to keep memcpy in order by
 /// default, which also turns every memset and struct copy into a call to a byte loop; the
 /// verifier walks each byte of it (trace's programs: 44k insns verified with it, 11k
 /// without, and its start-up 80 -> 20 ms).

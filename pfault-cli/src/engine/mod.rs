@@ -183,7 +183,8 @@ impl Engine {
         let mut loader = EbpfLoader::new();
         // The programs carry no CO-RE relocations (offsets come in CONFIG): aya needs no kernel
         // BTF, whose parse cost ~15 ms and ~10 MiB. pfault's copy of aya does not parse it in
-        // `new()` (third_party/aya/PATCHED.md); this keeps it so should upstream's come back.
+        // `new()` (third_party/aya/PATCHED.md); the call stays so an unpatched aya would not
+        // use it either.
         loader.btf(None);
         // The per-thread maps are task storage, which aya creates but has no userspace type for.
         loader.allow_unsupported_maps();

@@ -199,11 +199,13 @@ impl RowsMap {
         })
     }
 
-    /// Copies `rows` in; their first index, or `None` when they do not fit (or the window
-    /// cannot be mapped).
-    fn push(&mut self, rows: &[UnwindRow]) -> Option<u32> {
+    /// Copies `rows` in; their first index, or why they are not there.
+    fn push(&mut self, rows: &[UnwindRow]) -> Result<u32, String> {
         if self.next + rows.len() > self.capacity {
-            return None;
+            return Err(format!(
+                "no room left for its {} rows: raise --unwind-mb",
+                rows.len()
+            ));
         }
         let first = self.next;
         let bytes = size_of_val(rows);
@@ -216,13 +218,13 @@ impl RowsMap {
                 .len(bytes)
                 .map_mut(&self.file)
         }
-        .ok()?;
+        .map_err(|e| format!("mapping its rows into the unwind-row map: {e}"))?;
         // SAFETY: UnwindRow is plain data with the kernel's layout, and the window holds
         // exactly `rows.len()` of them.
         let src = unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, bytes) };
         window.copy_from_slice(src);
         self.next += rows.len();
-        Some(first as u32)
+        Ok(first as u32)
     }
 }
 
@@ -250,7 +252,7 @@ impl Loader {
         let mut stats = self.stats.lock().unwrap();
         match b.table {
             Ok(t) => match self.rows.push(&t.rows) {
-                Some(first) => {
+                Ok(first) => {
                     entry = UnwindFile {
                         first,
                         rows: t.rows.len() as u32,
@@ -269,10 +271,7 @@ impl Loader {
                         },
                     );
                 }
-                None => stats.without_cfi.push(NoTable {
-                    path,
-                    why: format!("no room left for its {} rows: raise --unwind-mb", t.rows.len()),
-                }),
+                Err(why) => stats.without_cfi.push(NoTable { path, why }),
             },
             Err(why) => stats.without_cfi.push(NoTable { path, why }),
         }
