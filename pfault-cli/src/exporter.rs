@@ -34,7 +34,7 @@ use tokio::{
 use crate::{
     args::{FaultFilterArgs, Kind, TargetArgs, UnwindArgs},
     cgroup,
-    engine::{plan::STACK_COUNT_ENTRIES, Engine, Plan},
+    engine::{Engine, Plan},
     mappings::Mappings,
     output::prometheus::{FaultLabels, LatencyLabels, Metrics},
     session::{self, Session},
@@ -231,7 +231,12 @@ impl Exporter {
             )));
             return;
         }
-        let mut plan = stacks::plan(true, true, &self.args.filter, STACK_COUNT_ENTRIES);
+        let mut plan = stacks::plan(
+            true,
+            true,
+            &self.args.filter,
+            pfault_common::capacity::STACK_COUNTS,
+        );
         self.args.unwind.apply(&mut plan);
         let started = Session::start(&self.args.target, None, &plan).and_then(|mut session| {
             let ring = session.events()?;

@@ -49,7 +49,7 @@ pub struct FfaultsArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Count-map size: distinct (process, file) entries kept
-    #[arg(long, value_name = "N", default_value_t = 40960)]
+    #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::FILE_COUNTS)]
     pub map_entries: u32,
 }
 
@@ -168,7 +168,7 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
         flags |= CFG_BY_CGROUP;
     }
     let mut plan = Plan::filtered(flags, &args.filter);
-    plan.agg_entries = args.map_entries;
+    plan.file_count_entries = args.map_entries;
     plan.tunables = vec![Tunable::FILE_COUNTS];
     // Only process notices go through the ring buffer here.
     plan.ringbuf_bytes = 256 << 10;

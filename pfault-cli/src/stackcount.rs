@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
-    engine::{plan::STACK_COUNT_ENTRIES, Engine},
+    engine::Engine,
     output::{flamegraph, folded, json, Format, LateFile},
     records::Record,
     session::{Handler, Session},
@@ -59,7 +59,7 @@ pub struct StackcountArgs {
     pub addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
     /// they are used (104 bytes each)
-    #[arg(long, value_name = "N", default_value_t = STACK_COUNT_ENTRIES)]
+    #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::STACK_COUNTS)]
     pub map_entries: u32,
 }
 

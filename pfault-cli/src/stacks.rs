@@ -47,7 +47,7 @@ pub fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entries: u32
         flags |= CFG_COMPLETION_ONLY;
     }
     let mut plan = Plan::filtered(flags, &filter);
-    plan.agg_entries = map_entries;
+    plan.stack_count_entries = map_entries;
     plan.tunables = vec![Tunable::STACK_COUNTS];
     plan.ringbuf_bytes = STACK_RINGBUF_BYTES;
     plan

@@ -73,7 +73,7 @@ macro_rules! conf {
 
 /// Tgids to trace when following a command and its children.
 #[map]
-static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(capacity::TRACED, 0);
 
 mod fault;
 mod fold;
@@ -100,13 +100,15 @@ static PENDING: TaskStorage<Pending> = TaskStorage::new();
 #[btf_map]
 static THREADS: TaskStorage<Thread> = TaskStorage::new();
 
+/// Fault events and notices; each tool sizes it (`Plan::ringbuf_bytes`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// Counts per (process, kind, stack hashes, comm), under a hash of those. Allocated as entries are added: the
 /// default holds a program with a hundred thousand stacks, and most runs use a few hundred.
 #[map]
-static STACK_COUNTS: HashMap<u64, StackCount> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
+static STACK_COUNTS: HashMap<u64, StackCount> =
+    HashMap::with_max_entries(capacity::STACK_COUNTS, BPF_F_NO_PREALLOC);
 
 /// Per-CPU room to walk a user and a kernel stack into (a stack is too big for the
 /// 512-byte BPF stack).
@@ -115,7 +117,7 @@ static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(2
 
 /// The (process, stack) pairs whose frames userspace has.
 #[map]
-static STACKS_SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(65536, 0);
+static STACKS_SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(capacity::STACKS_SENT, 0);
 
 /// Every loaded binary's unwind rows, back to back (`CFG_UNWIND_CFI`; sized by the loader).
 /// Userspace writes it through an mmap of its own.
@@ -124,21 +126,21 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE
 
 /// Where each binary's rows are in `UNWIND_ROWS`, by file.
 #[map]
-static UNWIND_FILES: HashMap<FileId, UnwindFile> = HashMap::with_max_entries(8192, 0);
+static UNWIND_FILES: HashMap<FileId, UnwindFile> = HashMap::with_max_entries(capacity::UNWIND_FILES, 0);
 
 /// Each process's generation in `TEXT_VMAS` keys (absent: 0).
 #[map]
-static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(32768, 0);
+static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(capacity::EXEC_GEN, 0);
 
 /// The code mappings the unwinder met, per process and 64 KiB granule.
 #[map]
-static TEXT_VMAS: LruHashMap<TextKey, TextVma> = LruHashMap::with_max_entries(16384, 0);
+static TEXT_VMAS: LruHashMap<TextKey, TextVma> = LruHashMap::with_max_entries(capacity::TEXT_VMAS, 0);
 
 #[map]
-static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(16384, 0);
+static FILE_COUNTS: HashMap<FileKey, FileCounts> = HashMap::with_max_entries(capacity::FILE_COUNTS, 0);
 
 #[map]
-static PROC_STATS: HashMap<ProcKey, ProcStats> = HashMap::with_max_entries(8192, 0);
+static PROC_STATS: HashMap<ProcKey, ProcStats> = HashMap::with_max_entries(capacity::PROC_STATS, 0);
 
 /// A zeroed `ProcStats` to insert from: too big for the 512-byte stack. Never written.
 #[map]

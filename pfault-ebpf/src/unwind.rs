@@ -13,8 +13,6 @@
 
 use crate::*;
 
-/// log2 of the rows a table may hold (userspace keeps within it): the search's steps.
-const SEARCH_STEPS: u32 = 22;
 /// The lowest address user code can run at; a return address below it ends the walk.
 const MIN_USER_PC: u64 = 4096;
 /// User space ends here on x86-64 (47-bit addresses).
@@ -237,14 +235,14 @@ fn unwind_frame(i: u64) -> i64 {
 /// starting at or below it, as one word (0: none).
 #[inline(always)]
 fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
-    if off > u32::MAX as u64 || rows == 0 || rows > 1 << SEARCH_STEPS {
+    if off > u32::MAX as u64 || rows == 0 || rows > 1 << UNWIND_SEARCH_STEPS {
         return 0;
     }
     let off = off as u32;
     let mut lo = first;
     let mut hi = first.wrapping_add(rows);
     let mut i = 0;
-    while i < SEARCH_STEPS {
+    while i < UNWIND_SEARCH_STEPS {
         if hi.wrapping_sub(lo) <= 1 {
             break;
         }

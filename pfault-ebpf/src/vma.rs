@@ -166,15 +166,20 @@ pub extern "C" fn notify_map(tgid: u32, addr: u64) -> i64 {
     }
     // The VMA may start below `addr` (merged with its neighbour): name its own start.
     v.map.offset = v.pgoff << 12;
-    let seen = MapSeen {
-        rec: REC_MAP,
-        pid: tgid,
-        vm_end: v.end,
-        map: v.map,
-    };
-    if EVENTS.output::<MapSeen>(&seen, wakeup_flag()).is_err() {
+    // Written in place in the ring buffer: a MapSeen on the stack beside `v` put the exec
+    // program, with a comm filter, past the 512 bytes a call chain may use.
+    let Some(mut seen) = EVENTS.reserve::<MapSeen>(0) else {
         count(CNT_RINGBUF_LOST);
+        return 0;
+    };
+    let s = seen.as_mut_ptr();
+    unsafe {
+        (*s).rec = REC_MAP;
+        (*s).pid = tgid;
+        (*s).vm_end = v.end;
+        copy_mapping(addr_of_mut!((*s).map), &v.map);
     }
+    seen.submit(wakeup_flag());
     // A global function must return a scalar; nothing reads it.
     0
 }

@@ -7,6 +7,7 @@ pub mod layout;
 pub mod losses;
 pub mod objects;
 pub mod plan;
+mod probes;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -24,7 +25,7 @@ pub use self::{
 };
 use self::{
     layout::kernel_layout,
-    objects::{maps, programs, BPF_OBJECT, CONFIG, LOG_LEVEL},
+    objects::{maps, BPF_OBJECT, CONFIG, LOG_LEVEL},
 };
 use crate::{
     btf::Btf,
@@ -98,6 +99,16 @@ fn comm_bytes(comm: &str) -> [u8; COMM_LEN] {
     out
 }
 
+/// Whether the kernel's verifier refused one of the programs.
+fn verifier_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<aya::programs::ProgramError>(),
+            Some(aya::programs::ProgramError::LoadError { .. })
+        )
+    })
+}
+
 /// A load error in words a user can act on: a map the kernel would not create names the
 /// flag that sizes it.
 fn load_error(e: EbpfError, plan: &Plan) -> anyhow::Error {
@@ -118,8 +129,9 @@ impl Engine {
     pub fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
         match Self::start_with(plan, filter) {
             // A kernel whose verifier refuses the CFI unwinder (no bpf_loop or bpf_find_vma:
-            // before 5.17) still walks frame pointers.
-            Err(e) if plan.flags & CFG_UNWIND_CFI != 0 && procfs::check_privileges().is_ok() => {
+            // before 5.17) still walks frame pointers. Any other failure (a map the kernel
+            // would not create, a missing feature) is reported as it is.
+            Err(e) if plan.flags & CFG_UNWIND_CFI != 0 && verifier_refused(&e) => {
                 let mut fp = plan.clone();
                 fp.flags &= !CFG_UNWIND_CFI;
                 let mut engine =
@@ -192,17 +204,14 @@ impl Engine {
             .override_global(CONFIG, &config, true)
             .override_global(LOG_LEVEL, &log_level, true)
             .map_max_entries(maps::EVENTS, plan.ringbuf_bytes)
-            .map_max_entries(maps::STACK_COUNTS, size(CFG_OUT_STACKS, plan.agg_entries))
-            .map_max_entries(maps::STACKS_SENT, size(CFG_OUT_STACKS, plan.stack_entries))
-            .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.agg_entries))
-            .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, 8192))
+            .map_max_entries(maps::STACK_COUNTS, size(CFG_OUT_STACKS, plan.stack_count_entries))
+            .map_max_entries(maps::STACKS_SENT, size(CFG_OUT_STACKS, plan.stacks_sent_entries))
+            .map_max_entries(maps::FILE_COUNTS, size(CFG_OUT_FILES, plan.file_count_entries))
+            .map_max_entries(maps::PROC_STATS, size(CFG_OUT_PROCS, capacity::PROC_STATS))
             .map_max_entries(maps::UNWIND_ROWS, size(CFG_UNWIND_CFI, plan.unwind_rows))
-            .map_max_entries(
-                maps::UNWIND_FILES,
-                size(CFG_UNWIND_CFI, plan::UNWIND_FILES_ENTRIES),
-            )
-            .map_max_entries(maps::TEXT_VMAS, size(CFG_UNWIND_CFI, plan::TEXT_VMAS_ENTRIES))
-            .map_max_entries(maps::EXEC_GEN, size(CFG_UNWIND_CFI, plan::EXEC_GEN_ENTRIES));
+            .map_max_entries(maps::UNWIND_FILES, size(CFG_UNWIND_CFI, capacity::UNWIND_FILES))
+            .map_max_entries(maps::TEXT_VMAS, size(CFG_UNWIND_CFI, capacity::TEXT_VMAS))
+            .map_max_entries(maps::EXEC_GEN, size(CFG_UNWIND_CFI, capacity::EXEC_GEN));
         let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
         let log = if plan.bpf_log {
             Some(
@@ -229,14 +238,14 @@ impl Engine {
             }
             None => None,
         };
-        let (mode, refused, unwinder) = attach::attach(&mut ebpf, plan, flags, hmf_btf_id, || {
-            unwind_maps
-                .map(|(rows, files, text, ahead)| Unwinder::start(rows, files, text, plan.unwind_rows, ahead))
-                .transpose()
-        })?;
-        if let Some(id) = iter_btf_id {
-            attach::load_thread_folder(&mut ebpf, id)?;
-        }
+        let (mode, refused, unwinder) =
+            attach::attach(&mut ebpf, plan, flags, hmf_btf_id, iter_btf_id, || {
+                unwind_maps
+                    .map(|(rows, files, text, ahead)| {
+                        Unwinder::start(rows, files, text, plan.unwind_rows, ahead)
+                    })
+                    .transpose()
+            })?;
         Ok(Engine {
             ebpf,
             plan: plan.clone(),
@@ -338,7 +347,10 @@ impl Engine {
     /// (counts added between the read and the reset are lost, as with bcc's `-i`).
     fn read_hash<K: Pod, V: Pod>(&mut self, name: &str, reset: bool) -> Result<Vec<(K, V)>> {
         let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(self.map_mut(name)?)?;
-        let entries: Vec<(K, V)> = map.iter().filter_map(|r| r.ok()).collect();
+        let entries: Vec<(K, V)> = map
+            .iter()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading the {name} map"))?;
         if reset {
             for (k, _) in &entries {
                 let _ = map.remove(k);
@@ -387,7 +399,7 @@ impl Engine {
     fn fold_threads(&mut self) -> Result<()> {
         let it: &mut Iter = self
             .ebpf
-            .program_mut(programs::FOLD_THREADS)
+            .program_mut(probes::FOLD_THREADS)
             .context("pfault's eBPF object has no program fold_threads")?
             .try_into()?;
         let id = it.attach().context("attaching the thread iterator")?;

@@ -1,6 +1,6 @@
-//! The compiled kernel side and the names of what is in it: every map, program and global
-//! the userspace side reaches for is named here and nowhere else, and a test holds the names
-//! against the embedded object (what a libbpf skeleton gives for free).
+//! The compiled kernel side and the names of what is in it: every map and global the userspace
+//! side reaches for is named here and nowhere else (programs, in the probe table), and a test
+//! holds the names against the embedded object (what a libbpf skeleton gives for free).
 
 /// The compiled kernel side, committed so that stable Rust alone can build pfault
 /// (`cargo xtask build-ebpf` refreshes it; `cargo xtask test` fails when it is stale).
@@ -48,38 +48,6 @@ pub mod maps {
     ];
 }
 
-pub mod programs {
-    pub const PAGE_FAULT_USER: &str = "page_fault_user";
-    pub const PAGE_FAULT_KERNEL: &str = "page_fault_kernel";
-    pub const FAULT_MINOR: &str = "fault_minor";
-    pub const FAULT_MAJOR: &str = "fault_major";
-    pub const HMF_KPROBE: &str = "hmf_kprobe";
-    pub const HMF_KRETPROBE: &str = "hmf_kretprobe";
-    pub const HMF_FENTRY: &str = "hmf_fentry";
-    pub const HMF_FEXIT: &str = "hmf_fexit";
-    pub const TASK_EXIT: &str = "task_exit";
-    pub const TASK_EXEC: &str = "task_exec";
-    pub const TASK_FORK: &str = "task_fork";
-    pub const TASK_MMAP: &str = "task_mmap";
-    pub const FOLD_THREADS: &str = "fold_threads";
-
-    pub const ALL: &[&str] = &[
-        PAGE_FAULT_USER,
-        PAGE_FAULT_KERNEL,
-        FAULT_MINOR,
-        FAULT_MAJOR,
-        HMF_KPROBE,
-        HMF_KRETPROBE,
-        HMF_FENTRY,
-        HMF_FEXIT,
-        TASK_EXIT,
-        TASK_EXEC,
-        TASK_FORK,
-        TASK_MMAP,
-        FOLD_THREADS,
-    ];
-}
-
 #[cfg(test)]
 mod tests {
     use object::{Object as _, ObjectSymbol as _};
@@ -93,8 +61,12 @@ mod tests {
         for m in maps::ALL {
             assert!(obj.maps.contains_key(*m), "the object has no map {m}");
         }
-        for p in programs::ALL {
-            assert!(obj.programs.contains_key(*p), "the object has no program {p}");
+        for p in super::super::probes::PROBES {
+            assert!(
+                obj.programs.contains_key(p.program),
+                "the object has no program {}",
+                p.program
+            );
         }
     }
 

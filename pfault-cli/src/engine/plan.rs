@@ -2,7 +2,7 @@
 //! how big the maps are.
 
 use pfault_common::{
-    FileId, SentKey, StackCount, TextKey, TextVma, UnwindFile, UnwindRow, MODE_KERNEL, MODE_USER,
+    capacity, FileId, SentKey, StackCount, TextKey, TextVma, UnwindFile, UnwindRow, MODE_KERNEL, MODE_USER,
 };
 
 use super::objects::maps;
@@ -54,8 +54,10 @@ pub struct Plan {
     pub probe: Option<ProbeMode>,
     pub bpf_log: bool,
     pub ringbuf_bytes: u32,
-    pub stack_entries: u32,
-    pub agg_entries: u32,
+    /// `STACKS_SENT`, `STACK_COUNTS` and `FILE_COUNTS` entries.
+    pub stacks_sent_entries: u32,
+    pub stack_count_entries: u32,
+    pub file_count_entries: u32,
     /// Rows of `UNWIND_ROWS` (`CFG_UNWIND_CFI`).
     pub unwind_rows: u32,
     /// The maps this subcommand sizes from its flags.
@@ -73,8 +75,9 @@ impl Plan {
             bpf_log: false,
             // One page: tools that send records size it themselves.
             ringbuf_bytes: 4096,
-            stack_entries: 65536,
-            agg_entries: 40960,
+            stacks_sent_entries: capacity::STACKS_SENT,
+            stack_count_entries: capacity::STACK_COUNTS,
+            file_count_entries: capacity::FILE_COUNTS,
             unwind_rows: 0,
             tunables: Vec::new(),
         }
@@ -111,8 +114,6 @@ pub struct TaskFilter {
     pub program: Option<std::path::PathBuf>,
 }
 
-/// `stackcount`'s default count-map size: a program with a hundred thousand stacks fits.
-pub const STACK_COUNT_ENTRIES: u32 = 262_144;
 /// The ring buffer carries process notices and each new stack's frames, once: a program
 /// importing a large library sends tens of thousands in a second.
 pub const STACK_RINGBUF_BYTES: u32 = 1 << 20;
@@ -124,11 +125,11 @@ pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
     vec![
         (
             maps::STACK_COUNTS,
-            STACK_COUNT_ENTRIES as u64 * entry(size_of::<u64>(), size_of::<StackCount>()),
+            capacity::STACK_COUNTS as u64 * entry(size_of::<u64>(), size_of::<StackCount>()),
         ),
         (
             maps::STACKS_SENT,
-            Plan::new(0).stack_entries as u64 * entry(size_of::<SentKey>(), 1),
+            capacity::STACKS_SENT as u64 * entry(size_of::<SentKey>(), 1),
         ),
         (maps::EVENTS, STACK_RINGBUF_BYTES as u64),
         // The CFI unwinder's (`--unwind cfi`, the default).
@@ -138,22 +139,15 @@ pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
         ),
         (
             maps::TEXT_VMAS,
-            TEXT_VMAS_ENTRIES as u64 * entry(size_of::<TextKey>(), size_of::<TextVma>()),
+            capacity::TEXT_VMAS as u64 * entry(size_of::<TextKey>(), size_of::<TextVma>()),
         ),
         (
             maps::UNWIND_FILES,
-            UNWIND_FILES_ENTRIES as u64 * entry(size_of::<FileId>(), size_of::<UnwindFile>()),
+            capacity::UNWIND_FILES as u64 * entry(size_of::<FileId>(), size_of::<UnwindFile>()),
         ),
         (
             maps::EXEC_GEN,
-            EXEC_GEN_ENTRIES as u64 * entry(size_of::<u32>(), size_of::<u32>()),
+            capacity::EXEC_GEN as u64 * entry(size_of::<u32>(), size_of::<u32>()),
         ),
     ]
 }
-
-/// Code mappings the unwinder remembers (per process and 64 KiB): a few hundred processes'.
-pub const TEXT_VMAS_ENTRIES: u32 = 16384;
-/// Binaries with unwind tables.
-pub const UNWIND_FILES_ENTRIES: u32 = 8192;
-/// Processes whose exec/exit generation the unwinder keeps.
-pub const EXEC_GEN_ENTRIES: u32 = 8192;

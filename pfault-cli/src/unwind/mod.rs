@@ -26,6 +26,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use pfault_common::*;
 use serde::Serialize;
 
+use self::table::NoCfi;
 use crate::procfs;
 
 /// Which user-stack walk the kernel side does (`--unwind`).
@@ -63,7 +64,7 @@ fn file_id(meta: &std::fs::Metadata) -> FileId {
 struct Built {
     id: FileId,
     path: PathBuf,
-    table: Result<table::Table, String>,
+    table: Result<table::Table, NoCfi>,
 }
 
 fn build_file(file: &File, id: FileId, path: PathBuf) -> Built {
@@ -71,7 +72,7 @@ fn build_file(file: &File, id: FileId, path: PathBuf) -> Built {
     // reader of a mapped binary (the loader itself maps them the same way).
     let table = match unsafe { memmap2::Mmap::map(file) } {
         Ok(data) => table::build(&data),
-        Err(e) => Err(format!("cannot map it: {e}")),
+        Err(e) => Err(NoCfi::CannotMap(e.to_string())),
     };
     Built { id, path, table }
 }
@@ -163,7 +164,7 @@ pub struct TableStat {
 #[derive(Clone, Debug, Serialize)]
 pub struct NoTable {
     pub path: String,
-    pub why: String,
+    pub why: NoCfi,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -200,12 +201,9 @@ impl RowsMap {
     }
 
     /// Copies `rows` in; their first index, or why they are not there.
-    fn push(&mut self, rows: &[UnwindRow]) -> Result<u32, String> {
+    fn push(&mut self, rows: &[UnwindRow]) -> Result<u32, NoCfi> {
         if self.next + rows.len() > self.capacity {
-            return Err(format!(
-                "no room left for its {} rows: raise --unwind-mb",
-                rows.len()
-            ));
+            return Err(NoCfi::NoRoom(rows.len()));
         }
         let first = self.next;
         let bytes = size_of_val(rows);
@@ -218,7 +216,7 @@ impl RowsMap {
                 .len(bytes)
                 .map_mut(&self.file)
         }
-        .map_err(|e| format!("mapping its rows into the unwind-row map: {e}"))?;
+        .map_err(|e| NoCfi::CannotWrite(e.to_string()))?;
         // SAFETY: UnwindRow is plain data with the kernel's layout, and the window holds
         // exactly `rows.len()` of them.
         let src = unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, bytes) };
@@ -245,39 +243,48 @@ impl Loader {
             return;
         }
         let path = b.path.display().to_string();
-        let mut entry = UnwindFile {
-            state: TABLE_NONE,
-            ..Default::default()
-        };
+        let placed = b.table.and_then(|t| {
+            let first = self.rows.push(&t.rows)?;
+            let entry = UnwindFile {
+                first,
+                rows: t.rows.len() as u32,
+                state: TABLE_READY,
+                _pad: 0,
+            };
+            // Published after its rows: the kernel side reads rows only of a ready table.
+            self.files
+                .insert(b.id, entry, 0)
+                .map_err(|e| NoCfi::FileTableFull(e.to_string()))?;
+            Ok((entry, t))
+        });
         let mut stats = self.stats.lock().unwrap();
-        match b.table {
-            Ok(t) => match self.rows.push(&t.rows) {
-                Ok(first) => {
-                    entry = UnwindFile {
-                        first,
-                        rows: t.rows.len() as u32,
-                        state: TABLE_READY,
-                        _pad: 0,
-                    };
-                    let bytes = (t.rows.len() * size_of::<UnwindRow>()) as u64;
-                    let at = stats.tables.partition_point(|s| s.rows >= t.rows.len() as u64);
-                    stats.tables.insert(
-                        at,
-                        TableStat {
-                            path,
-                            rows: t.rows.len() as u64,
-                            bytes,
-                            bad_fdes: t.bad_fdes as u64,
-                        },
-                    );
-                }
-                Err(why) => stats.without_cfi.push(NoTable { path, why }),
-            },
-            Err(why) => stats.without_cfi.push(NoTable { path, why }),
-        }
+        let entry = match placed {
+            Ok((entry, t)) => {
+                let at = stats.tables.partition_point(|s| s.rows >= t.rows.len() as u64);
+                stats.tables.insert(
+                    at,
+                    TableStat {
+                        path,
+                        rows: t.rows.len() as u64,
+                        bytes: size_of_val(t.rows.as_slice()) as u64,
+                        bad_fdes: t.bad_fdes as u64,
+                    },
+                );
+                entry
+            }
+            Err(why) => {
+                stats.without_cfi.push(NoTable { path, why });
+                let none = UnwindFile {
+                    state: TABLE_NONE,
+                    ..Default::default()
+                };
+                // The kernel side stops asking for it; where even this fails (the table of
+                // binaries full), it asks again and is answered from `done`.
+                let _ = self.files.insert(b.id, none, 0);
+                none
+            }
+        };
         drop(stats);
-        // Published after its rows: the kernel side reads rows only of a ready table.
-        let _ = self.files.insert(b.id, entry, 0);
         self.done.insert(b.id, entry);
     }
 
@@ -373,7 +380,10 @@ impl Unwinder {
             done: HashMap::new(),
             stats: stats.clone(),
         };
-        let built = ahead.built.join().unwrap_or_default();
+        // A panic there is a bug in pfault: said as one, not taken for "no tables".
+        let built = ahead.built.join().map_err(|_| {
+            anyhow::anyhow!("building unwind tables failed (pfault panicked): use --unwind fp")
+        })?;
         for b in built.tables {
             loader.load(b);
         }

@@ -14,15 +14,63 @@ use gimli::{
 use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
 use pfault_common::*;
 
-/// Most rows one table may have: the kernel side's binary search takes 22 steps.
-pub const MAX_ROWS: usize = 1 << 22;
-
 /// A binary's rows, sorted by file offset.
 #[derive(Debug, Default)]
 pub struct Table {
     pub rows: Vec<UnwindRow>,
     /// FDEs that could not be read (a truncated or corrupt section): their code has no rows.
     pub bad_fdes: usize,
+}
+
+/// Why a file's code has no table (and is unwound by frame pointer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoCfi {
+    NotElf(String),
+    NotX86_64(String),
+    Unreadable {
+        section: &'static str,
+        error: String,
+    },
+    Stripped,
+    DescribesNoCode,
+    TooManyRows(usize),
+    CannotMap(String),
+    /// `UNWIND_ROWS` is full (`--unwind-mb`).
+    NoRoom(usize),
+    /// Mapping the rows' window of `UNWIND_ROWS` failed.
+    CannotWrite(String),
+    /// `UNWIND_FILES` would not take the file (full).
+    FileTableFull(String),
+}
+
+impl std::fmt::Display for NoCfi {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            NoCfi::NotElf(e) => write!(f, "not an ELF file ({e})"),
+            NoCfi::NotX86_64(arch) => write!(f, "{arch} code, not x86-64"),
+            NoCfi::Unreadable { section, error } => write!(f, "reading {section}: {error}"),
+            NoCfi::Stripped => f.write_str("no .eh_frame or .debug_frame (stripped of its CFI)"),
+            NoCfi::DescribesNoCode => f.write_str("its CFI describes no code"),
+            NoCfi::TooManyRows(n) => write!(
+                f,
+                "{n} rows, more than the {UNWIND_TABLE_MAX_ROWS} a table may hold"
+            ),
+            NoCfi::CannotMap(e) => write!(f, "cannot map it: {e}"),
+            NoCfi::NoRoom(n) => write!(f, "no room left for its {n} rows: raise --unwind-mb"),
+            NoCfi::CannotWrite(e) => write!(f, "mapping its rows into the unwind-row map: {e}"),
+            NoCfi::FileTableFull(e) => write!(
+                f,
+                "the table of binaries ({} entries) would not take it: {e}",
+                capacity::UNWIND_FILES
+            ),
+        }
+    }
+}
+
+impl serde::Serialize for NoCfi {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// An executable segment: addresses `vaddr..vaddr + size` are file offsets `offset..`.
@@ -34,10 +82,10 @@ struct Segment {
 
 /// The rows of the ELF file `data`; an error says why it has none (not ELF, not x86-64, no
 /// CFI).
-pub fn build(data: &[u8]) -> Result<Table, String> {
-    let file = object::File::parse(data).map_err(|e| format!("not an ELF file ({e})"))?;
+pub fn build(data: &[u8]) -> Result<Table, NoCfi> {
+    let file = object::File::parse(data).map_err(|e| NoCfi::NotElf(e.to_string()))?;
     if file.architecture() != object::Architecture::X86_64 {
-        return Err(format!("{:?} code, not x86-64", file.architecture()));
+        return Err(NoCfi::NotX86_64(format!("{:?}", file.architecture())));
     }
     let segments: Vec<Segment> = file
         .segments()
@@ -51,7 +99,10 @@ pub fn build(data: &[u8]) -> Result<Table, String> {
     let addr_of = |name: &str| file.section_by_name(name).map(|s| s.address());
     let mut rows = Rows::default();
     if let Some(section) = file.section_by_name(".eh_frame") {
-        let bytes = section.data().map_err(|e| format!("reading .eh_frame: {e}"))?;
+        let bytes = section.data().map_err(|e| NoCfi::Unreadable {
+            section: ".eh_frame",
+            error: e.to_string(),
+        })?;
         let mut bases = BaseAddresses::default().set_eh_frame(section.address());
         if let Some(a) = addr_of(".text") {
             bases = bases.set_text(a);
@@ -61,22 +112,22 @@ pub fn build(data: &[u8]) -> Result<Table, String> {
         }
         rows.section(&EhFrame::new(bytes, LittleEndian), &bases, &segments);
     } else if let Some(section) = file.section_by_name(".debug_frame") {
-        let bytes = section.data().map_err(|e| format!("reading .debug_frame: {e}"))?;
+        let bytes = section.data().map_err(|e| NoCfi::Unreadable {
+            section: ".debug_frame",
+            error: e.to_string(),
+        })?;
         let mut frame = DebugFrame::new(bytes, LittleEndian);
         frame.set_address_size(8);
         rows.section(&frame, &BaseAddresses::default(), &segments);
     } else {
-        return Err("no .eh_frame or .debug_frame (stripped of its CFI)".into());
+        return Err(NoCfi::Stripped);
     }
     let table = rows.finish();
     if table.rows.is_empty() {
-        return Err("its CFI describes no code".into());
+        return Err(NoCfi::DescribesNoCode);
     }
-    if table.rows.len() > MAX_ROWS {
-        return Err(format!(
-            "{} rows, more than the {MAX_ROWS} a table may hold",
-            table.rows.len()
-        ));
+    if table.rows.len() > UNWIND_TABLE_MAX_ROWS {
+        return Err(NoCfi::TooManyRows(table.rows.len()));
     }
     Ok(table)
 }

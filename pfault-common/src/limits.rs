@@ -1,0 +1,40 @@
+//! Sizes and map capacities: what the kernel side declares and userspace sizes, checks and
+//! reports.
+
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of a mapped file's name (the dentry's basename).
+pub const NAME_LEN: usize = 48;
+/// Frames kept per stack, the kernel's default `perf_event_max_stack`.
+pub const MAX_STACK: usize = 127;
+/// log2 of the sub-buckets per power of two in latency histograms.
+pub const HIST_SUB_BITS: u32 = 2;
+/// Sub-buckets per power of two in latency histograms (log-linear, about 19% wide).
+pub const HIST_SUB: usize = 1 << HIST_SUB_BITS;
+/// Latency histogram buckets: up to 2^40 ns (about 18 minutes).
+pub const HIST_BUCKETS: usize = 160;
+
+/// log2 of the most rows one unwind table may hold: the kernel side's binary search takes
+/// this many steps, and userspace refuses a larger table.
+pub const UNWIND_SEARCH_STEPS: u32 = 22;
+pub const UNWIND_TABLE_MAX_ROWS: usize = 1 << UNWIND_SEARCH_STEPS;
+
+/// Map capacities. Where a tool's flag sizes a map the loader sets it, and these are the
+/// defaults; the others are used as the kernel side declares them.
+pub mod capacity {
+    /// Tgids followed as a command's family.
+    pub const TRACED: u32 = 4096;
+    /// stackcount's counts (`--map-entries`): a program with a hundred thousand stacks fits.
+    pub const STACK_COUNTS: u32 = 262_144;
+    /// (process, stack) pairs whose frames were sent.
+    pub const STACKS_SENT: u32 = 65_536;
+    /// ffaults' counts per (process, file) (`--map-entries`).
+    pub const FILE_COUNTS: u32 = 40_960;
+    /// stat's and top's rows per process or thread.
+    pub const PROC_STATS: u32 = 8192;
+    /// Binaries with unwind tables.
+    pub const UNWIND_FILES: u32 = 8192;
+    /// Processes whose exec/exit generation the unwinder keeps.
+    pub const EXEC_GEN: u32 = 8192;
+    /// Code mappings the unwinder remembers (per process and 64 KiB): a few hundred processes'.
+    pub const TEXT_VMAS: u32 = 16384;
+}

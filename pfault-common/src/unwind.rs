@@ -1,0 +1,93 @@
+//! CFI unwind tables: rows, files and the code mappings the kernel side meets.
+
+/// How an unwind row finds the caller's frame: its CFA (the stack pointer before the call),
+/// whose word below is the return address (x86-64).
+/// No row covers the address: the frame pointer is followed instead.
+pub const CFA_NONE: u8 = 0;
+/// CFA = rsp + `cfa_off`.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + `cfa_off`.
+pub const CFA_RBP: u8 = 2;
+/// A PLT entry: CFA = rsp + 8, plus 8 once rip is `cfa_off` or more bytes into its 16-byte
+/// slot (the push of the lazy-binding stub).
+pub const CFA_PLT: u8 = 3;
+/// The return address is undefined: the outermost frame (`_start`, a thread's start).
+pub const CFA_END: u8 = 4;
+/// A signal frame (`__restore_rt`): the interrupted rip, rsp and rbp are in the `ucontext`
+/// at rsp, and the interrupted rip is no return address (its own row, not the one before).
+pub const CFA_SIGNAL: u8 = 5;
+/// Where the kernel's x86-64 `ucontext` (at rsp in `__restore_rt`) keeps rbp, rsp and rip:
+/// `uc_mcontext.gregs[REG_RBP]`, `[REG_RSP]`, `[REG_RIP]`.
+pub const SIGFRAME_RBP: u64 = 120;
+pub const SIGFRAME_RSP: u64 = 160;
+pub const SIGFRAME_RIP: u64 = 168;
+
+/// One row of a binary's unwind table: from file offset `off` up to the next row's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub off: u32,
+    pub cfa_off: i16,
+    /// `CFA_*`
+    pub cfa: u8,
+    /// Where the caller's rbp was saved: at CFA + 8 * `rbp`; 0 when rbp is unchanged.
+    pub rbp: i8,
+}
+pod!(UnwindRow);
+
+/// A file, as the kernel names it: `s_dev` and inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+pod!(FileId);
+
+/// `UnwindFile::state`: the kernel side asked userspace for the table.
+pub const TABLE_ASKED: u32 = 0;
+/// Rows `first..first + rows` of `UNWIND_ROWS`.
+pub const TABLE_READY: u32 = 1;
+/// The file has no usable CFI (or no room was left): its frames follow the frame pointer.
+pub const TABLE_NONE: u32 = 2;
+
+/// Value of `UNWIND_FILES`: where a binary's rows are, shared by every process mapping it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindFile {
+    pub first: u32,
+    pub rows: u32,
+    pub state: u32,
+    pub _pad: u32,
+}
+pod!(UnwindFile);
+
+/// Key of `TEXT_VMAS`: a 64 KiB granule of a process's address space. `gen` (`EXEC_GEN`)
+/// tells a process apart from what it was before an exec, and from an earlier process that
+/// had its pid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TextKey {
+    pub tgid: u32,
+    pub gen: u32,
+    pub granule: u32,
+    pub _pad: u32,
+}
+pod!(TextKey);
+
+/// `TEXT_VMAS` granules are this many bits of address.
+pub const TEXT_GRANULE_SHIFT: u32 = 16;
+
+/// A code mapping the unwinder met, and its file's table as last seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TextVma {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of an address = address + `bias` (wrapping).
+    pub bias: u64,
+    pub file: FileId,
+    pub table: UnwindFile,
+}
+pod!(TextVma);
