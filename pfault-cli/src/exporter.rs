@@ -245,9 +245,9 @@ impl Exporter {
         match started {
             Ok((session, ring)) => {
                 self.profiling = Some(Profiling {
+                    counts: StackCounts::new(session.symbols(self.args.target.pid), false, false),
                     session,
                     ring,
-                    counts: StackCounts::new(false, false),
                     until: Instant::now() + Duration::from_secs(seconds),
                     reply,
                 })

@@ -14,7 +14,7 @@ use std::{
 use pfault_common::*;
 
 use crate::{
-    procfs::{cstr, read_maps, MapEntry},
+    procfs::{self, cstr, read_maps, MapEntry},
     records::Record,
 };
 
@@ -95,6 +95,18 @@ impl Default for Mappings {
 }
 
 impl Mappings {
+    /// Knows `path` by its device and inode from the start: the program pfault starts may
+    /// exit before its maps are read, and a notice of its mapping carries only a basename.
+    pub fn know_file(&mut self, path: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(meta), Ok(full)) = (std::fs::metadata(path), std::fs::canonicalize(path)) {
+            self.files.insert(
+                (procfs::kernel_dev(meta.dev()), meta.ino()),
+                full.to_string_lossy().into_owned(),
+            );
+        }
+    }
+
     /// Remembers a process's mappings now, while it lives.
     pub fn note_process(&mut self, pid: u32) {
         if !self.procs.contains_key(&pid) {

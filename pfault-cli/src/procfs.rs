@@ -64,6 +64,12 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
     })
 }
 
+/// A device number as the kernel keeps it in `super_block.s_dev` (major << 20 | minor), from
+/// `stat`'s `st_dev`.
+pub fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
 /// A process's maps now; `None` when it is gone (an exiting process, a zombie, reads as empty:
 /// that is no map, not an empty one).
 pub fn read_maps(pid: u32) -> Option<Vec<MapEntry>> {

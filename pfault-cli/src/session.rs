@@ -24,6 +24,7 @@ use crate::{
     output::Format,
     procfs,
     records::{self, Record},
+    symbolize::Symbols,
 };
 
 const RING_POLL: Duration = Duration::from_millis(20);
@@ -120,6 +121,19 @@ impl Session {
             watch,
             started: Instant::now(),
         })
+    }
+
+    /// Symbols that know the target from the start: the maps of the process given with -p
+    /// (`pid`), and the program pfault started, which may exit before its maps are read.
+    pub fn symbols(&self, pid: Option<u32>) -> Symbols {
+        let mut syms = Symbols::default();
+        if let Some(pid) = pid {
+            syms.note_process(pid);
+        }
+        if let Some(c) = &self.command {
+            syms.maps.know_file(&c.program);
+        }
+        syms
     }
 
     /// Takes the ring buffer of events and process notices out of the engine, to read it in

@@ -244,12 +244,9 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let mut counter = Counter {
         out,
         svg,
-        counts: StackCounts::new(args.per_pid, args.addresses),
+        counts: StackCounts::new(session.symbols(args.target.pid), args.per_pid, args.addresses),
         args,
     };
-    if let Some(pid) = counter.args.target.pid {
-        counter.counts.syms.note_process(pid);
-    }
     let end = session
         .run(&duration, interval, Some(&mut ring), &mut counter)
         .await?;

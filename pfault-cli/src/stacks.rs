@@ -13,8 +13,18 @@ use crate::{
     output::pprof::{self, LabelValue},
     procfs::cstr,
     records::Record,
-    symbolize::{Frame, Symbols},
+    symbolize::{Frame, Placed, Symbols},
 };
+
+/// A stack the kernel sent: user frames placed in their files on arrival, kernel addresses
+/// as they are.
+enum Sent {
+    User(Vec<Placed>),
+    Kernel(Vec<u64>),
+}
+
+/// User space ends here on x86-64: a stack whose leaf is above is the kernel's.
+const USER_END: u64 = 1 << 47;
 
 /// One printed stack: faults on stacks that print the same (within a function, or across
 /// processes when they are not kept apart) are added into one row.
@@ -60,8 +70,8 @@ fn pseudo(what: &str) -> Vec<Frame> {
 
 pub struct StackCounts {
     pub syms: Symbols,
-    /// Every stack the kernel sent, by hash: raw frames, leaf first.
-    stacks: HashMap<u64, Vec<u64>>,
+    /// Every stack the kernel sent, by hash, leaf first.
+    stacks: HashMap<u64, Sent>,
     /// Rows per process (-P).
     per_pid: bool,
     /// Frames keep their addresses, offsets and lines (-v).
@@ -70,9 +80,9 @@ pub struct StackCounts {
 }
 
 impl StackCounts {
-    pub fn new(per_pid: bool, addresses: bool) -> StackCounts {
+    pub fn new(syms: Symbols, per_pid: bool, addresses: bool) -> StackCounts {
         StackCounts {
-            syms: Symbols::default(),
+            syms,
             stacks: HashMap::new(),
             per_pid,
             addresses,
@@ -87,20 +97,26 @@ impl StackCounts {
                 // Counting at completion sends no notice of a process that was running before
                 // pfault: its first stack is one, while it lives.
                 self.syms.note_process(tgid);
-                self.stacks.insert(hash, frames);
+                // Placed now, while the process's maps are those it faulted with: once it
+                // execs, they are another program's.
+                let sent = match frames.first() {
+                    Some(&leaf) if leaf < USER_END => Sent::User(self.syms.place(tgid, &frames)),
+                    _ => Sent::Kernel(frames),
+                };
+                self.stacks.insert(hash, sent);
             }
             notice => self.syms.notice(&notice),
         }
     }
 
-    fn frames(&mut self, hash: u64, pid: u32, user: bool) -> Vec<Frame> {
+    fn frames(&mut self, hash: u64, pid: u32) -> Vec<Frame> {
         let frames = match hash {
             STACK_NONE => Vec::new(),
             STACK_LOST => pseudo("[stack lost: ring buffer full]"),
             STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
             h => match self.stacks.get(&h) {
-                Some(ips) if user => self.syms.user(pid, ips),
-                Some(ips) => self.syms.kernel(ips),
+                Some(Sent::User(placed)) => self.syms.name(pid, placed),
+                Some(Sent::Kernel(ips)) => self.syms.kernel(ips),
                 None => pseudo("[stack not received]"),
             },
         };
@@ -116,8 +132,8 @@ impl StackCounts {
                 pid: self.per_pid.then_some(key.tgid),
                 comm: cstr(&key.comm).to_string(),
                 kind: key.kind as u8,
-                ustack: self.frames(key.ustack, key.tgid, true),
-                kstack: self.frames(key.kstack, 0, false),
+                ustack: self.frames(key.ustack, key.tgid),
+                kstack: self.frames(key.kstack, 0),
             };
             *rows.entry(row).or_default() += count;
         }

@@ -130,9 +130,18 @@ impl Default for Symbols {
 }
 
 /// Where a user address lies: the mapped binary and the offset in it.
+#[derive(Clone, Debug)]
 struct Located {
     path: Rc<str>,
     file_offset: u64,
+}
+
+/// A user frame placed in its file by the process's maps at the time: named later, it stays
+/// right after the process maps something else there or execs another program.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    addr: u64,
+    at: Option<Located>,
 }
 
 impl Symbols {
@@ -147,33 +156,47 @@ impl Symbols {
         self.maps.notice(record);
     }
 
-    /// Symbolizes a user stack (leaf first). Return addresses point after the call, so every
-    /// frame but the leaf is looked up one byte earlier.
+    /// Symbolizes a user stack (leaf first) by the process's maps now.
     pub fn user(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
-        let stack = until_null(stack);
-        let located: Vec<Option<Located>> = stack
+        let placed = self.place(pid, stack);
+        self.name(pid, &placed)
+    }
+
+    /// Places a user stack's frames (leaf first) in their files by the process's maps now.
+    /// Return addresses point after the call, so every frame but the leaf is looked up one
+    /// byte earlier.
+    pub fn place(&mut self, pid: u32, stack: &[u64]) -> Vec<Placed> {
+        until_null(stack)
             .iter()
             .enumerate()
-            .map(|(i, &a)| {
-                let a = if i == 0 { a } else { a.saturating_sub(1) };
-                self.maps.lookup(pid, a, None).map(|e| Located {
+            .map(|(i, &addr)| {
+                let a = if i == 0 { addr } else { addr.saturating_sub(1) };
+                let at = self.maps.lookup(pid, a, None).map(|e| Located {
                     path: e.path.as_str().into(),
                     file_offset: a - e.start + e.file_offset,
-                })
+                });
+                Placed { addr, at }
             })
-            .collect();
-        // Resolve what is not cached yet, one batch per binary.
+            .collect()
+    }
+
+    /// Names placed frames: each file's new offsets in one symbolizer call, each offset once.
+    /// `pid` is the process they were placed in, whose root holds files the host lacks.
+    pub fn name(&mut self, pid: u32, placed: &[Placed]) -> Vec<Frame> {
         let mut todo: HashMap<Rc<str>, Vec<u64>> = HashMap::new();
-        for l in located.iter().flatten() {
+        for l in placed.iter().filter_map(|p| p.at.as_ref()) {
             if l.path.starts_with('/') && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
                 todo.entry(l.path.clone()).or_default().push(l.file_offset);
             }
         }
-        for (path, offsets) in todo {
+        for (path, mut offsets) in todo {
+            offsets.sort_unstable();
+            offsets.dedup();
             self.resolve_elf(pid, path, &offsets);
         }
-        let mut out = Vec::with_capacity(stack.len());
-        for (&addr, l) in stack.iter().zip(&located) {
+        let mut out = Vec::with_capacity(placed.len());
+        for Placed { addr, at: l } in placed {
+            let addr = *addr;
             match l
                 .as_ref()
                 .and_then(|l| self.cache.get(&(l.path.clone(), l.file_offset)))

@@ -276,16 +276,13 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     let mut p = Printer {
         out,
         format: args.output.format,
-        syms: Symbols::default(),
+        syms: session.symbols(args.target.pid),
         names: session.engine.vm_fault_names.clone(),
         started_ns: session.engine.started_ns,
         with_flags,
         events: 0,
         line: Vec::new(),
     };
-    if let Some(pid) = args.target.pid {
-        p.syms.note_process(pid);
-    }
     p.header()?;
     let end = session.run(&args.duration, None, Some(&mut ring), &mut p).await?;
     p.out.flush()?;

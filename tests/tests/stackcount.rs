@@ -424,3 +424,64 @@ fn pprof_profile_reads_in_go_tool_pprof() {
         assert!(tags.contains(want), "no {want} in:\n{tags}");
     }
 }
+
+/// Stacks counted before an exec are named from the program that ran them, not from the one
+/// the process became (whose maps are all that is left to read at the end).
+#[test]
+fn stacks_before_an_exec_are_named_from_the_old_image() {
+    if !root_or_skip() {
+        return;
+    }
+    let out = scratch("stackcount-exec").join("folded.txt");
+    let after = workload("anon_writer");
+    let truth = pfault_on(
+        &["stackcount", "-U", "--folded"],
+        &out,
+        "execer",
+        &["3000", after.to_str().unwrap(), "2000"],
+    );
+    let folded = std::fs::read_to_string(&out).unwrap();
+    for (leaf, comm, key) in [
+        ("before_exec", "execer;", "before_exec"),
+        ("touch_pages", "anon_writer;", "minflt"),
+    ] {
+        let (stack, count) =
+            folded_count(&folded, leaf).unwrap_or_else(|| panic!("no {leaf} stack in:\n{folded}"));
+        assert!(
+            stack.starts_with(comm) && stack.contains(&format!(";main;{leaf}")),
+            "{leaf}: {stack}"
+        );
+        let expected = num(&truth, key);
+        assert!(
+            within(count, expected, 1.0),
+            "{leaf} counted {count}, getrusage says {expected}:\n{folded}"
+        );
+    }
+}
+
+/// A program pfault starts and that dies at once is named from its own file: the notice of
+/// its mapping may come after it is gone, with a basename only (it came out as `segv+0x1070`
+/// in about a third of runs).
+#[test]
+fn a_command_that_crashes_at_once_is_named() {
+    if !root_or_skip() {
+        return;
+    }
+    let out = scratch("stackcount-segv").join("folded.txt");
+    for run in 0..10 {
+        let done = run_with_timeout(
+            pfault()
+                .args(["stackcount", "-U", "--folded", "--kind", "error", "--output"])
+                .arg(&out)
+                .arg("--")
+                .arg(workload("segv")),
+            Duration::from_secs(30),
+        );
+        let folded = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            folded.lines().any(|l| l.ends_with(";main 1")) && !folded.contains("segv+0x"),
+            "run {run} ({}): {folded}",
+            done.status
+        );
+    }
+}

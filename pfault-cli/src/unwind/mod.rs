@@ -52,10 +52,9 @@ fn open_mapped(pid: u32, start: u64, end: u64) -> Option<(File, FileId, PathBuf)
 
 /// A file's identity as the kernel side sees it (`s_dev` is major << 20 | minor).
 fn file_id(meta: &std::fs::Metadata) -> FileId {
-    let dev = meta.dev();
     FileId {
         ino: meta.ino(),
-        dev: (libc::major(dev) << 20) | libc::minor(dev),
+        dev: procfs::kernel_dev(meta.dev()),
         _pad: 0,
     }
 }
