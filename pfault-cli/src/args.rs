@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use pfault_common::{KIND_ERROR, KIND_MAJOR, KIND_MINOR, MODE_KERNEL, MODE_USER};
+use pfault_common::{MODE_KERNEL, MODE_USER};
 
 use crate::{
-    engine::{Plan, ProbeMode},
+    engine::{Kind, Plan, ProbeMode},
     output::Format,
     unwind::{rows_for_mb, Unwind, UNWIND_MB},
 };
@@ -66,49 +66,6 @@ pub struct IntervalArgs {
     pub interval: Option<f64>,
 }
 
-/// What became of a fault, as the kernel side's `KIND_*` values name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    Minor,
-    Major,
-    Error,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Minor, Kind::Major, Kind::Error];
-
-    /// The kernel side's `KIND_*` value.
-    pub fn raw(self) -> u8 {
-        match self {
-            Kind::Minor => KIND_MINOR,
-            Kind::Major => KIND_MAJOR,
-            Kind::Error => KIND_ERROR,
-        }
-    }
-
-    /// The kind a `KIND_*` value names; anything else is an error fault (it never completed).
-    pub fn from_raw(raw: u8) -> Kind {
-        match raw {
-            KIND_MINOR => Kind::Minor,
-            KIND_MAJOR => Kind::Major,
-            _ => Kind::Error,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Minor => "minor",
-            Kind::Major => "major",
-            Kind::Error => "error",
-        }
-    }
-
-    /// `Config::kinds` for a set of kinds: bit `1 << KIND_*` for each.
-    pub fn mask(kinds: &[Kind]) -> u32 {
-        kinds.iter().fold(0, |m, k| m | 1 << k.raw())
-    }
-}
-
 /// How user stacks are walked, for the subcommands that take them.
 #[derive(clap::Args, Clone, Debug)]
 pub struct UnwindArgs {
@@ -165,6 +122,18 @@ pub struct FaultFilterArgs {
 }
 
 impl FaultFilterArgs {
+    /// A plan with these filters applied.
+    pub fn plan(&self, flags: u32) -> Plan {
+        Plan {
+            kinds: Kind::mask(&self.kinds()),
+            modes: self.modes(),
+            min_latency_ns: self.min_latency_ns(),
+            probe: self.probe,
+            bpf_log: self.bpf_log,
+            ..Plan::new(flags)
+        }
+    }
+
     /// The kinds asked for; all of them when none was named.
     pub fn kinds(&self) -> Vec<Kind> {
         if self.kind.is_empty() {
@@ -220,21 +189,6 @@ pub fn check_size(flag: &str, value: u32, min: u32, max: u32, unit: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds_map_to_the_kernel_values_whatever_their_order() {
-        assert_eq!(Kind::Minor.raw(), KIND_MINOR);
-        assert_eq!(Kind::Major.raw(), KIND_MAJOR);
-        assert_eq!(Kind::Error.raw(), KIND_ERROR);
-        for k in Kind::ALL {
-            assert_eq!(Kind::from_raw(k.raw()), k);
-        }
-        assert_eq!(Kind::mask(&[Kind::Major]), 1 << KIND_MAJOR);
-        assert_eq!(
-            Kind::mask(&Kind::ALL),
-            1 << KIND_MINOR | 1 << KIND_MAJOR | 1 << KIND_ERROR
-        );
-    }
 
     #[test]
     fn entry_is_needed_only_by_filters_completion_cannot_apply() {

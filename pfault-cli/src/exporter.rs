@@ -32,9 +32,9 @@ use tokio::{
 };
 
 use crate::{
-    args::{FaultFilterArgs, Kind, TargetArgs, UnwindArgs},
+    args::{FaultFilterArgs, TargetArgs, UnwindArgs},
     cgroup,
-    engine::{Engine, Plan},
+    engine::{Engine, Kind},
     mappings::Mappings,
     output::prometheus::{FaultLabels, LatencyLabels, Metrics},
     session::{self, Session},
@@ -346,7 +346,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     if args.by_file {
         flags |= CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
     }
-    let mut plan = Plan::filtered(flags, &args.filter);
+    let mut plan = args.filter.plan(flags);
     if args.by_file {
         plan.ringbuf_bytes = 256 << 10;
     }

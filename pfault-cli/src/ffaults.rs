@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
     cgroup,
-    engine::{Engine, Plan, Tunable},
+    engine::{Engine, Tunable},
     mappings::Mappings,
     output::table,
     procfs::{cstr, page_size},
@@ -167,7 +167,7 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
     if args.cgroups.by_cgroup {
         flags |= CFG_BY_CGROUP;
     }
-    let mut plan = Plan::filtered(flags, &args.filter);
+    let mut plan = args.filter.plan(flags);
     plan.file_count_entries = args.map_entries;
     plan.tunables = vec![Tunable::FILE_COUNTS];
     // Only process notices go through the ring buffer here.

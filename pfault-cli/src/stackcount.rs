@@ -5,12 +5,11 @@
 use std::{collections::HashMap, io::Write, path::PathBuf};
 
 use anyhow::Result;
-use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
-    engine::Engine,
+    args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs, UnwindArgs},
+    engine::{Engine, Kind},
     output::{flamegraph, folded, json, Format, LateFile},
     records::Record,
     session::{Handler, Session},
@@ -100,8 +99,8 @@ impl Counter {
         frames.extend(r.kstack.iter().rev().map(|f| format!("{}_[k]", f.name())));
         if with_kind {
             // The fault's kind on top, coloured apart: the flame graph shows minor and major.
-            let kind = Kind::from_raw(r.kind).name();
-            frames.push(if r.kind == KIND_MINOR {
+            let kind = r.kind.name();
+            frames.push(if r.kind == Kind::Minor {
                 format!("{kind}_fault")
             } else {
                 format!("{kind}_fault_[k]")
@@ -140,7 +139,7 @@ impl Counter {
                         &JsonStack {
                             pid: r.pid,
                             comm: &r.comm,
-                            kind: Kind::from_raw(r.kind).name(),
+                            kind: r.kind.name(),
                             count: *count,
                             ustack: &r.ustack,
                             kstack: &r.kstack,
@@ -162,12 +161,7 @@ impl Counter {
                     for f in &r.ustack {
                         writeln!(self.out, "  {}", f.label(addresses))?;
                     }
-                    writeln!(
-                        self.out,
-                        "    {} ({} faults)",
-                        who(r),
-                        Kind::from_raw(r.kind).name()
-                    )?;
+                    writeln!(self.out, "    {} ({} faults)", who(r), r.kind.name())?;
                     writeln!(self.out, "    {count}\n")?;
                 }
             }

@@ -8,8 +8,8 @@ use anyhow::Result;
 use pfault_common::*;
 
 use crate::{
-    args::{FaultFilterArgs, Kind},
-    engine::{plan::STACK_RINGBUF_BYTES, Engine, Plan, Tunable},
+    args::FaultFilterArgs,
+    engine::{plan::STACK_RINGBUF_BYTES, Engine, Kind, Plan, Tunable},
     output::pprof::{self, LabelValue},
     procfs::cstr,
     records::Record,
@@ -33,7 +33,7 @@ pub struct Row {
     /// When processes are kept apart.
     pub pid: Option<u32>,
     pub comm: String,
-    pub kind: u8,
+    pub kind: Kind,
     pub ustack: Vec<Frame>,
     pub kstack: Vec<Frame>,
 }
@@ -56,7 +56,7 @@ pub fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entries: u32
     if !filter.kind.contains(&Kind::Error) && !filter.needs_fault_entry() {
         flags |= CFG_COMPLETION_ONLY;
     }
-    let mut plan = Plan::filtered(flags, &filter);
+    let mut plan = filter.plan(flags);
     plan.stack_count_entries = map_entries;
     plan.tunables = vec![Tunable::STACK_COUNTS];
     plan.ringbuf_bytes = STACK_RINGBUF_BYTES;
@@ -131,7 +131,7 @@ impl StackCounts {
             let row = Row {
                 pid: self.per_pid.then_some(key.tgid),
                 comm: cstr(&key.comm).to_string(),
-                kind: key.kind as u8,
+                kind: Kind::from_raw(key.kind as u8),
                 ustack: self.frames(key.ustack, key.tgid),
                 kstack: self.frames(key.kstack, 0),
             };
@@ -148,7 +148,7 @@ impl StackCounts {
         for (r, n) in rows.iter().rev() {
             let mut labels = vec![
                 ("comm", LabelValue::Str(&r.comm)),
-                ("kind", LabelValue::Str(Kind::from_raw(r.kind).name())),
+                ("kind", LabelValue::Str(r.kind.name())),
             ];
             if let Some(pid) = r.pid {
                 labels.push(("pid", LabelValue::Num(pid as i64)));

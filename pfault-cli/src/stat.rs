@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
     cgroup,
-    engine::{Engine, Plan},
+    engine::Engine,
     output::{hist, table, Format},
     procfs::cstr,
     session::{Handler, Session},
@@ -195,7 +195,7 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
     if !timed {
         flags |= CFG_ACCOUNTED;
     }
-    let plan = Plan::filtered(flags, &args.filter);
+    let plan = args.filter.plan(flags);
     let out = args.output.open()?;
     let mut session = Session::start(&args.target, None, &plan)?;
     let (duration, interval, format) = (args.duration.clone(), args.interval.interval, args.output.format);

@@ -21,7 +21,7 @@ use pfault_common::*;
 use crate::{
     args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, TargetArgs},
     cgroup,
-    engine::{Engine, Plan},
+    engine::Engine,
     mappings::Mappings,
     output::hist::percentile,
     procfs::cstr,
@@ -285,7 +285,7 @@ pub async fn run(args: TopArgs) -> Result<Option<i32>> {
     if args.cgroups.by_cgroup {
         flags |= CFG_BY_CGROUP;
     }
-    let mut plan = Plan::filtered(flags, &args.filter);
+    let mut plan = args.filter.plan(flags);
     plan.ringbuf_bytes = 256 << 10;
     Screen::check()?;
     let mut session = Session::start(&args.target, None, &plan)?;

@@ -8,8 +8,8 @@ use pfault_common::*;
 use serde::Serialize;
 
 use crate::{
-    args::{check_size, DurationArgs, FaultFilterArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
-    engine::{Engine, Plan, ProbeMode, Tunable, VmFaultNames},
+    args::{check_size, DurationArgs, FaultFilterArgs, OutputArgs, TargetArgs, UnwindArgs},
+    engine::{Engine, Kind, ProbeMode, Tunable, VmFaultNames},
     output::{columns::Columns, json, Format},
     procfs::cstr,
     records::Record,
@@ -265,7 +265,7 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     if args.kernel_stack {
         flags |= CFG_KSTACK;
     }
-    let mut plan = Plan::filtered(flags, &args.filter);
+    let mut plan = args.filter.plan(flags);
     args.unwind.apply(&mut plan);
     plan.ringbuf_bytes = ringbuf_mb.next_power_of_two() << 20;
     plan.tunables = vec![Tunable::RINGBUF];

@@ -21,7 +21,7 @@ pub use self::{
     attach::short_error,
     layout::VmFaultNames,
     losses::Losses,
-    plan::{Plan, ProbeMode, TaskFilter, Tunable},
+    plan::{Kind, Plan, ProbeMode, TaskFilter, Tunable},
 };
 use self::{
     layout::kernel_layout,

@@ -2,14 +2,12 @@
 //! how big the maps are.
 
 use pfault_common::{
-    capacity, FileId, SentKey, StackCount, TextKey, TextVma, UnwindFile, UnwindRow, MODE_KERNEL, MODE_USER,
+    capacity, FileId, SentKey, StackCount, TextKey, TextVma, UnwindFile, UnwindRow, KIND_ERROR, KIND_MAJOR,
+    KIND_MINOR, MODE_KERNEL, MODE_USER,
 };
 
 use super::objects::maps;
-use crate::{
-    args::{FaultFilterArgs, Kind},
-    unwind::{rows_for_mb, UNWIND_MB},
-};
+use crate::unwind::{rows_for_mb, UNWIND_MB};
 
 /// How a fault's completion (and with it minor/major/error and latency) is observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,6 +29,49 @@ impl ProbeMode {
             ProbeMode::Kprobe => "kprobe",
             ProbeMode::Tracepoint => "tracepoint",
         }
+    }
+}
+
+/// What became of a fault, as the kernel side's `KIND_*` values name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Kind {
+    Minor,
+    Major,
+    Error,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Minor, Kind::Major, Kind::Error];
+
+    /// The kernel side's `KIND_*` value.
+    pub fn raw(self) -> u8 {
+        match self {
+            Kind::Minor => KIND_MINOR,
+            Kind::Major => KIND_MAJOR,
+            Kind::Error => KIND_ERROR,
+        }
+    }
+
+    /// The kind a `KIND_*` value names; anything else is an error fault (it never completed).
+    pub fn from_raw(raw: u8) -> Kind {
+        match raw {
+            KIND_MINOR => Kind::Minor,
+            KIND_MAJOR => Kind::Major,
+            _ => Kind::Error,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Minor => "minor",
+            Kind::Major => "major",
+            Kind::Error => "error",
+        }
+    }
+
+    /// `Config::kinds` for a set of kinds: bit `1 << KIND_*` for each.
+    pub fn mask(kinds: &[Kind]) -> u32 {
+        kinds.iter().fold(0, |m, k| m | 1 << k.raw())
     }
 }
 
@@ -80,18 +121,6 @@ impl Plan {
             file_count_entries: capacity::FILE_COUNTS,
             unwind_rows: 0,
             tunables: Vec::new(),
-        }
-    }
-
-    /// A plan with these filters applied.
-    pub fn filtered(flags: u32, f: &FaultFilterArgs) -> Self {
-        Plan {
-            kinds: Kind::mask(&f.kinds()),
-            modes: f.modes(),
-            min_latency_ns: f.min_latency_ns(),
-            probe: f.probe,
-            bpf_log: f.bpf_log,
-            ..Plan::new(flags)
         }
     }
 
@@ -150,4 +179,24 @@ pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
             capacity::EXEC_GEN as u64 * entry(size_of::<u32>(), size_of::<u32>()),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_the_kernel_values_whatever_their_order() {
+        assert_eq!(Kind::Minor.raw(), KIND_MINOR);
+        assert_eq!(Kind::Major.raw(), KIND_MAJOR);
+        assert_eq!(Kind::Error.raw(), KIND_ERROR);
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_raw(k.raw()), k);
+        }
+        assert_eq!(Kind::mask(&[Kind::Major]), 1 << KIND_MAJOR);
+        assert_eq!(
+            Kind::mask(&Kind::ALL),
+            1 << KIND_MINOR | 1 << KIND_MAJOR | 1 << KIND_ERROR
+        );
+    }
 }
