@@ -380,6 +380,8 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // From here tokio sees every signal; one before is in the note.
+    crate::signals::check()?;
     let mut collect = tokio::time::interval(Duration::from_secs_f64(exporter.args.collect_every));
     let mut tend = tokio::time::interval(Duration::from_millis(50));
     let mut tidy = tokio::time::interval(TIDY_EVERY);

@@ -24,6 +24,7 @@ use crate::{
     output::Format,
     procfs,
     records::{self, Record},
+    signals::{self, Interrupted},
 };
 
 const RING_POLL: Duration = Duration::from_millis(20);
@@ -79,8 +80,21 @@ fn watch_exit(pid: u32) -> Result<AsyncFd<OwnedFd>> {
 }
 
 impl Session {
-    /// Resolves the target, starts the engine for `plan`, and reports the probe mode.
+    /// Resolves the target, starts the engine for `plan`, and reports the probe mode. A
+    /// SIGINT or SIGTERM meanwhile ends it with [`Interrupted`], the command never released.
     pub fn start(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
+        // A signal can fail a step on its way (the verifier gives up with EAGAIN when one is
+        // pending): then the signal, not the step, is why pfault stops.
+        let session = Self::start_steps(target, tid, plan).map_err(|e| match signals::received() {
+            Some(sig) => Interrupted(sig).into(),
+            None => e,
+        })?;
+        signals::check()?;
+        eprintln!("pfault: {}", session.engine.describe());
+        Ok(session)
+    }
+
+    fn start_steps(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
         if let Some(pid) = target.pid {
             procfs::check_pid(pid)?;
         }
@@ -89,6 +103,7 @@ impl Session {
         }
         procfs::check_privileges()?;
         let cgroup = target.cgroup.as_deref().map(cgroup::resolve).transpose()?;
+        signals::check()?;
         // Held until everything below succeeded; dropped (killed) on any error.
         let command = if target.command.is_empty() {
             None
@@ -113,7 +128,6 @@ impl Session {
             .or(target.pid)
             .map(watch_exit)
             .transpose()?;
-        eprintln!("pfault: {}", engine.describe());
         Ok(Session {
             engine,
             command,
@@ -140,6 +154,8 @@ impl Session {
     ) -> Result<End> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        // From here tokio sees every signal; one before is in the note.
+        signals::check()?;
         let deadline = duration
             .duration
             .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
