@@ -269,8 +269,9 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     args.unwind.apply(&mut plan);
     plan.ringbuf_bytes = ringbuf_mb.next_power_of_two() << 20;
     plan.tunables = vec![Tunable::RINGBUF];
-    let out = args.output.open()?;
+    let out = args.output.reserve()?;
     let mut session = Session::start(&args.target, args.tid, &plan)?;
+    let out = out.open()?;
     let mut ring = session.events()?;
     let with_flags = session.engine.mode != ProbeMode::Tracepoint;
     let mut p = Printer {
