@@ -38,6 +38,8 @@ pub enum End {
     Quit,
     /// The traced process or command exited; the command's exit code when pfault started it.
     TargetExited(Option<i32>),
+    /// Whoever read the output stopped reading (`| head`), and pfault started no command.
+    OutputClosed,
 }
 
 impl End {
@@ -165,24 +167,29 @@ impl Session {
         if let Some(c) = &mut self.command {
             c.release()?;
         }
+        // Once the output is closed (`| head`) nothing more is written; a command pfault
+        // started is still waited for, as its exit status is pfault's. Without one, the run
+        // ends there.
+        let mut closed = false;
+        let mut discard = Discard;
         let end = loop {
+            let handler: &mut dyn Handler = if closed { &mut discard } else { &mut *handler };
             if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                 break End::Duration;
             }
-            tokio::select! {
-                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break End::Duration,
-                _ = sigint.recv() => break End::Signal,
-                _ = sigterm.recv() => break End::Signal,
+            let step: Result<Option<End>> = tokio::select! {
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(End::Duration)),
+                _ = sigint.recv() => Ok(Some(End::Signal)),
+                _ = sigterm.recv() => Ok(Some(End::Signal)),
                 r = async { self.watch.as_ref().unwrap().readable().await }, if self.watch.is_some() => {
                     drop(r?);
-                    break End::TargetExited(self.command.as_ref().and_then(Held::reap));
+                    Ok(Some(End::TargetExited(self.command.as_ref().and_then(Held::reap))))
                 }
                 _ = ticker.tick(), if period.is_some() => {
-                    handler.tick(&mut self.engine, false)?;
-                    self.engine.flush_log();
-                    if handler.quit() {
-                        break End::Quit;
-                    }
+                    handler.tick(&mut self.engine, false).map(|()| {
+                        self.engine.flush_log();
+                        handler.quit().then_some(End::Quit)
+                    })
                 }
                 r = async {
                     // The programs wake us only for a batch; poll for the trickle in between.
@@ -197,15 +204,30 @@ impl Session {
                     }
                     handler.idle(&mut self.engine);
                     self.engine.flush_log();
-                    anyhow::Ok(())
-                }, if ring.is_some() => r?,
+                    anyhow::Ok(None)
+                }, if ring.is_some() => r,
+            };
+            match step {
+                Ok(Some(end)) => break end,
+                Ok(None) => {}
+                Err(e) if crate::is_broken_pipe(&e) => {
+                    closed = true;
+                    if self.command.is_none() {
+                        break End::OutputClosed;
+                    }
+                }
+                Err(e) => return Err(e),
             }
         };
-        if let Some(fd) = ring.as_mut() {
-            drain(&self.engine, fd.get_mut(), handler)?;
+        let handler: &mut dyn Handler = if closed { &mut discard } else { handler };
+        let last = ring
+            .as_mut()
+            .map_or(Ok(()), |fd| drain(&self.engine, fd.get_mut(), handler))
+            .and_then(|()| handler.tick(&mut self.engine, true));
+        match last {
+            Err(e) if !crate::is_broken_pipe(&e) => return Err(e),
+            _ => self.engine.flush_log(),
         }
-        handler.tick(&mut self.engine, true)?;
-        self.engine.flush_log();
         Ok(end)
     }
 
@@ -286,6 +308,12 @@ pub trait Handler {
         Ok(())
     }
 }
+
+/// Takes everything and writes nothing: the handler once the output is closed, so the ring
+/// buffer is still read (what the kernel loses stays a real loss) but nothing is written.
+struct Discard;
+
+impl Handler for Discard {}
 
 fn drain(engine: &Engine, ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
     drain_records(engine, ring, |r| handler.record(r))

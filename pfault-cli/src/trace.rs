@@ -221,6 +221,13 @@ impl Handler for Printer {
     fn idle(&mut self, _engine: &mut Engine) {
         self.syms.maps.refresh_young();
     }
+
+    fn tick(&mut self, _engine: &mut Engine, last: bool) -> Result<()> {
+        if last {
+            self.out.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// Decodes `records` and writes them as `trace` does, into `out` (a buffered file): the
@@ -289,6 +296,5 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     }
     p.header()?;
     let end = session.run(&args.duration, None, Some(&mut ring), &mut p).await?;
-    p.out.flush()?;
     session.finish(end, args.output.format, Some(p.events), "events")
 }
