@@ -47,6 +47,16 @@ pub enum Command {
     Man,
 }
 
+impl Command {
+    /// Whether it attaches probes, and so must tidy up when a signal stops it.
+    pub fn traces(&self) -> bool {
+        !matches!(
+            self,
+            Command::Pages(_) | Command::Probes | Command::Completions { .. } | Command::Man
+        )
+    }
+}
+
 pub fn completions(shell: clap_complete::Shell) -> Result<Option<i32>> {
     clap_complete::generate(shell, &mut Cli::command(), "pfault", &mut std::io::stdout());
     Ok(None)

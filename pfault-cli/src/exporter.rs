@@ -195,6 +195,11 @@ impl Exporter {
             .chain(self.files.keys().map(|k| k.tgid))
             .collect();
         self.maps.retain(|pid| counted.contains(&pid) || alive(pid));
+        // A profile's frames are symbolized as its stacks arrive, so a dead process's maps
+        // have served; held, they grew with process churn for the whole profile.
+        if let Some(p) = &mut self.profiling {
+            p.counts.syms.maps.retain(alive);
+        }
         release_free_memory();
     }
 
@@ -263,6 +268,12 @@ impl Exporter {
         let Some(p) = &mut self.profiling else {
             return Ok(());
         };
+        // The client gave up (its connection closed, so its handler and receiver are gone):
+        // the profile ends now, and the next one can start.
+        if p.reply.is_closed() {
+            self.profiling = None;
+            return Ok(());
+        }
         let counts = &mut p.counts;
         session::drain_records(&p.session.engine, p.ring.get_mut(), |r| {
             counts.record(r);
@@ -300,14 +311,30 @@ async fn metrics(State(jobs): State<mpsc::Sender<Job>>) -> Response {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct ProfileQuery {
-    seconds: Option<u64>,
+/// How long a profile runs: as Go's /debug/pprof/profile, 30 s unless asked; anything but a
+/// whole number of seconds from 1 to [`MAX_PROFILE`] is refused, not quietly changed. The
+/// query comes as pairs, which any query string is, so a bad value is answered in words and
+/// not in serde's.
+fn profile_seconds(query: &[(String, String)]) -> Result<u64, String> {
+    let Some((_, given)) = query.iter().rev().find(|(k, _)| k == "seconds") else {
+        return Ok(30);
+    };
+    match given.trim().parse::<u64>() {
+        Ok(s) if (1..=MAX_PROFILE).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "seconds={given}: give a whole number of seconds from 1 to {MAX_PROFILE}\n"
+        )),
+    }
 }
 
-async fn profile(State(jobs): State<mpsc::Sender<Job>>, Query(q): Query<ProfileQuery>) -> Response {
-    // As Go's /debug/pprof/profile: 30 s unless asked.
-    let seconds = q.seconds.unwrap_or(30).clamp(1, MAX_PROFILE);
+async fn profile(
+    State(jobs): State<mpsc::Sender<Job>>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let seconds = match profile_seconds(&query) {
+        Ok(s) => s,
+        Err(text) => return (StatusCode::BAD_REQUEST, text).into_response(),
+    };
     let (reply, answer) = oneshot::channel();
     if jobs.send(Job::Profile { seconds, reply }).await.is_err() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -385,6 +412,8 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // From here tokio sees every signal; one before is in the note.
+    crate::signals::check()?;
     let mut collect = tokio::time::interval(Duration::from_secs_f64(exporter.args.collect_every));
     let mut tend = tokio::time::interval(Duration::from_millis(50));
     let mut tidy = tokio::time::interval(TIDY_EVERY);

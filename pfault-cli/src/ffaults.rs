@@ -172,8 +172,9 @@ pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
     plan.tunables = vec![Tunable::FILE_COUNTS];
     // Only process notices go through the ring buffer here.
     plan.ringbuf_bytes = 256 << 10;
-    let out = args.output.open()?;
+    let out = args.output.reserve()?;
     let mut session = Session::start(&args.target, None, &plan)?;
+    let out = out.open()?;
     let mut ring = session.events()?;
     let (duration, interval, format) = (args.duration.clone(), args.interval.interval, args.output.format);
     let mut counter = Counter {

@@ -66,6 +66,7 @@ impl Held {
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             bail!("pipe: {}", std::io::Error::last_os_error());
         }
+        let signals = crate::signals::inherited();
         // SAFETY: the child only makes async-signal-safe calls until it execs or exits.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -74,6 +75,8 @@ impl Held {
         if pid == 0 {
             // SAFETY: async-signal-safe calls on descriptors and buffers this process owns.
             unsafe {
+                // First, so a Ctrl-C while it is held acts on it as it would on the command.
+                signals.restore_in_child();
                 libc::close(fds[1]);
                 let mut b = 0u8;
                 let n = loop {

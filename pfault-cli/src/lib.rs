@@ -19,6 +19,7 @@ pub mod probes_cmd;
 pub mod procfs;
 pub mod records;
 pub mod session;
+pub mod signals;
 pub mod stackcount;
 pub mod stacks;
 pub mod stat;
@@ -35,7 +36,11 @@ use crate::cli::{Cli, Command};
 
 /// Parses the command line, runs the subcommand, and turns an error into one line on stderr.
 pub fn main() -> ExitCode {
+    signals::catch();
     let cli = Cli::parse();
+    if !cli.command.traces() {
+        signals::uncatch();
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,6 +62,11 @@ pub fn main() -> ExitCode {
             Command::Man => cli::man(),
         }
     });
+    if let Some(&signals::Interrupted(sig)) = result.as_ref().err().and_then(|e| e.downcast_ref()) {
+        // Everything start-up made is gone by now (a held command killed, probes detached).
+        drop(rt);
+        signals::die_of(sig);
+    }
     match result {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -69,7 +79,7 @@ pub fn main() -> ExitCode {
 }
 
 /// `pfault trace | head` ends quietly, as other command-line tools do.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

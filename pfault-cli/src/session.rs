@@ -24,6 +24,7 @@ use crate::{
     output::Format,
     procfs,
     records::{self, Record},
+    signals::{self, Interrupted},
     symbolize::Symbols,
 };
 
@@ -38,6 +39,8 @@ pub enum End {
     Quit,
     /// The traced process or command exited; the command's exit code when pfault started it.
     TargetExited(Option<i32>),
+    /// Whoever read the output stopped reading (`| head`), and pfault started no command.
+    OutputClosed,
 }
 
 impl End {
@@ -80,8 +83,21 @@ fn watch_exit(pid: u32) -> Result<AsyncFd<OwnedFd>> {
 }
 
 impl Session {
-    /// Resolves the target, starts the engine for `plan`, and reports the probe mode.
+    /// Resolves the target, starts the engine for `plan`, and reports the probe mode. A
+    /// SIGINT or SIGTERM meanwhile ends it with [`Interrupted`], the command never released.
     pub fn start(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
+        // A signal can fail a step on its way (the verifier gives up with EAGAIN when one is
+        // pending): then the signal, not the step, is why pfault stops.
+        let session = Self::start_steps(target, tid, plan).map_err(|e| match signals::received() {
+            Some(sig) => Interrupted(sig).into(),
+            None => e,
+        })?;
+        signals::check()?;
+        eprintln!("pfault: {}", session.engine.describe());
+        Ok(session)
+    }
+
+    fn start_steps(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
         if let Some(pid) = target.pid {
             procfs::check_pid(pid)?;
         }
@@ -90,6 +106,7 @@ impl Session {
         }
         procfs::check_privileges()?;
         let cgroup = target.cgroup.as_deref().map(cgroup::resolve).transpose()?;
+        signals::check()?;
         // Held until everything below succeeded; dropped (killed) on any error.
         let command = if target.command.is_empty() {
             None
@@ -114,7 +131,6 @@ impl Session {
             .or(target.pid)
             .map(watch_exit)
             .transpose()?;
-        eprintln!("pfault: {}", engine.describe());
         Ok(Session {
             engine,
             command,
@@ -154,6 +170,8 @@ impl Session {
     ) -> Result<End> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        // From here tokio sees every signal; one before is in the note.
+        signals::check()?;
         let deadline = duration
             .duration
             .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
@@ -163,24 +181,29 @@ impl Session {
         if let Some(c) = &mut self.command {
             c.release()?;
         }
+        // Once the output is closed (`| head`) nothing more is written; a command pfault
+        // started is still waited for, as its exit status is pfault's. Without one, the run
+        // ends there.
+        let mut closed = false;
+        let mut discard = Discard;
         let end = loop {
+            let handler: &mut dyn Handler = if closed { &mut discard } else { &mut *handler };
             if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                 break End::Duration;
             }
-            tokio::select! {
-                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break End::Duration,
-                _ = sigint.recv() => break End::Signal,
-                _ = sigterm.recv() => break End::Signal,
+            let step: Result<Option<End>> = tokio::select! {
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(End::Duration)),
+                _ = sigint.recv() => Ok(Some(End::Signal)),
+                _ = sigterm.recv() => Ok(Some(End::Signal)),
                 r = async { self.watch.as_ref().unwrap().readable().await }, if self.watch.is_some() => {
                     drop(r?);
-                    break End::TargetExited(self.command.as_ref().and_then(Held::reap));
+                    Ok(Some(End::TargetExited(self.command.as_ref().and_then(Held::reap))))
                 }
                 _ = ticker.tick(), if period.is_some() => {
-                    handler.tick(&mut self.engine, false)?;
-                    self.engine.flush_log();
-                    if handler.quit() {
-                        break End::Quit;
-                    }
+                    handler.tick(&mut self.engine, false).map(|()| {
+                        self.engine.flush_log();
+                        handler.quit().then_some(End::Quit)
+                    })
                 }
                 r = async {
                     // The programs wake us only for a batch; poll for the trickle in between.
@@ -195,15 +218,30 @@ impl Session {
                     }
                     handler.idle(&mut self.engine);
                     self.engine.flush_log();
-                    anyhow::Ok(())
-                }, if ring.is_some() => r?,
+                    anyhow::Ok(None)
+                }, if ring.is_some() => r,
+            };
+            match step {
+                Ok(Some(end)) => break end,
+                Ok(None) => {}
+                Err(e) if crate::is_broken_pipe(&e) => {
+                    closed = true;
+                    if self.command.is_none() {
+                        break End::OutputClosed;
+                    }
+                }
+                Err(e) => return Err(e),
             }
         };
-        if let Some(fd) = ring.as_mut() {
-            drain(&self.engine, fd.get_mut(), handler)?;
+        let handler: &mut dyn Handler = if closed { &mut discard } else { handler };
+        let last = ring
+            .as_mut()
+            .map_or(Ok(()), |fd| drain(&self.engine, fd.get_mut(), handler))
+            .and_then(|()| handler.tick(&mut self.engine, true));
+        match last {
+            Err(e) if !crate::is_broken_pipe(&e) => return Err(e),
+            _ => self.engine.flush_log(),
         }
-        handler.tick(&mut self.engine, true)?;
-        self.engine.flush_log();
         Ok(end)
     }
 
@@ -284,6 +322,12 @@ pub trait Handler {
         Ok(())
     }
 }
+
+/// Takes everything and writes nothing: the handler once the output is closed, so the ring
+/// buffer is still read (what the kernel loses stays a real loss) but nothing is written.
+struct Discard;
+
+impl Handler for Discard {}
 
 fn drain(engine: &Engine, ring: &mut RingBuf<MapData>, handler: &mut dyn Handler) -> Result<()> {
     drain_records(engine, ring, |r| handler.record(r))

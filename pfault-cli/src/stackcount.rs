@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs, UnwindArgs},
     engine::{Engine, Kind},
-    output::{flamegraph, folded, json, Format, LateFile},
+    output::{flamegraph, folded, json, Format, Reserved},
     records::Record,
     session::{Handler, Session},
     stacks::{self, sorted, Row, StackCounts},
@@ -86,7 +86,7 @@ struct JsonStack<'a> {
 
 struct Counter {
     out: Box<dyn Write>,
-    svg: Option<LateFile>,
+    svg: Option<Reserved>,
     args: StackcountArgs,
     counts: StackCounts,
 }
@@ -195,7 +195,7 @@ impl Handler for Counter {
         }
         self.print(&rows)?;
         if last {
-            if let Some(svg) = &self.svg {
+            if let Some(svg) = self.svg.take() {
                 flamegraph::write_svg(svg, "Page faults", &self.folded(&rows, true))?;
             }
         }
@@ -221,13 +221,14 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {
         anyhow::bail!("-o pprof writes one profile of the whole run: drop -i (or use -o json)");
     }
-    let out = args.output.open()?;
+    let out = args.output.reserve()?;
     let svg = args
         .svg
         .as_deref()
-        .map(|p| LateFile::create(p, "--svg"))
+        .map(|p| Reserved::open(p, "--svg"))
         .transpose()?;
     let mut session = Session::start(&args.target, None, &plan)?;
+    let out = out.open()?;
     let mut ring = session.events()?;
     let interval = args.interval.interval;
     let duration = args.duration.clone();

@@ -196,8 +196,9 @@ pub async fn run(args: StatArgs) -> Result<Option<i32>> {
         flags |= CFG_ACCOUNTED;
     }
     let plan = args.filter.plan(flags);
-    let out = args.output.open()?;
+    let out = args.output.reserve()?;
     let mut session = Session::start(&args.target, None, &plan)?;
+    let out = out.open()?;
     let (duration, interval, format) = (args.duration.clone(), args.interval.interval, args.output.format);
     let mut stats = Stats {
         out,

@@ -221,6 +221,13 @@ impl Handler for Printer {
     fn idle(&mut self, _engine: &mut Engine) {
         self.syms.maps.refresh_young();
     }
+
+    fn tick(&mut self, _engine: &mut Engine, last: bool) -> Result<()> {
+        if last {
+            self.out.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// Decodes `records` and writes them as `trace` does, into `out` (a buffered file): the
@@ -269,8 +276,9 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     args.unwind.apply(&mut plan);
     plan.ringbuf_bytes = ringbuf_mb.next_power_of_two() << 20;
     plan.tunables = vec![Tunable::RINGBUF];
-    let out = args.output.open()?;
+    let out = args.output.reserve()?;
     let mut session = Session::start(&args.target, args.tid, &plan)?;
+    let out = out.open()?;
     let mut ring = session.events()?;
     let with_flags = session.engine.mode != ProbeMode::Tracepoint;
     let mut p = Printer {
@@ -285,6 +293,5 @@ pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
     };
     p.header()?;
     let end = session.run(&args.duration, None, Some(&mut ring), &mut p).await?;
-    p.out.flush()?;
     session.finish(end, args.output.format, Some(p.events), "events")
 }

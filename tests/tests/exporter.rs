@@ -188,3 +188,40 @@ fn memory_stays_flat_under_a_stream_of_new_process_names() {
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGTERM) };
     tracer.wait(Duration::from_secs(10));
 }
+
+/// A profile's length out of range, or not a number, is refused with 400 in words saying the
+/// range, not clamped; a client that gives up frees the profiler at once, not after the
+/// profile it asked for would have ended.
+#[test]
+fn profiles_refuse_bad_lengths_and_end_when_the_client_leaves() {
+    if !root_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let _tracer = exporter(port, &[]);
+    for bad in ["99999999", "0", "abc", "-1"] {
+        let (status, body) = http_get(port, &format!("/debug/pprof/faults?seconds={bad}")).unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "seconds={bad}: {body}");
+        assert!(body.contains("from 1 to 300"), "seconds={bad}: {body}");
+    }
+    // A 30 s profile whose client leaves after 1 s.
+    let mut leaving = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut leaving,
+        b"GET /debug/pprof/faults?seconds=30 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(leaving);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let (status, body) = http_get(port, "/debug/pprof/faults?seconds=1").unwrap();
+    assert_eq!(
+        status,
+        200,
+        "the profiler is still held: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}

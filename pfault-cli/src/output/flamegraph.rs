@@ -5,13 +5,10 @@ use std::io::BufWriter;
 use anyhow::{Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
 
-use super::LateFile;
+use super::Reserved;
 
-pub fn write_svg(out: &LateFile, title: &str, folded: &[String]) -> Result<()> {
-    let file = out
-        .file
-        .try_clone()
-        .with_context(|| format!("writing {}", out.path.display()))?;
+pub fn write_svg(out: Reserved, title: &str, folded: &[String]) -> Result<()> {
+    let file = out.take()?;
     let mut opts = Options::default();
     opts.title = title.to_string();
     opts.count_name = "faults".into();

@@ -12,7 +12,7 @@ pub mod prometheus;
 pub mod table;
 
 use std::{
-    fs::File,
+    fs::{File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
 };
@@ -31,38 +31,75 @@ pub enum Format {
     Json,
 }
 
-/// Creates a file pfault will write, now, before anything runs: an unwritable path is one
-/// clear error up front, not a failure after the traced command has run. `flag` names the
-/// option that chose it.
-pub fn create(path: &Path, flag: &str) -> Result<File> {
-    File::create(path)
-        .with_context(|| format!("cannot write {}: choose a writable {flag} path", path.display()))
+/// A file a flag names, opened before anything runs, so an unwritable path is one clear
+/// error up front and not a failure after the traced command has run; but emptied only by
+/// [`Reserved::take`], once start-up succeeded: a start that fails leaves what the file held
+/// (and no file where there was none).
+pub struct Reserved {
+    pub path: PathBuf,
+    file: Option<File>,
+    /// pfault made it, so a failed start removes it.
+    created: bool,
 }
 
-impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
-    /// Opens the destination now, so an unwritable file fails before any probe is attached.
+impl Reserved {
+    /// `flag` names the option that chose the path, for the error.
+    pub fn open(path: &Path, flag: &str) -> Result<Reserved> {
+        let opened = match OpenOptions::new().write(true).create_new(true).open(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                OpenOptions::new().write(true).open(path).map(|f| (f, false))
+            }
+            r => r.map(|f| (f, true)),
+        };
+        let (file, created) = opened
+            .with_context(|| format!("cannot write {}: choose a writable {flag} path", path.display()))?;
+        Ok(Reserved {
+            path: path.to_path_buf(),
+            file: Some(file),
+            created,
+        })
+    }
+
+    /// The file, emptied now (as File::create would have), to write.
+    pub fn take(mut self) -> Result<File> {
+        let file = self.file.take().expect("taken once");
+        // A pipe or a device (`--output /dev/stdout`) has nothing to empty.
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            file.set_len(0)
+                .with_context(|| format!("cannot write {}", self.path.display()))?;
+        }
+        Ok(file)
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if self.created && self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Where a tool's output will go, chosen before start-up; [`Destination::open`] once it
+/// succeeded.
+pub struct Destination(Option<Reserved>);
+
+impl Destination {
     /// Output leaves in whole lines; on stdout, which a traced command may share, in pieces
     /// a pipe keeps whole (`--output FILE` keeps the two streams apart altogether).
-    pub fn open(&self) -> Result<Box<dyn Write>> {
-        Ok(Box::new(match &self.file {
-            Some(path) => lines::Lines::new(Box::new(create(path, "--output")?), false),
+    pub fn open(self) -> Result<Box<dyn Write>> {
+        Ok(Box::new(match self.0 {
+            Some(file) => lines::Lines::new(Box::new(file.take()?), false),
             None => lines::Lines::new(Box::new(io::stdout()), true),
         }))
     }
 }
 
-/// A file given by a flag (an SVG, a profile), created up front and written at the end.
-pub struct LateFile {
-    pub path: PathBuf,
-    pub file: File,
-}
-
-impl LateFile {
-    pub fn create(path: &Path, flag: &str) -> Result<LateFile> {
-        Ok(LateFile {
-            path: path.to_path_buf(),
-            file: create(path, flag)?,
-        })
+impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
+    /// Checks the destination now, so an unwritable file fails before any probe is attached.
+    pub fn reserve(&self) -> Result<Destination> {
+        let file = self.file.as_deref().map(|p| Reserved::open(p, "--output"));
+        Ok(Destination(file.transpose()?))
     }
 }
 

@@ -287,11 +287,12 @@ fn mapping_name(path: &str) -> String {
 pub fn run(args: PagesArgs) -> Result<Option<i32>> {
     let pid = args.pid;
     check_pid(pid)?;
-    let mut out = args.output.open()?;
+    let out = args.output.reserve()?;
     let pagemap = open_proc(&format!("/proc/{pid}/pagemap"))?;
     let kflags = open_proc("/proc/kpageflags")?;
     let kcount = open_proc("/proc/kpagecount")?;
     let maps = read_maps(pid).ok_or_else(|| anyhow::anyhow!("no such process: {pid} (it exited)"))?;
+    let mut out = out.open()?;
 
     let page = page_size();
     let (lo, hi) = args.range.map_or((0, u64::MAX), |r| (r.start, r.end));
