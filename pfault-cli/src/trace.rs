@@ -5,7 +5,6 @@ use std::io::Write;
 
 use anyhow::Result;
 use pfault_common::*;
-use serde::Serialize;
 
 use crate::{
     args::{check_size, DurationArgs, FaultFilterArgs, OutputArgs, TargetArgs, UnwindArgs},
@@ -14,7 +13,7 @@ use crate::{
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
-    symbolize::{Frame, Symbols},
+    symbolize::Symbols,
 };
 
 /// The kernel takes ring buffers of a power-of-two size below 4 GiB.
@@ -56,28 +55,6 @@ fn access(error_code: u32) -> (&'static str, &'static str) {
     } else {
         ("read", "R")
     }
-}
-
-#[derive(Serialize)]
-struct JsonEvent<'a> {
-    ts_ns: u64,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    addr: u64,
-    ip: u64,
-    access: &'a str,
-    mode: &'a str,
-    protection: bool,
-    kind: &'a str,
-    flags: Vec<&'a str>,
-    latency_ns: Option<u64>,
-    mapping: &'a str,
-    offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ustack: Option<&'a [Frame]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kstack: Option<&'a [Frame]>,
 }
 
 struct Printer {
@@ -138,12 +115,11 @@ impl Handler for Printer {
         let latency = (ev.kind != KIND_ERROR).then_some(ev.latency_ns);
         let offset = (ev.map.kind == MAP_FILE).then_some(ev.map.offset);
         match self.format {
-            // Without stacks, the line is built by hand: serde's generic writer would cost
-            // more than the rest of the event.
-            Format::Json if ustack.is_none() && kstack.is_none() => {
+            // Built by hand: serde's generic writer would cost more than the rest of the event.
+            Format::Json => {
                 self.line.clear();
-                json::Object::new(&mut self.line)
-                    .u64("ts_ns", ev.ts_ns)
+                let mut o = json::Object::new(&mut self.line);
+                o.u64("ts_ns", ev.ts_ns)
                     .u64("pid", ev.pid as u64)
                     .u64("tid", ev.tid as u64)
                     .str("comm", cstr(&ev.comm))
@@ -156,31 +132,16 @@ impl Handler for Printer {
                     .strs("flags", &flags)
                     .opt_u64("latency_ns", latency)
                     .str("mapping", &mapping)
-                    .opt_u64("offset", offset)
-                    .end();
+                    .opt_u64("offset", offset);
+                if let Some(u) = &ustack {
+                    o.value("ustack", u)?;
+                }
+                if let Some(k) = &kstack {
+                    o.value("kstack", k)?;
+                }
+                o.end();
                 self.out.write_all(&self.line)?;
             }
-            Format::Json => json::write_line(
-                &mut self.out,
-                &JsonEvent {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.pid,
-                    tid: ev.tid,
-                    comm: cstr(&ev.comm),
-                    addr: ev.addr,
-                    ip: ev.ip,
-                    access: acc_long,
-                    mode,
-                    protection: ev.error_code & PF_PROT != 0,
-                    kind: Kind::from_raw(ev.kind).name(),
-                    flags,
-                    latency_ns: latency,
-                    mapping: &mapping,
-                    offset,
-                    ustack: ustack.as_deref(),
-                    kstack: kstack.as_deref(),
-                },
-            )?,
             Format::Text => {
                 // Rounded to the units printed: microseconds of run time, tenths of a
                 // microsecond of latency.

@@ -85,6 +85,13 @@ impl<'a> Object<'a> {
         self
     }
 
+    /// A field whose value serde writes (a stack's frames).
+    pub fn value<T: Serialize + ?Sized>(&mut self, k: &str, v: &T) -> Result<&mut Self> {
+        self.key(k);
+        serde_json::to_writer(&mut *self.buf, v)?;
+        Ok(self)
+    }
+
     /// Closes the object and ends its line.
     pub fn end(&mut self) {
         self.buf.extend_from_slice(b"}\n");
