@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    args::{FaultFilterArgs, Kind, TargetArgs, UnwindArgs},
+    args::{FaultFilterArgs, Kind, TargetArgs, UnwindArgs, COLLECT_EVERY},
     cgroup,
     engine::{plan::STACK_COUNT_ENTRIES, Engine, Plan},
     mappings::Mappings,
@@ -64,8 +64,8 @@ pub struct ExporterArgs {
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub max_series: usize,
     /// Move the kernel's counts into the series every SECONDS (and at every scrape)
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub collect_every: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = COLLECT_EVERY.parser())]
+    pub collect_every: Duration,
     #[command(flatten)]
     pub filter: FaultFilterArgs,
     /// How /debug/pprof/faults walks user stacks
@@ -330,12 +330,6 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
             "the exporter runs until it is stopped: choose processes with -p, -c or --cgroup, not a command"
         );
     }
-    if args.collect_every <= 0.0 {
-        bail!(
-            "--collect-every {}: must be more than 0 seconds",
-            args.collect_every
-        );
-    }
     // Faults are timed (entry and completion): the kernel's own accounting has no mode.
     let mut flags = CFG_OUT_PROCS | CFG_BY_CGROUP;
     if args.by_file {
@@ -380,7 +374,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut collect = tokio::time::interval(Duration::from_secs_f64(exporter.args.collect_every));
+    let mut collect = tokio::time::interval(exporter.args.collect_every);
     let mut tend = tokio::time::interval(Duration::from_millis(50));
     let mut tidy = tokio::time::interval(TIDY_EVERY);
     loop {

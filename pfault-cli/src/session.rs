@@ -134,17 +134,14 @@ impl Session {
     pub async fn run(
         &mut self,
         duration: &DurationArgs,
-        interval: Option<f64>,
+        interval: Option<Duration>,
         mut ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
         handler: &mut dyn Handler,
     ) -> Result<End> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let deadline = duration
-            .duration
-            .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-        let period = interval.map(|i| Duration::from_secs_f64(i.max(0.001)));
-        let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+        let deadline = duration.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         ticker.tick().await;
         if let Some(c) = &mut self.command {
             c.release()?;
@@ -161,7 +158,7 @@ impl Session {
                     drop(r?);
                     break End::TargetExited(self.command.as_ref().and_then(Held::reap));
                 }
-                _ = ticker.tick(), if period.is_some() => {
+                _ = ticker.tick(), if interval.is_some() => {
                     handler.tick(&mut self.engine, false)?;
                     self.engine.flush_log();
                     if handler.quit() {
