@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{
     args::{DurationArgs, FaultFilterArgs, IntervalArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
     engine::{plan::STACK_COUNT_ENTRIES, Engine},
-    output::{flamegraph, folded, json, Format, LateFile},
+    output::{escape, flamegraph, folded, json, Format, LateFile},
     records::Record,
     session::{Handler, Session},
     stacks::{self, sorted, Row, StackCounts},
@@ -154,18 +154,18 @@ impl Counter {
                 let addresses = self.args.addresses;
                 for (r, count) in rows {
                     for f in &r.kstack {
-                        writeln!(self.out, "  {}", f.label(addresses))?;
+                        writeln!(self.out, "  {}", escape(&f.label(addresses)))?;
                     }
                     if !r.kstack.is_empty() && !r.ustack.is_empty() {
                         writeln!(self.out, "  --")?;
                     }
                     for f in &r.ustack {
-                        writeln!(self.out, "  {}", f.label(addresses))?;
+                        writeln!(self.out, "  {}", escape(&f.label(addresses)))?;
                     }
                     writeln!(
                         self.out,
                         "    {} ({} faults)",
-                        who(r),
+                        escape(&who(r)),
                         Kind::from_raw(r.kind).name()
                     )?;
                     writeln!(self.out, "    {count}\n")?;

@@ -11,7 +11,7 @@ use crate::{
     args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
     cgroup,
     engine::{Engine, Plan},
-    output::{hist, table, Format},
+    output::{escape, hist, table, Format},
     procfs::cstr,
     session::{Handler, Session},
 };
@@ -170,7 +170,7 @@ impl Handler for Stats {
         })?;
         if self.args.hist && self.args.output.format == Format::Text {
             for r in &rows {
-                writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, r.comm)?;
+                writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, escape(&r.comm))?;
                 hist::write_log2_us(&mut self.out, &r.hist)?;
             }
         }

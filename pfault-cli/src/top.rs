@@ -23,7 +23,7 @@ use crate::{
     cgroup,
     engine::{Engine, Plan},
     mappings::Mappings,
-    output::hist::percentile,
+    output::{escape, hist::percentile},
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
@@ -254,8 +254,10 @@ impl Top {
     }
 }
 
+/// A line cut to the screen's width, escaped: a process or file name could otherwise move
+/// the cursor or recolour the screen.
 fn fit(s: &str, cols: u16) -> String {
-    s.chars().take(cols as usize).collect()
+    escape(s).chars().take(cols as usize).collect()
 }
 
 impl Handler for Top {

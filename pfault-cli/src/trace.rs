@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     args::{check_size, DurationArgs, FaultFilterArgs, Kind, OutputArgs, TargetArgs, UnwindArgs},
     engine::{Engine, Plan, ProbeMode, Tunable, VmFaultNames},
-    output::{columns::Columns, json, Format},
+    output::{columns::Columns, escape, json, Format},
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
@@ -211,7 +211,7 @@ impl Handler for Printer {
                 }
                 self.out.write_all(&self.line)?;
                 for f in kstack.iter().flatten().chain(ustack.iter().flatten()) {
-                    writeln!(self.out, "        {}", f.text())?;
+                    writeln!(self.out, "        {}", escape(&f.text()))?;
                 }
             }
         }

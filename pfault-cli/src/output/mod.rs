@@ -2,6 +2,7 @@
 //! own rows and hand them to these writers.
 
 pub mod columns;
+pub mod escape;
 pub mod flamegraph;
 pub mod folded;
 pub mod hist;
@@ -21,6 +22,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::args::OutputArgs;
+
+pub use escape::escape;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

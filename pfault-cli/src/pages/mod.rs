@@ -435,7 +435,7 @@ impl Report<'_> {
         };
         for Group { mapping, rows } in self.grouped() {
             if let Some(m) = mapping {
-                writeln!(w, "{m}")?;
+                writeln!(w, "{}", crate::output::escape(m))?;
             }
             for &(flags, pages) in &rows {
                 writeln!(
