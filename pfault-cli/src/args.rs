@@ -12,14 +12,14 @@ use crate::{
     unwind::{rows_for_mb, Unwind, UNWIND_MB},
 };
 
-/// Which processes to look at.
+/// Which running processes to look at.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct TargetArgs {
+pub struct ProcessArgs {
     /// Every process (the default where no PID, COMM or command is given)
-    #[arg(short, long, conflicts_with_all = ["pid", "command"])]
+    #[arg(short, long, conflicts_with = "pid")]
     pub all: bool,
     /// Only this process (all its threads); stop when it exits
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
     /// Only processes with this command name (as in /proc/PID/comm)
     #[arg(short, long, value_name = "COMM")]
@@ -28,19 +28,26 @@ pub struct TargetArgs {
     /// a path as /proc/PID/cgroup writes it (/system.slice/foo.service)
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+/// Which processes to look at: running ones, or a command pfault starts. (The exporter,
+/// which runs until stopped, takes [`ProcessArgs`] alone.)
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub processes: ProcessArgs,
     /// Start this command and trace it and its children from their first instruction
-    #[arg(last = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD", conflicts_with_all = ["all", "pid"])]
     pub command: Vec<String>,
 }
 
-impl TargetArgs {
-    /// Nothing named: neither -a, -p, -c, --cgroup nor a command.
-    pub fn is_unset(&self) -> bool {
-        !self.all
-            && self.pid.is_none()
-            && self.comm.is_none()
-            && self.cgroup.is_none()
-            && self.command.is_empty()
+/// `target.pid` and the like read as the processes' own fields: a command is one more way
+/// to choose, not another kind of target.
+impl std::ops::Deref for TargetArgs {
+    type Target = ProcessArgs;
+
+    fn deref(&self) -> &ProcessArgs {
+        &self.processes
     }
 }
 

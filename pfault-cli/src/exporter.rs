@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axum::{
     extract::{Query, State},
     http::{header, StatusCode},
@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    args::{FaultFilterArgs, Kind, TargetArgs, UnwindArgs, COLLECT_EVERY},
+    args::{FaultFilterArgs, Kind, ProcessArgs, TargetArgs, UnwindArgs, COLLECT_EVERY},
     cgroup,
     engine::{plan::STACK_COUNT_ENTRIES, Engine, Plan},
     mappings::Mappings,
@@ -44,7 +44,7 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub struct ExporterArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub target: ProcessArgs,
     /// Address to serve /metrics and /debug/pprof/faults on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
@@ -71,6 +71,17 @@ pub struct ExporterArgs {
     /// How /debug/pprof/faults walks user stacks
     #[command(flatten)]
     pub unwind: UnwindArgs,
+}
+
+impl ExporterArgs {
+    /// The processes chosen, as a session takes them: never a command, since the exporter
+    /// runs until it is stopped.
+    fn session_target(&self) -> TargetArgs {
+        TargetArgs {
+            processes: self.target.clone(),
+            command: Vec::new(),
+        }
+    }
 }
 
 /// What a handler asks the exporter's task for.
@@ -233,7 +244,7 @@ impl Exporter {
         }
         let mut plan = stacks::plan(true, true, &self.args.filter, STACK_COUNT_ENTRIES);
         self.args.unwind.apply(&mut plan);
-        let started = Session::start(&self.args.target, None, &plan).and_then(|mut session| {
+        let started = Session::start(&self.args.session_target(), None, &plan).and_then(|mut session| {
             let ring = session.events()?;
             Ok((session, ring))
         });
@@ -325,11 +336,6 @@ async fn profile(State(jobs): State<mpsc::Sender<Job>>, Query(q): Query<ProfileQ
 }
 
 pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
-    if !args.target.command.is_empty() {
-        bail!(
-            "the exporter runs until it is stopped: choose processes with -p, -c or --cgroup, not a command"
-        );
-    }
     // Faults are timed (entry and completion): the kernel's own accounting has no mode.
     let mut flags = CFG_OUT_PROCS | CFG_BY_CGROUP;
     if args.by_file {
@@ -348,7 +354,9 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
                 args.listen
             )
         })?;
-    let mut session = Session::start(&args.target, None, &plan)?;
+    // Port 0 asks the kernel for a free one: say the one it gave.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    let mut session = Session::start(&args.session_target(), None, &plan)?;
     let mut ring = args.by_file.then(|| session.events()).transpose()?;
     let (jobs, mut requests) = mpsc::channel(MAX_REQUESTS);
     let app = Router::new()
@@ -357,10 +365,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
         .with_state(jobs)
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_REQUESTS));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    eprintln!(
-        "pfault: serving http://{0}/metrics and http://{0}/debug/pprof/faults?seconds=N",
-        args.listen
-    );
+    eprintln!("pfault: serving http://{bound}/metrics and http://{bound}/debug/pprof/faults?seconds=N");
     let mut exporter = Exporter {
         metrics: Metrics::new(args.max_series, args.max_files),
         procs: HashMap::new(),

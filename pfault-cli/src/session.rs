@@ -130,8 +130,23 @@ impl Session {
 
     /// Runs until the duration passes, a signal arrives or the target exits. Records from
     /// `ring`, when given, go to `handler.record` in batches as they arrive; `handler.tick`
-    /// runs every `interval` and once at the end.
+    /// runs every `interval` and once at the end. On an error (output that cannot be
+    /// written), the command pfault started is killed: it would run on untraced.
     pub async fn run(
+        &mut self,
+        duration: &DurationArgs,
+        interval: Option<Duration>,
+        ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
+        handler: &mut dyn Handler,
+    ) -> Result<End> {
+        let r = self.run_loop(duration, interval, ring, handler).await;
+        if let (Err(_), Some(c)) = (&r, &self.command) {
+            c.kill();
+        }
+        r
+    }
+
+    async fn run_loop(
         &mut self,
         duration: &DurationArgs,
         interval: Option<Duration>,

@@ -59,7 +59,7 @@ pub struct StackcountArgs {
     pub addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
     /// they are used (104 bytes each)
-    #[arg(long, value_name = "N", default_value_t = STACK_COUNT_ENTRIES)]
+    #[arg(long, value_name = "N", default_value_t = STACK_COUNT_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: u32,
 }
 
@@ -226,6 +226,14 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     args.unwind.apply(&mut plan);
     if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {
         anyhow::bail!("-o pprof writes one profile of the whole run: drop -i (or use -o json)");
+    }
+    if args.output.format == StackFormat::Pprof
+        && args.output.file.is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+    {
+        anyhow::bail!(
+            "-o pprof writes a gzipped profile, not text for a terminal: give --output FILE or redirect stdout"
+        );
     }
     let out = args.output.open()?;
     let svg = args

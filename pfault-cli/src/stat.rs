@@ -3,7 +3,7 @@
 
 use std::{io::Write, time::Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use pfault_common::*;
 use serde::Serialize;
 
@@ -180,9 +180,6 @@ impl Handler for Stats {
 }
 
 pub async fn run(args: StatArgs) -> Result<Option<i32>> {
-    if args.target.is_unset() {
-        bail!("say what to count: -a (all processes), -p PID, -c COMM, or -- CMD ARGS");
-    }
     let mut flags = CFG_OUT_PROCS;
     if args.per_thread {
         flags |= CFG_PER_THREAD;

@@ -56,7 +56,10 @@ pub fn load_thread_folder(ebpf: &mut Ebpf, id: u32) -> Result<()> {
     Ok(())
 }
 
-fn attach_fentry(ebpf: &mut Ebpf) -> Result<()> {
+/// Asked first with the smallest program, so a refusal is the kernel's one word for it
+/// (EPERM where a security policy forbids trampolines), not a verifier log that ends in it.
+fn attach_fentry(ebpf: &mut Ebpf, hmf_btf_id: Option<u32>) -> Result<()> {
+    fentry_permitted(hmf_btf_id)?;
     let btf = AyaBtf::from_sys_fs()?;
     let fe: &mut FEntry = program(ebpf, prog::HMF_FENTRY)?;
     fe.load("handle_mm_fault", &btf)?;
@@ -139,7 +142,9 @@ pub fn attach<T>(
     let mut refused = Vec::new();
     let mode = match plan.probe {
         Some(ProbeMode::Fentry) => {
-            attach_fentry(ebpf).context("fentry on handle_mm_fault refused (try --probe tracepoint)")?;
+            attach_fentry(ebpf, hmf_btf_id).context(
+                "fentry on handle_mm_fault refused by this kernel or its security policy (try --probe tracepoint)",
+            )?;
             ProbeMode::Fentry
         }
         Some(ProbeMode::Kprobe) => {
@@ -149,7 +154,7 @@ pub fn attach<T>(
         Some(ProbeMode::Tracepoint) => ProbeMode::Tracepoint,
         // Nothing to learn at completion: the exception tracepoints are all it needs.
         None if flags & CFG_ACCOUNTED != 0 => ProbeMode::Tracepoint,
-        None => match fentry_permitted(hmf_btf_id).and_then(|()| attach_fentry(ebpf)) {
+        None => match attach_fentry(ebpf, hmf_btf_id) {
             Ok(()) => ProbeMode::Fentry,
             Err(e) => {
                 refused.push(format!("fentry: {}", short_error(&e)));

@@ -48,9 +48,39 @@ impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F>
     /// a pipe keeps whole (`--output FILE` keeps the two streams apart altogether).
     pub fn open(&self) -> Result<Box<dyn Write>> {
         Ok(Box::new(match &self.file {
-            Some(path) => lines::Lines::new(Box::new(create(path, "--output")?), false),
+            Some(path) => {
+                let file = Named {
+                    file: create(path, "--output")?,
+                    path: path.clone(),
+                };
+                lines::Lines::new(Box::new(file), false)
+            }
             None => lines::Lines::new(Box::new(io::stdout()), true),
         }))
+    }
+}
+
+/// A file whose write errors name it: "No space left on device" alone, mid-run, does not
+/// say which of pfault's outputs failed.
+struct Named {
+    file: File,
+    path: PathBuf,
+}
+
+impl Named {
+    fn name(&self, e: io::Error) -> io::Error {
+        // The kind stays: a closed pipe is still told apart.
+        io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display()))
+    }
+}
+
+impl Write for Named {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.file.write(data).map_err(|e| self.name(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| self.name(e))
     }
 }
 
