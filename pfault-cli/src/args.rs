@@ -1,7 +1,7 @@
 //! Argument groups shared by the subcommands, in the conventions of bcc, bpftrace and perf.
 //! A subcommand flattens the groups it takes; none of them is declared twice.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 use pfault_common::{MODE_KERNEL, MODE_USER};
@@ -12,14 +12,14 @@ use crate::{
     unwind::{rows_for_mb, Unwind, UNWIND_MB},
 };
 
-/// Which processes to look at.
+/// Which running processes to look at.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct TargetArgs {
+pub struct ProcessArgs {
     /// Every process (the default where no PID, COMM or command is given)
-    #[arg(short, long, conflicts_with_all = ["pid", "command"])]
+    #[arg(short, long, conflicts_with = "pid")]
     pub all: bool,
     /// Only this process (all its threads); stop when it exits
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
     /// Only processes with this command name (as in /proc/PID/comm)
     #[arg(short, long, value_name = "COMM")]
@@ -28,19 +28,26 @@ pub struct TargetArgs {
     /// a path as /proc/PID/cgroup writes it (/system.slice/foo.service)
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+/// Which processes to look at: running ones, or a command pfault starts. (The exporter,
+/// which runs until stopped, takes [`ProcessArgs`] alone.)
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub processes: ProcessArgs,
     /// Start this command and trace it and its children from their first instruction
-    #[arg(last = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD", conflicts_with_all = ["all", "pid"])]
     pub command: Vec<String>,
 }
 
-impl TargetArgs {
-    /// Nothing named: neither -a, -p, -c, --cgroup nor a command.
-    pub fn is_unset(&self) -> bool {
-        !self.all
-            && self.pid.is_none()
-            && self.comm.is_none()
-            && self.cgroup.is_none()
-            && self.command.is_empty()
+/// `target.pid` and the like read as the processes' own fields: a command is one more way
+/// to choose, not another kind of target.
+impl std::ops::Deref for TargetArgs {
+    type Target = ProcessArgs;
+
+    fn deref(&self) -> &ProcessArgs {
+        &self.processes
     }
 }
 
@@ -55,15 +62,76 @@ pub struct CgroupColumnArgs {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct DurationArgs {
     /// Stop after SECONDS (0: attach, then stop at once)
-    #[arg(short, long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    #[arg(short, long, value_name = "SECONDS", value_parser = RUN_TIME.parser())]
+    pub duration: Option<Duration>,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct IntervalArgs {
-    /// Print (and reset) every SECONDS
-    #[arg(short, long, value_name = "SECONDS")]
-    pub interval: Option<f64>,
+    /// Print (and reset) every SECONDS (at least 0.01)
+    #[arg(short, long, value_name = "SECONDS", value_parser = INTERVAL.parser())]
+    pub interval: Option<Duration>,
+}
+
+/// The longest span of time a flag takes: longer than any trace is run for, and far from
+/// where adding it to the clock could overflow (`inf` and `1e30` are typing errors).
+const YEAR_S: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A span of time a flag takes, as a number of `unit`s between `min` and `max`: the one
+/// parser of every duration, interval and latency flag, so no subcommand converts a float
+/// (NaN, infinity, a negative or a huge value) itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    unit: &'static str,
+    ns_per_unit: f64,
+    min: f64,
+    max: f64,
+}
+
+/// `-d`: 0 attaches, then stops at once.
+pub const RUN_TIME: Span = Span::seconds(0.0, YEAR_S);
+/// `-i`: printing (and resetting the kernel's counts) more than 100 times a second reads
+/// whole maps for nothing a person or a log could follow; perf stat -I has the same floor.
+pub const INTERVAL: Span = Span::seconds(0.01, YEAR_S);
+/// The exporter's `--collect-every`: each collection walks every process's row; Prometheus
+/// scrapes every few seconds, and every scrape collects anyway.
+pub const COLLECT_EVERY: Span = Span::seconds(0.1, YEAR_S);
+/// `--min-latency`, microseconds: up to an hour (a fault on a hung NFS mount lasts minutes).
+pub const MIN_LATENCY: Span = Span {
+    unit: "microseconds",
+    ns_per_unit: 1e3,
+    min: 0.0,
+    max: 3600.0 * 1e6,
+};
+
+impl Span {
+    const fn seconds(min: f64, max: f64) -> Span {
+        Span {
+            unit: "seconds",
+            ns_per_unit: 1e9,
+            min,
+            max,
+        }
+    }
+
+    /// `text` as a duration, or why not: the message clap shows after the flag's name.
+    pub fn parse(self, text: &str) -> Result<Duration, String> {
+        match text.trim().parse::<f64>() {
+            // NaN fails both comparisons.
+            Ok(v) if v >= self.min && v <= self.max => {
+                Ok(Duration::from_nanos((v * self.ns_per_unit).round() as u64))
+            }
+            _ => Err(format!(
+                "must be a number of {} from {} to {}",
+                self.unit, self.min, self.max
+            )),
+        }
+    }
+
+    /// [`Self::parse`] as a clap value parser.
+    pub fn parser(self) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+        move |text| self.parse(text)
+    }
 }
 
 /// How user stacks are walked, for the subcommands that take them.
@@ -110,8 +178,8 @@ pub struct FaultFilterArgs {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND")]
     pub kind: Vec<Kind>,
     /// Only faults that took at least this many microseconds
-    #[arg(long, value_name = "US")]
-    pub min_latency: Option<f64>,
+    #[arg(long, value_name = "US", value_parser = MIN_LATENCY.parser())]
+    pub min_latency: Option<Duration>,
     /// Probe mode (default: the best this kernel allows, see `pfault probes`)
     #[arg(long, value_enum)]
     pub probe: Option<ProbeMode>,
@@ -153,7 +221,7 @@ impl FaultFilterArgs {
     }
 
     pub fn min_latency_ns(&self) -> u64 {
-        self.min_latency.map(|us| (us * 1000.0) as u64).unwrap_or(0)
+        self.min_latency.map_or(0, |d| d.as_nanos() as u64)
     }
 
     /// Whether a filter here must see each fault where it enters the handler: a latency needs
@@ -191,12 +259,75 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spans_take_finite_numbers_within_their_bounds() {
+        assert_eq!(RUN_TIME.parse("0"), Ok(Duration::ZERO));
+        assert_eq!(RUN_TIME.parse("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(RUN_TIME.parse(" 2 "), Ok(Duration::from_secs(2)));
+        assert_eq!(RUN_TIME.parse("31536000"), Ok(Duration::from_secs(31_536_000)));
+        assert_eq!(INTERVAL.parse("0.01"), Ok(Duration::from_millis(10)));
+        assert_eq!(INTERVAL.parse("1e-2"), Ok(Duration::from_millis(10)));
+        assert_eq!(COLLECT_EVERY.parse("0.1"), Ok(Duration::from_millis(100)));
+        // Rounded, not truncated: 0.3 us is 299.99.. ns as a float.
+        assert_eq!(MIN_LATENCY.parse("0.3"), Ok(Duration::from_nanos(300)));
+        assert_eq!(MIN_LATENCY.parse("250"), Ok(Duration::from_micros(250)));
+        for (span, bad) in [
+            (RUN_TIME, "inf"),
+            (RUN_TIME, "-inf"),
+            (RUN_TIME, "NaN"),
+            (RUN_TIME, "1e30"),
+            (RUN_TIME, "31536000.5"),
+            (RUN_TIME, "-1"),
+            (RUN_TIME, "-0.0000001"),
+            (RUN_TIME, ""),
+            (RUN_TIME, "1s"),
+            (INTERVAL, "0"),
+            (INTERVAL, "0.009"),
+            (INTERVAL, "NaN"),
+            (INTERVAL, "infinity"),
+            (COLLECT_EVERY, "0.000001"),
+            (COLLECT_EVERY, "nan"),
+            (MIN_LATENCY, "NaN"),
+            (MIN_LATENCY, "-5"),
+            (MIN_LATENCY, "1e300"),
+        ] {
+            let err = span.parse(bad).expect_err(bad);
+            assert!(
+                err.contains(span.unit)
+                    && err.contains(&span.min.to_string())
+                    && err.contains(&span.max.to_string()),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            INTERVAL.parse("0").unwrap_err(),
+            "must be a number of seconds from 0.01 to 31536000"
+        );
+    }
+
+    #[test]
+    fn every_span_flag_refuses_what_its_parser_refuses() {
+        use clap::Parser;
+        let parse = |args: &[&str]| crate::cli::Cli::try_parse_from(args.iter().copied()).map(|_| ());
+        for args in [
+            &["pfault", "trace", "-d", "inf"][..],
+            &["pfault", "stat", "-a", "-i", "0"],
+            &["pfault", "stat", "-a", "--min-latency", "NaN"],
+            &["pfault", "top", "-d", "1e30"],
+            &["pfault", "exporter", "--collect-every", "0.000001"],
+        ] {
+            let e = parse(args).expect_err(&args.join(" "));
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{args:?}");
+        }
+        parse(&["pfault", "stackcount", "-a", "-d", "0", "-i", "0.5"]).unwrap();
+    }
+
+    #[test]
     fn entry_is_needed_only_by_filters_completion_cannot_apply() {
         let none = FaultFilterArgs::default();
         assert!(!none.needs_fault_entry());
         for f in [
             FaultFilterArgs {
-                min_latency: Some(1.0),
+                min_latency: Some(Duration::from_micros(1)),
                 ..Default::default()
             },
             FaultFilterArgs {

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axum::{
     extract::{Query, State},
     http::{header, StatusCode},
@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    args::{FaultFilterArgs, TargetArgs, UnwindArgs},
+    args::{FaultFilterArgs, ProcessArgs, TargetArgs, UnwindArgs, COLLECT_EVERY},
     cgroup,
     engine::{Engine, Kind},
     mappings::Mappings,
@@ -44,7 +44,7 @@ use crate::{
 #[derive(clap::Args, Debug)]
 pub struct ExporterArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub target: ProcessArgs,
     /// Address to serve /metrics and /debug/pprof/faults on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
@@ -64,13 +64,24 @@ pub struct ExporterArgs {
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub max_series: usize,
     /// Move the kernel's counts into the series every SECONDS (and at every scrape)
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub collect_every: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = COLLECT_EVERY.parser())]
+    pub collect_every: Duration,
     #[command(flatten)]
     pub filter: FaultFilterArgs,
     /// How /debug/pprof/faults walks user stacks
     #[command(flatten)]
     pub unwind: UnwindArgs,
+}
+
+impl ExporterArgs {
+    /// The processes chosen, as a session takes them: never a command, since the exporter
+    /// runs until it is stopped.
+    fn session_target(&self) -> TargetArgs {
+        TargetArgs {
+            processes: self.target.clone(),
+            command: Vec::new(),
+        }
+    }
 }
 
 /// What a handler asks the exporter's task for.
@@ -243,7 +254,7 @@ impl Exporter {
             pfault_common::capacity::STACK_COUNTS,
         );
         self.args.unwind.apply(&mut plan);
-        let started = Session::start(&self.args.target, None, &plan).and_then(|mut session| {
+        let started = Session::start(&self.args.session_target(), None, &plan).and_then(|mut session| {
             let ring = session.events()?;
             Ok((session, ring))
         });
@@ -357,17 +368,6 @@ async fn profile(
 }
 
 pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
-    if !args.target.command.is_empty() {
-        bail!(
-            "the exporter runs until it is stopped: choose processes with -p, -c or --cgroup, not a command"
-        );
-    }
-    if args.collect_every <= 0.0 {
-        bail!(
-            "--collect-every {}: must be more than 0 seconds",
-            args.collect_every
-        );
-    }
     // Faults are timed (entry and completion): the kernel's own accounting has no mode.
     let mut flags = CFG_OUT_PROCS | CFG_BY_CGROUP;
     if args.by_file {
@@ -386,7 +386,9 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
                 args.listen
             )
         })?;
-    let mut session = Session::start(&args.target, None, &plan)?;
+    // Port 0 asks the kernel for a free one: say the one it gave.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    let mut session = Session::start(&args.session_target(), None, &plan)?;
     let mut ring = args.by_file.then(|| session.events()).transpose()?;
     let (jobs, mut requests) = mpsc::channel(MAX_REQUESTS);
     let app = Router::new()
@@ -395,10 +397,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
         .with_state(jobs)
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_REQUESTS));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    eprintln!(
-        "pfault: serving http://{0}/metrics and http://{0}/debug/pprof/faults?seconds=N",
-        args.listen
-    );
+    eprintln!("pfault: serving http://{bound}/metrics and http://{bound}/debug/pprof/faults?seconds=N");
     let mut exporter = Exporter {
         metrics: Metrics::new(args.max_series, args.max_files),
         procs: HashMap::new(),
@@ -414,7 +413,7 @@ pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     let mut sigterm = signal(SignalKind::terminate())?;
     // From here tokio sees every signal; one before is in the note.
     crate::signals::check()?;
-    let mut collect = tokio::time::interval(Duration::from_secs_f64(exporter.args.collect_every));
+    let mut collect = tokio::time::interval(exporter.args.collect_every);
     let mut tend = tokio::time::interval(Duration::from_millis(50));
     let mut tidy = tokio::time::interval(TIDY_EVERY);
     loop {

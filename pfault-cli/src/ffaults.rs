@@ -49,7 +49,7 @@ pub struct FfaultsArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Count-map size: distinct (process, file) entries kept
-    #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::FILE_COUNTS)]
+    #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::FILE_COUNTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: u32,
 }
 

@@ -37,7 +37,10 @@ use crate::cli::{Cli, Command};
 /// Parses the command line, runs the subcommand, and turns an error into one line on stderr.
 pub fn main() -> ExitCode {
     signals::catch();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refused(e),
+    };
     if !cli.command.traces() {
         signals::uncatch();
     }
@@ -75,6 +78,29 @@ pub fn main() -> ExitCode {
             eprintln!("pfault: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A value a flag refused is one line, as every other bad input is; help, the version and
+/// the other usage errors print as clap prints them. Exit status 2, as clap's.
+fn refused(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let said = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let reason = std::error::Error::source(&e);
+    match (
+        e.kind(),
+        said(ContextKind::InvalidArg),
+        said(ContextKind::InvalidValue),
+        reason,
+    ) {
+        (ErrorKind::ValueValidation, Some(flag), Some(value), Some(reason)) => {
+            eprintln!("pfault: invalid value '{value}' for {flag}: {reason}");
+            ExitCode::from(2)
+        }
+        _ => e.exit(),
     }
 }
 

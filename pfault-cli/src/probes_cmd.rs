@@ -5,7 +5,11 @@ use pfault_common::CFG_OUT_PROCS;
 
 use crate::{
     btf::Btf,
-    engine::{features, layout::kernel_layout, plan, short_error, Engine, Plan, ProbeMode, TaskFilter},
+    engine::{
+        features::{self, Tracefs},
+        layout::kernel_layout,
+        plan, short_error, Engine, Plan, ProbeMode, TaskFilter,
+    },
     output::table::bytes,
     procfs,
 };
@@ -43,14 +47,22 @@ pub fn report() -> Vec<(String, String)> {
     } else {
         Ok(())
     };
+    let state = features::tracefs();
     add(
         "tracefs",
-        match tracefs {
-            Ok(()) if features::tracefs_mounted() => format!("mounted at {}", features::TRACEFS),
-            Ok(()) => "not mounted (needs root to mount)".into(),
-            Err(e) => format!("no: {e}"),
+        match (tracefs, state) {
+            (Err(e), _) => format!("no: {e}"),
+            (Ok(()), Tracefs::Readable) => format!("mounted at {}", features::TRACEFS),
+            (Ok(()), Tracefs::RootOnly) => format!(
+                "mounted at {} (readable by root alone: run pfault probes as root for what it holds)",
+                features::TRACEFS
+            ),
+            (Ok(()), Tracefs::NotMounted) => "not mounted (needs root to mount)".into(),
         },
     );
+    // What only tracefs tells, where this user may not look in it.
+    let unseen = || "unknown (tracefs is readable by root alone)".to_string();
+    let root_only = state == Tracefs::RootOnly;
     if let Ok(btf) = &btf {
         add(
             "kernel layout",
@@ -62,11 +74,17 @@ pub fn report() -> Vec<(String, String)> {
     }
     add(
         "exceptions tracepoints",
-        yes_no(features::exception_tracepoints()),
+        if root_only {
+            unseen()
+        } else {
+            yes_no(features::exception_tracepoints())
+        },
     );
     add(
         "kprobes",
-        if features::kprobes_available() {
+        if root_only {
+            unseen()
+        } else if features::kprobes_available() {
             "yes".into()
         } else {
             "no (CONFIG_KPROBES not set, or tracefs not mounted)".into()
@@ -81,7 +99,9 @@ pub fn report() -> Vec<(String, String)> {
     );
     add(
         "mmap notices",
-        if std::path::Path::new(features::TRACEFS)
+        if root_only {
+            unseen()
+        } else if std::path::Path::new(features::TRACEFS)
             .join("events/raw_syscalls/sys_exit")
             .exists()
         {

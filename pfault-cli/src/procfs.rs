@@ -92,6 +92,20 @@ pub fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether `pid` is a kernel thread (PF_KTHREAD in the flags of /proc/PID/stat): it has no
+/// user memory, and its /proc/PID/pagemap reads as "No such process".
+pub fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The name, in parentheses, may hold spaces and parentheses itself; flags are the 7th
+    // field after it.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
 /// Checks that `tid` names a live thread.
 pub fn check_tid(tid: u32) -> Result<()> {
     if !std::path::Path::new(&format!("/proc/{tid}")).exists() {

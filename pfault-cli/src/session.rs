@@ -160,11 +160,26 @@ impl Session {
 
     /// Runs until the duration passes, a signal arrives or the target exits. Records from
     /// `ring`, when given, go to `handler.record` in batches as they arrive; `handler.tick`
-    /// runs every `interval` and once at the end.
+    /// runs every `interval` and once at the end. On an error (output that cannot be
+    /// written), the command pfault started is killed: it would run on untraced.
     pub async fn run(
         &mut self,
         duration: &DurationArgs,
-        interval: Option<f64>,
+        interval: Option<Duration>,
+        ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
+        handler: &mut dyn Handler,
+    ) -> Result<End> {
+        let r = self.run_loop(duration, interval, ring, handler).await;
+        if let (Err(_), Some(c)) = (&r, &self.command) {
+            c.kill();
+        }
+        r
+    }
+
+    async fn run_loop(
+        &mut self,
+        duration: &DurationArgs,
+        interval: Option<Duration>,
         mut ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
         handler: &mut dyn Handler,
     ) -> Result<End> {
@@ -172,11 +187,8 @@ impl Session {
         let mut sigterm = signal(SignalKind::terminate())?;
         // From here tokio sees every signal; one before is in the note.
         signals::check()?;
-        let deadline = duration
-            .duration
-            .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-        let period = interval.map(|i| Duration::from_secs_f64(i.max(0.001)));
-        let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+        let deadline = duration.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         ticker.tick().await;
         if let Some(c) = &mut self.command {
             c.release()?;
@@ -199,7 +211,7 @@ impl Session {
                     drop(r?);
                     Ok(Some(End::TargetExited(self.command.as_ref().and_then(Held::reap))))
                 }
-                _ = ticker.tick(), if period.is_some() => {
+                _ = ticker.tick(), if interval.is_some() => {
                     handler.tick(&mut self.engine, false).map(|()| {
                         self.engine.flush_log();
                         handler.quit().then_some(End::Quit)

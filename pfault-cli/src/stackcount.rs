@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     args::{DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs, UnwindArgs},
     engine::{Engine, Kind},
-    output::{flamegraph, folded, json, Format, Reserved},
+    output::{escape, flamegraph, folded, json, Format, Reserved},
     records::Record,
     session::{Handler, Session},
     stacks::{self, sorted, Row, StackCounts},
@@ -58,7 +58,7 @@ pub struct StackcountArgs {
     pub addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
     /// they are used (104 bytes each)
-    #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::STACK_COUNTS)]
+    #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::STACK_COUNTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub map_entries: u32,
 }
 
@@ -153,15 +153,15 @@ impl Counter {
                 let addresses = self.args.addresses;
                 for (r, count) in rows {
                     for f in &r.kstack {
-                        writeln!(self.out, "  {}", f.label(addresses))?;
+                        writeln!(self.out, "  {}", escape(&f.label(addresses)))?;
                     }
                     if !r.kstack.is_empty() && !r.ustack.is_empty() {
                         writeln!(self.out, "  --")?;
                     }
                     for f in &r.ustack {
-                        writeln!(self.out, "  {}", f.label(addresses))?;
+                        writeln!(self.out, "  {}", escape(&f.label(addresses)))?;
                     }
-                    writeln!(self.out, "    {} ({} faults)", who(r), r.kind.name())?;
+                    writeln!(self.out, "    {} ({} faults)", escape(&who(r)), r.kind.name())?;
                     writeln!(self.out, "    {count}\n")?;
                 }
             }
@@ -220,6 +220,14 @@ pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     args.unwind.apply(&mut plan);
     if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {
         anyhow::bail!("-o pprof writes one profile of the whole run: drop -i (or use -o json)");
+    }
+    if args.output.format == StackFormat::Pprof
+        && args.output.file.is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+    {
+        anyhow::bail!(
+            "-o pprof writes a gzipped profile, not text for a terminal: give --output FILE or redirect stdout"
+        );
     }
     let out = args.output.reserve()?;
     let svg = args

@@ -3,7 +3,7 @@
 
 use std::{io::Write, time::Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use pfault_common::*;
 use serde::Serialize;
 
@@ -11,7 +11,7 @@ use crate::{
     args::{CgroupColumnArgs, DurationArgs, FaultFilterArgs, IntervalArgs, OutputArgs, TargetArgs},
     cgroup,
     engine::Engine,
-    output::{hist, table, Format},
+    output::{escape, hist, table, Format},
     procfs::cstr,
     session::{Handler, Session},
 };
@@ -170,7 +170,7 @@ impl Handler for Stats {
         })?;
         if self.args.hist && self.args.output.format == Format::Text {
             for r in &rows {
-                writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, r.comm)?;
+                writeln!(self.out, "\n@latency_us[{}, {}]:", r.pid, escape(&r.comm))?;
                 hist::write_log2_us(&mut self.out, &r.hist)?;
             }
         }
@@ -180,9 +180,6 @@ impl Handler for Stats {
 }
 
 pub async fn run(args: StatArgs) -> Result<Option<i32>> {
-    if args.target.is_unset() {
-        bail!("say what to count: -a (all processes), -p PID, -c COMM, or -- CMD ARGS");
-    }
     let mut flags = CFG_OUT_PROCS;
     if args.per_thread {
         flags |= CFG_PER_THREAD;

@@ -23,7 +23,7 @@ use crate::{
     cgroup,
     engine::Engine,
     mappings::Mappings,
-    output::hist::percentile,
+    output::{escape, hist::percentile},
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
@@ -120,7 +120,7 @@ struct Top {
 }
 
 /// Input is polled this often; the screen is redrawn every `--interval`.
-const KEY_POLL: f64 = 0.1;
+const KEY_POLL: Duration = Duration::from_millis(100);
 
 impl Top {
     fn read_keys(&mut self) -> Result<()> {
@@ -254,8 +254,10 @@ impl Top {
     }
 }
 
+/// A line cut to the screen's width, escaped: a process or file name could otherwise move
+/// the cursor or recolour the screen.
 fn fit(s: &str, cols: u16) -> String {
-    s.chars().take(cols as usize).collect()
+    escape(s).chars().take(cols as usize).collect()
 }
 
 impl Handler for Top {
@@ -290,7 +292,11 @@ pub async fn run(args: TopArgs) -> Result<Option<i32>> {
     Screen::check()?;
     let mut session = Session::start(&args.target, None, &plan)?;
     let mut ring = session.events()?;
-    let refresh = Duration::from_secs_f64(args.interval.interval.unwrap_or(1.0).max(KEY_POLL));
+    let refresh = args
+        .interval
+        .interval
+        .unwrap_or(Duration::from_secs(1))
+        .max(KEY_POLL);
     let mut top = Top {
         screen: Screen::open()?,
         sort: args.sort,

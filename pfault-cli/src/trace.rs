@@ -9,7 +9,7 @@ use pfault_common::*;
 use crate::{
     args::{check_size, DurationArgs, FaultFilterArgs, OutputArgs, TargetArgs, UnwindArgs},
     engine::{Engine, Kind, ProbeMode, Tunable, VmFaultNames},
-    output::{columns::Columns, json, Format},
+    output::{columns::Columns, escape, json, Format},
     procfs::cstr,
     records::Record,
     session::{Handler, Session},
@@ -172,7 +172,7 @@ impl Handler for Printer {
                 }
                 self.out.write_all(&self.line)?;
                 for f in kstack.iter().flatten().chain(ustack.iter().flatten()) {
-                    writeln!(self.out, "        {}", f.text())?;
+                    writeln!(self.out, "        {}", escape(&f.text()))?;
                 }
             }
         }

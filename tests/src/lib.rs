@@ -141,6 +141,40 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A path in /tmp no run has used.
+pub fn unique_tmp(what: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    PathBuf::from(format!("/tmp/pfault-x-{what}-{}-{nanos}", std::process::id()))
+}
+
+pub fn stderr_of(run: &Output) -> String {
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+/// A failed run's stderr: exactly one line, `pfault: ...`, with no panic or backtrace.
+pub fn one_error_line(run: &Output, what: &str) -> String {
+    let err = stderr_of(run);
+    assert!(
+        !run.status.success(),
+        "{what} succeeded: {err}{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("RUST_BACKTRACE"),
+        "{what} panicked: {err}"
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{what}: one line expected on stderr:\n{err}"
+    );
+    assert!(err.starts_with("pfault: "), "{what}: {err}");
+    err
+}
+
 /// Runs a command to completion, failing the test if it takes longer than `limit`.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd

@@ -3,8 +3,7 @@
 //! status becomes pfault's; loss advice names a flag the tool has.
 
 use std::{
-    path::PathBuf,
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -12,40 +11,6 @@ use pfault_tests::*;
 
 /// The tracing tools that take `-p`, `-a`, `--output` and `-- CMD`.
 const TOOLS: [&str; 4] = ["trace", "stackcount", "ffaults", "stat"];
-
-/// A path in /tmp no run has used.
-fn unique_tmp(what: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    PathBuf::from(format!("/tmp/pfault-x-{what}-{}-{nanos}", std::process::id()))
-}
-
-fn stderr_of(run: &Output) -> String {
-    String::from_utf8_lossy(&run.stderr).into_owned()
-}
-
-/// A failed run's stderr: exactly one line, `pfault: ...`, with no panic or backtrace.
-fn one_error_line(run: &Output, what: &str) -> String {
-    let err = stderr_of(run);
-    assert!(
-        !run.status.success(),
-        "{what} succeeded: {err}{}",
-        String::from_utf8_lossy(&run.stdout)
-    );
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("RUST_BACKTRACE"),
-        "{what} panicked: {err}"
-    );
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "{what}: one line expected on stderr:\n{err}"
-    );
-    assert!(err.starts_with("pfault: "), "{what}: {err}");
-    err
-}
 
 #[test]
 fn a_ring_buffer_over_the_limit_is_refused_before_the_command_runs() {

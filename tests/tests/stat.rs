@@ -157,12 +157,3 @@ fn hist_draws_log2_buckets() {
         .collect();
     assert!(!bars.is_empty() && bars.iter().any(|l| l.contains('@')), "{text}");
 }
-
-#[test]
-fn needs_a_target() {
-    let run = run_with_timeout(pfault().args(["stat"]), Duration::from_secs(10));
-    assert!(!run.status.success());
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains("-a") && err.contains("-p PID"), "{err}");
-}

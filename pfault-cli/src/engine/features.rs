@@ -15,8 +15,32 @@ pub fn ensure_tracefs() -> Result<()> {
     ensure_mounted("tracefs", TRACEFS, &format!("{TRACEFS}/events")).map(drop)
 }
 
-pub fn tracefs_mounted() -> bool {
-    Path::new(TRACEFS).join("events").is_dir()
+/// Whether tracefs is mounted, and whether this user may look inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracefs {
+    Readable,
+    /// Mounted, but its directory is root's alone (mode 700).
+    RootOnly,
+    NotMounted,
+}
+
+pub fn tracefs() -> Tracefs {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Tracefs::Readable;
+    }
+    // /proc/self/mounts says what is mounted where to anyone who asks.
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some(TRACEFS) && f.next() == Some("tracefs")
+        });
+    if mounted {
+        Tracefs::RootOnly
+    } else {
+        Tracefs::NotMounted
+    }
 }
 
 /// Does this kernel have kprobes? `kprobe_events` exists only with CONFIG_KPROBE_EVENTS.

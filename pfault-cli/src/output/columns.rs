@@ -17,8 +17,9 @@ impl<'a> Columns<'a> {
         self.buf.resize(self.buf.len() + n, b' ');
     }
 
-    /// `s` left-aligned in `width` (as `{:<width}`).
+    /// `s` left-aligned in `width` (as `{:<width}`), escaped: text columns carry names.
     pub fn left(&mut self, s: &str, width: usize) -> &mut Self {
+        let s = super::escape(s);
         self.buf.extend_from_slice(s.as_bytes());
         self.spaces(width.saturating_sub(s.chars().count()) + 1);
         self
@@ -84,9 +85,9 @@ impl<'a> Columns<'a> {
         }
     }
 
-    /// The rest of the line, unpadded, and its end.
+    /// The rest of the line, unpadded and escaped, and its end.
     pub fn end(&mut self, last: &str) {
-        self.buf.extend_from_slice(last.as_bytes());
+        self.buf.extend_from_slice(super::escape(last).as_bytes());
         self.buf.push(b'\n');
     }
 }

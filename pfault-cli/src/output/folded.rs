@@ -6,11 +6,12 @@ use std::io::Write;
 use anyhow::Result;
 
 /// One folded line from frames already ordered root first. A `;` or any whitespace in a
-/// frame (a comm may even hold a newline) becomes `_`: it would split the frame or the line.
+/// frame (a comm may even hold a newline) becomes `_`: it would split the frame or the line;
+/// other control characters are escaped, as in text.
 pub fn line(frames: &[String], count: u64) -> String {
     let mut s = frames
         .iter()
-        .map(|f| f.replace(|c: char| c == ';' || c.is_whitespace(), "_"))
+        .map(|f| super::escape(&f.replace(|c: char| c == ';' || c.is_whitespace(), "_")).into_owned())
         .collect::<Vec<_>>()
         .join(";");
     s.push(' ');
@@ -56,12 +57,12 @@ mod tests {
     #[test]
     fn whitespace_inside_a_frame_never_breaks_the_line() {
         // A comm may hold a newline or a tab (prctl(PR_SET_NAME) takes any byte but NUL).
-        let l = line(&frames(&["evil\ncomm", "tab\there", "cr\rx"]), 5);
-        assert_eq!(l, "evil_comm;tab_here;cr_x 5");
+        let l = line(&frames(&["evil\ncomm", "tab\there", "cr\rx", "\x1b[31mred"]), 5);
+        assert_eq!(l, "evil_comm;tab_here;cr_x;\\x1b[31mred 5");
         assert_eq!(l.lines().count(), 1);
         let (stack, count) = l.rsplit_once(' ').unwrap();
         assert_eq!(count, "5");
-        assert_eq!(stack.split(';').count(), 3);
+        assert_eq!(stack.split(';').count(), 4);
     }
 
     #[test]

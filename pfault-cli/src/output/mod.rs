@@ -2,6 +2,7 @@
 //! own rows and hand them to these writers.
 
 pub mod columns;
+pub mod escape;
 pub mod flamegraph;
 pub mod folded;
 pub mod hist;
@@ -21,6 +22,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::args::OutputArgs;
+
+pub use escape::escape;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -89,9 +92,40 @@ impl Destination {
     /// a pipe keeps whole (`--output FILE` keeps the two streams apart altogether).
     pub fn open(self) -> Result<Box<dyn Write>> {
         Ok(Box::new(match self.0 {
-            Some(file) => lines::Lines::new(Box::new(file.take()?), false),
+            Some(file) => {
+                let path = file.path.clone();
+                let file = Named {
+                    file: file.take()?,
+                    path,
+                };
+                lines::Lines::new(Box::new(file), false)
+            }
             None => lines::Lines::new(Box::new(io::stdout()), true),
         }))
+    }
+}
+
+/// A file whose write errors name it: "No space left on device" alone, mid-run, does not
+/// say which of pfault's outputs failed.
+struct Named {
+    file: File,
+    path: PathBuf,
+}
+
+impl Named {
+    fn name(&self, e: io::Error) -> io::Error {
+        // The kind stays: a closed pipe is still told apart.
+        io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display()))
+    }
+}
+
+impl Write for Named {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.file.write(data).map_err(|e| self.name(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| self.name(e))
     }
 }
 

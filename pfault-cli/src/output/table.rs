@@ -20,8 +20,10 @@ impl Table {
         }
     }
 
+    /// A row; its cells are escaped (a process or file name may hold control characters).
     pub fn push(&mut self, row: Vec<String>) {
-        self.rows.push(row);
+        self.rows
+            .push(row.iter().map(|c| super::escape(c).into_owned()).collect());
     }
 
     pub fn write(&self, w: &mut dyn Write) -> Result<()> {

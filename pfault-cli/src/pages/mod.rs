@@ -23,7 +23,7 @@ use self::kpageflags::{pme, COMPOUND_HEAD, HUGE, NOPAGE, THP};
 use crate::{
     args::OutputArgs,
     output::{json, Format},
-    procfs::{check_pid, page_size, read_maps},
+    procfs::{check_pid, is_kernel_thread, page_size, read_maps},
 };
 
 /// pagemap entries per pread (512 KiB).
@@ -287,6 +287,9 @@ fn mapping_name(path: &str) -> String {
 pub fn run(args: PagesArgs) -> Result<Option<i32>> {
     let pid = args.pid;
     check_pid(pid)?;
+    if is_kernel_thread(pid) {
+        bail!("{pid} is a kernel thread: it has no user memory, so no pages to show");
+    }
     let out = args.output.reserve()?;
     let pagemap = open_proc(&format!("/proc/{pid}/pagemap"))?;
     let kflags = open_proc("/proc/kpageflags")?;
@@ -436,7 +439,7 @@ impl Report<'_> {
         };
         for Group { mapping, rows } in self.grouped() {
             if let Some(m) = mapping {
-                writeln!(w, "{m}")?;
+                writeln!(w, "{}", crate::output::escape(m))?;
             }
             for &(flags, pages) in &rows {
                 writeln!(
