@@ -7,14 +7,14 @@
 # and checks its output against their ground truth; add the tool to TOOLS.
 #
 # pfault's JSON is compact with a fixed field order ({"ts_ns":..,"pid":..,...}), so events are
-# matched with grep patterns: busybox awk costs about a millisecond a line under TCG.
+# matched with grep patterns: busybox awk is slow, line by line, under TCG.
 
 MODES="fentry kprobe tracepoint"
 TOOLS="trace stackcount unwind ffaults stat"
 export ANON_PAGES=10000 DATA=/data/data.bin
 # Stack walks and symbols cost more: fewer pages for the run with -U -K.
 STACK_PAGES=500
-# A pfault run takes about 10 s under TCG: one that takes this long has hung.
+# Many times what a pfault run takes under TCG: one that takes this long has hung.
 RUN_TIMEOUT=120
 
 /bin/busybox --install -s /bin
