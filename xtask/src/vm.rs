@@ -251,8 +251,8 @@ impl Apt {
         c
     }
 
-    /// The newest package of `series`, the lists fetched first (once a run).
-    fn newest(&mut self, series: &Series) -> Result<String> {
+    /// The packages of `series`, newest first, the lists fetched first (once a run).
+    fn packages(&mut self, series: &Series) -> Result<Vec<String>> {
         if !self.updated {
             for sub in ["lists/partial", "cache/archives/partial"] {
                 fs::create_dir_all(self.dir.join(sub))?;
@@ -267,18 +267,21 @@ impl Apt {
             .args(["search", "--names-only", "cloud-amd64-unsigned$"])
             .output()
             .context("running apt-cache")?;
-        String::from_utf8_lossy(&out.stdout)
+        let mut packages: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next())
             .filter_map(|p| Some((series.number(p)?, p.to_string())))
-            .max()
-            .map(|(_, package)| package)
-            .with_context(|| {
-                format!(
-                    "Debian's archive has no {}N{} package (the {} cloud kernel)",
-                    series.prefix, series.suffix, series.choice
-                )
-            })
+            .collect();
+        if packages.is_empty() {
+            bail!(
+                "Debian's archive has no {}N{} package (the {} cloud kernel)",
+                series.prefix,
+                series.suffix,
+                series.choice
+            );
+        }
+        packages.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(packages.into_iter().map(|(_, p)| p).collect())
     }
 
     /// Downloads `package` into `dir`; the .deb's path.
@@ -307,10 +310,22 @@ fn ensure_kernel(series: &Series, apt: &mut Apt) -> Result<Kernel> {
     if let Some(k) = cached_kernel(&cache, series) {
         return Ok(k);
     }
-    let package = apt.newest(series)?;
-    say(format!("fetching {package} into {}", cache.display()));
     let download = cache.join("download");
-    let deb = apt.download(&package, &download)?;
+    // A mirror may list a package it no longer serves (a security update replaced on the
+    // way): the newest that downloads.
+    let mut fetched = None;
+    for package in apt.packages(series)? {
+        say(format!("fetching {package} into {}", cache.display()));
+        match apt.download(&package, &download) {
+            Ok(deb) => {
+                fetched = Some((package, deb));
+                break;
+            }
+            Err(e) => say(format!("{e:#}: trying an older {} kernel", series.choice)),
+        }
+    }
+    let (package, deb) =
+        fetched.with_context(|| format!("no {} kernel package could be downloaded", series.choice))?;
     // Unpacked aside and renamed, so an interrupted run leaves nothing that looks complete.
     let partial = cache.join("partial");
     let _ = fs::remove_dir_all(&partial);
@@ -560,6 +575,41 @@ fn printable(line: &str) -> String {
     out
 }
 
+/// The guest's `TYPE:N` per program as a line: instructions verified, by program type.
+fn verified(programs: &str) -> String {
+    let programs: Vec<(&str, &str)> = programs
+        .split_whitespace()
+        .filter_map(|p| p.split_once(':'))
+        .collect();
+    if programs.is_empty() {
+        return "no BPF programs seen".into();
+    }
+    if programs.iter().any(|(_, n)| n.parse::<u64>().is_err()) {
+        return format!(
+            "{} programs; this kernel shows no verified_insns (5.16+)",
+            programs.len()
+        );
+    }
+    let total: u64 = programs.iter().filter_map(|(_, n)| n.parse::<u64>().ok()).sum();
+    let each: Vec<String> = programs
+        .iter()
+        .map(|(t, n)| format!("{} {n}", prog_type(t)))
+        .collect();
+    format!("insns verified {total} ({})", each.join(", "))
+}
+
+/// The names of the program types pfault loads (`enum bpf_prog_type`).
+fn prog_type(number: &str) -> &str {
+    match number {
+        "2" => "kprobe",
+        "5" => "tracepoint",
+        "7" => "perf_event",
+        "17" => "raw_tracepoint",
+        "26" => "tracing",
+        other => other,
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     passed: u32,
@@ -651,6 +701,11 @@ fn boot(kernel: &Kernel, initramfs: &Path, disk: &Path, log: &Path) -> Result<Ta
                     );
                 }
                 Some("note") => println!("{:26}{}", "", words.trim_start_matches("note ")),
+                Some("insns") => {
+                    let (mode, tool) = (w.next().unwrap_or("?"), w.next().unwrap_or("?"));
+                    let programs: Vec<&str> = w.collect();
+                    println!("{mode:<11}{tool:<11}{}", verified(&programs.join(" ")));
+                }
                 Some("done") => {
                     done = true;
                     // Only the power-off is left.
