@@ -16,12 +16,13 @@ use crate::{
 pub const OBJECT: &str = "pfault-cli/bpf/pfault.bpf.o";
 const STAMP: &str = "pfault-cli/bpf/pfault.bpf.o.sources";
 
-/// A hash of everything the eBPF object is built from: the two crates' sources, the lock file
-/// and the root manifest (it pins aya-ebpf and sets the object's profile), the flags, and the
-/// pinned toolchain (FNV-1a: a staleness check, not a security boundary).
+/// A hash of everything the eBPF object is built from: the two crates' sources, the lock file's
+/// entries of the packages pfault-ebpf is built from, the root manifest (it pins aya-ebpf and
+/// sets the object's profile), the flags, and the pinned toolchain (FNV-1a: a staleness check,
+/// not a security boundary).
 fn sources_hash() -> Result<String> {
     let root = root();
-    let mut files = vec![root.join("Cargo.lock"), root.join("Cargo.toml")];
+    let mut files = vec![root.join("Cargo.toml")];
     for dir in ["pfault-ebpf", "pfault-common"] {
         collect(&root.join(dir), &mut files)?;
     }
@@ -33,6 +34,7 @@ fn sources_hash() -> Result<String> {
         }
     };
     feed(toolchain::NIGHTLY.as_bytes());
+    feed(locked_closure(&std::fs::read_to_string(root.join("Cargo.lock"))?, "pfault-ebpf").as_bytes());
     for flag in EBPF_RUSTFLAGS {
         feed(flag.as_bytes());
     }
@@ -42,6 +44,51 @@ fn sources_hash() -> Result<String> {
         feed(&std::fs::read(&f)?);
     }
     Ok(format!("{h:016x}"))
+}
+
+/// The `[[package]]` entries of a lock file for `package` and what it depends on, transitively,
+/// in the file's order: a dependency that another crate adds or updates leaves the object fresh.
+fn locked_closure(lock: &str, package: &str) -> String {
+    let entries: Vec<&str> = lock.split("\n[[package]]\n").skip(1).collect();
+    let field = |entry: &str, key: &str| -> Option<String> {
+        entry
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(" = \""))
+            .map(|v| v.trim_end_matches('"').to_string())
+    };
+    // `"name"`, `"name version"` or `"name version (source)"`: the name is what is matched.
+    let depends = |entry: &str| -> Vec<String> {
+        entry
+            .lines()
+            .skip_while(|l| !l.starts_with("dependencies = ["))
+            .skip(1)
+            .take_while(|l| !l.starts_with(']'))
+            .filter_map(|l| {
+                l.trim()
+                    .trim_matches(['"', ','])
+                    .split(' ')
+                    .next()
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let mut wanted = vec![package.to_string()];
+    let mut taken = vec![false; entries.len()];
+    while let Some(name) = wanted.pop() {
+        for (i, e) in entries.iter().enumerate() {
+            if !taken[i] && field(e, "name").as_deref() == Some(name.as_str()) {
+                taken[i] = true;
+                wanted.extend(depends(e));
+            }
+        }
+    }
+    entries
+        .iter()
+        .zip(taken)
+        .filter(|(_, t)| *t)
+        .map(|(e, _)| *e)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -119,4 +166,57 @@ pub fn clippy() -> Result<()> {
         .args(["clippy", "--quiet", "-p", "pfault-ebpf"])
         .args(BPF_TARGET)
         .args(["--", "-D", "warnings"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locked_closure;
+
+    const LOCK: &str = "version = 4
+
+[[package]]
+name = \"aya-ebpf\"
+version = \"0.2.1\"
+dependencies = [
+ \"aya-ebpf-cty\",
+]
+
+[[package]]
+name = \"aya-ebpf-cty\"
+version = \"0.2.2\"
+
+[[package]]
+name = \"clap\"
+version = \"4.6.7\"
+
+[[package]]
+name = \"pfault-ebpf\"
+version = \"0.1.0\"
+dependencies = [
+ \"aya-ebpf\",
+]
+
+[[package]]
+name = \"xtask\"
+version = \"0.1.0\"
+dependencies = [
+ \"anyhow\",
+]
+";
+
+    /// A dependency of xtask leaves the object's inputs as they were; one of pfault-ebpf's
+    /// (however deep) does not.
+    #[test]
+    fn only_the_ebpf_crates_locked_packages_count() {
+        let closure = locked_closure(LOCK, "pfault-ebpf");
+        assert!(closure.contains("aya-ebpf-cty"), "{closure}");
+        assert!(
+            !closure.contains("clap") && !closure.contains("xtask"),
+            "{closure}"
+        );
+        let xtask_dep = LOCK.replace(" \"anyhow\",", " \"anyhow\",\n \"clap\",");
+        assert_eq!(locked_closure(&xtask_dep, "pfault-ebpf"), closure);
+        let deep_update = LOCK.replace("0.2.2", "0.2.3");
+        assert_ne!(locked_closure(&deep_update, "pfault-ebpf"), closure);
+    }
 }
