@@ -15,7 +15,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{root, say, sh, toolchain};
+use crate::{
+    artifacts::{build_pfault, workload},
+    bench_pages,
+    shell::{cargo, root, say},
+    toolchain,
+};
 
 const PAGES: u64 = 600_000;
 const CHUNK: u64 = 16_384;
@@ -37,19 +42,6 @@ struct Tracer {
 
 fn bench_dir() -> PathBuf {
     root().join("target/bench")
-}
-
-/// Builds `tests/workloads/NAME.c` as the tests do, into `target/workloads`.
-pub fn workload(name: &str) -> Result<PathBuf> {
-    let out = root().join("target/workloads").join(name);
-    std::fs::create_dir_all(out.parent().unwrap())?;
-    let src = root().join("tests/workloads").join(format!("{name}.c"));
-    sh(Command::new("cc")
-        .args(pfault_tests::workload_cflags(&src))
-        .arg("-o")
-        .arg(&out)
-        .arg(src))?;
-    Ok(out)
 }
 
 /// Runs the workload once; its own measured seconds.
@@ -269,7 +261,7 @@ fn syscall_cost(pfault: &str, bpftrace_out: &Path) -> Result<String> {
 /// writers into a file (`cargo bench -p pfault-cli --bench consumer`).
 fn consumer() -> Result<String> {
     say("consumer: replaying 1,000,000 records through trace's writers");
-    let out = crate::cargo()
+    let out = cargo()
         .args([
             "bench",
             "--quiet",
@@ -292,7 +284,7 @@ fn consumer() -> Result<String> {
                   `trace`'s writers, one thread):\n\n| format | ns per event |\n|---|---|\n"
         .to_string();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "consumer json: 206 ns per event (...)"
+        // "consumer json: N ns per event (...)"
         if let Some((format, rest)) = line.strip_prefix("consumer ").and_then(|l| l.split_once(": ")) {
             let ns = rest.split_whitespace().next().unwrap_or("?");
             say(format!("consumer {format}: {ns} ns per event"));
@@ -375,10 +367,10 @@ fn unwind_tables(pfault: &str, bin: &Path) -> Result<String> {
     Ok(md)
 }
 
-pub fn run(_args: &[String]) -> Result<()> {
+pub fn run() -> Result<()> {
     toolchain::ensure_packages(&[("bpftrace", "bpftrace"), ("perf", "linux-perf")])?;
     toolchain::ensure_tracefs()?;
-    let pfault = crate::build_pfault()?;
+    let pfault = build_pfault()?;
     let bin = workload("anon_writer")?;
     let dir = bench_dir();
     std::fs::create_dir_all(&dir)?;
@@ -545,7 +537,7 @@ pub fn run(_args: &[String]) -> Result<()> {
         );
     }
     md += &format!("\n{}", consumer()?);
-    md += &format!("\n### pfault pages\n\n{}", crate::bench_pages::run()?);
+    md += &format!("\n### pfault pages\n\n{}", bench_pages::run()?);
     md += &format!("\nCommands:\n\n{commands}");
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");

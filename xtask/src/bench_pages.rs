@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{root, say};
+use crate::{
+    artifacts::{build_pfault, workload},
+    shell::{root, say},
+};
 
 const MIB: u64 = 1024;
 const RUNS: usize = 5;
@@ -72,8 +75,8 @@ fn time_pages(pfault: &Path, pid: u32, out: &Path) -> Result<(f64, u64)> {
 
 /// The figures as a markdown section for the bench report.
 pub fn run() -> Result<String> {
-    let pfault = crate::build_pfault()?;
-    let bin = crate::bench::workload("pages_anon")?;
+    let pfault = build_pfault()?;
+    let bin = workload("pages_anon")?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("pages.json");

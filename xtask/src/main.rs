@@ -1,22 +1,57 @@
-//! pfault's tasks: `cargo xtask run -- ARGS`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench`, `cargo xtask vm-test`.
+//! pfault's tasks (`cargo xtask --help`).
 //!
 //! Each task installs what it needs on a fresh machine (rust-src for nightly, bpf-linker
 //! built against the nightly toolchain's own LLVM, tracefs mounted) and says so.
 
+mod artifacts;
 mod bench;
 mod bench_pages;
+mod ebpf;
+mod shell;
 mod toolchain;
 mod vm;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    artifacts::build_pfault,
+    shell::{cargo, say, sh},
 };
 
-use anyhow::{bail, Context, Result};
+#[derive(Parser)]
+#[command(bin_name = "cargo xtask", about = "pfault's build, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-const USAGE: &str = "usage: cargo xtask <run [-- ARGS] | test | build-ebpf | bench | vm-test>";
+#[derive(Subcommand)]
+enum Task {
+    /// Build pfault (and the eBPF object, if its sources changed) and run it as root.
+    Run {
+        /// pfault's arguments, after `--`: `cargo xtask run -- trace -p 1234`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite, as CI runs it: lints, unit and end-to-end tests, then the VM test.
+    Test,
+    /// Rebuild the committed eBPF object (pfault-cli/bpf/pfault.bpf.o) from pfault-ebpf.
+    BuildEbpf,
+    /// pfault side by side with bpftrace and perf on the same jobs; writes target/bench/results.md.
+    Bench,
+    /// Run a command to completion and print its wall seconds and peak RSS in KiB (bench's
+    /// start-up figures, measured from a fresh, small process).
+    #[command(name = bench::PEAK_RSS, hide = true)]
+    PeakRss {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// pfault on Debian's kernels under qemu, in every probe mode each kernel offers.
+    VmTest(vm::Args),
+}
 
 fn main() {
     if let Err(e) = real_main() {
@@ -26,153 +61,20 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest: Vec<String> = args.iter().skip(1).skip_while(|a| *a == "--").cloned().collect();
-    match args.first().map(String::as_str) {
-        Some("run") => run(&rest),
-        Some("test") => test(),
-        Some("build-ebpf") => build_ebpf(),
-        Some("bench") => bench::run(&rest),
-        Some(bench::PEAK_RSS) => bench::peak_rss(&rest),
-        Some("vm-test") => vm::run(),
-        _ => bail!("{USAGE}"),
+    match Cli::parse().task {
+        Task::Run { args } => run(&args),
+        Task::Test => test(),
+        Task::BuildEbpf => ebpf::build_ebpf(),
+        Task::Bench => bench::run(),
+        Task::PeakRss { argv } => bench::peak_rss(&argv),
+        Task::VmTest(args) => vm::run(&args),
     }
-}
-
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-pub fn say(msg: impl AsRef<str>) {
-    eprintln!("xtask: {}", msg.as_ref());
-}
-
-/// Runs a command, failing with its command line when it fails.
-pub fn sh(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
-pub fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c
-}
-
-const OBJECT: &str = "pfault-cli/bpf/pfault.bpf.o";
-const STAMP: &str = "pfault-cli/bpf/pfault.bpf.o.sources";
-
-/// A hash of everything the eBPF object is built from: the two crates' sources, the lock file
-/// and the root manifest (it pins aya-ebpf and sets the object's profile), the flags, and the
-/// pinned toolchain (FNV-1a: a staleness check, not a security boundary).
-fn sources_hash() -> Result<String> {
-    let root = root();
-    let mut files = vec![root.join("Cargo.lock"), root.join("Cargo.toml")];
-    for dir in ["pfault-ebpf", "pfault-common"] {
-        collect(&root.join(dir), &mut files)?;
-    }
-    files.sort();
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes.iter().chain([&0]) {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-    };
-    feed(toolchain::NIGHTLY.as_bytes());
-    for flag in EBPF_RUSTFLAGS {
-        feed(flag.as_bytes());
-    }
-    for f in files {
-        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-        feed(rel.as_bytes());
-        feed(&std::fs::read(&f)?);
-    }
-    Ok(format!("{h:016x}"))
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if p.extension().is_some_and(|x| x == "rs" || x == "toml") {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-fn object_is_fresh() -> Result<bool> {
-    let stamp = std::fs::read_to_string(root().join(STAMP)).unwrap_or_default();
-    Ok(stamp.trim() == sources_hash()? && root().join(OBJECT).exists())
-}
-
-/// Cargo of the nightly toolchain, for the bpfel target. Through `rustup run`: the CARGO that
-/// runs xtask is stable's own binary, which knows no `+nightly`.
-fn nightly_cargo() -> Command {
-    let mut c = Command::new("rustup");
-    c.current_dir(root())
-        .args(["run", "nightly", "cargo"])
-        .env_remove("RUSTC")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTFLAGS")
-        .env("CARGO_TARGET_DIR", root().join("target/bpf"))
-        .env("PATH", toolchain::path_with_cargo_bin());
-    c
-}
-
-/// Debug info and `--btf` give the object the BTF the verifier wants (bpf_loop and
-/// bpf_find_vma callbacks need its func info). bpf-linker asks LLVM to keep memcpy in order by
-/// default, which also turns every memset and struct copy into a call to a byte loop; the
-/// verifier walks each byte of it (trace's programs: 44k insns verified with it, 11k
-/// without, and its start-up 80 -> 20 ms).
-const EBPF_RUSTFLAGS: [&str; 3] = [
-    "-Cdebuginfo=2",
-    "-Clink-arg=--btf",
-    "-Clink-arg=--disable-expand-memcpy-in-order",
-];
-
-/// Compiles pfault-ebpf with nightly for bpfel and returns the object's path.
-fn compile_ebpf() -> Result<PathBuf> {
-    toolchain::ensure_ebpf_toolchain()?;
-    say("building the eBPF object (nightly, bpfel-unknown-none)");
-    sh(nightly_cargo()
-        .env("CARGO_ENCODED_RUSTFLAGS", EBPF_RUSTFLAGS.join("\x1f"))
-        .args(["build", "--quiet", "--release", "-p", "pfault-ebpf"])
-        .args(BPF_TARGET))?;
-    Ok(root().join("target/bpf/bpfel-unknown-none/release/pfault"))
-}
-
-const BPF_TARGET: [&str; 4] = ["--target", "bpfel-unknown-none", "-Z", "build-std=core"];
-
-/// Rebuilds the committed eBPF object and its source stamp.
-fn build_ebpf() -> Result<()> {
-    // Formatted first: `cargo fmt` after the stamp would make the object look stale.
-    sh(cargo().args(["fmt", "-p", "pfault-ebpf", "-p", "pfault-common"]))?;
-    let built = compile_ebpf()?;
-    std::fs::copy(&built, root().join(OBJECT))?;
-    std::fs::write(root().join(STAMP), format!("{}\n", sources_hash()?))?;
-    say(format!(
-        "wrote {OBJECT} (commit it with the sources it was built from)"
-    ));
-    Ok(())
-}
-
-pub fn build_pfault() -> Result<PathBuf> {
-    sh(cargo().args(["build", "--quiet", "--release", "-p", "pfault-cli"]))?;
-    Ok(root().join("target/release/pfault"))
 }
 
 fn run(args: &[String]) -> Result<()> {
-    if !object_is_fresh()? {
+    if !ebpf::object_is_fresh()? {
         say("pfault-ebpf changed since the committed object was built: rebuilding it");
-        build_ebpf()?;
+        ebpf::build_ebpf()?;
     }
     toolchain::ensure_tracefs()?;
     let bin = build_pfault()?;
@@ -182,11 +84,12 @@ fn run(args: &[String]) -> Result<()> {
 
 fn test() -> Result<()> {
     // The committed object is what users get: it must match the sources.
-    if !object_is_fresh()? {
-        bail!("{OBJECT} is stale against pfault-ebpf/pfault-common: run `cargo xtask build-ebpf` and commit the result");
+    if !ebpf::object_is_fresh()? {
+        let object = ebpf::OBJECT;
+        bail!("{object} is stale against pfault-ebpf/pfault-common: run `cargo xtask build-ebpf` and commit the result");
     }
     // And the sources must still build with the toolchain this machine can install.
-    compile_ebpf()?;
+    ebpf::compile_ebpf()?;
     toolchain::ensure_tracefs()?;
     // The tests use the clients a user would: `pfault top` in a real terminal, pprof
     // profiles in `go tool pprof`.
@@ -199,11 +102,7 @@ fn test() -> Result<()> {
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     // The host crates with stable; the kernel crate with nightly for its own target.
     sh(cargo().args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]))?;
-    sh(nightly_cargo()
-        .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy"))
-        .args(["clippy", "--quiet", "-p", "pfault-ebpf"])
-        .args(BPF_TARGET)
-        .args(["--", "-D", "warnings"]))?;
+    ebpf::clippy()?;
     let bin = build_pfault()?;
     say("running unit and end-to-end tests (the e2e tests load pfault's programs into this kernel)");
     let (passed, failed) = cargo_test(&bin)?;
@@ -212,7 +111,7 @@ fn test() -> Result<()> {
         bail!("{failed} tests failed");
     }
     if std::env::var_os("PFAULT_SKIP_VM").is_none() {
-        vm::run()?;
+        vm::run(&vm::Args::default())?;
     }
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
@@ -254,4 +153,33 @@ fn cargo_test(bin: &Path) -> Result<(u64, u64)> {
         bail!("cargo test failed ({status}) before reporting a failed test");
     }
     Ok((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Task};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// What follows `run --` (or `peak-rss`) is the command's, flags and `--help` included.
+    #[test]
+    fn run_and_peak_rss_pass_every_word_on() {
+        let words = ["trace", "-p", "1234", "--help", "--", "x"];
+        let Task::Run { args } = Cli::parse_from(["xtask", "run", "--"].iter().chain(&words)).task else {
+            panic!("not run");
+        };
+        assert_eq!(args, words);
+        let argv = ["pfault", "stackcount", "-U", "-d", "0"];
+        let Task::PeakRss { argv: got } =
+            Cli::parse_from(["xtask", super::bench::PEAK_RSS].iter().chain(&argv)).task
+        else {
+            panic!("not peak-rss");
+        };
+        assert_eq!(got, argv);
+    }
 }

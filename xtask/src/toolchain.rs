@@ -7,17 +7,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{say, sh};
+use crate::shell::{home, say, sh};
 
 /// bpf-linker's release, built against the nightly toolchain's own libLLVM (no matching LLVM
 /// is packaged for this distribution).
 const BPF_LINKER_VERSION: &str = "0.13.0";
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into())
-}
 
 fn cargo_bin() -> PathBuf {
     std::env::var_os("CARGO_HOME")

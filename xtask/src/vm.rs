@@ -1,11 +1,12 @@
-//! `cargo xtask vm-test`: pfault on a second kernel under qemu.
+//! `cargo xtask vm-test`: pfault on the long-term-support kernels SREs run, under qemu.
 //!
 //! The host kernel refuses fentry and has no kprobes, so pfault's `handle_mm_fault` paths
-//! run only here: Debian's 6.1 cloud kernel, booted under TCG (nested KVM hangs on this kind
-//! of machine) with an initramfs of busybox, pfault and the workloads, and a small ext4 disk
-//! whose page cache can be dropped, for major faults. The guest (`vm/init.sh`) checks every
-//! probe mode against the workloads' getrusage and reports on the console; this side prints
-//! its checks and fails when one failed or the guest did not finish.
+//! run only here: Debian's cloud kernels (5.10, 6.1, 6.12), each booted under TCG (nested KVM
+//! hangs on this kind of machine) with an initramfs of busybox, pfault and the workloads, and
+//! a small ext4 disk whose page cache can be dropped, for major faults. The guest
+//! (`vm/init.sh`) checks every probe mode against the workloads' getrusage and reports on the
+//! console; this side prints its checks, one closing line per kernel, and fails when a check
+//! failed or a guest did not finish.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,17 +21,106 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build_pfault, root, say, sh, toolchain};
+use crate::{
+    artifacts::{build_pfault, workload_into, Link},
+    shell::{home, root, say, sh, which},
+    toolchain,
+};
 
 const INIT: &str = include_str!("../vm/init.sh");
 const RUN_WORKLOADS: &str = include_str!("../vm/workloads.sh");
 
-/// The guest runs about a minute under TCG; past this it has hung.
+/// Several times what a guest takes under TCG on this kind of machine: past this it has hung.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// Debian's packages of the 6.1 cloud kernel are `linux-image-6.1.0-ABI-cloud-amd64-unsigned`.
-const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
-const KERNEL_SUFFIX: &str = "-cloud-amd64-unsigned";
+/// A Debian kernel series: its packages are `PREFIX` N `SUFFIX`, the newest N the one booted.
+pub struct Series {
+    choice: Choice,
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+/// The cloud kernels (no drivers for real hardware: small, and quick to boot) of Debian 11,
+/// 12 and 13.
+const SERIES: [Series; 3] = [
+    Series {
+        choice: Choice::V5_10,
+        prefix: "linux-image-5.10.0-",
+        suffix: "-cloud-amd64-unsigned",
+    },
+    Series {
+        choice: Choice::V6_1,
+        prefix: "linux-image-6.1.0-",
+        suffix: "-cloud-amd64-unsigned",
+    },
+    Series {
+        choice: Choice::V6_12,
+        prefix: "linux-image-6.12.",
+        suffix: "+deb13-cloud-amd64-unsigned",
+    },
+];
+
+/// Where the kernels come from: the suites of Debian 11, 12 and 13, with their updates (the
+/// newest kernels are security updates). apt reads this list alone, into lists of its own.
+const SOURCES: &str = "\
+deb http://deb.debian.org/debian bullseye main
+deb http://deb.debian.org/debian-security bullseye-security main
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+deb http://deb.debian.org/debian trixie main
+deb http://deb.debian.org/debian trixie-updates main
+deb http://deb.debian.org/debian-security trixie-security main
+";
+
+/// `--kernel`'s values.
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
+enum Choice {
+    #[value(name = "5.10")]
+    V5_10,
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    /// Every series, 5.10 included.
+    All,
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self).unwrap();
+        f.write_str(value.get_name())
+    }
+}
+
+/// The kernels pfault passes on today; 5.10 joins them when pfault runs there.
+const SUPPORTED: [Choice; 2] = [Choice::V6_1, Choice::V6_12];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The Debian kernels to boot, one after the other (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = SUPPORTED)]
+    kernel: Vec<Choice>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            kernel: SUPPORTED.to_vec(),
+        }
+    }
+}
+
+impl Args {
+    /// The series chosen, each once, oldest first.
+    fn series(&self) -> Vec<&'static Series> {
+        let all = self.kernel.contains(&Choice::All);
+        SERIES
+            .iter()
+            .filter(|s| all || self.kernel.contains(&s.choice))
+            .collect()
+    }
+}
 
 /// What the guest needs of the kernel's modules: the virtio disk and its file system. Those
 /// built into the kernel are skipped.
@@ -51,102 +141,206 @@ const DATA_PAGES: usize = 2048;
 /// Prefix of the lines the guest speaks to this side in (see `vm/init.sh`).
 const MARK: &str = "@@vm ";
 
-pub fn run() -> Result<()> {
-    let started = Instant::now();
+pub fn run(args: &Args) -> Result<()> {
     toolchain::ensure_packages(&[
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
         ("cpio", "cpio"),
         ("mkfs.ext4", "e2fsprogs"),
         ("cc", "gcc"),
+        ("xz", "xz-utils"),
     ])?;
-    let kernel = ensure_kernel()?;
     let pfault = build_pfault()?;
     let dir = root().join("target/vm-test");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let initramfs = build_initramfs(&dir, &kernel, &pfault)?;
+    let workloads = WORKLOADS
+        .iter()
+        .map(|w| workload_into(w, Link::Static, &dir.join("workloads")))
+        .collect::<Result<Vec<_>>>()?;
     let disk = build_disk(&dir)?;
-    say(format!(
-        "booting {} under qemu TCG (at most {} s)",
-        kernel.release,
-        GUEST_TIMEOUT.as_secs()
-    ));
-    let log = dir.join("console.log");
-    let tally = boot(&kernel, &initramfs, &disk, &log)?;
-    println!("{} passed, {} failed", tally.passed, tally.failed);
-    say(format!(
-        "vm-test took {:.0} s (guest console in {})",
-        started.elapsed().as_secs_f64(),
-        log.display()
-    ));
-    if tally.failed > 0 {
-        bail!("vm-test: {} check(s) failed", tally.failed);
+    let mut apt = Apt::new();
+    let mut closing = Vec::new();
+    let mut failed = 0;
+    for series in args.series() {
+        let started = Instant::now();
+        let kernel = ensure_kernel(series, &mut apt)?;
+        let kdir = dir.join(series.choice.to_string());
+        fs::create_dir_all(&kdir)?;
+        let initramfs = build_initramfs(&kdir, &kernel, &pfault, &workloads)?;
+        say(format!(
+            "booting {} under qemu TCG (at most {} s)",
+            kernel.release,
+            GUEST_TIMEOUT.as_secs()
+        ));
+        let log = kdir.join("console.log");
+        let tally = boot(&kernel, &initramfs, &disk, &log)?;
+        let line = format!(
+            "kernel {}: {} passed, {} failed",
+            kernel.release, tally.passed, tally.failed
+        );
+        println!("{line}");
+        say(format!(
+            "{} took {:.0} s (guest console in {})",
+            kernel.release,
+            started.elapsed().as_secs_f64(),
+            log.display()
+        ));
+        closing.push(line);
+        failed += tally.failed;
+    }
+    // Together at the end, where a run of several kernels is read.
+    if closing.len() > 1 {
+        for line in &closing {
+            println!("{line}");
+        }
+    }
+    if failed > 0 {
+        bail!("vm-test: {failed} check(s) failed");
     }
     Ok(())
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into())
 }
 
 /// An unpacked kernel package.
 struct Kernel {
     release: String,
     vmlinuz: PathBuf,
-    /// `lib/modules/RELEASE`.
+    /// `lib/modules/RELEASE` (`usr/lib/modules/RELEASE` from Debian 13 on).
     modules: PathBuf,
 }
 
-/// The package's ABI number, by which newer packages sort higher.
-fn kernel_abi(package: &str) -> Option<u32> {
-    package
-        .strip_prefix(KERNEL_PREFIX)?
-        .strip_suffix(KERNEL_SUFFIX)?
-        .parse()
-        .ok()
+impl Series {
+    /// The package's number, by which newer packages sort higher.
+    fn number(&self, package: &str) -> Option<u32> {
+        package
+            .strip_prefix(self.prefix)?
+            .strip_suffix(self.suffix)?
+            .parse()
+            .ok()
+    }
 }
 
-/// The kernel package unpacked under `~/.cache/pfault/vm` (which `cargo clean` leaves alone),
-/// fetched the first time.
-fn ensure_kernel() -> Result<Kernel> {
-    let cache = home().join(".cache/pfault/vm");
-    if let Some(k) = cached_kernel(&cache) {
+/// apt with a sources list, package lists and cache of its own, under `~/.cache/pfault/vm/apt`:
+/// the machine's apt state is neither read nor changed.
+struct Apt {
+    dir: PathBuf,
+    updated: bool,
+}
+
+impl Apt {
+    fn new() -> Apt {
+        Apt {
+            dir: cache().join("apt"),
+            updated: false,
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        let d = |sub: &str| self.dir.join(sub).display().to_string();
+        for option in [
+            format!("Dir::Etc::sourcelist={}", d("sources.list")),
+            "Dir::Etc::sourceparts=-".into(),
+            format!("Dir::State::Lists={}", d("lists")),
+            format!("Dir::Cache={}", d("cache")),
+            // As root, apt's sandbox user cannot write here; root is what it falls back to.
+            "APT::Sandbox::User=root".into(),
+        ] {
+            c.arg("-o").arg(option);
+        }
+        c
+    }
+
+    /// The packages of `series`, newest first, the lists fetched first (once a run).
+    fn packages(&mut self, series: &Series) -> Result<Vec<String>> {
+        if !self.updated {
+            for sub in ["lists/partial", "cache/archives/partial"] {
+                fs::create_dir_all(self.dir.join(sub))?;
+            }
+            fs::write(self.dir.join("sources.list"), SOURCES)?;
+            say("fetching the package lists of Debian 11, 12 and 13 (apt-get update, private lists)");
+            sh(self.command("apt-get").args(["update", "-qq"]))?;
+            self.updated = true;
+        }
+        let out = self
+            .command("apt-cache")
+            .args(["search", "--names-only", "cloud-amd64-unsigned$"])
+            .output()
+            .context("running apt-cache")?;
+        let mut packages: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|p| Some((series.number(p)?, p.to_string())))
+            .collect();
+        if packages.is_empty() {
+            bail!(
+                "Debian's archive has no {}N{} package (the {} cloud kernel)",
+                series.prefix,
+                series.suffix,
+                series.choice
+            );
+        }
+        packages.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(packages.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Downloads `package` into `dir`; the .deb's path.
+    fn download(&self, package: &str, dir: &Path) -> Result<PathBuf> {
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        sh(self
+            .command("apt-get")
+            .current_dir(dir)
+            .args(["download", "-qq", package]))?;
+        fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("apt-get download left no .deb")
+    }
+}
+
+/// Where kernels are kept unpacked (`cargo clean` leaves it alone).
+fn cache() -> PathBuf {
+    home().join(".cache/pfault/vm")
+}
+
+/// The newest kernel of `series` unpacked in the cache, fetched the first time.
+fn ensure_kernel(series: &Series, apt: &mut Apt) -> Result<Kernel> {
+    let cache = cache();
+    if let Some(k) = cached_kernel(&cache, series) {
         return Ok(k);
     }
-    let package = newest_kernel_package()?;
-    say(format!("fetching {package} into {}", cache.display()));
     let download = cache.join("download");
-    let _ = fs::remove_dir_all(&download);
-    fs::create_dir_all(&download)?;
-    // As root, apt's sandbox user cannot write here; downloading as root is what it falls back to.
-    sh(Command::new("apt-get").current_dir(&download).args([
-        "download",
-        "-qq",
-        "-o",
-        "APT::Sandbox::User=root",
-        &package,
-    ]))?;
-    let deb = fs::read_dir(&download)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no .deb")?;
+    // A mirror may list a package it no longer serves (a security update replaced on the
+    // way): the newest that downloads.
+    let mut fetched = None;
+    for package in apt.packages(series)? {
+        say(format!("fetching {package} into {}", cache.display()));
+        match apt.download(&package, &download) {
+            Ok(deb) => {
+                fetched = Some((package, deb));
+                break;
+            }
+            Err(e) => say(format!("{e:#}: trying an older {} kernel", series.choice)),
+        }
+    }
+    let (package, deb) =
+        fetched.with_context(|| format!("no {} kernel package could be downloaded", series.choice))?;
     // Unpacked aside and renamed, so an interrupted run leaves nothing that looks complete.
     let partial = cache.join("partial");
     let _ = fs::remove_dir_all(&partial);
     sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
     fs::rename(&partial, cache.join(&package))?;
     fs::remove_dir_all(&download)?;
-    cached_kernel(&cache).context("the unpacked kernel package has no boot/vmlinuz-* or lib/modules/*")
+    cached_kernel(&cache, series)
+        .context("the unpacked kernel package has no boot/vmlinuz-* or lib/modules/*")
 }
 
-fn cached_kernel(cache: &Path) -> Option<Kernel> {
+fn cached_kernel(cache: &Path, series: &Series) -> Option<Kernel> {
     let (_, dir) = fs::read_dir(cache)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| Some((kernel_abi(&p.file_name()?.to_string_lossy())?, p)))
+        .filter_map(|p| Some((series.number(&p.file_name()?.to_string_lossy())?, p)))
         .max()?;
     let first_in = |d: &Path, prefix: &str| -> Option<PathBuf> {
         fs::read_dir(d)
@@ -158,36 +352,15 @@ fn cached_kernel(cache: &Path) -> Option<Kernel> {
             })
     };
     let vmlinuz = first_in(&dir.join("boot"), "vmlinuz-")?;
-    let modules = first_in(&dir.join("lib/modules"), "")?;
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .find_map(|d| first_in(&dir.join(d), ""))?;
     let release = modules.file_name()?.to_string_lossy().into_owned();
     Some(Kernel {
         release,
         vmlinuz,
         modules,
     })
-}
-
-fn newest_kernel_package() -> Result<String> {
-    for refresh in [false, true] {
-        if refresh {
-            say("apt knows no 6.1 cloud kernel yet: running apt-get update");
-            sh(Command::new("apt-get").args(["update", "-qq"]))?;
-        }
-        let out = Command::new("apt-cache")
-            .args(["search", "--names-only"])
-            .arg(format!("^{KERNEL_PREFIX}.*{KERNEL_SUFFIX}$"))
-            .output()
-            .context("running apt-cache")?;
-        let newest = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter_map(|p| Some((kernel_abi(p)?, p.to_string())))
-            .max();
-        if let Some((_, package)) = newest {
-            return Ok(package);
-        }
-    }
-    bail!("apt has no {KERNEL_PREFIX}N{KERNEL_SUFFIX} package (Debian bookworm's 6.1 cloud kernel)")
 }
 
 /// Every file and directory under `dir`, parents before their contents.
@@ -205,34 +378,56 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// `a-b.ko` is module `a_b`.
+/// `a-b.ko` (or `a-b.ko.xz`) is module `a_b`.
 fn module_name(path: &Path) -> String {
     path.file_name()
         .unwrap_or_default()
         .to_string_lossy()
+        .trim_end_matches(".xz")
         .trim_end_matches(".ko")
         .replace('-', "_")
 }
 
+/// A module file's contents, uncompressed: busybox's insmod reads no xz.
+fn module_bytes(ko: &Path) -> Result<Vec<u8>> {
+    if ko.extension().is_some_and(|x| x == "xz") {
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(ko)
+            .output()
+            .context("running xz")?;
+        if !out.status.success() {
+            bail!("xz -dc {} failed ({})", ko.display(), out.status);
+        }
+        return Ok(out.stdout);
+    }
+    fs::read(ko).with_context(|| format!("reading {}", ko.display()))
+}
+
 /// The `depends=` of a module's `.modinfo`.
-fn module_depends(ko: &Path) -> Result<Vec<String>> {
-    let bytes = fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
+fn module_depends(bytes: &[u8]) -> Vec<String> {
     let key = b"\0depends=";
     let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     let value = &bytes[at + key.len()..];
     let value = &value[..value.iter().position(|&b| b == 0).unwrap_or(value.len())];
-    Ok(String::from_utf8_lossy(value)
+    String::from_utf8_lossy(value)
         .split(',')
         .filter(|d| !d.is_empty())
         .map(|d| d.replace('-', "_"))
-        .collect())
+        .collect()
 }
 
-/// The `.ko` files the guest must insmod for `wanted`, dependencies first (busybox's insmod
+/// A module for the guest to insmod: its name and its uncompressed contents.
+struct Module {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// The modules the guest must insmod for `wanted`, dependencies first (busybox's insmod
 /// resolves nothing, and the package has no modules.dep: depmod makes it on install).
-fn modules_to_load(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<PathBuf>> {
+fn modules_to_load(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<Module>> {
     let builtin: HashSet<String> = fs::read_to_string(kernel.modules.join("modules.builtin"))
         .unwrap_or_default()
         .lines()
@@ -242,28 +437,32 @@ fn modules_to_load(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<PathBuf>> {
     walk(&kernel.modules.join("kernel"), &mut all)?;
     let files: HashMap<String, PathBuf> = all
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.ends_with(".ko") || name.ends_with(".ko.xz")
+        })
         .map(|p| (module_name(&p), p))
         .collect();
     fn visit(
         name: &str,
         builtin: &HashSet<String>,
         files: &HashMap<String, PathBuf>,
-        order: &mut Vec<PathBuf>,
+        order: &mut Vec<Module>,
     ) -> Result<()> {
-        if builtin.contains(name) {
+        if builtin.contains(name) || order.iter().any(|m| m.name == name) {
             return Ok(());
         }
         let ko = files
             .get(name)
             .with_context(|| format!("the kernel has no module {name} (nor builds it in)"))?;
-        if order.contains(ko) {
-            return Ok(());
-        }
-        for dep in module_depends(ko)? {
+        let bytes = module_bytes(ko)?;
+        for dep in module_depends(&bytes) {
             visit(&dep, builtin, files, order)?;
         }
-        order.push(ko.clone());
+        order.push(Module {
+            name: name.to_string(),
+            bytes,
+        });
         Ok(())
     }
     let mut order = Vec::new();
@@ -293,37 +492,23 @@ fn install_binary(tree: &Path, bin: &Path, at: &str) -> Result<()> {
     Ok(())
 }
 
-fn which(cmd: &str) -> Result<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
-        .with_context(|| format!("{cmd} is not on PATH"))
-}
-
 /// The guest's root: busybox, pfault and its libraries, the workloads (static) with
 /// `vm/workloads.sh` as `/w/run`, the modules for the disk with their load order, and
 /// `vm/init.sh` as `/init`.
-fn build_initramfs(dir: &Path, kernel: &Kernel, pfault: &Path) -> Result<PathBuf> {
+fn build_initramfs(dir: &Path, kernel: &Kernel, pfault: &Path, workloads: &[PathBuf]) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     for d in ["bin", "dev", "proc", "sys", "tmp", "w", "modules"] {
         fs::create_dir_all(tree.join(d))?;
     }
     install_binary(&tree, &which("busybox")?, "bin/busybox")?;
     install_binary(&tree, pfault, "bin/pfault")?;
-    for w in WORKLOADS {
-        let src = root().join("tests/workloads").join(format!("{w}.c"));
-        sh(Command::new("cc")
-            .args(pfault_tests::workload_cflags(&src))
-            .arg("-static")
-            .arg("-o")
-            .arg(tree.join("w").join(w))
-            .arg(src))?;
+    for w in workloads {
+        fs::copy(w, tree.join("w").join(w.file_name().unwrap()))?;
     }
     let mut order = String::new();
-    for ko in modules_to_load(kernel, MODULES)? {
-        let name = module_name(&ko);
-        fs::copy(&ko, tree.join("modules").join(format!("{name}.ko")))?;
-        order.push_str(&name);
+    for m in modules_to_load(kernel, MODULES)? {
+        fs::write(tree.join("modules").join(format!("{}.ko", m.name)), &m.bytes)?;
+        order.push_str(&m.name);
         order.push('\n');
     }
     fs::write(tree.join("modules/order"), order)?;
@@ -388,6 +573,41 @@ fn printable(line: &str) -> String {
         }
     }
     out
+}
+
+/// The guest's `TYPE:N` per program as a line: instructions verified, by program type.
+fn verified(programs: &str) -> String {
+    let programs: Vec<(&str, &str)> = programs
+        .split_whitespace()
+        .filter_map(|p| p.split_once(':'))
+        .collect();
+    if programs.is_empty() {
+        return "no BPF programs seen".into();
+    }
+    if programs.iter().any(|(_, n)| n.parse::<u64>().is_err()) {
+        return format!(
+            "{} programs; this kernel shows no verified_insns (5.16+)",
+            programs.len()
+        );
+    }
+    let total: u64 = programs.iter().filter_map(|(_, n)| n.parse::<u64>().ok()).sum();
+    let each: Vec<String> = programs
+        .iter()
+        .map(|(t, n)| format!("{} {n}", prog_type(t)))
+        .collect();
+    format!("insns verified {total} ({})", each.join(", "))
+}
+
+/// The names of the program types pfault loads (`enum bpf_prog_type`).
+fn prog_type(number: &str) -> &str {
+    match number {
+        "2" => "kprobe",
+        "5" => "tracepoint",
+        "7" => "perf_event",
+        "17" => "raw_tracepoint",
+        "26" => "tracing",
+        other => other,
+    }
 }
 
 #[derive(Default)]
@@ -481,6 +701,11 @@ fn boot(kernel: &Kernel, initramfs: &Path, disk: &Path, log: &Path) -> Result<Ta
                     );
                 }
                 Some("note") => println!("{:26}{}", "", words.trim_start_matches("note ")),
+                Some("insns") => {
+                    let (mode, tool) = (w.next().unwrap_or("?"), w.next().unwrap_or("?"));
+                    let programs: Vec<&str> = w.collect();
+                    println!("{mode:<11}{tool:<11}{}", verified(&programs.join(" ")));
+                }
                 Some("done") => {
                     done = true;
                     // Only the power-off is left.
@@ -498,4 +723,63 @@ fn boot(kernel: &Kernel, initramfs: &Path, disk: &Path, log: &Path) -> Result<Ta
         }
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn names(argv: &[&str]) -> Vec<String> {
+        let args = Cli::parse_from(["vm-test"].iter().chain(argv)).args;
+        args.series().iter().map(|s| s.choice.to_string()).collect()
+    }
+
+    /// `cargo xtask test` boots what `vm-test` alone does, and `all` adds 5.10.
+    #[test]
+    fn kernels_chosen() {
+        assert_eq!(names(&[]), ["6.1", "6.12"]);
+        let default: Vec<String> = Args::default()
+            .series()
+            .iter()
+            .map(|s| s.choice.to_string())
+            .collect();
+        assert_eq!(default, ["6.1", "6.12"]);
+        assert_eq!(names(&["--kernel", "all"]), ["5.10", "6.1", "6.12"]);
+        assert_eq!(names(&["--kernel", "6.12,5.10,6.12"]), ["5.10", "6.12"]);
+    }
+
+    #[test]
+    fn package_numbers() {
+        let [v510, v61, v612] = &super::SERIES;
+        assert_eq!(
+            v510.number("linux-image-5.10.0-32-cloud-amd64-unsigned"),
+            Some(32)
+        );
+        assert_eq!(v61.number("linux-image-6.1.0-57-cloud-amd64-unsigned"), Some(57));
+        // Backports of 6.1 to Debian 11 are not Debian 12's kernel.
+        assert_eq!(
+            v61.number("linux-image-6.1.0-0.deb11.52-cloud-amd64-unsigned"),
+            None
+        );
+        assert_eq!(
+            v612.number("linux-image-6.12.118+deb13-cloud-amd64-unsigned"),
+            Some(118)
+        );
+        assert_eq!(
+            v612.number("linux-image-6.12.118+deb12-cloud-amd64-unsigned"),
+            None
+        );
+        assert_eq!(
+            v612.number("linux-image-6.12.115+deb13.1-cloud-amd64-unsigned"),
+            None
+        );
+    }
 }
