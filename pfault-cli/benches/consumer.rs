@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use pfault::{output::Format, records::bytes_of, trace};
+use pfault::{commands::trace, output::Format, records::bytes_of};
 use pfault_common::*;
 
 /// Records as a busy anonymous-memory workload sends them: one process, fresh pages,

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{
+use crate::commands::{
     exporter::ExporterArgs, ffaults::FfaultsArgs, pages::PagesArgs, stackcount::StackcountArgs,
     stat::StatArgs, top::TopArgs, trace::TraceArgs,
 };

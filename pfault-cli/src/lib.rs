@@ -1,38 +1,35 @@
 //! pfault: a page-fault tracer for Linux on eBPF, as a library behind a thin binary.
 //!
-//! One module per subcommand (`trace`, `stackcount`, `ffaults`, `stat`, `top`, `pages`,
-//! `probes_cmd`); [`engine`] loads and attaches the kernel side; [`session`] runs a trace;
-//! [`symbolize`] and [`mappings`] name what the kernel saw; [`output`] writes each format.
+//! One module per subcommand under [`commands`], named as on the command line; [`cli`] lists
+//! them; [`args`] holds the flag groups they share. [`engine`] loads and attaches the kernel
+//! side; [`session`] runs a trace; [`symbolize`] and [`mappings`] name what the kernel saw;
+//! [`output`] writes each format.
 
 pub mod args;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;
+pub mod commands;
 pub mod engine;
-pub mod exporter;
-pub mod ffaults;
 pub mod held;
 pub mod mappings;
 pub mod output;
-pub mod pages;
-pub mod probes_cmd;
 pub mod procfs;
 pub mod records;
 pub mod session;
 pub mod signals;
-pub mod stackcount;
 pub mod stacks;
-pub mod stat;
 pub mod symbolize;
-pub mod top;
-pub mod trace;
 pub mod unwind;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    commands::*,
+};
 
 /// Parses the command line, runs the subcommand, and turns an error into one line on stderr.
 pub fn main() -> ExitCode {
@@ -60,7 +57,7 @@ pub fn main() -> ExitCode {
             Command::Top(args) => top::run(args).await,
             Command::Exporter(args) => exporter::run(args).await,
             Command::Pages(args) => pages::run(args),
-            Command::Probes => probes_cmd::run(),
+            Command::Probes => probes::run(),
             Command::Completions { shell } => cli::completions(shell),
             Command::Man => cli::man(),
         }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use pfault::{
     btf::Btf,
-    pages::kpageflags::{expand, long_names, pme, symbolic, symbolic_width},
+    commands::pages::kpageflags::{expand, long_names, pme, symbolic, symbolic_width},
     procfs::{parse_maps, MapEntry},
     records::{bytes_of, decode, Record, RecordError},
 };
