@@ -8,7 +8,7 @@ use pfault_common::{MODE_KERNEL, MODE_USER};
 
 use crate::{
     engine::{Kind, Plan, ProbeMode},
-    output::Format,
+    output::{self, Format},
     unwind::{rows_for_mb, Unwind, UNWIND_MB},
 };
 
@@ -243,6 +243,13 @@ pub struct OutputArgs<F: clap::ValueEnum + Clone + Default + Send + Sync + 'stat
     /// Write results to FILE instead of stdout
     #[arg(long = "output", value_name = "FILE")]
     pub file: Option<PathBuf>,
+}
+
+impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
+    /// Checks the destination now, so an unwritable file fails before any probe is attached.
+    pub fn reserve(&self) -> Result<output::Destination> {
+        output::Destination::reserve(self.file.as_deref())
+    }
 }
 
 /// A size argument with the kernel's limit on it, checked before anything is loaded so the

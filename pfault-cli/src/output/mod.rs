@@ -21,8 +21,6 @@ use std::{
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::args::OutputArgs;
-
 pub use escape::escape;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +86,13 @@ impl Drop for Reserved {
 pub struct Destination(Option<Reserved>);
 
 impl Destination {
+    /// `--output FILE`, or stdout.
+    pub fn reserve(file: Option<&Path>) -> Result<Destination> {
+        Ok(Destination(
+            file.map(|p| Reserved::open(p, "--output")).transpose()?,
+        ))
+    }
+
     /// Output leaves in whole lines; on stdout, which a traced command may share, in pieces
     /// a pipe keeps whole (`--output FILE` keeps the two streams apart altogether).
     pub fn open(self) -> Result<Box<dyn Write>> {
@@ -126,14 +131,6 @@ impl Write for Named {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush().map_err(|e| self.name(e))
-    }
-}
-
-impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
-    /// Checks the destination now, so an unwritable file fails before any probe is attached.
-    pub fn reserve(&self) -> Result<Destination> {
-        let file = self.file.as_deref().map(|p| Reserved::open(p, "--output"));
-        Ok(Destination(file.transpose()?))
     }
 }
 
