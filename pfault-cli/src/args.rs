@@ -14,31 +14,31 @@ use crate::{
 
 /// Which running processes to look at.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct ProcessArgs {
+pub(crate) struct ProcessArgs {
     /// Every process (the default where no PID, COMM or command is given)
     #[arg(short, long, conflicts_with = "pid")]
-    pub all: bool,
+    pub(crate) all: bool,
     /// Only this process (all its threads); stop when it exits
     #[arg(short, long, value_name = "PID")]
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Only processes with this command name (as in /proc/PID/comm)
     #[arg(short, long, value_name = "COMM")]
-    pub comm: Option<String>,
+    pub(crate) comm: Option<String>,
     /// Only processes in this cgroup v2 or below it: a directory under the cgroup2 mount, or
     /// a path as /proc/PID/cgroup writes it (/system.slice/foo.service)
     #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    pub(crate) cgroup: Option<PathBuf>,
 }
 
 /// Which processes to look at: running ones, or a command pfault starts. (The exporter,
 /// which runs until stopped, takes [`ProcessArgs`] alone.)
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     #[command(flatten)]
-    pub processes: ProcessArgs,
+    pub(crate) processes: ProcessArgs,
     /// Start this command and trace it and its children from their first instruction
     #[arg(last = true, value_name = "CMD", conflicts_with_all = ["all", "pid"])]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 /// `target.pid` and the like read as the processes' own fields: a command is one more way
@@ -53,24 +53,24 @@ impl std::ops::Deref for TargetArgs {
 
 /// Rows that say their process's cgroup.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct CgroupColumnArgs {
+pub(crate) struct CgroupColumnArgs {
     /// Show each row's cgroup v2 (a CGROUP column; a `cgroup` field in JSON)
     #[arg(long)]
-    pub by_cgroup: bool,
+    pub(crate) by_cgroup: bool,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct DurationArgs {
+pub(crate) struct DurationArgs {
     /// Stop after SECONDS (0: attach, then stop at once)
     #[arg(short, long, value_name = "SECONDS", value_parser = RUN_TIME.parser())]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
 }
 
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct IntervalArgs {
+pub(crate) struct IntervalArgs {
     /// Print (and reset) every SECONDS (at least 0.01)
     #[arg(short, long, value_name = "SECONDS", value_parser = INTERVAL.parser())]
-    pub interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
 }
 
 /// The longest span of time a flag takes: longer than any trace is run for, and far from
@@ -81,7 +81,7 @@ const YEAR_S: f64 = 365.0 * 24.0 * 3600.0;
 /// parser of every duration, interval and latency flag, so no subcommand converts a float
 /// (NaN, infinity, a negative or a huge value) itself.
 #[derive(Clone, Copy, Debug)]
-pub struct Span {
+pub(crate) struct Span {
     unit: &'static str,
     ns_per_unit: f64,
     min: f64,
@@ -89,15 +89,15 @@ pub struct Span {
 }
 
 /// `-d`: 0 attaches, then stops at once.
-pub const RUN_TIME: Span = Span::seconds(0.0, YEAR_S);
+pub(crate) const RUN_TIME: Span = Span::seconds(0.0, YEAR_S);
 /// `-i`: printing (and resetting the kernel's counts) more than 100 times a second reads
 /// whole maps for nothing a person or a log could follow; perf stat -I has the same floor.
-pub const INTERVAL: Span = Span::seconds(0.01, YEAR_S);
+pub(crate) const INTERVAL: Span = Span::seconds(0.01, YEAR_S);
 /// The exporter's `--collect-every`: each collection walks every process's row; Prometheus
 /// scrapes every few seconds, and every scrape collects anyway.
-pub const COLLECT_EVERY: Span = Span::seconds(0.1, YEAR_S);
+pub(crate) const COLLECT_EVERY: Span = Span::seconds(0.1, YEAR_S);
 /// `--min-latency`, microseconds: up to an hour (a fault on a hung NFS mount lasts minutes).
-pub const MIN_LATENCY: Span = Span {
+pub(crate) const MIN_LATENCY: Span = Span {
     unit: "microseconds",
     ns_per_unit: 1e3,
     min: 0.0,
@@ -115,7 +115,7 @@ impl Span {
     }
 
     /// `text` as a duration, or why not: the message clap shows after the flag's name.
-    pub fn parse(self, text: &str) -> Result<Duration, String> {
+    pub(crate) fn parse(self, text: &str) -> Result<Duration, String> {
         match text.trim().parse::<f64>() {
             // NaN fails both comparisons.
             Ok(v) if v >= self.min && v <= self.max => {
@@ -129,21 +129,21 @@ impl Span {
     }
 
     /// [`Self::parse`] as a clap value parser.
-    pub fn parser(self) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    pub(crate) fn parser(self) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
         move |text| self.parse(text)
     }
 }
 
 /// How user stacks are walked, for the subcommands that take them.
 #[derive(clap::Args, Clone, Debug)]
-pub struct UnwindArgs {
+pub(crate) struct UnwindArgs {
     /// How user stacks are walked: cfi follows each binary's .eh_frame (callers of memset
     /// and of code built without frame pointers kept), fp the frame pointers alone
     #[arg(long, value_enum, value_name = "HOW", default_value = "cfi")]
-    pub unwind: Unwind,
+    pub(crate) unwind: Unwind,
     /// Kernel memory for unwind tables, MiB (8 bytes a row; the C library takes about 250 KiB)
     #[arg(long, value_name = "MIB", default_value_t = UNWIND_MB, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub unwind_mb: u32,
+    pub(crate) unwind_mb: u32,
 }
 
 impl Default for UnwindArgs {
@@ -157,7 +157,7 @@ impl Default for UnwindArgs {
 
 impl UnwindArgs {
     /// Asks for CFI unwinding in `plan` where it walks user stacks.
-    pub fn apply(&self, plan: &mut Plan) {
+    pub(crate) fn apply(&self, plan: &mut Plan) {
         if self.unwind == Unwind::Cfi && plan.flags & pfault_common::CFG_USTACK != 0 {
             plan.flags |= pfault_common::CFG_UNWIND_CFI;
             plan.unwind_rows = rows_for_mb(self.unwind_mb);
@@ -167,31 +167,31 @@ impl UnwindArgs {
 
 /// Filters every tracing subcommand applies in the kernel.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct FaultFilterArgs {
+pub(crate) struct FaultFilterArgs {
     /// Only faults raised in user mode
     #[arg(long, conflicts_with = "kernel_faults")]
-    pub user_faults: bool,
+    pub(crate) user_faults: bool,
     /// Only faults raised in kernel mode (copy_to_user and the like)
     #[arg(long)]
-    pub kernel_faults: bool,
+    pub(crate) kernel_faults: bool,
     /// Only these kinds of fault
     #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND")]
-    pub kind: Vec<Kind>,
+    pub(crate) kind: Vec<Kind>,
     /// Only faults that took at least this many microseconds
     #[arg(long, value_name = "US", value_parser = MIN_LATENCY.parser())]
-    pub min_latency: Option<Duration>,
+    pub(crate) min_latency: Option<Duration>,
     /// Probe mode (default: the best this kernel allows, see `pfault probes`)
     #[arg(long, value_enum)]
-    pub probe: Option<ProbeMode>,
+    pub(crate) probe: Option<ProbeMode>,
     /// Log the kernel side's rare events (a map that filled, a probe the kernel refused to
     /// nest) to stderr as they happen; costs nothing per fault when off
     #[arg(long)]
-    pub bpf_log: bool,
+    pub(crate) bpf_log: bool,
 }
 
 impl FaultFilterArgs {
     /// A plan with these filters applied.
-    pub fn plan(&self, flags: u32) -> Plan {
+    pub(crate) fn plan(&self, flags: u32) -> Plan {
         Plan {
             kinds: Kind::mask(&self.kinds()),
             modes: self.modes(),
@@ -203,7 +203,7 @@ impl FaultFilterArgs {
     }
 
     /// The kinds asked for; all of them when none was named.
-    pub fn kinds(&self) -> Vec<Kind> {
+    pub(crate) fn kinds(&self) -> Vec<Kind> {
         if self.kind.is_empty() {
             Kind::ALL.to_vec()
         } else {
@@ -212,7 +212,7 @@ impl FaultFilterArgs {
     }
 
     /// `Config::modes`: user faults, kernel faults, or both.
-    pub fn modes(&self) -> u32 {
+    pub(crate) fn modes(&self) -> u32 {
         match (self.user_faults, self.kernel_faults) {
             (true, _) => MODE_USER,
             (_, true) => MODE_KERNEL,
@@ -220,7 +220,7 @@ impl FaultFilterArgs {
         }
     }
 
-    pub fn min_latency_ns(&self) -> u64 {
+    pub(crate) fn min_latency_ns(&self) -> u64 {
         self.min_latency.map_or(0, |d| d.as_nanos() as u64)
     }
 
@@ -228,7 +228,7 @@ impl FaultFilterArgs {
     /// its start, user/kernel its error code, and a named probe must be the one that sees it.
     /// Counting where faults complete, or from the kernel's own accounting, applies none of
     /// them. (Error faults, which never complete, are each tool's own question.)
-    pub fn needs_fault_entry(&self) -> bool {
+    pub(crate) fn needs_fault_entry(&self) -> bool {
         self.min_latency.is_some() || self.user_faults || self.kernel_faults || self.probe.is_some()
     }
 }
@@ -236,25 +236,25 @@ impl FaultFilterArgs {
 /// Where results go: stdout, or the file given with `--output`; `F` is the formats the tool
 /// writes (stackcount's include pprof).
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct OutputArgs<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static = Format> {
+pub(crate) struct OutputArgs<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static = Format> {
     /// Output format
     #[arg(short = 'o', long = "format", value_enum, default_value_t)]
-    pub format: F,
+    pub(crate) format: F,
     /// Write results to FILE instead of stdout
     #[arg(long = "output", value_name = "FILE")]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 impl<F: clap::ValueEnum + Clone + Default + Send + Sync + 'static> OutputArgs<F> {
     /// Checks the destination now, so an unwritable file fails before any probe is attached.
-    pub fn reserve(&self) -> Result<output::Destination> {
+    pub(crate) fn reserve(&self) -> Result<output::Destination> {
         output::Destination::reserve(self.file.as_deref())
     }
 }
 
 /// A size argument with the kernel's limit on it, checked before anything is loaded so the
 /// error names the flag.
-pub fn check_size(flag: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<u32> {
+pub(crate) fn check_size(flag: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<u32> {
     if value < min || value > max {
         bail!("{flag} {value}: must be between {min} and {max}{unit}");
     }

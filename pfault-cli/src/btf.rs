@@ -50,7 +50,7 @@ pub struct Btf {
 }
 
 impl Btf {
-    pub fn from_sys_fs() -> Result<Self> {
+    pub(crate) fn from_sys_fs() -> Result<Self> {
         let path = "/sys/kernel/btf/vmlinux";
         let file = std::fs::File::open(path).with_context(|| {
             format!("cannot read {path}: this kernel lacks BTF (CONFIG_DEBUG_INFO_BTF); pfault needs it to find kernel struct offsets")
@@ -235,7 +235,7 @@ impl Btf {
 
     /// Bit offset of a dotted member path: a bit field's own bit, e.g.
     /// `bit_offset_of("task_struct", "in_execve")`.
-    pub fn bit_offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
+    pub(crate) fn bit_offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
         let mut id = self
             .find(&[KIND_STRUCT, KIND_UNION], strukt)
             .with_context(|| format!("kernel BTF has no struct {strukt}"))?;

@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 /// A cgroup as the kernel names it: its id (the inode of its directory) and its depth below
 /// the root (the level `bpf_get_current_ancestor_cgroup_id` takes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cgroup {
-    pub id: u64,
-    pub level: u32,
+pub(crate) struct Cgroup {
+    pub(crate) id: u64,
+    pub(crate) level: u32,
 }
 
 /// The cgroup2 mount point in `/proc/self/mountinfo` text.
@@ -30,7 +30,7 @@ fn mount_in(mountinfo: &str) -> Option<PathBuf> {
 }
 
 /// Where cgroup v2 is mounted.
-pub fn mount() -> Result<PathBuf> {
+pub(crate) fn mount() -> Result<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     mount_in(&info).context(
         "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup): --cgroup and --by-cgroup need one",
@@ -39,7 +39,7 @@ pub fn mount() -> Result<PathBuf> {
 
 /// The cgroup at `path`: a directory under the cgroup2 mount, or a path as /proc/PID/cgroup
 /// writes it (`/system.slice/foo.service`), which is taken below the mount.
-pub fn resolve(path: &Path) -> Result<Cgroup> {
+pub(crate) fn resolve(path: &Path) -> Result<Cgroup> {
     let root = mount()?;
     let dir = if path.starts_with(&root) {
         path.to_path_buf()
@@ -73,12 +73,12 @@ pub fn resolve(path: &Path) -> Result<Cgroup> {
 /// Names of cgroup ids, as /proc/PID/cgroup writes them (`/user.slice/...`), from a walk of
 /// the hierarchy redone when an id is new.
 #[derive(Default)]
-pub struct Names {
+pub(crate) struct Names {
     paths: HashMap<u64, String>,
 }
 
 impl Names {
-    pub fn name(&mut self, id: u64) -> String {
+    pub(crate) fn name(&mut self, id: u64) -> String {
         if !self.paths.contains_key(&id) {
             self.rescan();
         }

@@ -14,13 +14,13 @@ use crate::commands::{
     version,
     about = "Page-fault tracer for Linux on eBPF: who faults, where, on what, how long"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// One line per page fault: address, access, kind, latency, mapping, stacks
     Trace(TraceArgs),
     /// Fault counts per stack, counted in the kernel; folded stacks and flame graphs
@@ -49,7 +49,7 @@ pub enum Command {
 
 impl Command {
     /// Whether it attaches probes, and so must tidy up when a signal stops it.
-    pub fn traces(&self) -> bool {
+    pub(crate) fn traces(&self) -> bool {
         !matches!(
             self,
             Command::Pages(_) | Command::Probes | Command::Completions { .. } | Command::Man
@@ -57,12 +57,12 @@ impl Command {
     }
 }
 
-pub fn completions(shell: clap_complete::Shell) -> Result<Option<i32>> {
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<Option<i32>> {
     clap_complete::generate(shell, &mut Cli::command(), "pfault", &mut std::io::stdout());
     Ok(None)
 }
 
-pub fn man() -> Result<Option<i32>> {
+pub(crate) fn man() -> Result<Option<i32>> {
     clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
     Ok(None)
 }

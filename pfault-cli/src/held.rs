@@ -20,10 +20,10 @@ const NOT_RELEASED: i32 = 126;
 
 /// A forked child waiting to exec the user's command. Dropped unreleased (pfault failed
 /// after forking it), it is killed and reaped: the command never runs untraced.
-pub struct Held {
-    pub pid: u32,
+pub(crate) struct Held {
+    pub(crate) pid: u32,
     /// The program it will exec, as found in PATH.
-    pub program: PathBuf,
+    pub(crate) program: PathBuf,
     release: Option<File>,
     /// Closes when the child's exec succeeds (close-on-exec), or carries its errno.
     exec_error: Option<File>,
@@ -91,7 +91,7 @@ fn resolve_program(prog: &str) -> Result<PathBuf> {
 
 impl Held {
     /// Forks `argv`, held until [`Held::release`].
-    pub fn spawn(argv: &[String]) -> Result<Held> {
+    pub(crate) fn spawn(argv: &[String]) -> Result<Held> {
         let program = resolve_program(&argv[0])?;
         let prog = CString::new(program.clone().into_os_string().into_encoded_bytes())?;
         let args: Vec<CString> = argv
@@ -154,7 +154,7 @@ impl Held {
 
     /// Lets the command run, and waits for its exec: a failure is an error in words, not a
     /// silent exit status 127.
-    pub fn release(&mut self) -> Result<()> {
+    pub(crate) fn release(&mut self) -> Result<()> {
         if let Some(mut pipe) = self.release.take() {
             pipe.write_all(&[GO]).context("releasing the command")?;
         }
@@ -176,7 +176,7 @@ impl Held {
     }
 
     /// Waits for the command; its exit status (128 + signal when killed), as shells report it.
-    pub fn reap(&self) -> Option<i32> {
+    pub(crate) fn reap(&self) -> Option<i32> {
         let mut status = 0;
         // SAFETY: our own child; `status` is a valid out-pointer.
         if unsafe { libc::waitpid(self.pid as i32, &mut status, 0) } < 0 {
@@ -192,7 +192,7 @@ impl Held {
 
     /// Kills the released command where it still runs: pfault failed mid-run (an output it
     /// cannot write), and the command would go on untraced, with no one to wait for it.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if self.release.is_none() && !self.reaped.get() {
             // SAFETY: our own child, not reaped, so the pid is still its.
             unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };

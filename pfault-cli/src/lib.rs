@@ -5,22 +5,22 @@
 //! side; [`session`] runs a trace; [`symbolize`] and [`mappings`] name what the kernel saw;
 //! [`output`] writes each format.
 
-pub mod args;
+pub(crate) mod args;
 pub mod btf;
-pub mod cgroup;
-pub mod cli;
+pub(crate) mod cgroup;
+pub(crate) mod cli;
 pub mod commands;
-pub mod engine;
-pub mod held;
-pub mod mappings;
+pub(crate) mod engine;
+pub(crate) mod held;
+pub(crate) mod mappings;
 pub mod output;
 pub mod procfs;
 pub mod records;
-pub mod session;
-pub mod signals;
-pub mod stacks;
-pub mod symbolize;
-pub mod unwind;
+pub(crate) mod session;
+pub(crate) mod signals;
+pub(crate) mod stacks;
+pub(crate) mod symbolize;
+pub(crate) mod unwind;
 
 use std::process::ExitCode;
 

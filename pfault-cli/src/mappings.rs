@@ -75,7 +75,7 @@ const NEWBORN: Duration = Duration::from_secs(1);
 const YOUNG: Duration = Duration::from_secs(10);
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
-pub struct Mappings {
+pub(crate) struct Mappings {
     procs: HashMap<u32, ProcMaps>,
     files: FilePaths,
     last_refresh: Option<Instant>,
@@ -97,7 +97,7 @@ impl Default for Mappings {
 impl Mappings {
     /// Knows `path` by its device and inode from the start: the program pfault starts may
     /// exit before its maps are read, and a notice of its mapping carries only a basename.
-    pub fn know_file(&mut self, path: &std::path::Path) {
+    pub(crate) fn know_file(&mut self, path: &std::path::Path) {
         use std::os::unix::fs::MetadataExt;
         if let (Ok(meta), Ok(full)) = (std::fs::metadata(path), std::fs::canonicalize(path)) {
             self.files.insert(
@@ -108,7 +108,7 @@ impl Mappings {
     }
 
     /// Remembers a process's mappings now, while it lives.
-    pub fn note_process(&mut self, pid: u32) {
+    pub(crate) fn note_process(&mut self, pid: u32) {
         if !self.procs.contains_key(&pid) {
             let p = ProcMaps::read(&mut self.files, pid);
             self.procs.insert(pid, p);
@@ -116,17 +116,17 @@ impl Mappings {
     }
 
     /// Keeps what is known of the processes `keep` says may still be asked about.
-    pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
         self.procs.retain(|&pid, _| keep(pid));
     }
 
     /// Drops what is known of a process that is gone, once nothing will ask for it.
-    pub fn forget(&mut self, pid: u32) {
+    pub(crate) fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
     }
 
     /// Takes in what a ring-buffer notice says about a process's maps.
-    pub fn notice(&mut self, record: &Record) {
+    pub(crate) fn notice(&mut self, record: &Record) {
         match record {
             Record::Task(t) => self.seen(t),
             Record::Map(m) => self.mapped(m),
@@ -191,7 +191,7 @@ impl Mappings {
     /// Re-reads the maps of young processes: on every call (each poll) in their first
     /// second, when a program maps most of what it will, then every `REFRESH_EVERY` until
     /// they are `YOUNG` no more.
-    pub fn refresh_young(&mut self) {
+    pub(crate) fn refresh_young(&mut self) {
         let slow_due = self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if slow_due {
             self.last_refresh = Some(Instant::now());
@@ -208,7 +208,7 @@ impl Mappings {
     }
 
     /// The mapping of `pid` that holds `addr` (and, when given, is inode `ino`).
-    pub fn lookup(&mut self, pid: u32, addr: u64, ino: Option<u64>) -> Option<&MapEntry> {
+    pub(crate) fn lookup(&mut self, pid: u32, addr: u64, ino: Option<u64>) -> Option<&MapEntry> {
         self.note_process(pid);
         let p = self.procs.get_mut(&pid)?;
         let find = |entries: &[MapEntry]| {
@@ -231,7 +231,7 @@ impl Mappings {
     }
 
     /// The path of file `(dev, ino)` as `pid` maps it.
-    pub fn path_of(&mut self, pid: u32, dev: u32, ino: u64) -> Option<&str> {
+    pub(crate) fn path_of(&mut self, pid: u32, dev: u32, ino: u64) -> Option<&str> {
         self.note_process(pid);
         let p = self.procs.get_mut(&pid)?;
         let find = |entries: &[MapEntry]| {
@@ -252,7 +252,7 @@ impl Mappings {
 
     /// A file the kernel named by basename, device and inode: its full path where a process
     /// mapping it is known, else the basename with device and inode.
-    pub fn file_name(&mut self, pid: u32, dev: u32, ino: u64, basename: &str) -> String {
+    pub(crate) fn file_name(&mut self, pid: u32, dev: u32, ino: u64, basename: &str) -> String {
         match self.path_of(pid, dev, ino) {
             Some(p) => p.to_string(),
             None => format!("{basename} (dev {}:{} ino {ino})", dev >> 20, dev & 0xfffff),
@@ -261,7 +261,14 @@ impl Mappings {
 
     /// The name of a mapping counted in the kernel: the file's path (see [`Self::file_name`]),
     /// or `[anon]`/`[heap]`/`[stack]`.
-    pub fn counted_name(&mut self, pid: u32, map_kind: u8, dev: u32, ino: u64, basename: &[u8]) -> String {
+    pub(crate) fn counted_name(
+        &mut self,
+        pid: u32,
+        map_kind: u8,
+        dev: u32,
+        ino: u64,
+        basename: &[u8],
+    ) -> String {
         if map_kind == MAP_FILE {
             self.file_name(pid, dev, ino, cstr(basename))
         } else {
@@ -271,7 +278,7 @@ impl Mappings {
 
     /// How a fault's mapping reads: a full path, `[anon]`, `[heap]`, `[stack]`, or `-` when
     /// no mapping holds the address.
-    pub fn describe(&mut self, pid: u32, addr: u64, m: &Mapping) -> String {
+    pub(crate) fn describe(&mut self, pid: u32, addr: u64, m: &Mapping) -> String {
         match m.kind {
             MAP_FILE => match self.lookup(pid, addr, Some(m.ino)) {
                 Some(e) if !e.path.is_empty() => e.path.clone(),
@@ -283,7 +290,7 @@ impl Mappings {
 }
 
 /// The name of memory no file backs, as /proc/PID/maps writes it.
-pub fn anon_label(map_kind: u8) -> &'static str {
+pub(crate) fn anon_label(map_kind: u8) -> &'static str {
     match map_kind {
         MAP_ANON => "[anon]",
         MAP_HEAP => "[heap]",

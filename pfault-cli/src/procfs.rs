@@ -66,20 +66,20 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
 
 /// A device number as the kernel keeps it in `super_block.s_dev` (major << 20 | minor), from
 /// `stat`'s `st_dev`.
-pub fn kernel_dev(dev: u64) -> u32 {
+pub(crate) fn kernel_dev(dev: u64) -> u32 {
     (libc::major(dev) << 20) | libc::minor(dev)
 }
 
 /// A process's maps now; `None` when it is gone (an exiting process, a zombie, reads as empty:
 /// that is no map, not an empty one).
-pub fn read_maps(pid: u32) -> Option<Vec<MapEntry>> {
+pub(crate) fn read_maps(pid: u32) -> Option<Vec<MapEntry>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let maps = parse_maps(&text);
     (!maps.is_empty()).then_some(maps)
 }
 
 /// Checks that `pid` names a live process, and not one of its threads.
-pub fn check_pid(pid: u32) -> Result<()> {
+pub(crate) fn check_pid(pid: u32) -> Result<()> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| anyhow::anyhow!("no such process: {pid} (check the PID with `ps -p {pid}`)"))?;
     let tgid = status
@@ -94,7 +94,7 @@ pub fn check_pid(pid: u32) -> Result<()> {
 
 /// Whether `pid` is a kernel thread (PF_KTHREAD in the flags of /proc/PID/stat): it has no
 /// user memory, and its /proc/PID/pagemap reads as "No such process".
-pub fn is_kernel_thread(pid: u32) -> bool {
+pub(crate) fn is_kernel_thread(pid: u32) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -107,14 +107,14 @@ pub fn is_kernel_thread(pid: u32) -> bool {
 }
 
 /// Checks that `tid` names a live thread.
-pub fn check_tid(tid: u32) -> Result<()> {
+pub(crate) fn check_tid(tid: u32) -> Result<()> {
     if !std::path::Path::new(&format!("/proc/{tid}")).exists() {
         bail!("no such thread: {tid} (check it with `ps -eLf`)");
     }
     Ok(())
 }
 
-pub fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 {
@@ -126,7 +126,7 @@ pub fn page_size() -> u64 {
 
 /// A NUL-padded name from the kernel (a comm, a dentry's basename), as text.
 /// A name the kernel cut short in the middle of a UTF-8 character keeps its whole characters.
-pub fn cstr(bytes: &[u8]) -> &str {
+pub(crate) fn cstr(bytes: &[u8]) -> &str {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     match std::str::from_utf8(&bytes[..end]) {
         Ok(s) => s,
@@ -150,7 +150,7 @@ fn effective_caps() -> u64 {
 }
 
 /// Whether pfault may load and attach eBPF programs.
-pub fn check_privileges() -> Result<()> {
+pub(crate) fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u64 = 21;
     const CAP_PERFMON: u64 = 38;
     const CAP_BPF: u64 = 39;
@@ -163,7 +163,7 @@ pub fn check_privileges() -> Result<()> {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -175,7 +175,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// Mounts a pseudo file system at `target` unless `probe` (a path inside it) exists already,
 /// as root would; says so on stderr. Tracing needs tracefs, `pfault probes` securityfs.
-pub fn ensure_mounted(fstype: &str, target: &str, probe: &str) -> Result<bool> {
+pub(crate) fn ensure_mounted(fstype: &str, target: &str, probe: &str) -> Result<bool> {
     use std::{ffi::CString, path::Path};
     if Path::new(probe).exists() {
         return Ok(false);

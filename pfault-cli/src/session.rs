@@ -32,7 +32,7 @@ const RING_POLL: Duration = Duration::from_millis(20);
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     Duration,
     Signal,
     /// The handler asked to stop.
@@ -45,7 +45,7 @@ pub enum End {
 
 impl End {
     /// pfault's exit status: the command's, when pfault started one and it exited.
-    pub fn exit_code(&self) -> Option<i32> {
+    pub(crate) fn exit_code(&self) -> Option<i32> {
         match self {
             End::TargetExited(code) => *code,
             _ => None,
@@ -53,8 +53,8 @@ impl End {
     }
 }
 
-pub struct Session {
-    pub engine: Engine,
+pub(crate) struct Session {
+    pub(crate) engine: Engine,
     command: Option<Held>,
     watch: Option<AsyncFd<OwnedFd>>,
     started: Instant,
@@ -85,7 +85,7 @@ fn watch_exit(pid: u32) -> Result<AsyncFd<OwnedFd>> {
 impl Session {
     /// Resolves the target, starts the engine for `plan`, and reports the probe mode. A
     /// SIGINT or SIGTERM meanwhile ends it with [`Interrupted`], the command never released.
-    pub fn start(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
+    pub(crate) fn start(target: &TargetArgs, tid: Option<u32>, plan: &Plan) -> Result<Session> {
         // A signal can fail a step on its way (the verifier gives up with EAGAIN when one is
         // pending): then the signal, not the step, is why pfault stops.
         let session = Self::start_steps(target, tid, plan).map_err(|e| match signals::received() {
@@ -141,7 +141,7 @@ impl Session {
 
     /// Symbols that know the target from the start: the maps of the process given with -p
     /// (`pid`), and the program pfault started, which may exit before its maps are read.
-    pub fn symbols(&self, pid: Option<u32>) -> Symbols {
+    pub(crate) fn symbols(&self, pid: Option<u32>) -> Symbols {
         let mut syms = Symbols::default();
         if let Some(pid) = pid {
             syms.note_process(pid);
@@ -154,7 +154,7 @@ impl Session {
 
     /// Takes the ring buffer of events and process notices out of the engine, to read it in
     /// [`Self::run`].
-    pub fn events(&mut self) -> Result<AsyncFd<RingBuf<MapData>>> {
+    pub(crate) fn events(&mut self) -> Result<AsyncFd<RingBuf<MapData>>> {
         readable_fd(self.engine.take_events()?)
     }
 
@@ -162,7 +162,7 @@ impl Session {
     /// `ring`, when given, go to `handler.record` in batches as they arrive; `handler.tick`
     /// runs every `interval` and once at the end. On an error (output that cannot be
     /// written), the command pfault started is killed: it would run on untraced.
-    pub async fn run(
+    pub(crate) async fn run(
         &mut self,
         duration: &DurationArgs,
         interval: Option<Duration>,
@@ -261,7 +261,7 @@ impl Session {
     /// is one JSON object (the last line of stderr); in text, the events count when `events`
     /// is given (trace), and what the kernel could not record, if anything. `ring_what` names
     /// what the ring buffer carried.
-    pub fn finish(
+    pub(crate) fn finish(
         &self,
         end: End,
         format: Format,
@@ -315,7 +315,7 @@ struct Summary {
 }
 
 /// What a subcommand does with the run loop's records and ticks.
-pub trait Handler {
+pub(crate) trait Handler {
     /// One ring-buffer record.
     fn record(&mut self, _record: Record) -> Result<()> {
         Ok(())
@@ -347,7 +347,7 @@ fn drain(engine: &Engine, ring: &mut RingBuf<MapData>, handler: &mut dyn Handler
 
 /// Decodes every record waiting in `ring` and hands each to `take`, but those the engine
 /// serves itself.
-pub fn drain_records(
+pub(crate) fn drain_records(
     engine: &Engine,
     ring: &mut RingBuf<MapData>,
     mut take: impl FnMut(Record) -> Result<()>,

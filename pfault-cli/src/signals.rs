@@ -27,7 +27,7 @@ static INHERITED: OnceLock<Inherited> = OnceLock::new();
 /// Signal state to hand a command: the dispositions of the signals pfault handles itself,
 /// and the signal mask.
 #[derive(Clone, Copy)]
-pub struct Inherited {
+pub(crate) struct Inherited {
     stopping: [libc::sigaction; 2],
     mask: libc::sigset_t,
 }
@@ -38,7 +38,7 @@ extern "C" fn note(sig: libc::c_int) {
 
 /// Pfault stopped by a signal before it was tracing anything.
 #[derive(Debug)]
-pub struct Interrupted(pub i32);
+pub(crate) struct Interrupted(pub i32);
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,7 +51,7 @@ impl std::error::Error for Interrupted {}
 /// Notes SIGINT and SIGTERM from now on, whatever pfault inherited: tokio's handlers override
 /// an inherited "ignore" anyway once the run loop starts, and a signal must mean the same at
 /// every moment. Call first thing in main, once.
-pub fn catch() {
+pub(crate) fn catch() {
     let mut inherited = Inherited {
         // SAFETY: plain C structs, filled in by the calls below.
         stopping: unsafe { MaybeUninit::zeroed().assume_init() },
@@ -75,7 +75,7 @@ pub fn catch() {
 
 /// Puts back what [`catch`] changed, for subcommands that trace nothing and so have nothing
 /// to clean up: a signal ends them as it would any program. One noted meanwhile ends pfault now.
-pub fn uncatch() {
+pub(crate) fn uncatch() {
     if let Some(inherited) = INHERITED.get() {
         for (sig, old) in STOPPING.iter().zip(&inherited.stopping) {
             // SAFETY: restores a disposition sigaction itself returned.
@@ -88,7 +88,7 @@ pub fn uncatch() {
 }
 
 /// The stopping signal received so far, if any.
-pub fn received() -> Option<i32> {
+pub(crate) fn received() -> Option<i32> {
     match RECEIVED.load(Ordering::Relaxed) {
         0 => None,
         sig => Some(sig),
@@ -97,7 +97,7 @@ pub fn received() -> Option<i32> {
 
 /// Fails with [`Interrupted`] once a stopping signal came: start-up calls this between its
 /// steps and last before it lets a command run.
-pub fn check() -> Result<(), Interrupted> {
+pub(crate) fn check() -> Result<(), Interrupted> {
     match received() {
         Some(sig) => Err(Interrupted(sig)),
         None => Ok(()),
@@ -105,7 +105,7 @@ pub fn check() -> Result<(), Interrupted> {
 }
 
 /// What pfault inherited, to hand to a command; the defaults if [`catch`] never ran.
-pub fn inherited() -> Inherited {
+pub(crate) fn inherited() -> Inherited {
     INHERITED.get().copied().unwrap_or_else(|| {
         // SAFETY: zeroed sigactions are SIG_DFL with no flags; sigemptyset fills the mask.
         unsafe {
@@ -124,7 +124,7 @@ impl Inherited {
     /// goes back to its default, as std's `Command` does, since Rust's runtime set it to
     /// "ignore" before main (which a command then inherits: `yes | head -1` complains of a
     /// broken pipe instead of dying quietly). Only async-signal-safe calls.
-    pub fn restore_in_child(&self) {
+    pub(crate) fn restore_in_child(&self) {
         // SAFETY: sigaction, signal and sigprocmask are async-signal-safe; every pointer is
         // to memory this process owns.
         unsafe {
@@ -140,7 +140,7 @@ impl Inherited {
 /// Ends pfault as `sig` would have, once it cleaned up: its parent sees it killed by the
 /// signal (a shell's `$?` is 128 + the signal, and a script stops), the convention for a
 /// program that catches SIGINT to tidy up, and what perf stat does.
-pub fn die_of(sig: i32) -> ! {
+pub(crate) fn die_of(sig: i32) -> ! {
     // SAFETY: back to the default action, unblocked, then raised: the process ends here.
     unsafe {
         libc::signal(sig, libc::SIG_DFL);

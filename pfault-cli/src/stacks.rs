@@ -29,19 +29,19 @@ const USER_END: u64 = 1 << 47;
 /// One printed stack: faults on stacks that print the same (within a function, or across
 /// processes when they are not kept apart) are added into one row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Row {
+pub(crate) struct Row {
     /// When processes are kept apart.
-    pub pid: Option<u32>,
-    pub comm: String,
-    pub kind: Kind,
-    pub ustack: Vec<Frame>,
-    pub kstack: Vec<Frame>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) comm: String,
+    pub(crate) kind: Kind,
+    pub(crate) ustack: Vec<Frame>,
+    pub(crate) kstack: Vec<Frame>,
 }
 
 /// What the kernel side is asked for to count faults per user and/or kernel stack. Minor
 /// and major faults alone are counted at completion with one probe per fault (tracepoint
 /// path); errors and the filters that need each fault's entry take the entry probe.
-pub fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entries: u32) -> Plan {
+pub(crate) fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entries: u32) -> Plan {
     let mut flags = CFG_OUT_STACKS | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
     if user {
         flags |= CFG_USTACK;
@@ -68,8 +68,8 @@ fn pseudo(what: &str) -> Vec<Frame> {
     vec![Frame::named(what)]
 }
 
-pub struct StackCounts {
-    pub syms: Symbols,
+pub(crate) struct StackCounts {
+    pub(crate) syms: Symbols,
     /// Every stack the kernel sent, by hash, leaf first.
     stacks: HashMap<u64, Sent>,
     /// Rows per process (-P).
@@ -80,7 +80,7 @@ pub struct StackCounts {
 }
 
 impl StackCounts {
-    pub fn new(syms: Symbols, per_pid: bool, addresses: bool) -> StackCounts {
+    pub(crate) fn new(syms: Symbols, per_pid: bool, addresses: bool) -> StackCounts {
         StackCounts {
             syms,
             stacks: HashMap::new(),
@@ -91,7 +91,7 @@ impl StackCounts {
     }
 
     /// Takes in a ring-buffer record: a stack's frames, or a notice about a process's maps.
-    pub fn record(&mut self, record: Record) {
+    pub(crate) fn record(&mut self, record: Record) {
         match record {
             Record::Stack { hash, tgid, frames } => {
                 // Counting at completion sends no notice of a process that was running before
@@ -125,7 +125,7 @@ impl StackCounts {
     }
 
     /// The counts so far (with `reset`, of the interval), one per printed stack, least first.
-    pub fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
+    pub(crate) fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
         let mut rows: HashMap<Row, u64> = HashMap::new();
         for (key, count) in engine.stack_counts(reset)? {
             let row = Row {
@@ -142,7 +142,7 @@ impl StackCounts {
 
     /// The rows as a pprof profile of the time since this counter started: a sample per
     /// row, labelled with comm, kind and (per process) pid.
-    pub fn pprof(&self, rows: &[(Row, u64)]) -> pprof::Builder {
+    pub(crate) fn pprof(&self, rows: &[(Row, u64)]) -> pprof::Builder {
         let mut b = pprof::Builder::new(self.started.elapsed().as_nanos() as i64);
         // Heaviest first: pprof names a profile after its first mapping, the program's own.
         for (r, n) in rows.iter().rev() {
@@ -160,7 +160,7 @@ impl StackCounts {
 }
 
 /// Counted entries, least first (ties in a stable order, so runs compare line by line).
-pub fn sorted<K: Ord>(counts: HashMap<K, u64>) -> Vec<(K, u64)> {
+pub(crate) fn sorted<K: Ord>(counts: HashMap<K, u64>) -> Vec<(K, u64)> {
     let mut v: Vec<(K, u64)> = counts.into_iter().collect();
     v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     v

@@ -18,24 +18,24 @@ use crate::{mappings::Mappings, records::Record};
 
 /// One frame of a stack, as every output format shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Frame {
+pub(crate) struct Frame {
     #[serde(skip_serializing_if = "is_zero")]
-    pub addr: u64,
-    pub symbol: Option<String>,
-    pub offset: u64,
-    pub module: Option<String>,
+    pub(crate) addr: u64,
+    pub(crate) symbol: Option<String>,
+    pub(crate) offset: u64,
+    pub(crate) module: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
+    pub(crate) file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
+    pub(crate) line: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub inlined: bool,
+    pub(crate) inlined: bool,
 }
 
 impl Frame {
     /// `main+0x99 [anon2mmap]` as bcc prints it; `0x1a2b [libfoo.so+0x1a2b]` when only the
     /// module is known; `[unknown]` when nothing is.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let module = self.module.as_deref().map(basename);
         match (&self.symbol, module) {
             (Some(s), Some(m)) if self.inlined => format!("{s} (inlined) [{m}]"),
@@ -54,7 +54,7 @@ fn is_zero(n: &u64) -> bool {
 
 impl Frame {
     /// A frame that is only a name: what stands where no stack could be walked.
-    pub fn named(what: &str) -> Frame {
+    pub(crate) fn named(what: &str) -> Frame {
         Frame {
             addr: 0,
             symbol: Some(what.to_string()),
@@ -69,7 +69,7 @@ impl Frame {
     /// The frame as counted output prints it: by function (its address, offset and line left
     /// out, so that faults anywhere in one function add up), or whole with `addresses`. A
     /// frame no symbol names keeps its offset in its module: that is its name.
-    pub fn printed(self, addresses: bool) -> Frame {
+    pub(crate) fn printed(self, addresses: bool) -> Frame {
         if addresses {
             return self;
         }
@@ -83,7 +83,7 @@ impl Frame {
 
     /// A counted stack's line: `touch_pages [anon_writer]`; with `addresses`, the address
     /// and [`Self::text`], as bcc's -v prints.
-    pub fn label(&self, addresses: bool) -> String {
+    pub(crate) fn label(&self, addresses: bool) -> String {
         if addresses {
             return format!("{:#018x} {}", self.addr, self.text());
         }
@@ -97,7 +97,7 @@ impl Frame {
     }
 
     /// The name used in folded stacks and flame graphs.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match (&self.symbol, &self.module) {
             (Some(s), _) => s.clone(),
             (None, Some(m)) => format!("{}+{:#x}", basename(m), self.offset),
@@ -110,12 +110,12 @@ fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-pub struct Symbols {
+pub(crate) struct Symbols {
     symbolizer: Symbolizer,
     /// User frames by (binary, file offset): shared by every process mapping that binary,
     /// and independent of the process still being alive. Kernel frames by ("", address).
     cache: HashMap<(Rc<str>, u64), Rc<[Frame]>>,
-    pub maps: Mappings,
+    pub(crate) maps: Mappings,
 }
 
 impl Default for Symbols {
@@ -139,25 +139,25 @@ struct Located {
 /// A user frame placed in its file by the process's maps at the time: named later, it stays
 /// right after the process maps something else there or execs another program.
 #[derive(Clone, Debug)]
-pub struct Placed {
+pub(crate) struct Placed {
     addr: u64,
     at: Option<Located>,
 }
 
 impl Symbols {
     /// Remembers a process's mappings while it lives, so its stacks symbolize after it exits.
-    pub fn note_process(&mut self, pid: u32) {
+    pub(crate) fn note_process(&mut self, pid: u32) {
         self.maps.note_process(pid);
     }
 
     /// A process is new, exec'd, started a thread or mapped a file: note its maps while it
     /// lives.
-    pub fn notice(&mut self, record: &Record) {
+    pub(crate) fn notice(&mut self, record: &Record) {
         self.maps.notice(record);
     }
 
     /// Symbolizes a user stack (leaf first) by the process's maps now.
-    pub fn user(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
+    pub(crate) fn user(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
         let placed = self.place(pid, stack);
         self.name(pid, &placed)
     }
@@ -165,7 +165,7 @@ impl Symbols {
     /// Places a user stack's frames (leaf first) in their files by the process's maps now.
     /// Return addresses point after the call, so every frame but the leaf is looked up one
     /// byte earlier.
-    pub fn place(&mut self, pid: u32, stack: &[u64]) -> Vec<Placed> {
+    pub(crate) fn place(&mut self, pid: u32, stack: &[u64]) -> Vec<Placed> {
         until_null(stack)
             .iter()
             .enumerate()
@@ -182,7 +182,7 @@ impl Symbols {
 
     /// Names placed frames: each file's new offsets in one symbolizer call, each offset once.
     /// `pid` is the process they were placed in, whose root holds files the host lacks.
-    pub fn name(&mut self, pid: u32, placed: &[Placed]) -> Vec<Frame> {
+    pub(crate) fn name(&mut self, pid: u32, placed: &[Placed]) -> Vec<Frame> {
         let mut todo: HashMap<Rc<str>, Vec<u64>> = HashMap::new();
         for l in placed.iter().filter_map(|p| p.at.as_ref()) {
             if l.path.starts_with('/') && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
@@ -216,7 +216,7 @@ impl Symbols {
         out
     }
 
-    pub fn kernel(&mut self, stack: &[u64]) -> Vec<Frame> {
+    pub(crate) fn kernel(&mut self, stack: &[u64]) -> Vec<Frame> {
         let stack = until_null(stack);
         let kernel: Rc<str> = "".into();
         let missing: Vec<u64> = stack

@@ -42,35 +42,35 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct ExporterArgs {
+pub(crate) struct ExporterArgs {
     #[command(flatten)]
-    pub target: ProcessArgs,
+    pub(crate) target: ProcessArgs,
     /// Address to serve /metrics and /debug/pprof/faults on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Latency histograms per process name and cgroup (pfault_page_fault_latency_seconds)
     #[arg(short = 'L', long)]
-    pub latency: bool,
+    pub(crate) latency: bool,
     /// Faults per file and kind (pfault_file_page_faults_total); costs a mapping lookup per
     /// fault
     #[arg(long)]
-    pub by_file: bool,
+    pub(crate) by_file: bool,
     /// With --by-file: the first N files to fault get a series each; the rest add to
     /// file="_other"
     #[arg(long, value_name = "N", default_value_t = 50)]
-    pub max_files: usize,
+    pub(crate) max_files: usize,
     /// Series kept apart (process name, kind, mode, cgroup); past the cap new ones add to
     /// comm="_other", so memory stays flat however many processes come and go
     #[arg(long, value_name = "N", default_value_t = 5000)]
-    pub max_series: usize,
+    pub(crate) max_series: usize,
     /// Move the kernel's counts into the series every SECONDS (and at every scrape)
     #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = COLLECT_EVERY.parser())]
-    pub collect_every: Duration,
+    pub(crate) collect_every: Duration,
     #[command(flatten)]
-    pub filter: FaultFilterArgs,
+    pub(crate) filter: FaultFilterArgs,
     /// How /debug/pprof/faults walks user stacks
     #[command(flatten)]
-    pub unwind: UnwindArgs,
+    pub(crate) unwind: UnwindArgs,
 }
 
 impl ExporterArgs {
@@ -367,7 +367,7 @@ async fn profile(
     }
 }
 
-pub async fn run(args: ExporterArgs) -> Result<Option<i32>> {
+pub(crate) async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     // Faults are timed (entry and completion): the kernel's own accounting has no mode.
     let mut flags = CFG_OUT_PROCS | CFG_BY_CGROUP;
     if args.by_file {

@@ -19,38 +19,38 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortKey {
+pub(crate) enum SortKey {
     Total,
     Major,
     Minor,
 }
 
 #[derive(clap::Args, Debug)]
-pub struct FfaultsArgs {
+pub(crate) struct FfaultsArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     #[command(flatten)]
-    pub filter: FaultFilterArgs,
+    pub(crate) filter: FaultFilterArgs,
     #[command(flatten)]
-    pub duration: DurationArgs,
+    pub(crate) duration: DurationArgs,
     #[command(flatten)]
-    pub interval: IntervalArgs,
+    pub(crate) interval: IntervalArgs,
     /// Only the N rows with the most faults
     #[arg(long, value_name = "N")]
-    pub top: Option<usize>,
+    pub(crate) top: Option<usize>,
     /// Sort rows by this count
     #[arg(long, value_enum, default_value_t = SortKey::Total)]
-    pub sort: SortKey,
+    pub(crate) sort: SortKey,
     /// Largest first (default: largest last, at the bottom of the terminal)
     #[arg(long)]
-    pub largest_first: bool,
+    pub(crate) largest_first: bool,
     #[command(flatten)]
-    pub cgroups: CgroupColumnArgs,
+    pub(crate) cgroups: CgroupColumnArgs,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
     /// Count-map size: distinct (process, file) entries kept
     #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::FILE_COUNTS, value_parser = clap::value_parser!(u32).range(1..))]
-    pub map_entries: u32,
+    pub(crate) map_entries: u32,
 }
 
 #[derive(Serialize)]
@@ -162,7 +162,7 @@ impl Handler for Counter {
     }
 }
 
-pub async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
+pub(crate) async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
     let mut flags = CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
     if args.cgroups.by_cgroup {
         flags |= CFG_BY_CGROUP;

@@ -20,7 +20,7 @@ fn yes_no(b: bool) -> String {
 
 /// The report's lines: what was checked and what was found. Loads and attaches nothing for
 /// longer than it takes to ask.
-pub fn report() -> Vec<(String, String)> {
+pub(crate) fn report() -> Vec<(String, String)> {
     let mut lines = Vec::new();
     let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
     let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -180,7 +180,7 @@ pub fn report() -> Vec<(String, String)> {
     lines
 }
 
-pub fn run() -> Result<Option<i32>> {
+pub(crate) fn run() -> Result<Option<i32>> {
     let lines = report();
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &lines {

@@ -18,53 +18,53 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct StackcountArgs {
+pub(crate) struct StackcountArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// User stacks only
     #[arg(short = 'U', long, conflicts_with = "kernel_stacks_only")]
-    pub user_stacks_only: bool,
+    pub(crate) user_stacks_only: bool,
     /// Kernel stacks only
     #[arg(short = 'K', long)]
-    pub kernel_stacks_only: bool,
+    pub(crate) kernel_stacks_only: bool,
     /// One entry per process (pid and comm), as bcc's -P
     #[arg(short = 'P', long)]
-    pub per_pid: bool,
+    pub(crate) per_pid: bool,
     /// Minor faults only (same as --kind minor)
     #[arg(long, conflicts_with_all = ["major", "kind"])]
-    pub minor: bool,
+    pub(crate) minor: bool,
     /// Major faults only (same as --kind major)
     #[arg(long, conflicts_with = "kind")]
-    pub major: bool,
+    pub(crate) major: bool,
     #[command(flatten)]
-    pub filter: FaultFilterArgs,
+    pub(crate) filter: FaultFilterArgs,
     #[command(flatten)]
-    pub unwind: UnwindArgs,
+    pub(crate) unwind: UnwindArgs,
     #[command(flatten)]
-    pub duration: DurationArgs,
+    pub(crate) duration: DurationArgs,
     #[command(flatten)]
-    pub interval: IntervalArgs,
+    pub(crate) interval: IntervalArgs,
     /// Folded output, one `comm;root;...;leaf COUNT` line per stack (flamegraph.pl, inferno)
     #[arg(short = 'f', long, conflicts_with = "format")]
-    pub folded: bool,
+    pub(crate) folded: bool,
     /// Also draw a page-fault flame graph to FILE (SVG)
     #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
+    pub(crate) svg: Option<PathBuf>,
     #[command(flatten)]
-    pub output: OutputArgs<StackFormat>,
+    pub(crate) output: OutputArgs<StackFormat>,
     /// Print each frame's address and offset (as bcc's -v); stacks that differ in them are
     /// then counted apart
     #[arg(short = 'v', long)]
-    pub addresses: bool,
+    pub(crate) addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
     /// they are used (104 bytes each)
     #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::STACK_COUNTS, value_parser = clap::value_parser!(u32).range(1..))]
-    pub map_entries: u32,
+    pub(crate) map_entries: u32,
 }
 
 /// What stackcount writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum StackFormat {
+pub(crate) enum StackFormat {
     /// Stacks as bcc's stackcount prints them
     #[default]
     Text,
@@ -204,7 +204,7 @@ impl Handler for Counter {
     }
 }
 
-pub async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
+pub(crate) async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.minor {
         args.filter.kind = vec![Kind::Minor];
     }

@@ -17,29 +17,29 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct StatArgs {
+pub(crate) struct StatArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// One row per thread
     #[arg(short = 't', long)]
-    pub per_thread: bool,
+    pub(crate) per_thread: bool,
     /// Time every fault: latency p50/p90/p99/max per row. Costs a second probe and two clock
     /// reads per fault; without it, counts come from the kernel's own per-thread accounting
     #[arg(short = 'L', long)]
-    pub latency: bool,
+    pub(crate) latency: bool,
     /// Draw each process's latency histogram (log2 buckets, as bpftrace's hist()); implies -L
     #[arg(long)]
-    pub hist: bool,
+    pub(crate) hist: bool,
     #[command(flatten)]
-    pub filter: FaultFilterArgs,
+    pub(crate) filter: FaultFilterArgs,
     #[command(flatten)]
-    pub duration: DurationArgs,
+    pub(crate) duration: DurationArgs,
     #[command(flatten)]
-    pub interval: IntervalArgs,
+    pub(crate) interval: IntervalArgs,
     #[command(flatten)]
-    pub cgroups: CgroupColumnArgs,
+    pub(crate) cgroups: CgroupColumnArgs,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 #[derive(Serialize)]
@@ -179,7 +179,7 @@ impl Handler for Stats {
     }
 }
 
-pub async fn run(args: StatArgs) -> Result<Option<i32>> {
+pub(crate) async fn run(args: StatArgs) -> Result<Option<i32>> {
     let mut flags = CFG_OUT_PROCS;
     if args.per_thread {
         flags |= CFG_PER_THREAD;

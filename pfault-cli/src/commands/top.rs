@@ -30,7 +30,7 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TopSort {
+pub(crate) enum TopSort {
     /// Faults per second
     Rate,
     /// Major faults per second
@@ -42,20 +42,20 @@ pub enum TopSort {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct TopArgs {
+pub(crate) struct TopArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     #[command(flatten)]
-    pub filter: FaultFilterArgs,
+    pub(crate) filter: FaultFilterArgs,
     #[command(flatten)]
-    pub interval: IntervalArgs,
+    pub(crate) interval: IntervalArgs,
     #[command(flatten)]
-    pub duration: DurationArgs,
+    pub(crate) duration: DurationArgs,
     /// Sort by (keys r, M, t, l change it while running)
     #[arg(long, value_enum, default_value_t = TopSort::Rate)]
-    pub sort: TopSort,
+    pub(crate) sort: TopSort,
     #[command(flatten)]
-    pub cgroups: CgroupColumnArgs,
+    pub(crate) cgroups: CgroupColumnArgs,
 }
 
 #[derive(Default)]
@@ -282,7 +282,7 @@ impl Handler for Top {
     }
 }
 
-pub async fn run(args: TopArgs) -> Result<Option<i32>> {
+pub(crate) async fn run(args: TopArgs) -> Result<Option<i32>> {
     let mut flags = CFG_OUT_PROCS | CFG_OUT_FILES | CFG_NOTIFY_TASKS;
     if args.cgroups.by_cgroup {
         flags |= CFG_BY_CGROUP;

@@ -20,31 +20,31 @@ use crate::{
 const MAX_RINGBUF_MB: u32 = 2048;
 
 #[derive(clap::Args, Debug)]
-pub struct TraceArgs {
+pub(crate) struct TraceArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// Only this thread
     #[arg(short, long, value_name = "TID")]
-    pub tid: Option<u32>,
+    pub(crate) tid: Option<u32>,
     /// Show the user stack under each fault
     #[arg(short = 'U', long)]
-    pub user_stack: bool,
+    pub(crate) user_stack: bool,
     /// Show the kernel stack under each fault
     #[arg(short = 'K', long)]
-    pub kernel_stack: bool,
+    pub(crate) kernel_stack: bool,
     #[command(flatten)]
-    pub filter: FaultFilterArgs,
+    pub(crate) filter: FaultFilterArgs,
     #[command(flatten)]
-    pub unwind: UnwindArgs,
+    pub(crate) unwind: UnwindArgs,
     #[command(flatten)]
-    pub duration: DurationArgs,
+    pub(crate) duration: DurationArgs,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
     /// Ring buffer size in MiB (rounded up to a power of two; at most 2048). Default: 1 MiB
     /// per CPU (4 with -U or -K), at least 2: what the consumer keeps up with, without the
     /// memory and start-up of a large buffer on a small host
     #[arg(long, value_name = "MIB")]
-    pub ringbuf_mb: Option<u32>,
+    pub(crate) ringbuf_mb: Option<u32>,
 }
 
 fn access(error_code: u32) -> (&'static str, &'static str) {
@@ -211,7 +211,7 @@ pub fn replay(records: &[Vec<u8>], format: Format, out: Box<dyn Write>) -> Resul
     Ok(p.events)
 }
 
-pub async fn run(args: TraceArgs) -> Result<Option<i32>> {
+pub(crate) async fn run(args: TraceArgs) -> Result<Option<i32>> {
     let ringbuf_mb = match args.ringbuf_mb {
         Some(mb) => check_size("--ringbuf-mb", mb, 1, MAX_RINGBUF_MB, " MiB")?,
         None => {

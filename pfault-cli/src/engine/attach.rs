@@ -162,7 +162,7 @@ fn load_together(ebpf: &mut Ebpf, chosen: &[&Probe], btf: Option<&AyaBtf>) -> Ve
 }
 
 /// The innermost cause of an error, e.g. "Operation not permitted (os error 1)".
-pub fn short_error(e: &anyhow::Error) -> String {
+pub(crate) fn short_error(e: &anyhow::Error) -> String {
     e.chain().last().map(|c| c.to_string()).unwrap_or_default()
 }
 
@@ -201,7 +201,7 @@ fn choose_mode(
 /// mode with the reasons better modes (or optional probes) were refused, and what `ready`
 /// made: it runs once the programs are loaded, before the others attach, so what they need
 /// in place (the unwinder's tables) is built while the verifier works.
-pub fn attach<T>(
+pub(crate) fn attach<T>(
     ebpf: &mut Ebpf,
     plan: &Plan,
     flags: u32,

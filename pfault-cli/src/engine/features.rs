@@ -7,24 +7,24 @@ use anyhow::{Context, Result};
 
 use crate::procfs::ensure_mounted;
 
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 const SECURITYFS: &str = "/sys/kernel/security";
 
 /// Makes sure tracefs is mounted, mounting it as root would.
-pub fn ensure_tracefs() -> Result<()> {
+pub(crate) fn ensure_tracefs() -> Result<()> {
     ensure_mounted("tracefs", TRACEFS, &format!("{TRACEFS}/events")).map(drop)
 }
 
 /// Whether tracefs is mounted, and whether this user may look inside it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tracefs {
+pub(crate) enum Tracefs {
     Readable,
     /// Mounted, but its directory is root's alone (mode 700).
     RootOnly,
     NotMounted,
 }
 
-pub fn tracefs() -> Tracefs {
+pub(crate) fn tracefs() -> Tracefs {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Tracefs::Readable;
     }
@@ -44,11 +44,11 @@ pub fn tracefs() -> Tracefs {
 }
 
 /// Does this kernel have kprobes? `kprobe_events` exists only with CONFIG_KPROBE_EVENTS.
-pub fn kprobes_available() -> bool {
+pub(crate) fn kprobes_available() -> bool {
     Path::new(TRACEFS).join("kprobe_events").exists()
 }
 
-pub fn exception_tracepoints() -> bool {
+pub(crate) fn exception_tracepoints() -> bool {
     Path::new(TRACEFS)
         .join("events/exceptions/page_fault_user")
         .is_dir()
@@ -56,7 +56,7 @@ pub fn exception_tracepoints() -> bool {
 
 /// The kernel lockdown mode (`integrity` leaves kernel reads to BPF allowed, `confidentiality`
 /// does not), from securityfs, mounted first where it is not.
-pub fn lockdown() -> Result<String> {
+pub(crate) fn lockdown() -> Result<String> {
     let file = format!("{SECURITYFS}/lockdown");
     if !Path::new(&file).exists() {
         ensure_mounted("securityfs", SECURITYFS, &file)?;
@@ -73,7 +73,7 @@ pub fn lockdown() -> Result<String> {
 /// Asks the kernel whether it loads an fentry program on handle_mm_fault, with the smallest
 /// such program (`return 0`). aya would first parse the kernel's whole BTF (tens of
 /// milliseconds, megabytes) only to be refused where a security policy forbids trampolines.
-pub fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
+pub(crate) fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
     const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_TRACING: u32 = 26;
     const BPF_TRACE_FENTRY: u32 = 24;
@@ -102,6 +102,6 @@ pub fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
 }
 
 /// Whether the kernel has BPF ring buffers (5.8+).
-pub fn ringbuf() -> Result<bool> {
+pub(crate) fn ringbuf() -> Result<bool> {
     Ok(aya::sys::is_map_supported(aya::maps::MapType::RingBuf)?)
 }

@@ -8,10 +8,10 @@ use crate::btf::Btf;
 
 /// Names of the kernel's `VM_FAULT_*` bits, from its own BTF.
 #[derive(Clone, Debug, Default)]
-pub struct VmFaultNames(Vec<(String, u32)>);
+pub(crate) struct VmFaultNames(Vec<(String, u32)>);
 
 impl VmFaultNames {
-    pub fn decode(&self, bits: u32) -> Vec<&str> {
+    pub(crate) fn decode(&self, bits: u32) -> Vec<&str> {
         self.0
             .iter()
             .filter(|(_, v)| bits & v != 0)
@@ -21,7 +21,7 @@ impl VmFaultNames {
 }
 
 /// Kernel offsets and enum values the programs need, from the running kernel's BTF.
-pub fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
+pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
     let enum_value = |values: &[(String, u64)], name: &str| -> Result<u32> {
         values
             .iter()

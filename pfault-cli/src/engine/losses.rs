@@ -10,23 +10,23 @@ use super::{
 
 /// Everything the kernel could not record, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Losses {
+pub(crate) struct Losses {
     /// Records a full ring buffer refused.
-    pub ringbuf: u64,
+    pub(crate) ringbuf: u64,
     /// Faults not tracked: no per-thread storage (out of memory, or a nested probe).
-    pub untracked: u64,
+    pub(crate) untracked: u64,
     /// Faults whose new stack's frames the ring buffer had no room for.
-    pub stacks_lost: u64,
+    pub(crate) stacks_lost: u64,
     /// Counts dropped because a count map was full.
-    pub map_full: u64,
+    pub(crate) map_full: u64,
     /// Mappings unknown because the mmap lock was contended.
-    pub vma_busy: u64,
+    pub(crate) vma_busy: u64,
 }
 
 impl Losses {
     /// `, N what (raise --flag)` for each loss besides the ring buffer's ("" when none). The
     /// advice names a flag only where `plan`'s tool has it.
-    pub fn others(&self, plan: &Plan) -> String {
+    pub(crate) fn others(&self, plan: &Plan) -> String {
         let advice = |maps: &[&str]| {
             maps.iter()
                 .find_map(|m| plan.flag_for(m))
@@ -63,7 +63,7 @@ impl Losses {
     /// `N lost (ring buffer full, raise --flag)`, the advice only where something was lost
     /// and `plan`'s tool has the flag; `what` names what the ring buffer carried ("" after a
     /// count of it).
-    pub fn ring(&self, plan: &Plan, what: &str) -> String {
+    pub(crate) fn ring(&self, plan: &Plan, what: &str) -> String {
         let advice = plan
             .flag_for(maps::EVENTS)
             .filter(|_| self.ringbuf > 0)
@@ -79,7 +79,7 @@ impl Losses {
 
     /// The line a tool ends with when anything was lost, the ring buffer's part only when it
     /// lost something; `ring_what` names what it carried. `None` when nothing was lost.
-    pub fn line(&self, plan: &Plan, ring_what: &str) -> Option<String> {
+    pub(crate) fn line(&self, plan: &Plan, ring_what: &str) -> Option<String> {
         let others = self.others(plan);
         match (self.ringbuf > 0, others.strip_prefix(", ")) {
             (true, _) => Some(format!("{}{others}", self.ring(plan, ring_what))),
@@ -90,15 +90,15 @@ impl Losses {
 }
 
 impl Tunable {
-    pub const RINGBUF: Tunable = Tunable {
+    pub(crate) const RINGBUF: Tunable = Tunable {
         map: maps::EVENTS,
         flag: "--ringbuf-mb",
     };
-    pub const STACK_COUNTS: Tunable = Tunable {
+    pub(crate) const STACK_COUNTS: Tunable = Tunable {
         map: maps::STACK_COUNTS,
         flag: "--map-entries",
     };
-    pub const FILE_COUNTS: Tunable = Tunable {
+    pub(crate) const FILE_COUNTS: Tunable = Tunable {
         map: maps::FILE_COUNTS,
         flag: "--map-entries",
     };

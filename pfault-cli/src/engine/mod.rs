@@ -2,11 +2,11 @@
 //! through its typed accessors; the names of maps and programs live in [`objects`].
 
 mod attach;
-pub mod features;
-pub mod layout;
-pub mod losses;
-pub mod objects;
-pub mod plan;
+pub(crate) mod features;
+pub(crate) mod layout;
+pub(crate) mod losses;
+pub(crate) mod objects;
+pub(crate) mod plan;
 mod probes;
 
 use anyhow::{Context, Result};
@@ -17,7 +17,7 @@ use aya::{
 };
 use pfault_common::*;
 
-pub use self::{
+pub(crate) use self::{
     attach::short_error,
     layout::VmFaultNames,
     losses::Losses,
@@ -35,34 +35,34 @@ use crate::{
 };
 
 /// The loaded, attached kernel side.
-pub struct Engine {
+pub(crate) struct Engine {
     ebpf: Ebpf,
-    pub plan: Plan,
-    pub mode: ProbeMode,
-    pub vm_fault_names: VmFaultNames,
+    pub(crate) plan: Plan,
+    pub(crate) mode: ProbeMode,
+    pub(crate) vm_fault_names: VmFaultNames,
     /// Why better modes were not used, when the mode was chosen automatically.
-    pub refused: Vec<String>,
+    pub(crate) refused: Vec<String>,
     /// Counts come from the kernel's own fault accounting (`CFG_ACCOUNTED`).
-    pub accounted: bool,
+    pub(crate) accounted: bool,
     /// CLOCK_MONOTONIC when the probes were attached.
-    pub started_ns: u64,
+    pub(crate) started_ns: u64,
     /// The CFI unwinder's tables (`CFG_UNWIND_CFI`).
-    pub unwinder: Option<Unwinder>,
+    pub(crate) unwinder: Option<Unwinder>,
     log: Option<aya_log::EbpfLogger<StderrLog>>,
 }
 
 /// The CFI unwinder's account of a run.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct UnwindReport {
+pub(crate) struct UnwindReport {
     /// User frames walked, and of those, by frame pointer (code without a table).
-    pub frames: u64,
-    pub frames_by_fp: u64,
-    pub tables: unwind::Stats,
+    pub(crate) frames: u64,
+    pub(crate) frames_by_fp: u64,
+    pub(crate) tables: unwind::Stats,
 }
 
 impl UnwindReport {
     /// "unwind: cfi, 0.1% of 20,012 frames by frame pointer; 3 tables (...)".
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let pct = if self.frames == 0 {
             0.0
         } else {
@@ -126,7 +126,7 @@ fn load_error(e: EbpfError, plan: &Plan) -> anyhow::Error {
 impl Engine {
     /// Checks privileges and kernel features, loads the object configured for `plan`, and
     /// attaches the probes of the chosen mode (and only those).
-    pub fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
+    pub(crate) fn start(plan: &Plan, filter: &TaskFilter) -> Result<Engine> {
         match Self::start_with(plan, filter) {
             // A kernel whose verifier refuses the CFI unwinder (no bpf_loop or bpf_find_vma:
             // before 5.17) still walks frame pointers. Any other failure (a map the kernel
@@ -261,7 +261,7 @@ impl Engine {
 
     /// Serves what is the engine's own business among ring-buffer records (the unwinder's
     /// requests); gives back the rest.
-    pub fn take_record(&self, record: Record) -> Option<Record> {
+    pub(crate) fn take_record(&self, record: Record) -> Option<Record> {
         match (record, &self.unwinder) {
             (Record::Unwind(need), Some(u)) => {
                 u.need(need);
@@ -274,7 +274,7 @@ impl Engine {
 
     /// How the CFI unwinder did: its tables, and the share of frames it could not unwind
     /// from CFI (walked by frame pointer instead). `None` when it was not used.
-    pub fn unwind_report(&self) -> Result<Option<UnwindReport>> {
+    pub(crate) fn unwind_report(&self) -> Result<Option<UnwindReport>> {
         let Some(u) = &self.unwinder else {
             return Ok(None);
         };
@@ -292,14 +292,14 @@ impl Engine {
     }
 
     /// Prints what the kernel side logged since the last call (`--bpf-log`).
-    pub fn flush_log(&mut self) {
+    pub(crate) fn flush_log(&mut self) {
         if let Some(log) = &mut self.log {
             log.flush();
         }
     }
 
     /// "probe mode tracepoint (fentry: ...; kprobe: ...)", for stderr.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.accounted {
             return format!(
                 "probe mode {}, counts from the kernel's fault accounting (-L times each fault)",
@@ -326,7 +326,7 @@ impl Engine {
     }
 
     /// Marks a tgid as traced (a command started by pfault).
-    pub fn trace_tgid(&mut self, tgid: u32) -> Result<()> {
+    pub(crate) fn trace_tgid(&mut self, tgid: u32) -> Result<()> {
         let mut traced: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(self.map_mut(maps::TRACED)?)?;
         traced
             .insert(tgid, 1, 0)
@@ -335,7 +335,7 @@ impl Engine {
     }
 
     /// Takes the ring buffer of events and process notices out of the engine, to read it.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+    pub(crate) fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
             .take_map(maps::EVENTS)
@@ -360,18 +360,18 @@ impl Engine {
     }
 
     /// Fault counts per (process, kind, stack hashes, comm).
-    pub fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
+    pub(crate) fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
         let counts: Vec<(u64, StackCount)> = self.read_hash(maps::STACK_COUNTS, reset)?;
         Ok(counts.into_iter().map(|(_, c)| (c.key, c.count)).collect())
     }
 
-    pub fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {
+    pub(crate) fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {
         self.read_hash(maps::FILE_COUNTS, reset)
     }
 
     /// The per-process (or per-thread) rows of `stat` and `top`, the live threads' latest
     /// faults included.
-    pub fn proc_stats(&mut self, reset: bool) -> Result<Vec<(ProcKey, ProcStats)>> {
+    pub(crate) fn proc_stats(&mut self, reset: bool) -> Result<Vec<(ProcKey, ProcStats)>> {
         self.fold_threads()?;
         self.read_hash(maps::PROC_STATS, reset)
     }
@@ -386,11 +386,11 @@ impl Engine {
         Ok(())
     }
 
-    pub fn forget_procs(&mut self, keys: &[ProcKey]) -> Result<()> {
+    pub(crate) fn forget_procs(&mut self, keys: &[ProcKey]) -> Result<()> {
         self.remove_keys::<ProcKey, ProcStats>(maps::PROC_STATS, keys)
     }
 
-    pub fn forget_files(&mut self, keys: &[FileKey]) -> Result<()> {
+    pub(crate) fn forget_files(&mut self, keys: &[FileKey]) -> Result<()> {
         self.remove_keys::<FileKey, FileCounts>(maps::FILE_COUNTS, keys)
     }
 
@@ -411,7 +411,7 @@ impl Engine {
         Ok(())
     }
 
-    pub fn losses(&self) -> Result<Losses> {
+    pub(crate) fn losses(&self) -> Result<Losses> {
         Ok(Losses {
             ringbuf: self.counter(CNT_RINGBUF_LOST)?,
             untracked: self.counter(CNT_PENDING_FULL)?,

@@ -4,36 +4,37 @@
 
 /// The compiled kernel side, committed so that stable Rust alone can build pfault
 /// (`cargo xtask build-ebpf` refreshes it; `cargo xtask test` fails when it is stale).
-pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/pfault.bpf.o");
+pub(crate) static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/pfault.bpf.o");
 
 /// The read-only settings (`pfault_common::Config`).
-pub const CONFIG: &str = "CONFIG";
+pub(crate) const CONFIG: &str = "CONFIG";
 /// aya-log's level global: 0 silences the kernel side's log.
-pub const LOG_LEVEL: &str = aya_log::LEVEL;
+pub(crate) const LOG_LEVEL: &str = aya_log::LEVEL;
 
-pub mod maps {
+pub(crate) mod maps {
     /// Ring buffer: fault events (`trace`) and process notices.
-    pub const EVENTS: &str = "EVENTS";
+    pub(crate) const EVENTS: &str = "EVENTS";
     /// Counts per (process, kind, stack hashes, comm).
-    pub const STACK_COUNTS: &str = "STACK_COUNTS";
+    pub(crate) const STACK_COUNTS: &str = "STACK_COUNTS";
     /// The (process, stack) pairs whose frames were sent.
-    pub const STACKS_SENT: &str = "STACKS_SENT";
-    pub const FILE_COUNTS: &str = "FILE_COUNTS";
-    pub const PROC_STATS: &str = "PROC_STATS";
+    pub(crate) const STACKS_SENT: &str = "STACKS_SENT";
+    pub(crate) const FILE_COUNTS: &str = "FILE_COUNTS";
+    pub(crate) const PROC_STATS: &str = "PROC_STATS";
     /// Per-CPU counts of what the kernel side could not record.
-    pub const COUNTERS: &str = "COUNTERS";
+    pub(crate) const COUNTERS: &str = "COUNTERS";
     /// Tgids to trace when following a command and its children.
-    pub const TRACED: &str = "TRACED";
+    pub(crate) const TRACED: &str = "TRACED";
     /// Unwind rows of every loaded binary, back to back.
-    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub(crate) const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// Where each binary's rows are, by file.
-    pub const UNWIND_FILES: &str = "UNWIND_FILES";
+    pub(crate) const UNWIND_FILES: &str = "UNWIND_FILES";
     /// The code mappings the unwinder met, per process and 64 KiB granule.
-    pub const TEXT_VMAS: &str = "TEXT_VMAS";
+    pub(crate) const TEXT_VMAS: &str = "TEXT_VMAS";
     /// Each process's generation in `TEXT_VMAS` keys: bumped at exec and exit.
-    pub const EXEC_GEN: &str = "EXEC_GEN";
+    pub(crate) const EXEC_GEN: &str = "EXEC_GEN";
 
-    pub const ALL: &[&str] = &[
+    #[cfg(test)]
+    pub(crate) const ALL: &[&str] = &[
         EVENTS,
         STACK_COUNTS,
         STACKS_SENT,

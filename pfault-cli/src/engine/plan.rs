@@ -11,7 +11,7 @@ use crate::unwind::{rows_for_mb, UNWIND_MB};
 
 /// How a fault's completion (and with it minor/major/error and latency) is observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProbeMode {
+pub(crate) enum ProbeMode {
     /// fentry/fexit on handle_mm_fault: VM_FAULT_* flags, cheapest hook.
     Fentry,
     /// kprobe/kretprobe on handle_mm_fault: VM_FAULT_* flags.
@@ -21,9 +21,9 @@ pub enum ProbeMode {
 }
 
 impl ProbeMode {
-    pub const ALL: [ProbeMode; 3] = [ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint];
+    pub(crate) const ALL: [ProbeMode; 3] = [ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ProbeMode::Fentry => "fentry",
             ProbeMode::Kprobe => "kprobe",
@@ -34,17 +34,17 @@ impl ProbeMode {
 
 /// What became of a fault, as the kernel side's `KIND_*` values name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Kind {
+pub(crate) enum Kind {
     Minor,
     Major,
     Error,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Minor, Kind::Major, Kind::Error];
+    pub(crate) const ALL: [Kind; 3] = [Kind::Minor, Kind::Major, Kind::Error];
 
     /// The kernel side's `KIND_*` value.
-    pub fn raw(self) -> u8 {
+    pub(crate) fn raw(self) -> u8 {
         match self {
             Kind::Minor => KIND_MINOR,
             Kind::Major => KIND_MAJOR,
@@ -53,7 +53,7 @@ impl Kind {
     }
 
     /// The kind a `KIND_*` value names; anything else is an error fault (it never completed).
-    pub fn from_raw(raw: u8) -> Kind {
+    pub(crate) fn from_raw(raw: u8) -> Kind {
         match raw {
             KIND_MINOR => Kind::Minor,
             KIND_MAJOR => Kind::Major,
@@ -61,7 +61,7 @@ impl Kind {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Minor => "minor",
             Kind::Major => "major",
@@ -70,7 +70,7 @@ impl Kind {
     }
 
     /// `Config::kinds` for a set of kinds: bit `1 << KIND_*` for each.
-    pub fn mask(kinds: &[Kind]) -> u32 {
+    pub(crate) fn mask(kinds: &[Kind]) -> u32 {
         kinds.iter().fold(0, |m, k| m | 1 << k.raw())
     }
 }
@@ -78,35 +78,35 @@ impl Kind {
 /// A map whose size a subcommand lets the user choose, and the flag that chooses it: errors
 /// and loss reports name the flag, and only where the tool has one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tunable {
-    pub map: &'static str,
-    pub flag: &'static str,
+pub(crate) struct Tunable {
+    pub(crate) map: &'static str,
+    pub(crate) flag: &'static str,
 }
 
 /// What a subcommand wants from the kernel side.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// `CFG_OUT_*` and the other `CFG_*` bits.
-    pub flags: u32,
+    pub(crate) flags: u32,
     /// Bit `1 << KIND_*` for each kind wanted.
-    pub kinds: u32,
-    pub modes: u32,
-    pub min_latency_ns: u64,
-    pub probe: Option<ProbeMode>,
-    pub bpf_log: bool,
-    pub ringbuf_bytes: u32,
+    pub(crate) kinds: u32,
+    pub(crate) modes: u32,
+    pub(crate) min_latency_ns: u64,
+    pub(crate) probe: Option<ProbeMode>,
+    pub(crate) bpf_log: bool,
+    pub(crate) ringbuf_bytes: u32,
     /// `STACKS_SENT`, `STACK_COUNTS` and `FILE_COUNTS` entries.
-    pub stacks_sent_entries: u32,
-    pub stack_count_entries: u32,
-    pub file_count_entries: u32,
+    pub(crate) stacks_sent_entries: u32,
+    pub(crate) stack_count_entries: u32,
+    pub(crate) file_count_entries: u32,
     /// Rows of `UNWIND_ROWS` (`CFG_UNWIND_CFI`).
-    pub unwind_rows: u32,
+    pub(crate) unwind_rows: u32,
     /// The maps this subcommand sizes from its flags.
-    pub tunables: Vec<Tunable>,
+    pub(crate) tunables: Vec<Tunable>,
 }
 
 impl Plan {
-    pub fn new(flags: u32) -> Self {
+    pub(crate) fn new(flags: u32) -> Self {
         Plan {
             flags,
             kinds: Kind::mask(&Kind::ALL),
@@ -125,31 +125,31 @@ impl Plan {
     }
 
     /// The flag that sizes `map` in this subcommand, if it has one.
-    pub fn flag_for(&self, map: &str) -> Option<&'static str> {
+    pub(crate) fn flag_for(&self, map: &str) -> Option<&'static str> {
         self.tunables.iter().find(|t| t.map == map).map(|t| t.flag)
     }
 }
 
 /// Which tasks to trace.
 #[derive(Clone, Debug, Default)]
-pub struct TaskFilter {
-    pub tgid: u32,
-    pub tid: u32,
-    pub comm: Option<String>,
-    pub cgroup: Option<crate::cgroup::Cgroup>,
+pub(crate) struct TaskFilter {
+    pub(crate) tgid: u32,
+    pub(crate) tid: u32,
+    pub(crate) comm: Option<String>,
+    pub(crate) cgroup: Option<crate::cgroup::Cgroup>,
     /// Trace the tgids in the `TRACED` map (a command and its children).
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// The program of the command pfault starts: its unwind table is built ahead.
-    pub program: Option<std::path::PathBuf>,
+    pub(crate) program: Option<std::path::PathBuf>,
 }
 
 /// The ring buffer carries process notices and each new stack's frames, once: a program
 /// importing a large library sends tens of thousands in a second.
-pub const STACK_RINGBUF_BYTES: u32 = 1 << 20;
+pub(crate) const STACK_RINGBUF_BYTES: u32 = 1 << 20;
 
 /// The most kernel memory stackcount's maps take with the default sizes, map by map: a hash
 /// map entry is its key and value behind a 48-byte element header.
-pub fn stack_map_memory() -> Vec<(&'static str, u64)> {
+pub(crate) fn stack_map_memory() -> Vec<(&'static str, u64)> {
     let entry = |key: usize, value: usize| 48 + key as u64 + value.next_multiple_of(8) as u64;
     vec![
         (

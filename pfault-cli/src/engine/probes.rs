@@ -32,13 +32,13 @@ pub(crate) enum Accounted {
 /// What the choice of probes depends on: the probe mode, and the plan's effective flags.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Choice {
-    pub mode: ProbeMode,
+    pub(crate) mode: ProbeMode,
     /// `CFG_*` bits, those the task filter adds included.
-    pub flags: u32,
+    pub(crate) flags: u32,
     /// Bit `1 << KIND_*` per kind wanted.
-    pub kinds: u32,
+    pub(crate) kinds: u32,
     /// `MODE_USER | MODE_KERNEL`.
-    pub modes: u32,
+    pub(crate) modes: u32,
 }
 
 impl Choice {
@@ -64,16 +64,16 @@ impl Choice {
 /// One program and when it runs.
 pub(crate) struct Probe {
     /// The program's name in the object.
-    pub program: &'static str,
-    pub hook: Hook,
+    pub(crate) program: &'static str,
+    pub(crate) hook: Hook,
     /// The `handle_mm_fault` hooks of a probe mode: attached first, while the mode is
     /// chosen, and a failure refuses the mode.
-    pub mode_probe: Option<ProbeMode>,
+    pub(crate) mode_probe: Option<ProbeMode>,
     /// Whether a run needs it.
-    pub wanted: fn(&Choice) -> bool,
+    pub(crate) wanted: fn(&Choice) -> bool,
     /// A probe the run can do without: where the kernel refuses it, this names what is lost
     /// and the run goes on.
-    pub optional: Option<&'static str>,
+    pub(crate) optional: Option<&'static str>,
 }
 
 pub(crate) const FOLD_THREADS: &str = "fold_threads";

@@ -3,12 +3,12 @@
 //! of the event.
 
 /// Columns, each followed by one space; [`Columns::end`] ends the line.
-pub struct Columns<'a> {
+pub(crate) struct Columns<'a> {
     buf: &'a mut Vec<u8>,
 }
 
 impl<'a> Columns<'a> {
-    pub fn new(buf: &'a mut Vec<u8>) -> Columns<'a> {
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Columns<'a> {
         buf.clear();
         Columns { buf }
     }
@@ -18,7 +18,7 @@ impl<'a> Columns<'a> {
     }
 
     /// `s` left-aligned in `width` (as `{:<width}`), escaped: text columns carry names.
-    pub fn left(&mut self, s: &str, width: usize) -> &mut Self {
+    pub(crate) fn left(&mut self, s: &str, width: usize) -> &mut Self {
         let s = super::escape(s);
         self.buf.extend_from_slice(s.as_bytes());
         self.spaces(width.saturating_sub(s.chars().count()) + 1);
@@ -26,19 +26,19 @@ impl<'a> Columns<'a> {
     }
 
     /// `s` right-aligned in `width` (as `{:>width}`).
-    pub fn right(&mut self, s: &str, width: usize) -> &mut Self {
+    pub(crate) fn right(&mut self, s: &str, width: usize) -> &mut Self {
         self.spaces(width.saturating_sub(s.len()));
         self.buf.extend_from_slice(s.as_bytes());
         self.buf.push(b' ');
         self
     }
 
-    pub fn uint(&mut self, v: u64, width: usize) -> &mut Self {
+    pub(crate) fn uint(&mut self, v: u64, width: usize) -> &mut Self {
         self.right(itoa::Buffer::new().format(v), width)
     }
 
     /// `0x`-prefixed lower-case hex, right-aligned in `width` (as `{:>#width$x}`).
-    pub fn hex(&mut self, v: u64, width: usize) -> &mut Self {
+    pub(crate) fn hex(&mut self, v: u64, width: usize) -> &mut Self {
         let mut digits = [0u8; 18];
         let mut i = digits.len();
         let mut x = v;
@@ -58,7 +58,7 @@ impl<'a> Columns<'a> {
 
     /// `v / 10^decimals` with `decimals` digits after the point (`v` already rounded to that
     /// unit), aligned in `width` (as `{:<width$.decimals$}` or `{:>...}`).
-    pub fn fixed(&mut self, v: u64, decimals: u32, width: usize, left: bool) -> &mut Self {
+    pub(crate) fn fixed(&mut self, v: u64, decimals: u32, width: usize, left: bool) -> &mut Self {
         let unit = 10u64.pow(decimals);
         let mut text = [0u8; 48];
         let mut whole = itoa::Buffer::new();
@@ -86,7 +86,7 @@ impl<'a> Columns<'a> {
     }
 
     /// The rest of the line, unpadded and escaped, and its end.
-    pub fn end(&mut self, last: &str) {
+    pub(crate) fn end(&mut self, last: &str) {
         self.buf.extend_from_slice(super::escape(last).as_bytes());
         self.buf.push(b'\n');
     }

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 /// else `\xHH` (ESC is `\x1b`; DEL and the C1 controls are escaped too, since terminals obey
 /// those as well). Everything else, other scripts included, is left as it is; text without
 /// a control character is not copied.
-pub fn escape(s: &str) -> Cow<'_, str> {
+pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     if !s.chars().any(char::is_control) {
         return Cow::Borrowed(s);
     }

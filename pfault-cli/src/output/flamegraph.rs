@@ -7,7 +7,7 @@ use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
 
 use super::Reserved;
 
-pub fn write_svg(out: Reserved, title: &str, folded: &[String]) -> Result<()> {
+pub(crate) fn write_svg(out: Reserved, title: &str, folded: &[String]) -> Result<()> {
     let file = out.take()?;
     let mut opts = Options::default();
     opts.title = title.to_string();

@@ -8,7 +8,7 @@ use anyhow::Result;
 /// One folded line from frames already ordered root first. A `;` or any whitespace in a
 /// frame (a comm may even hold a newline) becomes `_`: it would split the frame or the line;
 /// other control characters are escaped, as in text.
-pub fn line(frames: &[String], count: u64) -> String {
+pub(crate) fn line(frames: &[String], count: u64) -> String {
     let mut s = frames
         .iter()
         .map(|f| super::escape(&f.replace(|c: char| c == ';' || c.is_whitespace(), "_")).into_owned())
@@ -19,7 +19,7 @@ pub fn line(frames: &[String], count: u64) -> String {
     s
 }
 
-pub fn write(w: &mut dyn Write, lines: &[String]) -> Result<()> {
+pub(crate) fn write(w: &mut dyn Write, lines: &[String]) -> Result<()> {
     for l in lines {
         writeln!(w, "{l}")?;
     }

@@ -8,7 +8,7 @@ use pfault_common::{hist_bucket_floor, HIST_BUCKETS};
 const BAR: usize = 52;
 
 /// Draws a log-linear latency histogram (ns) as log2 buckets in microseconds.
-pub fn write_log2_us(w: &mut dyn Write, hist: &[u64; HIST_BUCKETS]) -> Result<()> {
+pub(crate) fn write_log2_us(w: &mut dyn Write, hist: &[u64; HIST_BUCKETS]) -> Result<()> {
     // The fine buckets are summed into the power-of-two microsecond bucket they fall in.
     let mut log2: Vec<(u64, u64)> = Vec::new();
     for (i, &n) in hist.iter().enumerate() {
@@ -54,7 +54,7 @@ fn human(v: u64) -> String {
 
 /// The latency below which `q` of the faults fall, from the log-linear histogram (the
 /// bucket's midpoint: within about 10%), never above `max`, the largest latency seen.
-pub fn percentile(hist: &[u64; HIST_BUCKETS], max: u64, q: f64) -> u64 {
+pub(crate) fn percentile(hist: &[u64; HIST_BUCKETS], max: u64, q: f64) -> u64 {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return 0;

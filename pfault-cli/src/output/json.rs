@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-pub fn write_line<T: Serialize>(w: &mut dyn Write, value: &T) -> Result<()> {
+pub(crate) fn write_line<T: Serialize>(w: &mut dyn Write, value: &T) -> Result<()> {
     // A failed write stays an io::Error (serde_json's own hides it from the error chain), so
     // `pfault ... -o json | head` ends quietly.
     serde_json::to_writer(&mut *w, value).map_err(|e| {
@@ -21,13 +21,13 @@ pub fn write_line<T: Serialize>(w: &mut dyn Write, value: &T) -> Result<()> {
 
 /// A JSON object built field by field into a reused buffer, for the per-event path where
 /// serde's generic writer costs more than the rest of the event (`trace -o json`).
-pub struct Object<'a> {
+pub(crate) struct Object<'a> {
     buf: &'a mut Vec<u8>,
     first: bool,
 }
 
 impl<'a> Object<'a> {
-    pub fn new(buf: &'a mut Vec<u8>) -> Object<'a> {
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Object<'a> {
         buf.push(b'{');
         Object { buf, first: true }
     }
@@ -42,14 +42,14 @@ impl<'a> Object<'a> {
         self.buf.extend_from_slice(b"\":");
     }
 
-    pub fn u64(&mut self, k: &str, v: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, k: &str, v: u64) -> &mut Self {
         self.key(k);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         self
     }
 
-    pub fn opt_u64(&mut self, k: &str, v: Option<u64>) -> &mut Self {
+    pub(crate) fn opt_u64(&mut self, k: &str, v: Option<u64>) -> &mut Self {
         match v {
             Some(v) => self.u64(k, v),
             None => {
@@ -60,19 +60,19 @@ impl<'a> Object<'a> {
         }
     }
 
-    pub fn bool(&mut self, k: &str, v: bool) -> &mut Self {
+    pub(crate) fn bool(&mut self, k: &str, v: bool) -> &mut Self {
         self.key(k);
         self.buf.extend_from_slice(if v { b"true" } else { b"false" });
         self
     }
 
-    pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
+    pub(crate) fn str(&mut self, k: &str, v: &str) -> &mut Self {
         self.key(k);
         push_str(self.buf, v);
         self
     }
 
-    pub fn strs(&mut self, k: &str, v: &[&str]) -> &mut Self {
+    pub(crate) fn strs(&mut self, k: &str, v: &[&str]) -> &mut Self {
         self.key(k);
         self.buf.push(b'[');
         for (i, s) in v.iter().enumerate() {
@@ -86,20 +86,20 @@ impl<'a> Object<'a> {
     }
 
     /// A field whose value serde writes (a stack's frames).
-    pub fn value<T: Serialize + ?Sized>(&mut self, k: &str, v: &T) -> Result<&mut Self> {
+    pub(crate) fn value<T: Serialize + ?Sized>(&mut self, k: &str, v: &T) -> Result<&mut Self> {
         self.key(k);
         serde_json::to_writer(&mut *self.buf, v)?;
         Ok(self)
     }
 
     /// Closes the object and ends its line.
-    pub fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         self.buf.extend_from_slice(b"}\n");
     }
 }
 
 /// `s` as a JSON string: quotes, backslashes and control characters escaped.
-pub fn push_str(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
     for &b in s.as_bytes() {
         match b {

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 /// The most a pipe writes in one piece (POSIX: at least 512; Linux: 4096).
 const PIPE_BUF: usize = 4096;
 
-pub struct Lines {
+pub(crate) struct Lines {
     out: Box<dyn Write>,
     buf: Vec<u8>,
     /// Writes are at most this long, unless one line is longer.
@@ -17,7 +17,7 @@ pub struct Lines {
 
 impl Lines {
     /// `shared`: another process may write to `out` too.
-    pub fn new(out: Box<dyn Write>, shared: bool) -> Lines {
+    pub(crate) fn new(out: Box<dyn Write>, shared: bool) -> Lines {
         let chunk = if shared { PIPE_BUF } else { 1 << 16 };
         Lines {
             out,

@@ -1,16 +1,16 @@
 //! Output formats and where output goes. One module per format; subcommands render their
 //! own rows and hand them to these writers.
 
-pub mod columns;
-pub mod escape;
-pub mod flamegraph;
-pub mod folded;
-pub mod hist;
-pub mod json;
-pub mod lines;
-pub mod pprof;
-pub mod prometheus;
-pub mod table;
+pub(crate) mod columns;
+pub(crate) mod escape;
+pub(crate) mod flamegraph;
+pub(crate) mod folded;
+pub(crate) mod hist;
+pub(crate) mod json;
+pub(crate) mod lines;
+pub(crate) mod pprof;
+pub(crate) mod prometheus;
+pub(crate) mod table;
 
 use std::{
     fs::{File, OpenOptions},
@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-pub use escape::escape;
+pub(crate) use escape::escape;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -36,8 +36,8 @@ pub enum Format {
 /// error up front and not a failure after the traced command has run; but emptied only by
 /// [`Reserved::take`], once start-up succeeded: a start that fails leaves what the file held
 /// (and no file where there was none).
-pub struct Reserved {
-    pub path: PathBuf,
+pub(crate) struct Reserved {
+    pub(crate) path: PathBuf,
     file: Option<File>,
     /// pfault made it, so a failed start removes it.
     created: bool,
@@ -45,7 +45,7 @@ pub struct Reserved {
 
 impl Reserved {
     /// `flag` names the option that chose the path, for the error.
-    pub fn open(path: &Path, flag: &str) -> Result<Reserved> {
+    pub(crate) fn open(path: &Path, flag: &str) -> Result<Reserved> {
         let opened = match OpenOptions::new().write(true).create_new(true).open(path) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 OpenOptions::new().write(true).open(path).map(|f| (f, false))
@@ -62,7 +62,7 @@ impl Reserved {
     }
 
     /// The file, emptied now (as File::create would have), to write.
-    pub fn take(mut self) -> Result<File> {
+    pub(crate) fn take(mut self) -> Result<File> {
         let file = self.file.take().expect("taken once");
         // A pipe or a device (`--output /dev/stdout`) has nothing to empty.
         if file.metadata().is_ok_and(|m| m.is_file()) {
@@ -83,11 +83,11 @@ impl Drop for Reserved {
 
 /// Where a tool's output will go, chosen before start-up; [`Destination::open`] once it
 /// succeeded.
-pub struct Destination(Option<Reserved>);
+pub(crate) struct Destination(Option<Reserved>);
 
 impl Destination {
     /// `--output FILE`, or stdout.
-    pub fn reserve(file: Option<&Path>) -> Result<Destination> {
+    pub(crate) fn reserve(file: Option<&Path>) -> Result<Destination> {
         Ok(Destination(
             file.map(|p| Reserved::open(p, "--output")).transpose()?,
         ))
@@ -95,7 +95,7 @@ impl Destination {
 
     /// Output leaves in whole lines; on stdout, which a traced command may share, in pieces
     /// a pipe keeps whole (`--output FILE` keeps the two streams apart altogether).
-    pub fn open(self) -> Result<Box<dyn Write>> {
+    pub(crate) fn open(self) -> Result<Box<dyn Write>> {
         Ok(Box::new(match self.0 {
             Some(file) => {
                 let path = file.path.clone();
@@ -135,7 +135,7 @@ impl Write for Named {
 }
 
 /// Wall-clock time as `HH:MM:SS`, for interval headers.
-pub fn clock() -> String {
+pub(crate) fn clock() -> String {
     // SAFETY: time(NULL) and localtime_r into a zeroed tm are always valid.
     let now = unsafe { libc::time(std::ptr::null_mut()) };
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -145,7 +145,7 @@ pub fn clock() -> String {
 
 /// One round of a counting tool's rows: JSON Lines, or a table that `table` builds, under the
 /// time when more rounds follow (`-i`).
-pub fn write_rows<T: Serialize>(
+pub(crate) fn write_rows<T: Serialize>(
     out: &mut dyn Write,
     format: Format,
     last: bool,

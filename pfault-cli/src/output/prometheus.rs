@@ -14,33 +14,33 @@ use prometheus_client::{
 
 /// The label set of a fault counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FaultLabels {
-    pub comm: String,
-    pub kind: String,
-    pub mode: String,
-    pub cgroup: String,
+pub(crate) struct FaultLabels {
+    pub(crate) comm: String,
+    pub(crate) kind: String,
+    pub(crate) mode: String,
+    pub(crate) cgroup: String,
 }
 
 /// The label set of a latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LatencyLabels {
-    pub comm: String,
-    pub cgroup: String,
+pub(crate) struct LatencyLabels {
+    pub(crate) comm: String,
+    pub(crate) cgroup: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FileLabels {
-    pub file: String,
-    pub kind: String,
+pub(crate) struct FileLabels {
+    pub(crate) file: String,
+    pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LossLabels {
-    pub what: String,
+pub(crate) struct LossLabels {
+    pub(crate) what: String,
 }
 
 /// What stands for every label value past a cap.
-pub const OTHER: &str = "_other";
+pub(crate) const OTHER: &str = "_other";
 
 /// Upper bounds of the latency buckets, seconds: 1 us doubling to about 8 s.
 fn bounds() -> impl Iterator<Item = f64> {
@@ -50,7 +50,7 @@ fn bounds() -> impl Iterator<Item = f64> {
 /// A latency histogram fed from the kernel's log-linear buckets (about 19% wide): each
 /// kernel bucket lands in the Prometheus bucket that holds its lower bound.
 #[derive(Debug, Default)]
-pub struct Latency(Mutex<LatencyState>);
+pub(crate) struct Latency(Mutex<LatencyState>);
 
 #[derive(Debug, Default)]
 struct LatencyState {
@@ -60,7 +60,7 @@ struct LatencyState {
 }
 
 impl Latency {
-    pub fn add(&self, hist: &[u64; HIST_BUCKETS], sum_ns: u64) {
+    pub(crate) fn add(&self, hist: &[u64; HIST_BUCKETS], sum_ns: u64) {
         let bounds: Vec<f64> = bounds().collect();
         let mut s = self.0.lock().unwrap();
         if s.counts.is_empty() {
@@ -94,7 +94,7 @@ impl EncodeMetric for Latency {
 }
 
 /// Every metric the exporter serves.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     faults: Family<FaultLabels, Counter>,
     latency: Family<LatencyLabels, Latency>,
@@ -109,7 +109,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(max_series: usize, max_files: usize) -> Metrics {
+    pub(crate) fn new(max_series: usize, max_files: usize) -> Metrics {
         let mut registry = Registry::default();
         let faults = Family::<FaultLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Latency>::default();
@@ -150,7 +150,7 @@ impl Metrics {
     }
 
     /// Adds `n` faults; a label set past the cap adds to the `_other` process name.
-    pub fn add_faults(&mut self, mut labels: FaultLabels, n: u64) {
+    pub(crate) fn add_faults(&mut self, mut labels: FaultLabels, n: u64) {
         if n == 0 {
             return;
         }
@@ -164,7 +164,7 @@ impl Metrics {
         self.faults.get_or_create(&labels).inc_by(n);
     }
 
-    pub fn add_latency(&mut self, mut labels: LatencyLabels, hist: &[u64; HIST_BUCKETS], sum_ns: u64) {
+    pub(crate) fn add_latency(&mut self, mut labels: LatencyLabels, hist: &[u64; HIST_BUCKETS], sum_ns: u64) {
         if !self.latency_series.contains(&labels) {
             if self.latency_series.len() >= self.max_series {
                 labels = LatencyLabels {
@@ -179,7 +179,7 @@ impl Metrics {
 
     /// Adds faults on `file`: the first `max_files` files get a series each, later ones add
     /// to `file="_other"` (a file never moves between the two, so none goes backwards).
-    pub fn add_file_faults(&mut self, file: &str, kind: &str, n: u64) {
+    pub(crate) fn add_file_faults(&mut self, file: &str, kind: &str, n: u64) {
         if n == 0 {
             return;
         }
@@ -197,7 +197,7 @@ impl Metrics {
     }
 
     /// Sets a loss counter to the kernel's running total (which never goes backwards).
-    pub fn set_lost(&mut self, what: &str, total: u64) {
+    pub(crate) fn set_lost(&mut self, what: &str, total: u64) {
         let c = self.lost.get_or_create(&LossLabels { what: what.into() });
         let now = c.get();
         if total > now {
@@ -206,7 +206,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-pub struct Table {
+pub(crate) struct Table {
     headers: Vec<&'static str>,
     /// Right-align this column (numbers).
     right: Vec<bool>,
@@ -12,7 +12,7 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(columns: &[(&'static str, bool)]) -> Table {
+    pub(crate) fn new(columns: &[(&'static str, bool)]) -> Table {
         Table {
             headers: columns.iter().map(|c| c.0).collect(),
             right: columns.iter().map(|c| c.1).collect(),
@@ -21,12 +21,12 @@ impl Table {
     }
 
     /// A row; its cells are escaped (a process or file name may hold control characters).
-    pub fn push(&mut self, row: Vec<String>) {
+    pub(crate) fn push(&mut self, row: Vec<String>) {
         self.rows
             .push(row.iter().map(|c| super::escape(c).into_owned()).collect());
     }
 
-    pub fn write(&self, w: &mut dyn Write) -> Result<()> {
+    pub(crate) fn write(&self, w: &mut dyn Write) -> Result<()> {
         let widths: Vec<usize> = (0..self.headers.len())
             .map(|i| {
                 self.rows
@@ -60,7 +60,7 @@ impl Table {
 }
 
 /// Bytes as people read them: 4.0 KiB, 78.1 MiB.
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -10,7 +10,7 @@
 //! stands in. Rows are never freed: a run that meets more code than `--unwind-mb` holds
 //! unwinds the rest by frame pointer, and says so.
 
-pub mod table;
+pub(crate) mod table;
 
 use std::{
     collections::HashMap,
@@ -31,7 +31,7 @@ use crate::procfs;
 
 /// Which user-stack walk the kernel side does (`--unwind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Unwind {
+pub(crate) enum Unwind {
     /// The binaries' CFI (.eh_frame): right without frame pointers; the frame pointer where
     /// code has no CFI
     Cfi,
@@ -137,33 +137,33 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
 
 /// What the tables hold, for the run's summary.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Rows `UNWIND_ROWS` has room for, and their bytes.
-    pub capacity_rows: u64,
-    pub capacity_bytes: u64,
+    pub(crate) capacity_rows: u64,
+    pub(crate) capacity_bytes: u64,
     /// Of the tables, summed when the stats are read.
-    pub rows: u64,
-    pub bytes: u64,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
     /// Every table loaded, largest first.
-    pub tables: Vec<TableStat>,
+    pub(crate) tables: Vec<TableStat>,
     /// Files whose code is unwound by frame pointer, and why.
-    pub without_cfi: Vec<NoTable>,
+    pub(crate) without_cfi: Vec<NoTable>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct TableStat {
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
+pub(crate) struct TableStat {
+    pub(crate) path: String,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
     /// FDEs that could not be read (a truncated or corrupt .eh_frame).
     #[serde(skip_serializing_if = "is_zero")]
-    pub bad_fdes: u64,
+    pub(crate) bad_fdes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct NoTable {
-    pub path: String,
-    pub why: NoCfi,
+pub(crate) struct NoTable {
+    pub(crate) path: String,
+    pub(crate) why: NoCfi,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -339,13 +339,13 @@ enum Job {
 }
 
 /// The tables' loader thread, and what it loaded.
-pub struct Unwinder {
+pub(crate) struct Unwinder {
     jobs: mpsc::Sender<Job>,
     stats: Arc<Mutex<Stats>>,
 }
 
 /// Tables being built ahead, before the maps exist.
-pub struct Ahead {
+pub(crate) struct Ahead {
     pid: Option<u32>,
     built: JoinHandle<BuiltAhead>,
 }
@@ -353,7 +353,7 @@ pub struct Ahead {
 impl Ahead {
     /// Starts building tables for the code `pid` (when given) and pfault itself have mapped,
     /// and for `program` (a command about to start).
-    pub fn start(pid: Option<u32>, program: Option<PathBuf>) -> Ahead {
+    pub(crate) fn start(pid: Option<u32>, program: Option<PathBuf>) -> Ahead {
         let mut pids: Vec<u32> = pid.into_iter().collect();
         pids.push(std::process::id());
         Ahead {
@@ -366,7 +366,13 @@ impl Ahead {
 impl Unwinder {
     /// Takes the unwind maps, loads the tables built ahead (and the target's code mappings),
     /// and starts the thread that builds the rest as the kernel side asks.
-    pub fn start(rows: Map, files: Map, text: Map, capacity_rows: u32, ahead: Ahead) -> Result<Unwinder> {
+    pub(crate) fn start(
+        rows: Map,
+        files: Map,
+        text: Map,
+        capacity_rows: u32,
+        ahead: Ahead,
+    ) -> Result<Unwinder> {
         let stats = Arc::new(Mutex::new(Stats {
             capacity_rows: capacity_rows as u64,
             capacity_bytes: capacity_rows as u64 * size_of::<UnwindRow>() as u64,
@@ -407,12 +413,12 @@ impl Unwinder {
     }
 
     /// The kernel side met code it has no table for.
-    pub fn need(&self, need: UnwindNeed) {
+    pub(crate) fn need(&self, need: UnwindNeed) {
         let _ = self.jobs.send(Job::Need(need));
     }
 
     /// What the tables hold, once the requests so far are served.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let (tx, rx) = mpsc::channel();
         if self.jobs.send(Job::Sync(tx)).is_ok() {
             let _ = rx.recv();
@@ -425,15 +431,15 @@ impl Unwinder {
 }
 
 /// `--unwind-mb`'s default: room for the tables of a few hundred typical binaries.
-pub const UNWIND_MB: u32 = 8;
+pub(crate) const UNWIND_MB: u32 = 8;
 
 /// Rows of `UNWIND_ROWS` in `mb` MiB.
-pub fn rows_for_mb(mb: u32) -> u32 {
+pub(crate) fn rows_for_mb(mb: u32) -> u32 {
     ((mb as u64) << 20).div_ceil(size_of::<UnwindRow>() as u64) as u32
 }
 
 /// "3 tables (libc.so.6 31,204 rows, ...), 420 KiB of 8 MiB", for the run's end.
-pub fn describe(s: &Stats) -> String {
+pub(crate) fn describe(s: &Stats) -> String {
     let name = |p: &str| {
         Path::new(p)
             .file_name()

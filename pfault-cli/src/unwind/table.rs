@@ -16,15 +16,15 @@ use pfault_common::*;
 
 /// A binary's rows, sorted by file offset.
 #[derive(Debug, Default)]
-pub struct Table {
-    pub rows: Vec<UnwindRow>,
+pub(crate) struct Table {
+    pub(crate) rows: Vec<UnwindRow>,
     /// FDEs that could not be read (a truncated or corrupt section): their code has no rows.
-    pub bad_fdes: usize,
+    pub(crate) bad_fdes: usize,
 }
 
 /// Why a file's code has no table (and is unwound by frame pointer).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NoCfi {
+pub(crate) enum NoCfi {
     NotElf(String),
     NotX86_64(String),
     Unreadable {
@@ -82,7 +82,7 @@ struct Segment {
 
 /// The rows of the ELF file `data`; an error says why it has none (not ELF, not x86-64, no
 /// CFI).
-pub fn build(data: &[u8]) -> Result<Table, NoCfi> {
+pub(crate) fn build(data: &[u8]) -> Result<Table, NoCfi> {
     let file = object::File::parse(data).map_err(|e| NoCfi::NotElf(e.to_string()))?;
     if file.architecture() != object::Architecture::X86_64 {
         return Err(NoCfi::NotX86_64(format!("{:?}", file.architecture())));

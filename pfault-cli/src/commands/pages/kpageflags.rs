@@ -62,11 +62,11 @@ const ACTIVE: u64 = bit(6);
 const SLAB: u64 = bit(7);
 const WRITEBACK: u64 = bit(8);
 const RECLAIM: u64 = bit(9);
-pub const ANON: u64 = bit(12);
-pub const COMPOUND_HEAD: u64 = bit(15);
-pub const HUGE: u64 = bit(17);
-pub const NOPAGE: u64 = bit(20);
-pub const THP: u64 = bit(22);
+pub(crate) const ANON: u64 = bit(12);
+pub(crate) const COMPOUND_HEAD: u64 = bit(15);
+pub(crate) const HUGE: u64 = bit(17);
+pub(crate) const NOPAGE: u64 = bit(20);
+pub(crate) const THP: u64 = bit(22);
 const MAPPEDTODISK: u64 = bit(34);
 const SOFTDIRTY: u64 = bit(40);
 const ANON_EXCLUSIVE: u64 = bit(47);
@@ -80,13 +80,13 @@ const MMAP_EXCLUSIVE: u64 = bit(63);
 /// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 pub mod pme {
     pub const PFN_MASK: u64 = (1 << 55) - 1;
-    pub const SOFT_DIRTY: u64 = 1 << 55;
-    pub const EXCLUSIVE: u64 = 1 << 56;
-    pub const FILE: u64 = 1 << 61;
-    pub const SWAP: u64 = 1 << 62;
-    pub const PRESENT: u64 = 1 << 63;
+    pub(crate) const SOFT_DIRTY: u64 = 1 << 55;
+    pub(crate) const EXCLUSIVE: u64 = 1 << 56;
+    pub(crate) const FILE: u64 = 1 << 61;
+    pub(crate) const SWAP: u64 = 1 << 62;
+    pub(crate) const PRESENT: u64 = 1 << 63;
     /// When swapped, bits 0-4 are the swap type and 5-54 the offset in it.
-    pub const SWAP_TYPE_BITS: u32 = 5;
+    pub(crate) const SWAP_TYPE_BITS: u32 = 5;
 }
 
 /// A page's flag set from its kpageflags word and its pagemap entry (page-types'

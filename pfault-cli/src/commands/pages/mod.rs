@@ -37,22 +37,22 @@ const MAX_RUN: u64 = 64 << 10;
 const RUN_GAP: u64 = 8;
 
 #[derive(clap::Args, Debug)]
-pub struct PagesArgs {
+pub(crate) struct PagesArgs {
     /// The process whose pages to walk
     #[arg(short, long, value_name = "PID")]
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// One table per mapping: its file, or [anon], [heap], [stack], [vdso]...
     #[arg(short = 'm', long = "mappings")]
-    pub per_mapping: bool,
+    pub(crate) per_mapping: bool,
     /// Only the pages in START-END (hex virtual addresses, END excluded)
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
-    pub range: Option<AddrRange>,
+    pub(crate) range: Option<AddrRange>,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct AddrRange {
+pub(crate) struct AddrRange {
     start: u64,
     end: u64,
 }
@@ -284,7 +284,7 @@ fn mapping_name(path: &str) -> String {
     }
 }
 
-pub fn run(args: PagesArgs) -> Result<Option<i32>> {
+pub(crate) fn run(args: PagesArgs) -> Result<Option<i32>> {
     let pid = args.pid;
     check_pid(pid)?;
     if is_kernel_thread(pid) {
