@@ -158,6 +158,11 @@ impl Session {
         readable_fd(self.engine.take_events()?)
     }
 
+    /// Resolves when the traced process (-p) or command exits; never where there is none.
+    pub(crate) async fn target_exited(&self) -> Result<()> {
+        exited(self.watch.as_ref()).await
+    }
+
     /// Runs until the duration passes, a signal arrives or the target exits. Records from
     /// `ring`, when given, go to `handler.record` in batches as they arrive; `handler.tick`
     /// runs every `interval` and once at the end. On an error (output that cannot be
@@ -207,8 +212,8 @@ impl Session {
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => Ok(Some(End::Duration)),
                 _ = sigint.recv() => Ok(Some(End::Signal)),
                 _ = sigterm.recv() => Ok(Some(End::Signal)),
-                r = async { self.watch.as_ref().unwrap().readable().await }, if self.watch.is_some() => {
-                    drop(r?);
+                r = exited(self.watch.as_ref()) => {
+                    r?;
                     Ok(Some(End::TargetExited(self.command.as_ref().and_then(Held::reap))))
                 }
                 _ = ticker.tick(), if interval.is_some() => {
@@ -297,6 +302,17 @@ impl Session {
             }
         }
         Ok(end.exit_code())
+    }
+}
+
+/// Resolves when the process `watch` (a pidfd) refers to exits; never without one.
+async fn exited(watch: Option<&AsyncFd<OwnedFd>>) -> Result<()> {
+    match watch {
+        Some(watch) => {
+            drop(watch.readable().await?);
+            Ok(())
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -216,10 +216,48 @@ impl Held {
 
     /// Lets it run and returns what it printed.
     pub fn go(mut self) -> String {
-        self.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        self.release();
         let out = wait_with_timeout(self.child, Duration::from_secs(120));
         assert!(out.status.success(), "workload failed: {:?}", out.status);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Lets it run without waiting: to start several at once.
+    pub fn release(&mut self) {
+        self.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+
+    /// For a workload started with `wait linger` and released: the `key=value`s it printed up
+    /// to its "lingering" line, when its work is done and it waits, alive, for [`Held::finish`].
+    pub fn lingering(&mut self) -> HashMap<String, String> {
+        // Nothing follows "lingering" until finish, so this reader buffers nothing past it.
+        let mut out = BufReader::new(self.child.stdout.as_mut().unwrap());
+        let mut said = HashMap::new();
+        loop {
+            let mut line = String::new();
+            assert_ne!(
+                out.read_line(&mut line).unwrap(),
+                0,
+                "workload ended before lingering: {said:?}"
+            );
+            if line.trim() == "lingering" {
+                return said;
+            }
+            said.extend(kv(&line));
+        }
+    }
+
+    /// Lets a lingering workload exit; fails the test if it (or, when it is a pfault running
+    /// the workload as its command, pfault) fails.
+    pub fn finish(mut self) {
+        self.child.stdin.as_mut().unwrap().write_all(b"done\n").unwrap();
+        let out = wait_with_timeout(self.child, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -406,4 +444,41 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A fresh cgroup under the cgroup2 mount, removed when dropped.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    /// As /proc/PID/cgroup names it.
+    pub name: String,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = info
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+            })
+            .expect("no cgroup v2 mount");
+        let name = format!("/pfault-test-{tag}-{}", std::process::id());
+        let dir = root.join(&name[1..]);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TestCgroup { dir, name }
+    }
+
+    /// Moves process `pid` in.
+    pub fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }

@@ -1,41 +1,10 @@
 //! `--cgroup` and `--by-cgroup` against a child cgroup v2 the test makes: a workload inside is
 //! counted (as its own getrusage says), one outside is not.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use pfault_tests::*;
 use serde_json::Value;
-
-/// A fresh cgroup under the cgroup2 mount, removed when dropped.
-struct TestCgroup {
-    dir: PathBuf,
-    /// As /proc/PID/cgroup names it.
-    name: String,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> TestCgroup {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = info
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next()? == "cgroup2")
-                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-            })
-            .expect("no cgroup v2 mount");
-        let name = format!("/pfault-test-{tag}-{}", std::process::id());
-        let dir = root.join(&name[1..]);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        TestCgroup { dir, name }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 /// Runs `pfault ARGS --output FILE -- sh -c ...`, where the command runs anon_writer PAGES
 /// inside the cgroup, then another outside it; returns pfault's JSON rows and the two

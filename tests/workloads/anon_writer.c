@@ -30,10 +30,6 @@ int main(int argc, char **argv) {
     end();
     printf("start=%lu end=%lu\n", first, last);
     fflush(stdout);
-    /* Stays alive, its faults done, until a line (or EOF) on stdin: for a tool to read it live. */
-    if (argc > 4 && strcmp(argv[4], "linger") == 0) {
-        char buf[16];
-        if (!fgets(buf, sizeof buf, stdin)) return 0;
-    }
+    maybe_linger(argc, argv, 4);
     return 0;
 }

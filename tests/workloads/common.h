@@ -21,6 +21,17 @@ static void maybe_wait(int argc, char **argv, int idx) {
     }
 }
 
+/* Keeps the workload alive, its work done, until a line (or EOF) on stdin when "linger" is
+ * passed: for a tool to read it live. Says "lingering" first, so a driver knows all it printed. */
+static void maybe_linger(int argc, char **argv, int idx) {
+    if (argc > idx && strcmp(argv[idx], "linger") == 0) {
+        printf("lingering\n");
+        fflush(stdout);
+        char buf[16];
+        if (!fgets(buf, sizeof buf, stdin)) return;
+    }
+}
+
 static void begin(void) {
     getrusage(RUSAGE_THREAD, &ru_before);
     clock_gettime(CLOCK_MONOTONIC, &t_before);

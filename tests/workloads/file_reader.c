@@ -1,5 +1,5 @@
 /* Reads one byte per page of a file through mmap after dropping it from the page cache:
- * one major read fault per page. usage: file_reader PATH [wait] */
+ * one major read fault per page. usage: file_reader PATH [wait [linger]] */
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -12,7 +12,7 @@ __attribute__((noinline)) long read_pages(volatile char *p, long pages) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: file_reader PATH [wait]\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: file_reader PATH [wait [linger]]\n"); return 2; }
     int fd = open(argv[1], O_RDONLY);
     if (fd < 0) { perror(argv[1]); return 1; }
     struct stat st;
@@ -27,5 +27,7 @@ int main(int argc, char **argv) {
     long sum = read_pages(p, pages);
     end();
     printf("start=%lu end=%lu sum=%ld\n", (unsigned long)p, (unsigned long)p + pages * 4096, sum);
+    fflush(stdout);
+    maybe_linger(argc, argv, 3);
     return 0;
 }

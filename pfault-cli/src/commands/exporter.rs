@@ -420,6 +420,11 @@ pub(crate) async fn run(args: ExporterArgs) -> Result<Option<i32>> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            // As every tool's -p: the process it was to watch is gone.
+            r = session.target_exited() => {
+                r?;
+                break;
+            }
             job = requests.recv() => match job {
                 Some(Job::Metrics(reply)) => {
                     exporter.collect(&mut session.engine)?;
