@@ -276,10 +276,9 @@ const NR_MMAP: u64 = 9;
 /// place in the process even if the process exits before its maps are read (a program that
 /// runs a millisecond still gets its libraries named).
 /// `raw_syscalls:sys_exit`, `TP_PROTO(struct pt_regs *regs, long ret)`, rather than the
-/// classic `syscalls:sys_exit_mmap`, whose detach waits for an RCU grace period (about 65 ms
-/// of pfault's exit). Either runs at every syscall's exit, but the classic event filters by
-/// number before any program runs: this one costs more per call (the bench's null-syscall
-/// loop: +100 ns against +38; README, "Performance").
+/// classic `syscalls:sys_exit_mmap`, whose detach waits for an RCU grace period at pfault's
+/// exit. Either runs at every syscall's exit, but the classic event filters by number before
+/// any program runs: this one costs more per call (README, "Performance", measures both).
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn task_mmap(ctx: RawTracePointContext) -> u32 {
     let regs: u64 = ctx.arg(0);

@@ -456,8 +456,7 @@ const TIDY_EVERY: Duration = Duration::from_secs(10);
 
 /// Hands the allocator's free pages back to the kernel. A daemon that reads the maps of
 /// every new process frees about as much as it allocates, but the freed pieces lie scattered
-/// through the heap, which glibc does not give back by itself (1 MiB of RSS, all of it free,
-/// after a minute of new processes).
+/// through the heap, which glibc does not give back by itself: RSS grows with free memory.
 fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases memory no allocation holds.

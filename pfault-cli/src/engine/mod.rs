@@ -194,7 +194,7 @@ impl Engine {
         let log_level: u8 = if plan.bpf_log { u8::MAX } else { 0 };
         let mut loader = EbpfLoader::new();
         // The programs carry no CO-RE relocations (offsets come in CONFIG): aya needs no kernel
-        // BTF, whose parse cost ~15 ms and ~10 MiB. pfault's copy of aya does not parse it in
+        // BTF, whose parse is a large share of start-up time and memory. pfault's copy of aya does not parse it in
         // `new()` (third_party/aya/PATCHED.md); the call stays so an unpatched aya would not
         // use it either.
         loader.btf(None);

@@ -20,8 +20,9 @@ pub(super) const PAGEMAP_BATCH: usize = 64 << 10;
 pub(super) const LOOKUP_BATCH: usize = 64 << 10;
 /// Longest kpageflags/kpagecount read.
 const MAX_RUN: u64 = 64 << 10;
-/// PFNs this close are read in one run, gap included. The kernel spends ~150 ns per word
-/// (it snapshots each page), a syscall costs ~1 us: past a few words, a new read is cheaper.
+/// PFNs this close are read in one run, gap included. The kernel snapshots each page of a
+/// read, which costs per word; a syscall costs as much as several words: past a few words, a
+/// new read is cheaper.
 const RUN_GAP: u64 = 8;
 
 /// Opens one of the /proc files the walk reads, with the error a user can act on.
