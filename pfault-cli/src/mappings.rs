@@ -27,16 +27,25 @@ struct ProcMaps {
     read_at: Instant,
 }
 
-/// Paths of the files seen mapped by any process, by `(dev, ino)`.
-type FilePaths = HashMap<(u32, u64), String>;
+/// How a process's maps are read: /proc/PID/maps, or what a test gives.
+type ReadMaps = Box<dyn FnMut(u32) -> Option<Vec<MapEntry>>>;
 
-/// `read_maps`, remembering every file's path on the way.
-fn read_indexed(files: &mut FilePaths, pid: u32) -> Option<Vec<MapEntry>> {
-    let entries = read_maps(pid)?;
-    for e in entries.iter().filter(|e| e.path.starts_with('/')) {
-        files.entry((e.dev, e.ino)).or_insert_with(|| e.path.clone());
+/// Paths of the files seen mapped by any process, by `(dev, ino)`, and the reader of maps
+/// that finds them.
+struct Files {
+    paths: HashMap<(u32, u64), String>,
+    read: ReadMaps,
+}
+
+impl Files {
+    /// A process's maps, every file's path remembered on the way; `None` when it is gone.
+    fn read(&mut self, pid: u32) -> Option<Vec<MapEntry>> {
+        let entries = (self.read)(pid)?;
+        for e in entries.iter().filter(|e| e.path.starts_with('/')) {
+            self.paths.entry((e.dev, e.ino)).or_insert_with(|| e.path.clone());
+        }
+        Some(entries)
     }
-    Some(entries)
 }
 
 /// A miss re-reads a process's maps at most this often: an address no mapping holds any
@@ -46,20 +55,20 @@ const REREAD_EVERY: Duration = Duration::from_millis(20);
 impl ProcMaps {
     /// After a miss, reads `pid`'s maps again, unless the process is gone or they were just
     /// read; says whether it did. Maps that cannot be read are a process gone.
-    fn reread(&mut self, files: &mut FilePaths, pid: u32) -> bool {
+    fn reread(&mut self, files: &mut Files, pid: u32) -> bool {
         if self.gone || self.read_at.elapsed() < REREAD_EVERY {
             return false;
         }
         self.read_at = Instant::now();
-        match read_indexed(files, pid) {
+        match files.read(pid) {
             Some(entries) => self.entries = entries,
             None => self.gone = true,
         }
         true
     }
 
-    fn read(files: &mut FilePaths, pid: u32) -> ProcMaps {
-        let entries = read_indexed(files, pid);
+    fn read(files: &mut Files, pid: u32) -> ProcMaps {
+        let entries = files.read(pid);
         ProcMaps {
             gone: entries.is_none(),
             entries: entries.unwrap_or_default(),
@@ -77,30 +86,38 @@ const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 pub(crate) struct Mappings {
     procs: HashMap<u32, ProcMaps>,
-    files: FilePaths,
+    files: Files,
     last_refresh: Option<Instant>,
 }
 
 impl Default for Mappings {
     fn default() -> Self {
-        let mut files = FilePaths::new();
+        Mappings::with_reader(Box::new(read_maps))
+    }
+}
+
+impl Mappings {
+    /// Mappings whose processes' maps `read` gives.
+    fn with_reader(read: ReadMaps) -> Mappings {
+        let mut files = Files {
+            paths: HashMap::new(),
+            read,
+        };
         // pfault's own maps: the C library and loader most processes map too.
-        let _ = read_indexed(&mut files, std::process::id());
+        let _ = files.read(std::process::id());
         Mappings {
             procs: HashMap::new(),
             files,
             last_refresh: None,
         }
     }
-}
 
-impl Mappings {
     /// Knows `path` by its device and inode from the start: the program pfault starts may
     /// exit before its maps are read, and a notice of its mapping carries only a basename.
     pub(crate) fn know_file(&mut self, path: &std::path::Path) {
         use std::os::unix::fs::MetadataExt;
         if let (Ok(meta), Ok(full)) = (std::fs::metadata(path), std::fs::canonicalize(path)) {
-            self.files.insert(
+            self.files.paths.insert(
                 (procfs::kernel_dev(meta.dev()), meta.ino()),
                 full.to_string_lossy().into_owned(),
             );
@@ -137,7 +154,7 @@ impl Mappings {
     /// A file a process mapped, as the kernel saw it: it holds until the process maps over it.
     fn mapped(&mut self, m: &MapSeen) {
         let (pid, start, end) = (m.pid, m.map.vm_start, m.vm_end);
-        let path = match self.files.get(&(m.map.dev, m.map.ino)) {
+        let path = match self.files.paths.get(&(m.map.dev, m.map.ino)) {
             Some(p) => p.clone(),
             // A process already gone leaves the basename.
             None => std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
@@ -146,6 +163,7 @@ impl Mappings {
         };
         if path.starts_with('/') {
             self.files
+                .paths
                 .entry((m.map.dev, m.map.ino))
                 .or_insert_with(|| path.clone());
         }
@@ -200,7 +218,7 @@ impl Mappings {
             let age = p.first_seen.elapsed();
             if age < NEWBORN || slow_due && age < YOUNG {
                 // A process that is gone keeps its last map.
-                if let Some(entries) = read_indexed(&mut self.files, *pid) {
+                if let Some(entries) = self.files.read(*pid) {
                     p.entries = entries;
                 }
             }
@@ -223,7 +241,7 @@ impl Mappings {
         let e = &mut p.entries[idx?];
         // A file the kernel reported before any process showed its path: learnt since?
         if !e.path.starts_with('/') {
-            if let Some(path) = self.files.get(&(e.dev, e.ino)) {
+            if let Some(path) = self.files.paths.get(&(e.dev, e.ino)) {
                 e.path = path.clone();
             }
         }
@@ -246,7 +264,7 @@ impl Mappings {
         match idx {
             Some(i) => Some(p.entries[i].path.as_str()),
             // Another process maps the same file.
-            None => self.files.get(&(dev, ino)).map(String::as_str),
+            None => self.files.paths.get(&(dev, ino)).map(String::as_str),
         }
     }
 
@@ -297,5 +315,155 @@ pub(crate) fn anon_label(map_kind: u8) -> &'static str {
         MAP_STACK => "[stack]",
         MAP_NONE => "-",
         _ => "?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use super::*;
+
+    /// Process maps a test changes as it goes (a process that execs, exits, maps a file), and
+    /// how many times they were read.
+    #[derive(Default)]
+    struct Procs {
+        maps: HashMap<u32, Vec<MapEntry>>,
+        reads: usize,
+    }
+
+    fn mappings() -> (Mappings, Rc<RefCell<Procs>>) {
+        let procs = Rc::new(RefCell::new(Procs::default()));
+        let seen = procs.clone();
+        let reader = Box::new(move |pid: u32| {
+            let mut p = seen.borrow_mut();
+            p.reads += 1;
+            p.maps.get(&pid).cloned()
+        });
+        (Mappings::with_reader(reader), procs)
+    }
+
+    fn file(start: u64, ino: u64, path: &str) -> MapEntry {
+        MapEntry {
+            start,
+            end: start + 0x1000,
+            file_offset: 0,
+            dev: 8 << 20 | 1,
+            ino,
+            path: path.into(),
+            exec: true,
+        }
+    }
+
+    fn task(pid: u32, forked_from: u32) -> Record {
+        Record::Task(TaskSeen {
+            rec: REC_TASK,
+            pid,
+            tid: pid,
+            forked_from,
+        })
+    }
+
+    fn path(m: &mut Mappings, pid: u32, addr: u64) -> Option<String> {
+        m.lookup(pid, addr, None).map(|e| e.path.clone())
+    }
+
+    #[test]
+    fn a_process_that_is_gone_keeps_the_maps_it_had() {
+        let (mut m, procs) = mappings();
+        procs
+            .borrow_mut()
+            .maps
+            .insert(7, vec![file(0x1000, 1, "/bin/old")]);
+        m.note_process(7);
+        procs.borrow_mut().maps.remove(&7);
+        m.refresh_young();
+        assert_eq!(path(&mut m, 7, 0x1800).as_deref(), Some("/bin/old"));
+    }
+
+    #[test]
+    fn an_exec_notice_reads_the_new_image() {
+        let (mut m, procs) = mappings();
+        procs
+            .borrow_mut()
+            .maps
+            .insert(7, vec![file(0x1000, 1, "/bin/old")]);
+        m.note_process(7);
+        procs
+            .borrow_mut()
+            .maps
+            .insert(7, vec![file(0x1000, 2, "/bin/new")]);
+        m.notice(&task(7, 0));
+        assert_eq!(path(&mut m, 7, 0x1800).as_deref(), Some("/bin/new"));
+    }
+
+    #[test]
+    fn a_fork_child_gone_before_it_is_read_gets_its_parents_layout() {
+        let (mut m, procs) = mappings();
+        procs
+            .borrow_mut()
+            .maps
+            .insert(7, vec![file(0x1000, 1, "/bin/parent")]);
+        m.notice(&task(8, 7));
+        assert_eq!(path(&mut m, 8, 0x1800).as_deref(), Some("/bin/parent"));
+    }
+
+    #[test]
+    fn a_mapping_notice_of_a_gone_process_is_named_from_any_process_mapping_the_file() {
+        let (mut m, procs) = mappings();
+        // Another process maps the library, with its full path.
+        procs
+            .borrow_mut()
+            .maps
+            .insert(1, vec![file(0x9000, 5, "/lib/libx.so")]);
+        m.note_process(1);
+        let mut name = [0u8; NAME_LEN];
+        name[..7].copy_from_slice(b"libx.so");
+        // A pid no process has (above the kernel's pid_max): its /proc is never read.
+        let gone = 0x7fff_fff0;
+        let seen = MapSeen {
+            rec: REC_MAP,
+            pid: gone,
+            vm_end: 0x5000,
+            map: Mapping {
+                vm_start: 0x4000,
+                offset: 0,
+                ino: 5,
+                dev: 8 << 20 | 1,
+                kind: MAP_FILE,
+                _pad: [0; 3],
+                name,
+            },
+        };
+        m.notice(&Record::Map(seen));
+        assert_eq!(path(&mut m, gone, 0x4800).as_deref(), Some("/lib/libx.so"));
+        // A file no process showed the path of keeps its basename.
+        let seen = MapSeen {
+            map: Mapping { ino: 6, ..seen.map },
+            ..seen
+        };
+        m.notice(&Record::Map(seen));
+        assert_eq!(path(&mut m, gone, 0x4800).as_deref(), Some("libx.so"));
+    }
+
+    #[test]
+    fn a_miss_rereads_the_maps_but_not_on_every_address() {
+        let (mut m, procs) = mappings();
+        procs.borrow_mut().maps.insert(7, vec![file(0x1000, 1, "/bin/a")]);
+        m.note_process(7);
+        // Mapped since the last read: a miss reads again, once the last read is old enough.
+        procs
+            .borrow_mut()
+            .maps
+            .get_mut(&7)
+            .unwrap()
+            .push(file(0x8000, 3, "/lib/b.so"));
+        std::thread::sleep(REREAD_EVERY);
+        assert_eq!(path(&mut m, 7, 0x8800).as_deref(), Some("/lib/b.so"));
+        let reads = procs.borrow().reads;
+        for _ in 0..100 {
+            assert_eq!(path(&mut m, 7, 0xdead_0000), None);
+        }
+        assert!(procs.borrow().reads <= reads + 1, "a read per unknown address");
     }
 }
