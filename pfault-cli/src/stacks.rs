@@ -2,7 +2,10 @@
 //! process and stack: symbolized, and merged into one row per printed stack. Shared by
 //! `stackcount` and the exporter's pprof endpoint.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use anyhow::Result;
 use pfault_common::*;
@@ -10,7 +13,10 @@ use pfault_common::*;
 use crate::{
     args::FaultFilterArgs,
     engine::{plan::STACK_RINGBUF_BYTES, Engine, Kind, Plan, Tunable},
-    output::pprof::{self, LabelValue},
+    output::{
+        pprof::{self, LabelValue},
+        prometheus::OTHER,
+    },
     procfs::cstr,
     records::Record,
     symbolize::{Frame, Placed, Symbols},
@@ -68,10 +74,23 @@ fn pseudo(what: &str) -> Vec<Frame> {
     vec![Frame::named(what)]
 }
 
+/// What [`StackCounts::gone`] found.
+pub(crate) struct Gone {
+    counts: Vec<(StackKey, u64)>,
+    pids: HashSet<u32>,
+}
+
 pub(crate) struct StackCounts {
     pub(crate) syms: Symbols,
-    /// Every stack the kernel sent, by hash, leaf first.
-    stacks: HashMap<u64, Sent>,
+    /// Every stack the kernel sent, by hash, leaf first, with how many of its sendings (one
+    /// per process, again when its `STACKS_SENT` entry was pushed out) are not yet folded.
+    stacks: HashMap<u64, (Sent, u32)>,
+    /// The hashes each process was sent, to drop its stacks when it is folded.
+    sent_to: HashMap<u32, Vec<u64>>,
+    /// Rows of processes that are gone, whose counts were moved out of the kernel's map.
+    kept: HashMap<Row, u64>,
+    /// The most rows kept apart, and the frame that stands for the stacks past it.
+    cap: Option<(usize, String)>,
     /// Rows per process (-P).
     per_pid: bool,
     /// Frames keep their addresses, offsets and lines (-v).
@@ -84,9 +103,21 @@ impl StackCounts {
         StackCounts {
             syms,
             stacks: HashMap::new(),
+            sent_to: HashMap::new(),
+            kept: HashMap::new(),
+            cap: None,
             per_pid,
             addresses,
             started: Instant::now(),
+        }
+    }
+
+    /// Keeps at most `rows` rows apart; past that, a new row's faults add to one row per kind
+    /// whose only frame is `past`, so a profile's size does not follow the stacks it meets.
+    pub(crate) fn capped(self, rows: usize, past: String) -> StackCounts {
+        StackCounts {
+            cap: Some((rows, past)),
+            ..self
         }
     }
 
@@ -103,7 +134,9 @@ impl StackCounts {
                     Some(&leaf) if leaf < USER_END => Sent::User(self.syms.place(tgid, &frames)),
                     _ => Sent::Kernel(frames),
                 };
-                self.stacks.insert(hash, sent);
+                self.sent_to.entry(tgid).or_default().push(hash);
+                let held = self.stacks.entry(hash).or_insert((sent, 0));
+                held.1 += 1;
             }
             notice => self.syms.notice(&notice),
         }
@@ -115,8 +148,8 @@ impl StackCounts {
             STACK_LOST => pseudo("[stack lost: ring buffer full]"),
             STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
             h => match self.stacks.get(&h) {
-                Some(Sent::User(placed)) => self.syms.name(pid, placed),
-                Some(Sent::Kernel(ips)) => self.syms.kernel(ips),
+                Some((Sent::User(placed), _)) => self.syms.name(pid, placed),
+                Some((Sent::Kernel(ips), _)) => self.syms.kernel(ips),
                 None => pseudo("[stack not received]"),
             },
         };
@@ -126,18 +159,81 @@ impl StackCounts {
 
     /// The counts so far (with `reset`, of the interval), one per printed stack, least first.
     pub(crate) fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
-        let mut rows: HashMap<Row, u64> = HashMap::new();
+        let mut rows = if reset {
+            std::mem::take(&mut self.kept)
+        } else {
+            self.kept.clone()
+        };
         for (key, count) in engine.stack_counts(reset)? {
-            let row = Row {
-                pid: self.per_pid.then_some(key.tgid),
-                comm: cstr(&key.comm).to_string(),
-                kind: Kind::from_raw(key.kind as u8),
-                ustack: self.frames(key.ustack, key.tgid),
-                kstack: self.frames(key.kstack, 0),
-            };
-            *rows.entry(row).or_default() += count;
+            self.add(&mut rows, &key, count);
         }
         Ok(sorted(rows))
+    }
+
+    /// Adds a count of the kernel's to its printed row, or past the cap to the row saying so.
+    fn add(&mut self, rows: &mut HashMap<Row, u64>, key: &StackKey, count: u64) {
+        let row = Row {
+            pid: self.per_pid.then_some(key.tgid),
+            comm: cstr(&key.comm).to_string(),
+            kind: Kind::from_raw(key.kind as u8),
+            ustack: self.frames(key.ustack, key.tgid),
+            kstack: self.frames(key.kstack, 0),
+        };
+        if let Some(n) = rows.get_mut(&row) {
+            *n += count;
+            return;
+        }
+        let row = match &self.cap {
+            Some((max, past)) if rows.len() >= *max => Row {
+                pid: None,
+                comm: OTHER.into(),
+                kind: row.kind,
+                ustack: pseudo(past),
+                kstack: Vec::new(),
+            },
+            _ => row,
+        };
+        *rows.entry(row).or_default() += count;
+    }
+
+    /// The processes that are gone, and their final counts in the kernel: to [`Self::fold`]
+    /// once the ring has been drained, so that their last stacks have arrived.
+    pub(crate) fn gone(&self, engine: &mut Engine, alive: impl Fn(u32) -> bool) -> Result<Gone> {
+        let mut seen: HashMap<u32, bool> = HashMap::new();
+        let mut is_gone = |pid| !*seen.entry(pid).or_insert_with(|| alive(pid));
+        let counts: Vec<(StackKey, u64)> = engine
+            .stack_counts(false)?
+            .into_iter()
+            .filter(|(k, _)| is_gone(k.tgid))
+            .collect();
+        let mut pids: HashSet<u32> = counts.iter().map(|(k, _)| k.tgid).collect();
+        pids.extend(self.sent_to.keys().copied().filter(|&pid| is_gone(pid)));
+        Ok(Gone { counts, pids })
+    }
+
+    /// Moves the counts of processes that are gone into rows, and drops their counts in the
+    /// kernel, their stacks and their maps: a long profile's memory then follows the
+    /// processes alive and the rows kept, not every process it met.
+    pub(crate) fn fold(&mut self, engine: &mut Engine, gone: Gone) -> Result<()> {
+        let mut rows = std::mem::take(&mut self.kept);
+        for (key, count) in &gone.counts {
+            self.add(&mut rows, key, *count);
+        }
+        self.kept = rows;
+        let keys: Vec<StackKey> = gone.counts.iter().map(|(k, _)| *k).collect();
+        engine.forget_stacks(&keys)?;
+        for pid in gone.pids {
+            for h in self.sent_to.remove(&pid).unwrap_or_default() {
+                if let Some(held) = self.stacks.get_mut(&h) {
+                    held.1 -= 1;
+                    if held.1 == 0 {
+                        self.stacks.remove(&h);
+                    }
+                }
+            }
+            self.syms.maps.forget(pid);
+        }
+        Ok(())
     }
 
     /// The rows as a pprof profile of the time since this counter started: a sample per

@@ -6,7 +6,11 @@
 //! shared library's frames are resolved once for every process that maps it. A frame that
 //! cannot be named still shows its module and file offset.
 
-use std::{collections::HashMap, rc::Rc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    rc::Rc,
+};
 
 use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
@@ -111,19 +115,36 @@ fn basename(path: &str) -> &str {
 }
 
 pub(crate) struct Symbols {
+    /// Binaries' symbols, started afresh past [`MAX_OPENED`] files.
     symbolizer: Symbolizer,
+    /// The kernel's, kept: parsed once (tens of MiB at a time).
+    kernel: Symbolizer,
     /// User frames by (binary, file offset): shared by every process mapping that binary,
     /// and independent of the process still being alive. Kernel frames by ("", address).
     cache: HashMap<(Rc<str>, u64), Rc<[Frame]>>,
+    /// The files the symbolizer holds parsed.
+    opened: HashSet<PathBuf>,
     pub(crate) maps: Mappings,
+}
+
+/// The most files the symbolizer holds parsed (a few MiB each with debug information); past
+/// it, it starts afresh. Frames are cached above it, so a file is parsed again only for
+/// offsets not yet named, and a host running many distinct binaries (or the same one in many
+/// containers, seen under each process's root) does not keep every one of them parsed.
+const MAX_OPENED: usize = 32;
+
+fn symbolizer() -> Symbolizer {
+    // No auto-reload: it stats every file per lookup, several times the lookup itself.
+    Symbolizer::builder().enable_auto_reload(false).build()
 }
 
 impl Default for Symbols {
     fn default() -> Self {
         Symbols {
-            // No auto-reload: it stats every file per lookup, several times the lookup itself.
-            symbolizer: Symbolizer::builder().enable_auto_reload(false).build(),
+            symbolizer: symbolizer(),
+            kernel: symbolizer(),
             cache: HashMap::new(),
+            opened: HashSet::new(),
             maps: Mappings::default(),
         }
     }
@@ -226,7 +247,7 @@ impl Symbols {
             .collect();
         if !missing.is_empty() {
             let results = self
-                .symbolizer
+                .kernel
                 .symbolize(&Source::Kernel(Kernel::default()), Input::AbsAddr(&missing))
                 .unwrap_or_default();
             for (i, &addr) in missing.iter().enumerate() {
@@ -251,9 +272,16 @@ impl Symbols {
 
     fn resolve_elf(&mut self, pid: u32, path: Rc<str>, offsets: &[u64]) {
         // A process in another mount namespace maps files we see under its root.
-        let mut file = std::path::PathBuf::from(&*path);
+        let mut file = PathBuf::from(&*path);
         if !file.exists() {
             file = format!("/proc/{pid}/root{path}").into();
+        }
+        if !self.opened.contains(&file) {
+            if self.opened.len() >= MAX_OPENED {
+                self.symbolizer = symbolizer();
+                self.opened.clear();
+            }
+            self.opened.insert(file.clone());
         }
         let results = self
             .symbolizer

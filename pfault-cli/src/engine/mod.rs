@@ -394,6 +394,14 @@ impl Engine {
         self.remove_keys::<FileKey, FileCounts>(maps::FILE_COUNTS, keys)
     }
 
+    pub(crate) fn forget_stacks(&mut self, keys: &[StackKey]) -> Result<()> {
+        let hashes: Vec<u64> = keys
+            .iter()
+            .map(|k| stack_key_hash(k, comm_words(&k.comm)))
+            .collect();
+        self.remove_keys::<u64, StackCount>(maps::STACK_COUNTS, &hashes)
+    }
+
     /// Moves the counts the live threads hold into `PROC_STATS`: runs `fold_threads` over
     /// every task.
     fn fold_threads(&mut self) -> Result<()> {
