@@ -4,8 +4,14 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
-    exporter::ExporterArgs, ffaults::FfaultsArgs, pages::PagesArgs, stackcount::StackcountArgs,
-    stat::StatArgs, top::TopArgs, trace::TraceArgs,
+    exporter::{self, ExporterArgs},
+    ffaults::{self, FfaultsArgs},
+    pages::{self, PagesArgs},
+    probes,
+    stackcount::{self, StackcountArgs},
+    stat::{self, StatArgs},
+    top::{self, TopArgs},
+    trace::{self, TraceArgs},
 };
 
 #[derive(Parser, Debug)]
@@ -48,6 +54,22 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// Runs the subcommand: pfault's exit status, when it passes on a command's.
+    pub(crate) async fn run(self) -> Result<Option<i32>> {
+        match self {
+            Command::Trace(args) => trace::run(args).await,
+            Command::Stackcount(args) => stackcount::run(args).await,
+            Command::Ffaults(args) => ffaults::run(args).await,
+            Command::Stat(args) => stat::run(args).await,
+            Command::Top(args) => top::run(args).await,
+            Command::Exporter(args) => exporter::run(args).await,
+            Command::Pages(args) => pages::run(args),
+            Command::Probes => probes::run(),
+            Command::Completions { shell } => completions(shell),
+            Command::Man => man(),
+        }
+    }
+
     /// Whether it attaches probes, and so must tidy up when a signal stops it.
     pub(crate) fn traces(&self) -> bool {
         !matches!(

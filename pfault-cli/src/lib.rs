@@ -26,10 +26,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::{
-    cli::{Cli, Command},
-    commands::*,
-};
+use crate::cli::Cli;
 
 /// Parses the command line, runs the subcommand, and turns an error into one line on stderr.
 pub fn main() -> ExitCode {
@@ -48,20 +45,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Trace(args) => trace::run(args).await,
-            Command::Stackcount(args) => stackcount::run(args).await,
-            Command::Ffaults(args) => ffaults::run(args).await,
-            Command::Stat(args) => stat::run(args).await,
-            Command::Top(args) => top::run(args).await,
-            Command::Exporter(args) => exporter::run(args).await,
-            Command::Pages(args) => pages::run(args),
-            Command::Probes => probes::run(),
-            Command::Completions { shell } => cli::completions(shell),
-            Command::Man => cli::man(),
-        }
-    });
+    let result = rt.block_on(cli.command.run());
     if let Some(&signals::Interrupted(sig)) = result.as_ref().err().and_then(|e| e.downcast_ref()) {
         // Everything start-up made is gone by now (a held command killed, probes detached).
         drop(rt);
