@@ -14,7 +14,7 @@ use std::{
 use pfault_common::*;
 
 use crate::{
-    procfs::{self, cstr, read_maps, MapEntry},
+    procfs::{self, cstr, read_maps, MapEntry, MapPath},
     records::Record,
 };
 
@@ -41,8 +41,10 @@ impl Files {
     /// A process's maps, every file's path remembered on the way; `None` when it is gone.
     fn read(&mut self, pid: u32) -> Option<Vec<MapEntry>> {
         let entries = (self.read)(pid)?;
-        for e in entries.iter().filter(|e| e.path.starts_with('/')) {
-            self.paths.entry((e.dev, e.ino)).or_insert_with(|| e.path.clone());
+        for e in &entries {
+            if let Some(p) = e.path.file() {
+                self.paths.entry((e.dev, e.ino)).or_insert_with(|| p.to_string());
+            }
         }
         Some(entries)
     }
@@ -154,18 +156,23 @@ impl Mappings {
     /// A file a process mapped, as the kernel saw it: it holds until the process maps over it.
     fn mapped(&mut self, m: &MapSeen) {
         let (pid, start, end) = (m.pid, m.map.vm_start, m.vm_end);
-        let path = match self.files.paths.get(&(m.map.dev, m.map.ino)) {
-            Some(p) => p.clone(),
-            // A process already gone leaves the basename.
-            None => std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| cstr(&m.map.name).to_string()),
+        let path = if m.map.kind != MAP_FILE {
+            // Code no file backs (a JIT's).
+            MapPath::Anonymous
+        } else {
+            match self.files.paths.get(&(m.map.dev, m.map.ino)) {
+                Some(p) => MapPath::File(p.clone()),
+                // A process already gone leaves the basename.
+                None => std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
+                    .map(|p| MapPath::File(p.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|_| MapPath::Basename(cstr(&m.map.name).to_string())),
+            }
         };
-        if path.starts_with('/') {
+        if let Some(p) = path.file() {
             self.files
                 .paths
                 .entry((m.map.dev, m.map.ino))
-                .or_insert_with(|| path.clone());
+                .or_insert_with(|| p.to_string());
         }
         self.note_process(pid);
         let p = self.procs.get_mut(&pid).expect("noted above");
@@ -240,9 +247,9 @@ impl Mappings {
         }
         let e = &mut p.entries[idx?];
         // A file the kernel reported before any process showed its path: learnt since?
-        if !e.path.starts_with('/') {
+        if let MapPath::Basename(_) = e.path {
             if let Some(path) = self.files.paths.get(&(e.dev, e.ino)) {
-                e.path = path.clone();
+                e.path = MapPath::File(path.clone());
             }
         }
         Some(e)
@@ -255,14 +262,14 @@ impl Mappings {
         let find = |entries: &[MapEntry]| {
             entries
                 .iter()
-                .position(|e| e.ino == ino && e.dev == dev && !e.path.is_empty())
+                .position(|e| e.ino == ino && e.dev == dev && e.path.file_name().is_some())
         };
         let mut idx = find(&p.entries);
         if idx.is_none() && p.reread(&mut self.files, pid) {
             idx = find(&p.entries);
         }
         match idx {
-            Some(i) => Some(p.entries[i].path.as_str()),
+            Some(i) => p.entries[i].path.file_name(),
             // Another process maps the same file.
             None => self.files.paths.get(&(dev, ino)).map(String::as_str),
         }
@@ -299,7 +306,7 @@ impl Mappings {
     pub(crate) fn describe(&mut self, pid: u32, addr: u64, m: &Mapping) -> String {
         match m.kind {
             MAP_FILE => match self.lookup(pid, addr, Some(m.ino)) {
-                Some(e) if !e.path.is_empty() => e.path.clone(),
+                Some(e) if e.path.file_name().is_some() => e.path.to_string(),
                 _ => self.file_name(pid, m.dev, m.ino, cstr(&m.name)),
             },
             kind => anon_label(kind).into(),
@@ -350,7 +357,7 @@ mod tests {
             file_offset: 0,
             dev: 8 << 20 | 1,
             ino,
-            path: path.into(),
+            path: MapPath::parse(path),
             exec: true,
         }
     }
@@ -365,7 +372,7 @@ mod tests {
     }
 
     fn path(m: &mut Mappings, pid: u32, addr: u64) -> Option<String> {
-        m.lookup(pid, addr, None).map(|e| e.path.clone())
+        m.lookup(pid, addr, None).map(|e| e.path.to_string())
     }
 
     #[test]

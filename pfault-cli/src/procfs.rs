@@ -13,9 +13,60 @@ pub struct MapEntry {
     /// As the kernel keeps it in `super_block.s_dev`: major << 20 | minor.
     pub dev: u32,
     pub ino: u64,
-    pub path: String,
+    pub path: MapPath,
     /// Mapped executable (`x` in its permissions): code.
     pub exec: bool,
+}
+
+/// What a mapping maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapPath {
+    /// A file, by its full path (" (deleted)" kept: it is how the kernel names it).
+    File(String),
+    /// A file the kernel named by its basename alone: the notice of a process already gone.
+    Basename(String),
+    /// Memory no file backs.
+    Anonymous,
+    /// What the kernel names in brackets: `[heap]`, `[stack]`, `[vdso]`, `[anon:NAME]`.
+    Special(String),
+}
+
+impl MapPath {
+    /// The name field of a /proc/PID/maps line.
+    pub fn parse(name: &str) -> MapPath {
+        match name.chars().next() {
+            None => MapPath::Anonymous,
+            Some('/') => MapPath::File(name.into()),
+            Some('[') => MapPath::Special(name.into()),
+            Some(_) => MapPath::Basename(name.into()),
+        }
+    }
+
+    /// The file's full path, to open or symbolize.
+    pub fn file(&self) -> Option<&str> {
+        match self {
+            MapPath::File(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The file, by its full path or its basename.
+    pub fn file_name(&self) -> Option<&str> {
+        match self {
+            MapPath::File(p) | MapPath::Basename(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MapPath {
+    /// As /proc/PID/maps writes it, but `[anon]` for anonymous memory.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            MapPath::File(p) | MapPath::Basename(p) | MapPath::Special(p) => f.write_str(p),
+            MapPath::Anonymous => f.write_str("[anon]"),
+        }
+    }
 }
 
 /// Parses /proc/PID/maps text. Lines that do not parse are skipped: the file is the kernel's,
@@ -44,9 +95,7 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
     );
     // The rest of the line, as the kernel wrote it after its padding: a path keeps its own
     // runs of spaces and trailing spaces.
-    let path = rest
-        .trim_start_matches(|c: char| c.is_ascii_whitespace())
-        .to_string();
+    let path = MapPath::parse(rest.trim_start_matches(|c: char| c.is_ascii_whitespace()));
     let (s, e) = range.split_once('-')?;
     let (major, minor) = dev.split_once(':')?;
     let (major, minor) = (
@@ -219,12 +268,12 @@ garbage line
                 file_offset: 0x1000,
                 dev: 0xfd << 20 | 1,
                 ino: 1234567,
-                path: "/usr/bin/my prog (deleted)".into(),
+                path: MapPath::File("/usr/bin/my prog (deleted)".into()),
                 exec: true,
             }
         );
-        assert_eq!(maps[1].path, "[stack]");
-        assert_eq!(maps[2].path, "");
+        assert_eq!(maps[1].path, MapPath::parse("[stack]"));
+        assert_eq!(maps[2].path, MapPath::Anonymous);
     }
 
     #[test]
@@ -255,29 +304,29 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 file_offset: 0x2000,
                 dev: 0xfe << 20,
                 ino: 247030,
-                path: "/usr/bin/cat".into(),
+                path: MapPath::File("/usr/bin/cat".into()),
                 exec: true,
             }
         );
         assert_eq!(
-            (maps[1].path.as_str(), maps[1].ino, maps[1].dev),
-            ("[heap]", 0, 0)
+            (&maps[1].path, maps[1].ino, maps[1].dev),
+            (&MapPath::Special("[heap]".into()), 0, 0)
         );
         // An anonymous mapping: the line ends in "0 ", and the path is empty.
-        assert_eq!(maps[2].path, "");
+        assert_eq!(maps[2].path, MapPath::parse(""));
         assert_eq!(maps[2].end - maps[2].start, 0x22000);
-        assert_eq!(maps[3].path, "[vdso]");
-        assert_eq!(maps[4].path, "[stack]");
-        assert_eq!(maps[5].path, "[anon:glibc malloc]");
+        assert_eq!(maps[3].path, MapPath::parse("[vdso]"));
+        assert_eq!(maps[4].path, MapPath::parse("[stack]"));
+        assert_eq!(maps[5].path, MapPath::parse("[anon:glibc malloc]"));
         // Runs of spaces in a file's name are the name's own: a file "pf  sp " that was removed.
-        assert_eq!(maps[6].path, "/tmp/pf  sp  (deleted)");
+        assert_eq!(maps[6].path, MapPath::parse("/tmp/pf  sp  (deleted)"));
         assert_eq!(maps[6].dev, 0x103 << 20 | 3);
         assert_eq!(maps[6].file_offset, 0x10000);
         assert_eq!(
             (maps[7].start, maps[7].end),
             (0xffffffffff600000, 0xffffffffff601000)
         );
-        assert_eq!(maps[7].path, "[vsyscall]");
+        assert_eq!(maps[7].path, MapPath::parse("[vsyscall]"));
     }
 
     #[test]

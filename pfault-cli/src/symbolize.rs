@@ -18,7 +18,7 @@ use blazesym::symbolize::{
 };
 use serde::Serialize;
 
-use crate::{mappings::Mappings, records::Record};
+use crate::{mappings::Mappings, procfs::MapPath, records::Record};
 
 /// One frame of a stack, as every output format shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -153,7 +153,10 @@ impl Default for Symbols {
 /// Where a user address lies: the mapped binary and the offset in it.
 #[derive(Clone, Debug)]
 struct Located {
+    /// The mapping's name ([vdso], a file's path or basename); empty for anonymous memory.
     path: Rc<str>,
+    /// A file by its full path: one to symbolize.
+    file: bool,
     file_offset: u64,
 }
 
@@ -193,7 +196,11 @@ impl Symbols {
             .map(|(i, &addr)| {
                 let a = if i == 0 { addr } else { addr.saturating_sub(1) };
                 let at = self.maps.lookup(pid, a, None).map(|e| Located {
-                    path: e.path.as_str().into(),
+                    path: match &e.path {
+                        MapPath::Anonymous => "".into(),
+                        named => named.to_string().into(),
+                    },
+                    file: e.path.file().is_some(),
                     file_offset: a - e.start + e.file_offset,
                 });
                 Placed { addr, at }
@@ -206,7 +213,7 @@ impl Symbols {
     pub(crate) fn name(&mut self, pid: u32, placed: &[Placed]) -> Vec<Frame> {
         let mut todo: HashMap<Rc<str>, Vec<u64>> = HashMap::new();
         for l in placed.iter().filter_map(|p| p.at.as_ref()) {
-            if l.path.starts_with('/') && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
+            if l.file && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
                 todo.entry(l.path.clone()).or_default().push(l.file_offset);
             }
         }

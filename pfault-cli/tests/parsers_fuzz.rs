@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use pfault::{
     btf::Btf,
     commands::pages::kpageflags::{expand, long_names, pme, symbolic, symbolic_width},
-    procfs::{parse_maps, MapEntry},
+    procfs::{parse_maps, MapEntry, MapPath},
     records::{bytes_of, decode, Record, RecordError},
 };
 use pfault_common::{
@@ -336,7 +336,7 @@ fn map_entry() -> impl Strategy<Value = MapEntry> {
             file_offset,
             dev: major << 20 | minor,
             ino,
-            path,
+            path: MapPath::parse(&path),
             exec: false,
         })
 }
@@ -352,7 +352,11 @@ fn map_line(e: &MapEntry, perms: &str, pad: usize) -> String {
         e.dev & 0xfffff,
         e.ino
     );
-    format!("{line}{}{}", " ".repeat(pad), e.path)
+    let name = match &e.path {
+        MapPath::Anonymous => String::new(),
+        named => named.to_string(),
+    };
+    format!("{line}{}{}", " ".repeat(pad), name)
 }
 
 proptest! {
@@ -372,7 +376,7 @@ proptest! {
         let maps = parse_maps(&text);
         prop_assert!(maps.len() <= lines.len());
         for m in &maps {
-            prop_assert!(!m.path.starts_with(' '));
+            prop_assert!(!m.path.to_string().starts_with(' '));
         }
     }
 

@@ -108,7 +108,7 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
         }
         for (i, pid) in pids.into_iter().enumerate() {
             for m in procfs::read_maps(pid).unwrap_or_default() {
-                if !m.exec || !m.path.starts_with('/') {
+                if !m.exec || m.path.file().is_none() {
                     continue;
                 }
                 if pid == std::process::id() && own == Some(m.ino) {

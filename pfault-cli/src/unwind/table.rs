@@ -311,7 +311,7 @@ mod tests {
             .iter()
             .find(|m| m.start <= addr && addr < m.end)
             .expect("mapped");
-        (m.path.clone(), addr - m.start + m.file_offset)
+        (m.path.to_string(), addr - m.start + m.file_offset)
     }
 
     #[test]

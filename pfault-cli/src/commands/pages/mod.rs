@@ -62,15 +62,6 @@ fn parse_range(s: &str) -> Result<AddrRange, String> {
     Ok(AddrRange { start, end })
 }
 
-/// How a mapping is named: its file, or what /proc/PID/maps calls it, or `[anon]`.
-fn mapping_name(path: &str) -> String {
-    if path.is_empty() {
-        "[anon]".into()
-    } else {
-        path.into()
-    }
-}
-
 pub(crate) fn run(args: PagesArgs) -> Result<Option<i32>> {
     let pid = args.pid;
     check_pid(pid)?;
@@ -103,7 +94,7 @@ pub(crate) fn run(args: PagesArgs) -> Result<Option<i32>> {
             continue;
         }
         walked_any = true;
-        let name = mapping_name(&m.path);
+        let name = m.path.to_string();
         let group = *group_of.entry(name.clone()).or_insert_with(|| {
             groups.push(name);
             groups.len() - 1
