@@ -22,10 +22,12 @@ use crate::{
     symbolize::{Frame, Placed, Symbols},
 };
 
-/// A stack the kernel sent: user frames placed in their files on arrival, kernel addresses
-/// as they are.
+/// A stack the kernel sent. User frames are placed in their files (by the process's maps)
+/// when they are named, or earlier when the process execs: its maps are then another
+/// program's. Placing every stack as it arrives would slow the ring's reader.
 enum Sent {
-    User(Vec<Placed>),
+    User(Vec<u64>),
+    Placed(Vec<Placed>),
     Kernel(Vec<u64>),
 }
 
@@ -82,11 +84,13 @@ pub(crate) struct Gone {
 
 pub(crate) struct StackCounts {
     pub(crate) syms: Symbols,
-    /// Every stack the kernel sent, by hash, leaf first, with how many of its sendings (one
-    /// per process, again when its `STACKS_SENT` entry was pushed out) are not yet folded.
-    stacks: HashMap<u64, (Sent, u32)>,
+    /// Every stack the kernel sent, by process and hash, leaf first: the kernel sends a
+    /// stack once per process, and its user frames are placed by that process's maps.
+    stacks: HashMap<(u32, u64), Sent>,
     /// The hashes each process was sent, to drop its stacks when it is folded.
     sent_to: HashMap<u32, Vec<u64>>,
+    /// The hashes of each process's user stacks not placed yet.
+    unplaced: HashMap<u32, Vec<u64>>,
     /// Rows of processes that are gone, whose counts were moved out of the kernel's map.
     kept: HashMap<Row, u64>,
     /// The most rows kept apart, and the frame that stands for the stacks past it.
@@ -104,6 +108,7 @@ impl StackCounts {
             syms,
             stacks: HashMap::new(),
             sent_to: HashMap::new(),
+            unplaced: HashMap::new(),
             kept: HashMap::new(),
             cap: None,
             per_pid,
@@ -128,17 +133,34 @@ impl StackCounts {
                 // Counting at completion sends no notice of a process that was running before
                 // pfault: its first stack is one, while it lives.
                 self.syms.note_process(tgid);
-                // Placed now, while the process's maps are those it faulted with: once it
-                // execs, they are another program's.
                 let sent = match frames.first() {
-                    Some(&leaf) if leaf < USER_END => Sent::User(self.syms.place(tgid, &frames)),
+                    Some(&leaf) if leaf < USER_END => {
+                        self.unplaced.entry(tgid).or_default().push(hash);
+                        Sent::User(frames)
+                    }
                     _ => Sent::Kernel(frames),
                 };
+                // Sent once per process: placed by that process's maps.
                 self.sent_to.entry(tgid).or_default().push(hash);
-                let held = self.stacks.entry(hash).or_insert((sent, 0));
-                held.1 += 1;
+                self.stacks.insert((tgid, hash), sent);
+            }
+            Record::Task(t) => {
+                // An exec (or a new thread, or a fork): the maps it ran with are read again.
+                self.place(t.pid);
+                self.syms.notice(&Record::Task(t));
             }
             notice => self.syms.notice(&notice),
+        }
+    }
+
+    /// Places the stacks `pid` was sent, by its maps now.
+    fn place(&mut self, pid: u32) {
+        for h in self.unplaced.remove(&pid).unwrap_or_default() {
+            if let Some(sent) = self.stacks.get_mut(&(pid, h)) {
+                if let Sent::User(ips) = sent {
+                    *sent = Sent::Placed(self.syms.place(pid, ips));
+                }
+            }
         }
     }
 
@@ -147,9 +169,10 @@ impl StackCounts {
             STACK_NONE => Vec::new(),
             STACK_LOST => pseudo("[stack lost: ring buffer full]"),
             STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
-            h => match self.stacks.get(&h) {
-                Some((Sent::User(placed), _)) => self.syms.name(pid, placed),
-                Some((Sent::Kernel(ips), _)) => self.syms.kernel(ips),
+            h => match self.stacks.get(&(pid, h)) {
+                Some(Sent::User(ips)) => self.syms.user(pid, ips),
+                Some(Sent::Placed(placed)) => self.syms.name(pid, placed),
+                Some(Sent::Kernel(ips)) => self.syms.kernel(ips),
                 None => pseudo("[stack not received]"),
             },
         };
@@ -177,7 +200,7 @@ impl StackCounts {
             comm: cstr(&key.comm).to_string(),
             kind: Kind::from_raw(key.kind as u8),
             ustack: self.frames(key.ustack, key.tgid),
-            kstack: self.frames(key.kstack, 0),
+            kstack: self.frames(key.kstack, key.tgid),
         };
         if let Some(n) = rows.get_mut(&row) {
             *n += count;
@@ -224,13 +247,9 @@ impl StackCounts {
         engine.forget_stacks(&keys)?;
         for pid in gone.pids {
             for h in self.sent_to.remove(&pid).unwrap_or_default() {
-                if let Some(held) = self.stacks.get_mut(&h) {
-                    held.1 -= 1;
-                    if held.1 == 0 {
-                        self.stacks.remove(&h);
-                    }
-                }
+                self.stacks.remove(&(pid, h));
             }
+            self.unplaced.remove(&pid);
             self.syms.maps.forget(pid);
         }
         Ok(())
