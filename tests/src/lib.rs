@@ -265,7 +265,7 @@ impl Held {
 pub struct Attached {
     child: Child,
     head: String,
-    rest: std::thread::JoinHandle<String>,
+    rest: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Attached {
@@ -294,7 +294,11 @@ impl Attached {
             let _ = std::io::Read::read_to_string(&mut err, &mut s);
             s
         });
-        Attached { child, head, rest }
+        Attached {
+            child,
+            head,
+            rest: Some(rest),
+        }
     }
 
     /// pfault's process id (to stop and continue it, for one).
@@ -313,9 +317,29 @@ impl Attached {
             std::thread::sleep(Duration::from_millis(20));
         }
         let status = self.child.wait().unwrap();
-        let stderr = self.head + &self.rest.join().unwrap();
+        let rest = self.rest.take().map(|r| r.join().unwrap()).unwrap_or_default();
+        let stderr = std::mem::take(&mut self.head) + &rest;
         assert!(status.success(), "pfault failed ({status}): {stderr}");
         stderr
+    }
+}
+
+impl Drop for Attached {
+    /// A pfault the test did not wait for (one that serves until stopped, or a test that
+    /// failed) is stopped as a user would, SIGTERM, then killed: none is left tracing the host
+    /// for the tests after it.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

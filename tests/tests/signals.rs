@@ -42,14 +42,15 @@ fn signal_during_start_up(args: &[&str], sig: i32, delay_ms: u64, ignored: bool)
             .arg("-c")
             .arg(format!("touch {}; sleep 6", marker.display()));
     }
-    if ignored {
-        // SAFETY: signal(2) in the child before exec, as a shell does for `cmd &`.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
-                Ok(())
-            });
-        }
+    // Set either way: the test's own SIGINT may be ignored (a CI runner that started it in
+    // the background), and pfault inherits what its parent has.
+    let disposition = if ignored { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: signal(2) in the child before exec, as a shell does for `cmd &`.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGINT, disposition);
+            Ok(())
+        });
     }
     let what = format!("{args:?} signal {sig} at {delay_ms} ms (SIGINT ignored: {ignored})");
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
