@@ -350,6 +350,11 @@ mod tests {
         (Mappings::with_reader(reader), procs)
     }
 
+    /// What `pid`'s maps read from now on.
+    fn set(procs: &Rc<RefCell<Procs>>, pid: u32, maps: Vec<MapEntry>) {
+        procs.borrow_mut().maps.insert(pid, maps);
+    }
+
     fn file(start: u64, ino: u64, path: &str) -> MapEntry {
         MapEntry {
             start,
@@ -378,10 +383,7 @@ mod tests {
     #[test]
     fn a_process_that_is_gone_keeps_the_maps_it_had() {
         let (mut m, procs) = mappings();
-        procs
-            .borrow_mut()
-            .maps
-            .insert(7, vec![file(0x1000, 1, "/bin/old")]);
+        set(&procs, 7, vec![file(0x1000, 1, "/bin/old")]);
         m.note_process(7);
         procs.borrow_mut().maps.remove(&7);
         m.refresh_young();
@@ -391,15 +393,9 @@ mod tests {
     #[test]
     fn an_exec_notice_reads_the_new_image() {
         let (mut m, procs) = mappings();
-        procs
-            .borrow_mut()
-            .maps
-            .insert(7, vec![file(0x1000, 1, "/bin/old")]);
+        set(&procs, 7, vec![file(0x1000, 1, "/bin/old")]);
         m.note_process(7);
-        procs
-            .borrow_mut()
-            .maps
-            .insert(7, vec![file(0x1000, 2, "/bin/new")]);
+        set(&procs, 7, vec![file(0x1000, 2, "/bin/new")]);
         m.notice(&task(7, 0));
         assert_eq!(path(&mut m, 7, 0x1800).as_deref(), Some("/bin/new"));
     }
@@ -407,10 +403,7 @@ mod tests {
     #[test]
     fn a_fork_child_gone_before_it_is_read_gets_its_parents_layout() {
         let (mut m, procs) = mappings();
-        procs
-            .borrow_mut()
-            .maps
-            .insert(7, vec![file(0x1000, 1, "/bin/parent")]);
+        set(&procs, 7, vec![file(0x1000, 1, "/bin/parent")]);
         m.notice(&task(8, 7));
         assert_eq!(path(&mut m, 8, 0x1800).as_deref(), Some("/bin/parent"));
     }
@@ -419,10 +412,7 @@ mod tests {
     fn a_mapping_notice_of_a_gone_process_is_named_from_any_process_mapping_the_file() {
         let (mut m, procs) = mappings();
         // Another process maps the library, with its full path.
-        procs
-            .borrow_mut()
-            .maps
-            .insert(1, vec![file(0x9000, 5, "/lib/libx.so")]);
+        set(&procs, 1, vec![file(0x9000, 5, "/lib/libx.so")]);
         m.note_process(1);
         let mut name = [0u8; NAME_LEN];
         name[..7].copy_from_slice(b"libx.so");
@@ -456,7 +446,7 @@ mod tests {
     #[test]
     fn a_miss_rereads_the_maps_but_not_on_every_address() {
         let (mut m, procs) = mappings();
-        procs.borrow_mut().maps.insert(7, vec![file(0x1000, 1, "/bin/a")]);
+        set(&procs, 7, vec![file(0x1000, 1, "/bin/a")]);
         m.note_process(7);
         // Mapped since the last read: a miss reads again, once the last read is old enough.
         procs
