@@ -31,9 +31,6 @@ enum Sent {
     Kernel(Vec<u64>),
 }
 
-/// User space ends here on x86-64: a stack whose leaf is above is the kernel's.
-const USER_END: u64 = 1 << 47;
-
 /// One printed stack: faults on stacks that print the same (within a function, or across
 /// processes when they are not kept apart) are added into one row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

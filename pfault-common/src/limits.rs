@@ -13,6 +13,10 @@ pub const HIST_SUB: usize = 1 << HIST_SUB_BITS;
 /// Latency histogram buckets: up to 2^40 ns (about 18 minutes).
 pub const HIST_BUCKETS: usize = 160;
 
+/// User space ends here on x86-64 (47-bit addresses): an address at or above it is the
+/// kernel's.
+pub const USER_END: u64 = 1 << 47;
+
 /// log2 of the most rows one unwind table may hold: the kernel side's binary search takes
 /// this many steps, and userspace refuses a larger table.
 pub const UNWIND_SEARCH_STEPS: u32 = 22;

@@ -15,8 +15,6 @@ use crate::*;
 
 /// The lowest address user code can run at; a return address below it ends the walk.
 const MIN_USER_PC: u64 = 4096;
-/// User space ends here on x86-64 (47-bit addresses).
-const USER_END: u64 = 1 << 47;
 
 /// Adds `n` to one of `COUNTERS` without [`count`]'s log call: its stack frame would take the
 /// walk's chain of calls past the 512 bytes 6.1 allows them together.
