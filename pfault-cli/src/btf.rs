@@ -53,7 +53,7 @@ impl Btf {
     pub(crate) fn from_sys_fs() -> Result<Self> {
         let path = "/sys/kernel/btf/vmlinux";
         let file = std::fs::File::open(path).with_context(|| {
-            format!("cannot read {path}: this kernel lacks BTF (CONFIG_DEBUG_INFO_BTF); pfault needs it to find kernel struct offsets")
+            format!("cannot read {path}: this kernel lacks BTF (CONFIG_DEBUG_INFO_BTF); pfault needs it to find kernel struct offsets (Linux 5.8 and later with it are supported)")
         })?;
         // The kernel refuses shared mappings of it: a private read-only one it takes.
         let data = match unsafe { MmapOptions::new().map_copy_read_only(&file) } {
@@ -258,6 +258,14 @@ impl Btf {
             .find(|&id| self.kind(id) == KIND_FUNC && self.name(self.name_off(id)) == name.as_bytes())
     }
 
+    /// The size in bytes of a struct.
+    pub(crate) fn struct_size(&self, name: &str) -> Result<u32> {
+        let id = self
+            .find(&[KIND_STRUCT], name)
+            .with_context(|| format!("kernel BTF has no struct {name}"))?;
+        Ok(self.u32_at(self.types[id as usize - 1] as usize + 8))
+    }
+
     /// All `(name, value)` pairs of an enum.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, u64)>> {
         let id = self
@@ -298,6 +306,7 @@ mod tests {
             btf.offset_of("mm_struct", "brk").unwrap() > btf.offset_of("mm_struct", "start_brk").unwrap()
         );
         assert_eq!(btf.offset_of("qstr", "name").unwrap(), 8);
+        assert_eq!(btf.struct_size("pt_regs").unwrap(), 21 * 8);
         let reasons = btf.enum_values("vm_fault_reason").unwrap();
         assert!(reasons.contains(&("VM_FAULT_MAJOR".to_string(), 4)));
         assert!(reasons.contains(&("VM_FAULT_RETRY".to_string(), 0x400)));

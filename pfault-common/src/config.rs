@@ -106,6 +106,16 @@ pub struct Offsets {
     pub fault_flag_user: u32,
     pub fault_flag_instruction: u32,
     pub fault_flag_tried: u32,
+    /// The compat object's own (kernels without `bpf_find_vma` and `bpf_task_pt_regs`, which
+    /// keep VMAs in a red-black tree): `mm_struct.mm_rb`, `vm_area_struct.vm_rb`,
+    /// `rb_node.rb_left`/`rb_right`; `task_struct.stack`, and where the user registers lie
+    /// above it (THREAD_SIZE less `sizeof(struct pt_regs)`). Zero where the kernel has none.
+    pub mm_rb: u32,
+    pub vma_vm_rb: u32,
+    pub rb_left: u32,
+    pub rb_right: u32,
+    pub task_stack: u32,
+    pub user_regs_in_stack: u32,
 }
 pod!(Offsets);
 

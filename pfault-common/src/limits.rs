@@ -41,4 +41,11 @@ pub mod capacity {
     pub const EXEC_GEN: u32 = 8192;
     /// Code mappings the unwinder remembers (per process and 64 KiB): a few hundred processes'.
     pub const TEXT_VMAS: u32 = 16384;
+    /// Threads with a parked fault or counts, where the kernel has no task storage for
+    /// tracing programs (the compat object keys them by thread id): a busy host's threads.
+    pub const THREADS: u32 = 65_536;
 }
+
+/// Levels of a VMA red-black tree the compat object descends: a tree of `max_map_count`
+/// (65,530) VMAs is at most 2 log2(n + 1) = 32 deep.
+pub const VMA_TREE_DEPTH: u32 = 40;

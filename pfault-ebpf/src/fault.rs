@@ -41,8 +41,10 @@ pub(crate) fn enter(
         (*p).kstack = STACK_NONE;
         if flags & CFG_OUT_STACKS != 0 {
             let kernel_mode = error_code & PF_USER == 0;
+            (*p).busy = 1;
             (*p).ustack = publish(tgid, walk(ctx, true, kernel_mode), true);
             (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
+            (*p).busy = 0;
         }
         if vma != 0 && flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
             (*p).map = core::mem::zeroed();
@@ -59,9 +61,6 @@ pub(crate) fn enter(
 /// `TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)`.
 #[inline(always)]
 pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
-    if completing() {
-        return 0;
-    }
     let Some(who) = wanted_current() else {
         return 0;
     };
@@ -80,7 +79,7 @@ pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
         return 0;
     }
     if conf!(flags) & CFG_ACCOUNTED != 0 {
-        let task = unsafe { bpf_get_current_task_btf() };
+        let task = current_task();
         match THREADS.get(task, true) {
             Some(t) => check_accounted(task, t),
             None => count(CNT_PENDING_FULL),
@@ -94,9 +93,18 @@ pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
         0
     };
     let p = parked(false);
+    if nested(p) {
+        return 0;
+    }
     flush_error(ctx.as_ptr(), p, false);
     enter(ctx.as_ptr(), p, who, addr, ip, error_code as u32, 0);
     0
+}
+
+/// Is this fault taken inside one of pfault's own walks of this thread's stacks?
+#[inline(always)]
+fn nested(p: Option<*mut Pending>) -> bool {
+    p.is_some_and(|p| unsafe { (*p).busy } != 0)
 }
 
 /// A parked entry `p` that will never complete is an error fault.
@@ -129,15 +137,15 @@ pub(crate) fn on_accounted(ctx: &PerfEventContext, kind: u8) -> u32 {
 /// Entry of `handle_mm_fault(vma, address, flags, regs)`.
 #[inline(always)]
 pub(crate) fn on_hmf_enter(ctx: *mut c_void, vma: u64, addr: u64, fault_flags: u32, regs: u64) -> u32 {
-    if completing() {
-        return 0;
-    }
     let Some(who) = wanted_current() else {
         return 0;
     };
     let user = fault_flags & conf!(off.fault_flag_user) != 0;
     let mode = if user { MODE_USER } else { MODE_KERNEL };
     let pending = parked(false);
+    if nested(pending) {
+        return 0;
+    }
     if let Some(p) = pending {
         // The exception tracepoint parked this fault, or this is a retry: keep the first
         // entry's time so the latency spans every attempt.
@@ -209,7 +217,7 @@ pub(crate) fn on_hmf_return(ctx: *mut c_void, ret: u32) -> u32 {
 }
 
 /// Feeds one finished fault to every output userspace asked for, with nested entries held
-/// off (see `COMPLETING`).
+/// off (see `Pending::busy`).
 #[inline(always)]
 pub(crate) fn finish(
     ctx: *mut c_void,
@@ -219,9 +227,9 @@ pub(crate) fn finish(
     latency: u64,
     stacks_ok: bool,
 ) {
-    set_completing(true);
+    unsafe { (*p).busy = 1 };
     feed_outputs(ctx, p, kind, vm_fault, latency, stacks_ok);
-    set_completing(false);
+    unsafe { (*p).busy = 0 };
 }
 
 #[inline(always)]

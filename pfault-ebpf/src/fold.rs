@@ -35,25 +35,6 @@ pub(crate) fn take(from: *mut u64, to: *mut u64) {
     }
 }
 
-/// Moves `*folded` up to `now` and returns by how much; 0 where another CPU's fold got
-/// there first (and counted the difference).
-#[inline(always)]
-pub(crate) fn advance(folded: *mut u64, now: u64) -> u64 {
-    for _ in 0..3 {
-        let prev = unsafe { read_volatile(folded) };
-        if now <= prev {
-            return 0;
-        }
-        let (_, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(folded, prev, now)
-        };
-        if swapped {
-            return now - prev;
-        }
-    }
-    0
-}
-
 /// Moves the counts of `task` (a `task_struct *`) into its process's row, or its own with
 /// `-t`: when the thread exits, and for every live thread before userspace reads the rows
 /// (`fold_threads`).

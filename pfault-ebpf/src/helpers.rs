@@ -147,15 +147,3 @@ pub(crate) fn wanted_task(tgid: u32, tid: u32) -> bool {
     }
     true
 }
-
-#[inline(always)]
-pub(crate) fn completing() -> bool {
-    COMPLETING.get(0).is_some_and(|c| *c != 0)
-}
-
-#[inline(always)]
-pub(crate) fn set_completing(on: bool) {
-    if let Some(c) = COMPLETING.get_ptr_mut(0) {
-        unsafe { *c = on as u32 };
-    }
-}

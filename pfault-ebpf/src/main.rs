@@ -3,7 +3,8 @@
 //! A fault is seen in two halves. Its *entry* comes from the `exceptions:page_fault_*`
 //! tracepoints (address, ip, error code) or from `handle_mm_fault` itself (kprobe/fentry: the
 //! VMA and fault flags); the entry is parked in the thread's task storage (`PENDING`, or
-//! `THREADS` when processes are counted). Its *completion* comes from the perf software events
+//! `THREADS` when processes are counted; a hash map by thread id in the compat object, see
+//! [`kernel`]). Its *completion* comes from the perf software events
 //! `PAGE_FAULTS_MIN/MAJ` (tracepoint path) or from the return of `handle_mm_fault`
 //! (kretprobe/fexit: the `VM_FAULT_*` result). A parked entry that never completes (the thread
 //! faults again, or exits) is an error fault. Every completion goes through `fault::finish`,
@@ -28,25 +29,29 @@
 
 use core::{
     ffi::c_void,
-    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
+    intrinsics::{atomic_xadd, AtomicOrdering},
     ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
+#[cfg(not(feature = "compat"))]
 use aya_ebpf::{
-    bindings::{
-        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
-        BPF_F_USER_STACK, BPF_NOEXIST,
+    bindings::bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE,
+    helpers::generated::{
+        bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs, bpf_task_storage_get,
     },
+    macros::btf_map,
+};
+use aya_ebpf::{
+    bindings::{task_struct, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         generated::{
-            bpf_find_vma, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack, bpf_loop, bpf_task_pt_regs,
-            bpf_task_storage_get,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
+            bpf_get_stack,
         },
     },
-    macros::{btf_map, fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, perf_event, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
@@ -78,6 +83,7 @@ static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(capacity::TRACED, 0)
 mod fault;
 mod fold;
 mod helpers;
+mod kernel;
 mod outputs;
 mod thread;
 mod unwind;
@@ -87,6 +93,7 @@ use crate::{
     fault::*,
     fold::*,
     helpers::*,
+    kernel::*,
     outputs::{events::*, files::*, stacks::*},
     thread::*,
     unwind::*,
@@ -94,21 +101,24 @@ use crate::{
 };
 
 /// Each thread's fault entry waiting for its completion.
-#[btf_map]
+#[cfg_attr(not(feature = "compat"), btf_map)]
+#[cfg_attr(feature = "compat", map)]
 static PENDING: TaskStorage<Pending> = TaskStorage::new();
 
-#[btf_map]
+#[cfg_attr(not(feature = "compat"), btf_map)]
+#[cfg_attr(feature = "compat", map)]
 static THREADS: TaskStorage<Thread> = TaskStorage::new();
 
 /// Fault events and notices; each tool sizes it (`Plan::ringbuf_bytes`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
-/// Counts per (process, kind, stack hashes, comm), under a hash of those. Allocated as entries are added: the
-/// default holds a program with a hundred thousand stacks, and most runs use a few hundred.
+/// Counts per (process, kind, stack hashes, comm), under a hash of those. Allocated as entries
+/// are added where the kernel allows ([`GROWN`]): the default holds a program with a hundred
+/// thousand stacks, and most runs use a few hundred.
 #[map]
 static STACK_COUNTS: HashMap<u64, StackCount> =
-    HashMap::with_max_entries(capacity::STACK_COUNTS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(capacity::STACK_COUNTS, GROWN as u32);
 
 /// Per-CPU room to walk a user and a kernel stack into (a stack is too big for the
 /// 512-byte BPF stack).
@@ -148,13 +158,6 @@ static PROC_TEMPLATE: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
-
-/// Set while a completion runs on this CPU. fexit and raw-tracepoint programs only guard
-/// against recursion of themselves, so a fault taken inside a completion (a user-stack walk
-/// meeting an unmapped page) runs the entry programs nested; they must not take the fault
-/// being completed for one that never completed.
-#[map]
-static COMPLETING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
@@ -217,10 +220,9 @@ pub fn task_exit(ctx: RawTracePointContext) -> u32 {
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
         next_generation((pid_tgid >> 32) as u32);
     }
-    // The thread's storage goes with its task_struct.
     let p = parked(false);
     let flags = conf!(flags);
-    let task = unsafe { bpf_get_current_task_btf() };
+    let task = current_task();
     if flags & CFG_ACCOUNTED == 0 {
         flush_error(ctx.as_ptr(), p, true);
     } else if let Some(p) = p {
@@ -232,6 +234,8 @@ pub fn task_exit(ctx: RawTracePointContext) -> u32 {
             fold(task, p as *mut Thread);
         }
     }
+    PENDING.release_current();
+    THREADS.release_current();
     0
 }
 
@@ -248,10 +252,10 @@ pub fn task_exec(_ctx: RawTracePointContext) -> u32 {
         });
         // The kernel mapped the program and its loader itself (no mmap to see): their code
         // is where the program's text starts and where it will start running.
-        let task = unsafe { bpf_get_current_task_btf() };
+        let task = current_task();
         let mm: u64 = read(task as u64, conf!(off.task_mm));
         let start_code: u64 = read(mm, conf!(off.mm_start_code));
-        let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+        let regs = user_regs(task);
         let entry: u64 = if regs != 0 {
             read(regs, conf!(off.regs_ip))
         } else {

@@ -6,6 +6,7 @@ use crate::*;
 /// A `BPF_MAP_TYPE_TASK_STORAGE` map (aya-ebpf 0.2 has none): a value hung on each thread's
 /// `task_struct`. Finding it is a pointer chase, where a hash map keyed by thread id hashes
 /// and compares on every fault; it is freed with the thread, and never fills up.
+#[cfg(not(feature = "compat"))]
 #[repr(C)]
 pub(crate) struct TaskStorage<T> {
     // The BTF map definition: the loader reads these types, never the values.
@@ -16,8 +17,10 @@ pub(crate) struct TaskStorage<T> {
     map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
 }
 
+#[cfg(not(feature = "compat"))]
 unsafe impl<T> Sync for TaskStorage<T> {}
 
+#[cfg(not(feature = "compat"))]
 impl<T> TaskStorage<T> {
     pub(crate) const fn new() -> Self {
         Self {
@@ -47,9 +50,63 @@ impl<T> TaskStorage<T> {
 
     #[inline(always)]
     pub(crate) fn current(&self, create: bool) -> Option<*mut T> {
-        self.get(unsafe { bpf_get_current_task_btf() }, create)
+        self.get(current_task(), create)
+    }
+
+    /// Nothing to do: the value goes with the task.
+    #[inline(always)]
+    pub(crate) fn release_current(&self) {}
+}
+
+/// Compat's per-thread values: a hash map keyed by thread id (kernels before 5.11 have no
+/// task storage for tracing programs), emptied as threads exit. Preallocated (see [`GROWN`]):
+/// the loader sizes it to the host's threads.
+#[cfg(feature = "compat")]
+#[repr(transparent)]
+pub(crate) struct TaskStorage<T>(HashMap<u32, T>);
+
+#[cfg(feature = "compat")]
+impl<T> TaskStorage<T> {
+    pub(crate) const fn new() -> Self {
+        Self(HashMap::with_max_entries(capacity::THREADS, GROWN as u32))
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self, task: *mut task_struct, create: bool) -> Option<*mut T> {
+        self.of_thread(read(task as u64, conf!(off.task_pid)), create)
+    }
+
+    #[inline(always)]
+    pub(crate) fn current(&self, create: bool) -> Option<*mut T> {
+        self.of_thread(bpf_get_current_pid_tgid() as u32, create)
+    }
+
+    #[inline(always)]
+    fn of_thread(&self, tid: u32, create: bool) -> Option<*mut T> {
+        const { assert!(size_of::<T>() <= size_of::<Thread>()) };
+        if let Some(v) = self.0.get_ptr_mut(&tid) {
+            return Some(v);
+        }
+        if !create {
+            return None;
+        }
+        // From a zeroed per-CPU slot: a value is too big for the stack.
+        let zero = ZERO_THREAD.get_ptr(0)? as *const T;
+        let _ = self.0.insert(&tid, unsafe { &*zero }, BPF_NOEXIST as u64);
+        self.0.get_ptr_mut(&tid)
+    }
+
+    /// The current thread exits: its value goes.
+    #[inline(always)]
+    pub(crate) fn release_current(&self) {
+        let _ = self.0.remove(&(bpf_get_current_pid_tgid() as u32));
     }
 }
+
+/// A zeroed `Thread` (the largest per-thread value) to insert from. Never written.
+#[cfg(feature = "compat")]
+#[map]
+static ZERO_THREAD: PerCpuArray<Thread> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -69,7 +126,15 @@ pub(crate) struct Pending {
     pub(crate) active: u8,
     /// Userspace has been told of this thread (`CFG_NOTIFY_TASKS`).
     pub(crate) announced: u8,
-    pub(crate) _pad: [u8; 4],
+    /// Set while a program completes this thread's fault or walks its stacks. A fault taken
+    /// inside (a user-stack walk meeting an unmapped page) runs the entry programs nested, in
+    /// the same thread: they must not take the fault being completed for one that never
+    /// completed, nor walk again. Raw tracepoints guard against running inside themselves
+    /// only on newer kernels: on 5.10 one recursed until the kernel stack overflowed. Per
+    /// thread, not per CPU: fentry and fexit programs can be preempted, and another thread's
+    /// fault on that CPU meanwhile is its own.
+    pub(crate) busy: u8,
+    pub(crate) _pad: [u8; 3],
     pub(crate) map: Mapping,
     /// The thread's last VMA, valid while its mm's `mm_lock_seq` stays `cache_seq`: a fault
     /// storm in one mapping costs one `bpf_find_vma`, not one per fault.
@@ -122,12 +187,13 @@ pub(crate) fn thread_stats(p: *mut Pending) -> *mut ProcStats {
     unsafe { addr_of_mut!((*(p as *mut Thread)).stats) }
 }
 
-/// `task`'s minor and major faults as the kernel accounts them. Plain loads, checked by the
-/// verifier against the kernel's BTF: cheaper than two probe reads on every fault.
+/// `task`'s minor and major faults as the kernel accounts them.
 #[inline(always)]
 pub(crate) fn faults_accounted(task: *mut task_struct) -> [u64; 2] {
-    let at = |off: u32| unsafe { read_volatile((task as *const u8).add(off as usize) as *const u64) };
-    [at(conf!(off.task_min_flt)), at(conf!(off.task_maj_flt))]
+    [
+        task_u64(task, conf!(off.task_min_flt)),
+        task_u64(task, conf!(off.task_maj_flt)),
+    ]
 }
 
 /// `CFG_ACCOUNTED`: counts an error if the thread entered the fault handler since it was

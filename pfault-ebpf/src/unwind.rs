@@ -7,7 +7,7 @@
 //! `UNWIND_ROWS`, one table per file shared by every process mapping it (`UNWIND_FILES`).
 //! Here each frame's code mapping is found (`TEXT_VMAS`, filled from `bpf_find_vma` once per
 //! process and 64 KiB of code), its row binary-searched, and the caller's pc, rsp and rbp
-//! computed from it, frame after frame in a `bpf_loop`. Code no table covers (anonymous or JIT
+//! computed from it, frame after frame in a `bpf_loop` (compat: a bounded loop). Code no table covers (anonymous or JIT
 //! code, a file without CFI, a table still loading) takes one frame-pointer step, counted in
 //! `CNT_UNWIND_FP`.
 
@@ -97,8 +97,7 @@ impl Walk {
 /// returns the frames walked (0 where the task has no user registers).
 #[inline(always)]
 pub(crate) fn unwind_user() -> usize {
-    let task = unsafe { bpf_get_current_task_btf() };
-    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    let regs = user_regs(current_task());
     if regs == 0 {
         return 0;
     }
@@ -118,6 +117,15 @@ pub(crate) fn unwind_user() -> usize {
     if w.pc == 0 || w.pc >= USER_END {
         return 0;
     }
+    walk_frames();
+    bump(CNT_UNWIND_FRAMES, w.n);
+    w.n as usize
+}
+
+/// Walks the frames, one [`unwind_frame`] each, until one ends the walk.
+#[inline(always)]
+fn walk_frames() {
+    #[cfg(not(feature = "compat"))]
     unsafe {
         bpf_loop(
             MAX_STACK as u32,
@@ -126,16 +134,35 @@ pub(crate) fn unwind_user() -> usize {
             0,
         );
     }
-    bump(CNT_UNWIND_FRAMES, w.n);
-    w.n as usize
+    // No bpf_loop: a bounded loop, whose body the verifier walks once per turn, around a
+    // global function it checks once.
+    #[cfg(feature = "compat")]
+    {
+        let mut i = 0;
+        while i < MAX_STACK as u64 {
+            if unwind_step_global(i) != 0 {
+                break;
+            }
+            i += 1;
+        }
+    }
 }
 
 /// `bpf_loop` callback: frame `i`. Not `no_mangle`: the verifier wants a static callback.
 /// All of a step is inline here, down to `bpf_find_vma`'s own callback: 6.1 counts the stack
 /// of every frame of a call chain against one 512-byte budget (rounding each frame up to 32),
 /// and the programs' own frames take most of it.
+#[cfg(not(feature = "compat"))]
 #[inline(never)]
 extern "C" fn unwind_step(i: u64, _ctx: *mut c_void) -> i64 {
+    unwind_frame(i)
+}
+
+/// Frame `i`, for compat's loop.
+#[cfg(feature = "compat")]
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn unwind_step_global(i: u64) -> i64 {
     unwind_frame(i)
 }
 
@@ -300,15 +327,7 @@ fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> Option<*const TextVma> {
     // Filled in place by the callback: the stack is short (its callers' frames and this
     // one's count against the same 512 bytes on 6.1).
     unsafe { (*out).file.ino = 0 };
-    let ret = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            pc,
-            text_vma_found as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    let ret = find_vma(pc, text_vma_found, core::ptr::null_mut());
     if ret != 0 {
         return None;
     }

@@ -68,25 +68,17 @@ pub(crate) extern "C" fn vma_found_with_flags(_task: *mut c_void, vma: *mut c_vo
     0
 }
 
-/// `bpf_find_vma` on the current task, into `v` (whose `addr` says where): its result (0, or
+/// [`kernel::find_vma`] on the current task, into `v` (whose `addr` says where): its result (0, or
 /// -ENOENT where no VMA holds `addr`). `v` is filled in place: a struct this size returned by
 /// value is copied byte by byte, and the verifier walks every byte.
 #[inline(always)]
 fn find_vma(v: &mut VmaCtx, with_flags: bool) -> i64 {
-    let found = if with_flags {
-        vma_found_with_flags as *mut c_void
+    let found: VmaCallback = if with_flags {
+        vma_found_with_flags
     } else {
-        vma_found as *mut c_void
+        vma_found
     };
-    unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            v.addr,
-            found,
-            v as *mut VmaCtx as *mut c_void,
-            0,
-        )
-    }
+    kernel::find_vma(v.addr, found, v as *mut VmaCtx as *mut c_void)
 }
 
 /// A `VmaCtx` to look `addr` up with.

@@ -13,7 +13,13 @@ use crate::{
     toolchain,
 };
 
-pub const OBJECT: &str = "pfault-cli/bpf/pfault.bpf.o";
+/// The objects, each with the features of pfault-ebpf it is built with: the default one, and
+/// the compat one for kernels without bpf_loop, bpf_find_vma or task storage for tracing.
+pub const OBJECTS: [(&str, &[&str]); 2] = [
+    ("pfault-cli/bpf/pfault.bpf.o", &[]),
+    ("pfault-cli/bpf/pfault-compat.bpf.o", &["compat"]),
+];
+/// One stamp for both: they are built from the same sources.
 const STAMP: &str = "pfault-cli/bpf/pfault.bpf.o.sources";
 
 /// A hash of everything the eBPF object is built from: the two crates' sources, the lock file's
@@ -105,7 +111,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 pub fn object_is_fresh() -> Result<bool> {
     let stamp = std::fs::read_to_string(root().join(STAMP)).unwrap_or_default();
-    Ok(stamp.trim() == sources_hash()? && root().join(OBJECT).exists())
+    Ok(stamp.trim() == sources_hash()? && OBJECTS.iter().all(|(o, _)| root().join(o).exists()))
 }
 
 /// Cargo of the nightly toolchain, for the bpfel target. Through `rustup run`: the CARGO that
@@ -133,13 +139,18 @@ const EBPF_RUSTFLAGS: [&str; 3] = [
     "-Clink-arg=--disable-expand-memcpy-in-order",
 ];
 
-/// Compiles pfault-ebpf with nightly for bpfel and returns the object's path.
-pub fn compile_ebpf() -> Result<PathBuf> {
+/// Compiles pfault-ebpf with nightly for bpfel, with `features`, and returns the object's path
+/// (the same for every set of features: take it before the next build).
+pub fn compile_ebpf(features: &[&str]) -> Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
-    say("building the eBPF object (nightly, bpfel-unknown-none)");
+    say(format!(
+        "building the eBPF object (nightly, bpfel-unknown-none{})",
+        features.iter().map(|f| format!(", {f}")).collect::<String>()
+    ));
     sh(nightly_cargo()
         .env("CARGO_ENCODED_RUSTFLAGS", EBPF_RUSTFLAGS.join("\x1f"))
         .args(["build", "--quiet", "--release", "-p", "pfault-ebpf"])
+        .args(["--features", &features.join(",")])
         .args(BPF_TARGET))?;
     Ok(root().join("target/bpf/bpfel-unknown-none/release/pfault"))
 }
@@ -150,22 +161,28 @@ const BPF_TARGET: [&str; 4] = ["--target", "bpfel-unknown-none", "-Z", "build-st
 pub fn build_ebpf() -> Result<()> {
     // Formatted first: `cargo fmt` after the stamp would make the object look stale.
     sh(cargo().args(["fmt", "-p", "pfault-ebpf", "-p", "pfault-common"]))?;
-    let built = compile_ebpf()?;
-    std::fs::copy(&built, root().join(OBJECT))?;
+    for (object, features) in OBJECTS {
+        let built = compile_ebpf(features)?;
+        std::fs::copy(&built, root().join(object))?;
+        say(format!(
+            "wrote {object} (commit it with the sources it was built from)"
+        ));
+    }
     std::fs::write(root().join(STAMP), format!("{}\n", sources_hash()?))?;
-    say(format!(
-        "wrote {OBJECT} (commit it with the sources it was built from)"
-    ));
     Ok(())
 }
 
-/// Lints pfault-ebpf with nightly for its own target.
+/// Lints pfault-ebpf with nightly for its own target, as each object is built.
 pub fn clippy() -> Result<()> {
-    sh(nightly_cargo()
-        .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy"))
-        .args(["clippy", "--quiet", "-p", "pfault-ebpf"])
-        .args(BPF_TARGET)
-        .args(["--", "-D", "warnings"]))
+    for (_, features) in OBJECTS {
+        sh(nightly_cargo()
+            .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy"))
+            .args(["clippy", "--quiet", "-p", "pfault-ebpf"])
+            .args(["--features", &features.join(",")])
+            .args(BPF_TARGET)
+            .args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -85,11 +85,12 @@ fn run(args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     // The committed object is what users get: it must match the sources.
     if !ebpf::object_is_fresh()? {
-        let object = ebpf::OBJECT;
-        bail!("{object} is stale against pfault-ebpf/pfault-common: run `cargo xtask build-ebpf` and commit the result");
+        bail!("the eBPF objects in pfault-cli/bpf are stale against pfault-ebpf/pfault-common: run `cargo xtask build-ebpf` and commit the result");
     }
     // And the sources must still build with the toolchain this machine can install.
-    ebpf::compile_ebpf()?;
+    for (_, features) in ebpf::OBJECTS {
+        ebpf::compile_ebpf(features)?;
+    }
     toolchain::ensure_tracefs()?;
     // The tests use the clients a user would: `pfault top` in a real terminal, pprof
     // profiles in `go tool pprof`.

@@ -106,7 +106,17 @@ pfault probes exited with status $status"
     *) problems="$problems
 without --probe: $auto" ;;
     esac
-    verdict - probes "${problems#?}" "$(echo "$MODES" | sed 's/ /, /g') available, kernel layout complete, fentry chosen by default"
+    # The optional features this kernel lacks (a "(5.17)"-style line answered "no: ..."), and
+    # the compat programs said at start exactly when one is missing.
+    absent=$(sed -n 's/^\([^ ].*([0-9.]*)\)  *no: .*/\1/p' /tmp/probes.out | paste -sd, -)
+    case "$absent:$auto" in
+    :*"compat programs"*) problems="$problems
+compat programs with nothing missing: $auto" ;;
+    ?*:*"compat programs"*) ;;
+    ?*:*) problems="$problems
+$absent missing, but no compat programs: $auto" ;;
+    esac
+    verdict - probes "${problems#?}" "$(echo "$MODES" | sed 's/ /, /g') available, kernel layout complete, fentry chosen by default, missing: ${absent:-nothing}"
 }
 
 check_trace() {
@@ -227,6 +237,12 @@ trace_stacks() {
     tracepoint) kstack='' shown="" ;;
     *) kstack='"kstack":\[.*"symbol":"do_user_addr_fault"' shown=", kernel stacks through do_user_addr_fault" ;;
     esac
+    # Before 5.15 a kretprobe's kernel stack may end at its trampoline; pfault says so.
+    trampoline=''
+    if [ "$1" = kprobe ] && grep -q "may end at kretprobe_trampoline" "$dir/pfault.err"; then
+        trampoline='"kstack":\[{"addr":[0-9]*,"symbol":"kretprobe_trampoline"'
+        shown="$shown or cut at kretprobe_trampoline as pfault said"
+    fi
     errors=$(grep -F "\"pid\":$pid," "$dir/events.json" | grep '"kind":"error"')
     events "$pid" "$start" "$end" <"$dir/events.json" >"$dir/anon.json"
     n=$(wc -l <"$dir/anon.json")
@@ -238,7 +254,7 @@ trace_stacks() {
         frames = gsub(/\{"addr":/, "", ustack)
     } !/"kind":"minor"/ || leaf != ip || frames < 2' "$dir/anon.json")
     nokstack=""
-    [ -z "$kstack" ] || nokstack=$(grep -v "$kstack" "$dir/anon.json")
+    [ -z "$kstack" ] || nokstack=$(grep -v -e "$kstack" -e "${trampoline:-$kstack}" "$dir/anon.json")
     problems=""
     [ -z "$errors" ] || problems="$problems
 $(echo "$errors" | wc -l) error faults, e.g.:
@@ -249,8 +265,8 @@ $n faults traced in the mapping, getrusage says $minflt"
 $(echo "$odd" | wc -l) events are not minor with a user stack from ip on, e.g.:
 $(echo "$odd" | head -n 2 | cut -c 1-600)"
     [ -z "$nokstack" ] || problems="$problems
-$(echo "$nokstack" | wc -l) events have no kernel stack through do_user_addr_fault, e.g.:
-$(echo "$nokstack" | head -n 2 | cut -c 1-600)"
+$(echo "$nokstack" | wc -l) events have no kernel stack through do_user_addr_fault, e.g. (from their kstack on):
+$(echo "$nokstack" | head -n 2 | sed 's/.*"kstack"/"kstack"/' | cut -c 1-600)"
     verdict "$1" trace "${problems#?}" \
         "-U -K: anon_writer: no errors, $n minor faults, user stacks from ip on$shown (getrusage minflt $minflt)"
 }
@@ -310,7 +326,8 @@ check_many_stacks() {
     own=$(awk -F';' '/;walk 1$/ { n = 0; for (i = 1; i <= NF; i++) if ($i == "left" || $i == "right") n++; if (n == 16) c++ } END { print c + 0 }' "$dir/folded")
     problems=""
     [ $((own * 1000)) -ge $((paths * 999)) ] || problems="$problems
-$own of $paths paths counted once on their own stack"
+$own of $paths paths counted once on their own stack; others, e.g.:
+$(awk -F';' '{ n = 0; for (i = 1; i <= NF; i++) if ($i == "left" || $i == "right") n++ } !/;walk 1$/ || n != 16' "$dir/folded" | head -n 4 | cut -c 1-400)"
     lost=$(grep lost "$dir/pfault.err")
     [ -z "$lost" ] || problems="$problems
 $lost"

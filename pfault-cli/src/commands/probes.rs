@@ -71,6 +71,19 @@ pub(crate) fn report() -> Vec<(String, String)> {
                 Err(e) => format!("incomplete: {e:#}"),
             },
         );
+        // The optional helpers: each one missing is done another way (the compat programs).
+        let missing = features::missing_helpers(btf).unwrap_or_else(|_| features::HELPERS.iter().collect());
+        for h in &features::HELPERS {
+            let here = !missing.iter().any(|m| m.name == h.name);
+            add(
+                h.what,
+                if here {
+                    "yes".into()
+                } else {
+                    format!("no: {}", h.without)
+                },
+            );
+        }
     }
     add(
         "exceptions tracepoints",
@@ -159,7 +172,7 @@ pub(crate) fn report() -> Vec<(String, String)> {
             "user stacks",
             match Engine::start(&stacks, &filter) {
                 Ok(e) if e.unwinder.is_some() => format!(
-                    "cfi: unwound from each binary's .eh_frame (bpf_loop), {} of rows (--unwind-mb); --unwind fp for frame pointers alone",
+                    "cfi: unwound from each binary's .eh_frame, {} of rows (--unwind-mb); --unwind fp for frame pointers alone",
                     bytes(rows)
                 ),
                 Ok(_) => "fp: frame pointers only (this kernel refuses the CFI unwinder)".into(),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::procfs::ensure_mounted;
+use crate::{btf::Btf, procfs::ensure_mounted};
 
 pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 const SECURITYFS: &str = "/sys/kernel/security";
@@ -104,4 +104,66 @@ pub(crate) fn fentry_permitted(hmf_btf_id: Option<u32>) -> Result<()> {
 /// Whether the kernel has BPF ring buffers (5.8+).
 pub(crate) fn ringbuf() -> Result<bool> {
     Ok(aya::sys::is_map_supported(aya::maps::MapType::RingBuf)?)
+}
+
+/// What the default object needs that older kernels lack, and what pfault does without it
+/// (the compat object).
+pub(crate) struct Helper {
+    /// A BPF helper's name in `enum bpf_func_id`, less `BPF_FUNC_`; or a kernel struct that
+    /// comes with the feature, where no helper does.
+    pub(crate) name: Needs,
+    pub(crate) what: &'static str,
+    pub(crate) without: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Needs {
+    Helper(&'static str),
+    Struct(&'static str),
+}
+
+pub(crate) const HELPERS: [Helper; 6] = [
+    Helper {
+        name: Needs::Struct("bpf_mem_alloc"),
+        what: "bpf_mem_alloc (6.1)",
+        without: "hash maps that perf_event programs use are preallocated",
+    },
+    Helper {
+        name: Needs::Helper("task_storage_get"),
+        what: "task storage in tracing (5.11)",
+        without: "per-thread state in a hash map keyed by thread id",
+    },
+    Helper {
+        name: Needs::Helper("get_current_task_btf"),
+        what: "bpf_get_current_task_btf (5.11)",
+        without: "task fields read by bpf_probe_read_kernel",
+    },
+    Helper {
+        name: Needs::Helper("task_pt_regs"),
+        what: "bpf_task_pt_regs (5.15)",
+        without: "user registers from the top of the task's kernel stack",
+    },
+    Helper {
+        name: Needs::Helper("find_vma"),
+        what: "bpf_find_vma (5.17)",
+        without: "VMAs found by a walk of the mm's red-black tree, without the mmap lock",
+    },
+    Helper {
+        name: Needs::Helper("loop"),
+        what: "bpf_loop (5.17)",
+        without: "the CFI unwinder's steps in a bounded loop",
+    },
+];
+
+/// What of [`HELPERS`] this kernel lacks, from its BTF (helpers from its own list, `enum
+/// bpf_func_id`): any one missing means the compat object.
+pub(crate) fn missing_helpers(btf: &Btf) -> Result<Vec<&'static Helper>> {
+    let ids = btf.enum_values("bpf_func_id")?;
+    Ok(HELPERS
+        .iter()
+        .filter(|h| match h.name {
+            Needs::Helper(name) => !ids.iter().any(|(n, _)| n.strip_prefix("BPF_FUNC_") == Some(name)),
+            Needs::Struct(name) => btf.struct_size(name).is_err(),
+        })
+        .collect())
 }

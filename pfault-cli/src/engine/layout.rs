@@ -20,6 +20,31 @@ impl VmFaultNames {
     }
 }
 
+/// The `FAULT_FLAG_*` values of kernels that define them as macros (before 5.11, where they
+/// became `enum fault_flag`): macros leave nothing in BTF, and these did not change while
+/// they were macros (include/linux/mm.h, 5.4 to 5.10).
+fn fault_flag_macros() -> Vec<(String, u64)> {
+    [
+        ("FAULT_FLAG_WRITE", 0x01),
+        ("FAULT_FLAG_USER", 0x40),
+        ("FAULT_FLAG_INSTRUCTION", 0x100),
+        ("FAULT_FLAG_TRIED", 0x20),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v))
+    .collect()
+}
+
+/// x86-64's THREAD_SIZE, which BTF does not carry: 16 KiB, doubled under KASAN (whose
+/// functions then are in BTF). The user registers lie at its top.
+fn thread_size(btf: &Btf) -> u32 {
+    if btf.func_id("kasan_report").is_some() {
+        32 << 10
+    } else {
+        16 << 10
+    }
+}
+
 /// Kernel offsets and enum values the programs need, from the running kernel's BTF.
 pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
     let enum_value = |values: &[(String, u64)], name: &str| -> Result<u32> {
@@ -30,7 +55,9 @@ pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
             .with_context(|| format!("kernel BTF lacks {name}"))
     };
     let reasons = btf.enum_values("vm_fault_reason")?;
-    let flags = btf.enum_values("fault_flag")?;
+    let flags = btf
+        .enum_values("fault_flag")
+        .unwrap_or_else(|_| fault_flag_macros());
     let error = [
         "VM_FAULT_OOM",
         "VM_FAULT_SIGBUS",
@@ -83,6 +110,12 @@ pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         fault_flag_user: enum_value(&flags, "FAULT_FLAG_USER")?,
         fault_flag_instruction: enum_value(&flags, "FAULT_FLAG_INSTRUCTION")?,
         fault_flag_tried: enum_value(&flags, "FAULT_FLAG_TRIED")?,
+        mm_rb: btf.offset_of("mm_struct", "mm_rb").unwrap_or(0),
+        vma_vm_rb: btf.offset_of("vm_area_struct", "vm_rb").unwrap_or(0),
+        rb_left: btf.offset_of("rb_node", "rb_left").unwrap_or(0),
+        rb_right: btf.offset_of("rb_node", "rb_right").unwrap_or(0),
+        task_stack: btf.offset_of("task_struct", "stack").unwrap_or(0),
+        user_regs_in_stack: thread_size(btf) - btf.struct_size("pt_regs")?,
     };
     // Single-bit reasons only: the HWPOISON index mask is not a flag.
     let names = reasons

@@ -25,7 +25,7 @@ pub(crate) use self::{
 };
 use self::{
     layout::kernel_layout,
-    objects::{maps, BPF_OBJECT, CONFIG, LOG_LEVEL},
+    objects::{maps, BPF_OBJECT, BPF_OBJECT_COMPAT, CONFIG, LOG_LEVEL},
 };
 use crate::{
     btf::Btf,
@@ -123,6 +123,49 @@ fn load_error(e: EbpfError, plan: &Plan) -> anyhow::Error {
     anyhow::Error::new(e).context("loading pfault's eBPF object")
 }
 
+/// The oldest kernel pfault runs on: ring buffers (5.8) and task iterators (5.8).
+const OLDEST: &str = "pfault supports Linux 5.8 and later";
+
+/// The compat object needs ring buffers, and finds VMAs and user registers through kernel
+/// structures the default one leaves to helpers: a kernel that has neither cannot be traced.
+fn check_compat(off: &Offsets, missing: &[&features::Helper]) -> Result<()> {
+    if !features::ringbuf().unwrap_or(false) {
+        anyhow::bail!("this kernel has no BPF ring buffer: {OLDEST}");
+    }
+    let fields = [
+        ("mm_struct.mm_rb", off.mm_rb),
+        ("vm_area_struct.vm_rb", off.vma_vm_rb),
+        ("rb_node.rb_left", off.rb_left),
+        ("task_struct.stack", off.task_stack),
+    ];
+    if let Some((name, _)) = fields.iter().find(|(_, o)| *o == 0) {
+        let helpers: Vec<&str> = missing.iter().map(|h| h.what).collect();
+        anyhow::bail!(
+            "this kernel lacks {} and its BTF has no {name} to do without them: {OLDEST}",
+            helpers.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Room for the threads compat keeps state for: twice the host's threads now (they come and
+/// go), within bounds. A thread beyond them is counted as untracked, never dropped silently.
+fn compat_threads() -> u32 {
+    // "0.00 0.01 0.05 2/345 6789": the fourth field's total is the host's threads.
+    let now = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or(0);
+    now.saturating_mul(2).clamp(4096, capacity::THREADS)
+}
+
 impl Engine {
     /// Checks privileges and kernel features, loads the object configured for `plan`, and
     /// attaches the probes of the chosen mode (and only those).
@@ -155,7 +198,22 @@ impl Engine {
         // own copy, and the two need not coexist.
         let btf = Btf::from_sys_fs()?;
         let (off, vm_fault_names) = kernel_layout(&btf)?;
+        let missing = features::missing_helpers(&btf)?;
+        let object = if missing.is_empty() {
+            BPF_OBJECT
+        } else {
+            check_compat(&off, &missing)?;
+            BPF_OBJECT_COMPAT
+        };
         let hmf_btf_id = btf.func_id("handle_mm_fault");
+        // Kernel stacks walked in a kretprobe may stop at the trampoline that took the return
+        // address, until 5.15 taught the unwinder to look past it (with the first function;
+        // the second where kretprobes are built on rethook, 6.0+ on x86).
+        let kretprobe_cuts_stacks = plan.flags & CFG_KSTACK != 0
+            && features::kprobes_available()
+            && ["kretprobe_find_ret_addr", "rethook_find_ret_addr"]
+                .iter()
+                .all(|f| btf.func_id(f).is_none());
         let iter_btf_id = if plan.flags & CFG_OUT_PROCS != 0 {
             Some(
                 btf.func_id("bpf_iter_task")
@@ -212,7 +270,17 @@ impl Engine {
             .map_max_entries(maps::UNWIND_FILES, size(CFG_UNWIND_CFI, capacity::UNWIND_FILES))
             .map_max_entries(maps::TEXT_VMAS, size(CFG_UNWIND_CFI, capacity::TEXT_VMAS))
             .map_max_entries(maps::EXEC_GEN, size(CFG_UNWIND_CFI, capacity::EXEC_GEN));
-        let mut ebpf = loader.load(BPF_OBJECT).map_err(|e| load_error(e, plan))?;
+        if !missing.is_empty() {
+            // Compat's per-thread maps are preallocated: one of the two is used.
+            let threads = compat_threads();
+            loader
+                .map_max_entries(
+                    maps::PENDING,
+                    if flags & CFG_OUT_PROCS != 0 { 1 } else { threads },
+                )
+                .map_max_entries(maps::THREADS, size(CFG_OUT_PROCS, threads));
+        }
+        let mut ebpf = loader.load(object).map_err(|e| load_error(e, plan))?;
         let log = if plan.bpf_log {
             Some(
                 aya_log::EbpfLogger::init_with_logger(&mut ebpf, StderrLog)
@@ -238,7 +306,7 @@ impl Engine {
             }
             None => None,
         };
-        let (mode, refused, unwinder) =
+        let (mode, mut refused, unwinder) =
             attach::attach(&mut ebpf, plan, flags, hmf_btf_id, iter_btf_id, || {
                 unwind_maps
                     .map(|(rows, files, text, ahead)| {
@@ -246,6 +314,15 @@ impl Engine {
                     })
                     .transpose()
             })?;
+        if mode == ProbeMode::Kprobe && kretprobe_cuts_stacks {
+            refused.push(
+                "kernel stacks may end at kretprobe_trampoline: this kernel's kretprobes can hide their callers (fixed in 5.15); --probe fentry walks them whole".into(),
+            );
+        }
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|h| h.what).collect();
+            refused.push(format!("compat programs: the kernel lacks {}", names.join(", ")));
+        }
         Ok(Engine {
             ebpf,
             plan: plan.clone(),

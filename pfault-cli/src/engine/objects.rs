@@ -5,6 +5,9 @@
 /// The compiled kernel side, committed so that stable Rust alone can build pfault
 /// (`cargo xtask build-ebpf` refreshes it; `cargo xtask test` fails when it is stale).
 pub(crate) static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/pfault.bpf.o");
+/// The same programs for kernels that lack one of `features::HELPERS` (pfault-ebpf's
+/// `kernel.rs` says what it does instead).
+pub(crate) static BPF_OBJECT_COMPAT: &[u8] = aya::include_bytes_aligned!("../../bpf/pfault-compat.bpf.o");
 
 /// The read-only settings (`pfault_common::Config`).
 pub(crate) const CONFIG: &str = "CONFIG";
@@ -20,6 +23,9 @@ pub(crate) mod maps {
     pub(crate) const STACKS_SENT: &str = "STACKS_SENT";
     pub(crate) const FILE_COUNTS: &str = "FILE_COUNTS";
     pub(crate) const PROC_STATS: &str = "PROC_STATS";
+    /// Each thread's parked fault; with its counts (`stat`, `top`).
+    pub(crate) const PENDING: &str = "PENDING";
+    pub(crate) const THREADS: &str = "THREADS";
     /// Per-CPU counts of what the kernel side could not record.
     pub(crate) const COUNTERS: &str = "COUNTERS";
     /// Tgids to trace when following a command and its children.
@@ -41,6 +47,8 @@ pub(crate) mod maps {
         FILE_COUNTS,
         PROC_STATS,
         COUNTERS,
+        PENDING,
+        THREADS,
         TRACED,
         UNWIND_ROWS,
         UNWIND_FILES,
@@ -57,23 +65,31 @@ mod tests {
 
     /// Needs no root: the object is parsed, not loaded.
     #[test]
-    fn every_name_the_cli_uses_is_in_the_object() {
-        let obj = aya_obj::Object::parse(BPF_OBJECT).expect("the embedded object parses");
-        for m in maps::ALL {
-            assert!(obj.maps.contains_key(*m), "the object has no map {m}");
-        }
-        for p in super::super::probes::PROBES {
-            assert!(
-                obj.programs.contains_key(p.program),
-                "the object has no program {}",
-                p.program
-            );
+    fn every_name_the_cli_uses_is_in_the_objects() {
+        for object in [BPF_OBJECT, BPF_OBJECT_COMPAT] {
+            let obj = aya_obj::Object::parse(object).expect("the embedded object parses");
+            for m in maps::ALL {
+                assert!(obj.maps.contains_key(*m), "the object has no map {m}");
+            }
+            for p in super::super::probes::PROBES {
+                assert!(
+                    obj.programs.contains_key(p.program),
+                    "the object has no program {}",
+                    p.program
+                );
+            }
         }
     }
 
     #[test]
     fn the_config_global_is_the_size_of_the_rust_struct() {
-        let elf = object::File::parse(BPF_OBJECT).expect("the embedded object is ELF");
+        for object in [BPF_OBJECT, BPF_OBJECT_COMPAT] {
+            config_global_matches(object);
+        }
+    }
+
+    fn config_global_matches(object: &[u8]) {
+        let elf = object::File::parse(object).expect("the embedded object is ELF");
         let sym = elf
             .symbols()
             .find(|s| s.name() == Ok(CONFIG))

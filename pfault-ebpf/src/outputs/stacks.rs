@@ -142,11 +142,9 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
         return 0;
     };
     let kernel_mode = raised_in_kernel(ctx);
-    // The thread's name in two plain loads from its task (checked against the kernel's BTF):
-    // no helper call on the hot path.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let comm_at =
-        |i: usize| unsafe { read_volatile(task.add(conf!(off.task_comm) as usize + 8 * i) as *const u64) };
+    // The thread's name in two loads from its task: no helper call on the hot path.
+    let task = current_task();
+    let comm_at = |i: u32| task_u64(task, conf!(off.task_comm) + 8 * i);
     let comm = [comm_at(0), comm_at(1)];
     let mut key = StackKey {
         tgid,
