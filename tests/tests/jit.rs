@@ -35,6 +35,9 @@ impl Jit {
                 "--perf-basic-prof".into(),
                 // Interpreted functions get code of their own, which the map names too.
                 "--interpreted-frames-native-stack".into(),
+                // Its log of code events, isolate-*-v8.log, would litter the working directory;
+                // the perf map is written all the same.
+                "--logfile=/dev/null".into(),
             ],
             script: root().join("tests/workloads/jit_touch.js"),
             function: "pfaultJsTouchPages",
@@ -249,11 +252,14 @@ fn named_as_perf_names(jit: Jit, name: &str) {
     );
     eprintln!("{name}: {report}");
     assert!(named >= most(touches), "{report}");
-    // Faults beyond the touches (the runtime's heap growing inside the function) vary by a
-    // few hundred from run to run: measured, node's 68,240 faults had 65,690 to 65,870 named
-    // by pfault over six runs, 65,788 and 65,803 by perf over two.
-    let noise = touches / 200;
-    assert!(named + noise >= perf_named, "{report}");
+    // perf names more than it should: its map lookup takes the longest name at an address,
+    // and V8 reuses the code memory of a function it dropped, so the frames of console.log at
+    // the script's end are named pfaultJsTouchPages, whose optimized code was there before
+    // (measured: 253 of perf's 65,870); pfault names them by the functions written by the
+    // time each stack arrived. The faults of V8's heap growing inside the function vary by
+    // about 150 from run to run.
+    let slack = touches / 100;
+    assert!(named + slack >= perf_named, "{report}");
 }
 
 #[test]
