@@ -14,6 +14,7 @@ pub(crate) mod engine;
 pub(crate) mod held;
 pub(crate) mod mappings;
 pub mod output;
+pub(crate) mod perfmap;
 pub mod procfs;
 pub mod records;
 pub(crate) mod session;

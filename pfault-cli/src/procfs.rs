@@ -127,6 +127,18 @@ pub(crate) fn read_maps(pid: u32) -> Option<Vec<MapEntry>> {
     (!maps.is_empty()).then_some(maps)
 }
 
+/// The pid a process knows itself by (getpid() inside its pid namespace), from its
+/// /proc/PID/status: the last of `NStgid:`, which lists it from this namespace inward.
+pub(crate) fn ns_tgid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NStgid:"))?
+        .split_whitespace()
+        .next_back()?
+        .parse()
+        .ok()
+}
+
 /// Checks that `pid` names a live process, and not one of its threads.
 pub(crate) fn check_pid(pid: u32) -> Result<()> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -358,5 +370,14 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(cstr(b"bash\0\0\0junk"), "bash");
         assert_eq!(cstr(b"full"), "full");
         assert_eq!(cstr(&[0xff, 0]), "?");
+    }
+
+    #[test]
+    fn ns_tgid_is_the_innermost_namespace_s_pid() {
+        let status = "Name:\tnode\nTgid:\t4242\nNgid:\t0\nPid:\t4242\nNStgid:\t4242\t7\nNSpid:\t4242\t7\n";
+        assert_eq!(ns_tgid(status), Some(7));
+        assert_eq!(ns_tgid("NStgid:\t4242\n"), Some(4242));
+        // A kernel without pid namespaces writes no such line.
+        assert_eq!(ns_tgid("Tgid:\t4242\n"), None);
     }
 }

@@ -17,6 +17,7 @@ use crate::{
         pprof::{self, LabelValue},
         prometheus::OTHER,
     },
+    perfmap::Taken,
     procfs::cstr,
     records::Record,
     symbolize::{Frame, Placed, Symbols},
@@ -24,9 +25,10 @@ use crate::{
 
 /// A stack the kernel sent. User frames are placed in their files (by the process's maps)
 /// when they are named, or earlier when the process execs: its maps are then another
-/// program's. Placing every stack as it arrives would slow the ring's reader.
+/// program's. Placing every stack as it arrives would slow the ring's reader. A user stack
+/// keeps what the process's perf map said when it arrived, to name the JIT code it ran.
 enum Sent {
-    User(Vec<u64>),
+    User(Vec<u64>, Taken),
     Placed(Vec<Placed>),
     Kernel(Vec<u64>),
 }
@@ -133,7 +135,7 @@ impl StackCounts {
                 let sent = match frames.first() {
                     Some(&leaf) if leaf < USER_END => {
                         self.unplaced.entry(tgid).or_default().push(hash);
-                        Sent::User(frames)
+                        Sent::User(frames, self.syms.arrived(tgid))
                     }
                     _ => Sent::Kernel(frames),
                 };
@@ -154,8 +156,8 @@ impl StackCounts {
     fn place(&mut self, pid: u32) {
         for h in self.unplaced.remove(&pid).unwrap_or_default() {
             if let Some(sent) = self.stacks.get_mut(&(pid, h)) {
-                if let Sent::User(ips) = sent {
-                    *sent = Sent::Placed(self.syms.place(pid, ips));
+                if let Sent::User(ips, taken) = sent {
+                    *sent = Sent::Placed(self.syms.place(pid, ips, *taken));
                 }
             }
         }
@@ -167,7 +169,7 @@ impl StackCounts {
             STACK_LOST => pseudo("[stack lost: ring buffer full]"),
             STACK_EXEC => pseudo("[execve: the kernel writing the new image]"),
             h => match self.stacks.get(&(pid, h)) {
-                Some(Sent::User(ips)) => self.syms.user(pid, ips),
+                Some(Sent::User(ips, taken)) => self.syms.user(pid, ips, *taken),
                 Some(Sent::Placed(placed)) => self.syms.name(pid, placed),
                 Some(Sent::Kernel(ips)) => self.syms.kernel(ips),
                 None => pseudo("[stack not received]"),
@@ -247,7 +249,7 @@ impl StackCounts {
                 self.stacks.remove(&(pid, h));
             }
             self.unplaced.remove(&pid);
-            self.syms.maps.forget(pid);
+            self.syms.forget(pid);
         }
         Ok(())
     }

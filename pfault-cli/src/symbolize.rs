@@ -4,7 +4,8 @@
 //! process's maps, taken while the process lives, and symbolized from the binary: stacks
 //! still symbolize after the process has exited (bpftrace prints raw addresses then), and a
 //! shared library's frames are resolved once for every process that maps it. A frame that
-//! cannot be named still shows its module and file offset.
+//! cannot be named still shows its module and file offset. Code a runtime compiled into
+//! anonymous memory is named from the perf map it writes ([`crate::perfmap`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +19,12 @@ use blazesym::symbolize::{
 };
 use serde::Serialize;
 
-use crate::{mappings::Mappings, procfs::MapPath, records::Record};
+use crate::{
+    mappings::Mappings,
+    perfmap::{PerfMaps, Taken},
+    procfs::MapPath,
+    records::Record,
+};
 
 /// One frame of a stack, as every output format shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -125,6 +131,8 @@ pub(crate) struct Symbols {
     /// The files the symbolizer holds parsed.
     opened: HashSet<PathBuf>,
     pub(crate) maps: Mappings,
+    /// Names of JIT-compiled code, by process.
+    jit: PerfMaps,
 }
 
 /// The most files the symbolizer holds parsed (a few MiB each with debug information); past
@@ -146,6 +154,7 @@ impl Default for Symbols {
             cache: HashMap::new(),
             opened: HashSet::new(),
             maps: Mappings::default(),
+            jit: PerfMaps::default(),
         }
     }
 }
@@ -165,31 +174,70 @@ struct Located {
 #[derive(Clone, Debug)]
 pub(crate) struct Placed {
     addr: u64,
+    /// The address looked up: a return address less one.
+    pc: u64,
     at: Option<Located>,
+    /// What the process's perf map said when the stack arrived.
+    taken: Taken,
+}
+
+impl Located {
+    /// Memory no file backs (or a mapping named with `PR_SET_VMA_ANON_NAME`): where a JIT
+    /// writes code.
+    fn anonymous(&self) -> bool {
+        !self.file && (self.path.is_empty() || self.path.starts_with("[anon:"))
+    }
 }
 
 impl Symbols {
-    /// Remembers a process's mappings while it lives, so its stacks symbolize after it exits.
+    /// Remembers a process's mappings and where its perf map lies while it lives, so its
+    /// stacks symbolize after it exits.
     pub(crate) fn note_process(&mut self, pid: u32) {
         self.maps.note_process(pid);
+        self.jit.note_process(pid);
+    }
+
+    /// Drops what is known of a process that is gone, once nothing will ask for it.
+    pub(crate) fn forget(&mut self, pid: u32) {
+        self.maps.forget(pid);
+        self.jit.forget(pid);
+    }
+
+    /// Keeps what is known of the processes `keep` says may still be asked about.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        self.maps.retain(&mut keep);
+        self.jit.retain(keep);
     }
 
     /// A process is new, exec'd, started a thread or mapped a file: note its maps while it
     /// lives.
     pub(crate) fn notice(&mut self, record: &Record) {
         self.maps.notice(record);
+        // A new program (or process) has a perf map of its own, and may have been given
+        // another /tmp before its exec (a container's runtime mounts one, then execs).
+        if let Record::Task(t) = record {
+            if t.tid == t.pid {
+                self.jit.relocate(t.pid);
+            }
+        }
     }
 
-    /// Symbolizes a user stack (leaf first) by the process's maps now.
-    pub(crate) fn user(&mut self, pid: u32, stack: &[u64]) -> Vec<Frame> {
-        let placed = self.place(pid, stack);
+    /// A user stack of `pid`'s arrived: what it ran is what its perf map says by now.
+    pub(crate) fn arrived(&mut self, pid: u32) -> Taken {
+        self.jit.arrived(pid)
+    }
+
+    /// Symbolizes a user stack (leaf first) that arrived at `taken`, by the process's maps
+    /// now.
+    pub(crate) fn user(&mut self, pid: u32, stack: &[u64], taken: Taken) -> Vec<Frame> {
+        let placed = self.place(pid, stack, taken);
         self.name(pid, &placed)
     }
 
     /// Places a user stack's frames (leaf first) in their files by the process's maps now.
     /// Return addresses point after the call, so every frame but the leaf is looked up one
     /// byte earlier.
-    pub(crate) fn place(&mut self, pid: u32, stack: &[u64]) -> Vec<Placed> {
+    pub(crate) fn place(&mut self, pid: u32, stack: &[u64], taken: Taken) -> Vec<Placed> {
         until_null(stack)
             .iter()
             .enumerate()
@@ -203,7 +251,12 @@ impl Symbols {
                     file: e.path.file().is_some(),
                     file_offset: a - e.start + e.file_offset,
                 });
-                Placed { addr, at }
+                Placed {
+                    addr,
+                    pc: a,
+                    at,
+                    taken,
+                }
             })
             .collect()
     }
@@ -223,14 +276,35 @@ impl Symbols {
             self.resolve_elf(pid, path, &offsets);
         }
         let mut out = Vec::with_capacity(placed.len());
-        for Placed { addr, at: l } in placed {
-            let addr = *addr;
-            match l
+        for &Placed {
+            addr,
+            pc,
+            at: ref l,
+            taken,
+        } in placed
+        {
+            let cached = l
                 .as_ref()
-                .and_then(|l| self.cache.get(&(l.path.clone(), l.file_offset)))
-            {
-                Some(frames) => out.extend(frames.iter().map(|f| Frame { addr, ..f.clone() })),
-                None => out.push(Frame {
+                .and_then(|l| self.cache.get(&(l.path.clone(), l.file_offset)));
+            // An address no mapping known holds may be code compiled since.
+            let jit_code = cached.is_none() && l.as_ref().is_none_or(Located::anonymous);
+            let jit = if jit_code {
+                self.jit.name(pid, pc, taken)
+            } else {
+                None
+            };
+            match (cached, jit) {
+                (Some(frames), _) => out.extend(frames.iter().map(|f| Frame { addr, ..f.clone() })),
+                (None, Some(j)) => out.push(Frame {
+                    addr,
+                    symbol: Some(j.name.to_string()),
+                    offset: j.offset,
+                    module: Some(j.map.to_string()),
+                    file: None,
+                    line: None,
+                    inlined: false,
+                }),
+                (None, None) => out.push(Frame {
                     addr,
                     symbol: None,
                     offset: l.as_ref().map(|l| l.file_offset).unwrap_or(0),

@@ -405,6 +405,21 @@ pub fn pfault_on_program(
     (kv(&String::from_utf8_lossy(&run.stdout)), stderr)
 }
 
+/// The faults `go tool pprof -top` counts in `function` itself (its flat count) in a pprof
+/// profile; fails the test if it shows no such function.
+pub fn pprof_flat(profile: &Path, function: &str) -> u64 {
+    let run = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(profile)
+        .output()
+        .expect("go tool pprof");
+    let top = String::from_utf8_lossy(&run.stdout);
+    top.lines()
+        .find(|l| l.split_whitespace().last() == Some(function))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {function} in go tool pprof -top:\n{top}{}", stderr_of(&run)))
+}
+
 /// `comm;root;...;leaf COUNT` lines as (stack, count); a stack printed twice fails the test.
 pub fn folded_lines(folded: &str) -> Vec<(String, u64)> {
     let mut seen = std::collections::HashSet::new();

@@ -282,3 +282,32 @@ fn a_profile_does_not_grow_with_process_churn() {
         "the workload's function is not in the profile"
     );
 }
+
+/// The profile names JIT code from the perf map its process wrote as it exited, before the
+/// profile's end: the map is read when the gone process's stacks are named.
+#[test]
+fn a_profile_names_jit_code_from_its_perf_map() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("exporter-jit");
+    let port = free_port();
+    let _tracer = exporter(port, &["-c", "jit_writer"]);
+    let profile = std::thread::spawn(move || http_get(port, "/debug/pprof/faults?seconds=6"));
+    // A profile loads an engine of its own when asked: a second or so on a busy host.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = Command::new(workload("jit_writer"))
+        .args(["5000", "perfmap-at-exit"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = kv(&String::from_utf8_lossy(&out.stdout));
+    let (status, body) = profile.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", num(&said, "pid")));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let gz = dir.join("profile.pb.gz");
+    std::fs::write(&gz, &body).unwrap();
+    let flat = pprof_flat(&gz, "pfault_jit_store");
+    let minflt = num(&said, "minflt");
+    assert!(within(flat, minflt, 1.0), "pprof: {flat}, getrusage {minflt}");
+}

@@ -93,11 +93,14 @@ fn test() -> Result<()> {
     }
     toolchain::ensure_tracefs()?;
     // The tests use the clients a user would: `pfault top` in a real terminal, pprof
-    // profiles in `go tool pprof`.
+    // profiles in `go tool pprof`; JIT frames are named on node's code and compared with
+    // perf's names (CPython 3.12 comes from pyenv: Debian 12's python3 is 3.11).
     toolchain::ensure_packages(&[
         ("tmux", "tmux"),
         ("go", "golang-go"),
         ("prometheus", "prometheus"),
+        ("node", "nodejs"),
+        ("perf", "linux-perf"),
     ])?;
     say("checking format and lints");
     sh(cargo().args(["fmt", "--all", "--check"]))?;

@@ -98,7 +98,10 @@ impl Handler for Printer {
         };
         let (ustack, kstack) = match stacks {
             Some(s) => (
-                Some(self.syms.user(ev.pid, &s.user)),
+                Some({
+                    let taken = self.syms.arrived(ev.pid);
+                    self.syms.user(ev.pid, &s.user, taken)
+                }),
                 Some(self.syms.kernel(&s.kernel)),
             ),
             None => (None, None),

@@ -98,7 +98,7 @@ impl Exporter {
         // A profile folds its dead processes' maps with their counts; these are the maps of
         // those that died without a count (notices of processes that never faulted).
         if let Some(p) = &mut self.profiling {
-            p.counts.syms.maps.retain(alive);
+            p.counts.syms.retain(alive);
         }
         release_free_memory();
     }
