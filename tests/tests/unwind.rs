@@ -20,6 +20,32 @@ fn stacks_of(name: &str, program: &Path, pages: &str, extra: &[&str]) -> (Vec<(S
     (folded_lines(&folded), num(&truth, "minflt"), stderr)
 }
 
+/// `stackcount -U -o json` over `program PAGES`: its stacks as `root;...;leaf` names, the
+/// workload's minor faults, and the run's JSON summary.
+fn json_stacks(name: &str, program: &Path, pages: &str) -> (Vec<(String, u64)>, u64, serde_json::Value) {
+    let out = scratch(name).join("stacks.json");
+    let (truth, stderr) = pfault_on_program(&["stackcount", "-U", "-o", "json"], &out, program, &[pages]);
+    let lines = json_lines(&out)
+        .iter()
+        .map(|r| {
+            let names: Vec<&str> = r["ustack"]
+                .as_array()
+                .map(|a| a.iter().rev().filter_map(|f| f["symbol"].as_str()).collect())
+                .unwrap_or_default();
+            (names.join(";"), r["count"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    (lines, num(&truth, "minflt"), summary(&stderr))
+}
+
+/// Where the table of `program` came from, as the JSON summary says.
+fn cfi_of(summary: &serde_json::Value, program: &Path) -> serde_json::Value {
+    summary["unwind"]["tables"]["tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["path"].as_str() == program.to_str()))
+        .map_or(serde_json::Value::Null, |t| t["cfi"].clone())
+}
+
 /// Of the faults on stacks that `is_leaf` picks, how many, and how many of those on stacks
 /// that hold `want`.
 fn share(lines: &[(String, u64)], is_leaf: impl Fn(&str) -> bool, want: impl Fn(&str) -> bool) -> (u64, u64) {
@@ -115,6 +141,127 @@ fn rust_without_frame_pointers_unwinds_to_start() {
         "_start..main..rust_nofp::run;touch_every_page",
         &lines,
     );
+}
+
+/// Go writes no .eh_frame, only a zlib-compressed .debug_frame: read decompressed, it keeps
+/// the caller of runtime.memmove (frameless assembly a frame-pointer walk skips).
+#[test]
+fn go_keeps_the_caller_of_runtime_memmove_from_its_debug_frame() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = go_workload("go_copy");
+    let (lines, minflt, summary) = json_stacks("unwind-go", &program, "20000");
+    assert_eq!(
+        cfi_of(&summary, &program),
+        serde_json::json!([".debug_frame"]),
+        "go_copy's table, from its .debug_frame: {summary}"
+    );
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "runtime.memmove",
+        |s| s.ends_with(";runtime.main;main.main;main.copyPages;runtime.memmove"),
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in runtime.memmove, getrusage says {minflt}"
+    );
+    at_least_99_percent(
+        with,
+        total,
+        "runtime.main;main.main;main.copyPages;runtime.memmove",
+        &lines,
+    );
+}
+
+/// `omit_fp` as a distribution ships it: its own code's CFI only in .debug_frame (gcc's
+/// -fno-asynchronous-unwind-tables), moved with the rest of its debug information into a
+/// separate, zlib-compressed debug file; the binary keeps the C runtime's .eh_frame.
+fn with_separate_debug_file(copy: &str) -> (PathBuf, PathBuf) {
+    let src = root().join("tests/workloads/omit_fp.c");
+    let dir = scratch(copy);
+    let (out, debug) = (dir.join(copy), dir.join(format!("{copy}.debug")));
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("cc")
+        .args(workload_cflags(&src))
+        .arg("-fno-asynchronous-unwind-tables")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src));
+    run(Command::new("objcopy")
+        .args(["--only-keep-debug", "--compress-debug-sections=zlib"])
+        .arg(&out)
+        .arg(&debug));
+    // Linked by its file name, found beside the binary.
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(format!("--add-gnu-debuglink={copy}.debug"))
+        .arg(&out)
+        .current_dir(&dir));
+    (out, debug)
+}
+
+#[test]
+fn cfi_in_a_separate_debug_file_is_found_by_debuglink_and_by_build_id() {
+    if !root_or_skip() {
+        return;
+    }
+    let check = |lines: &[(String, u64)], minflt: u64| {
+        let (total, with) = share(
+            lines,
+            |s| leaf(s) == "touch_pages_nofp",
+            |s| s.contains(";__libc_start_call_main;main;walk_pages;touch_pages_nofp"),
+        );
+        assert!(within(total, minflt, 1.0), "{total} faults vs {minflt}");
+        at_least_99_percent(with, total, "main;walk_pages;touch_pages_nofp", lines);
+    };
+    let (program, debug) = with_separate_debug_file("omit_fp_dbglink");
+    let (lines, minflt, summary) = json_stacks("unwind-debuglink", &program, "20000");
+    let from_debug = format!("{} .debug_frame", debug.display());
+    assert_eq!(
+        cfi_of(&summary, &program),
+        serde_json::json!([".eh_frame", from_debug])
+    );
+    check(&lines, minflt);
+
+    // Without the link, by its build id under /usr/lib/debug, where packages install them.
+    let (program, debug) = with_separate_debug_file("omit_fp_buildid");
+    let ok = Command::new("objcopy")
+        .arg("--remove-section=.gnu_debuglink")
+        .arg(&program)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "objcopy");
+    let id = Command::new("readelf").arg("-n").arg(&program).output().unwrap();
+    let id = String::from_utf8_lossy(&id.stdout)
+        .split("Build ID: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("a build id")
+        .to_string();
+    let installed = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &id[..2],
+        &id[2..]
+    ));
+    /// Removes the debug file this test installed, however the test ends.
+    struct Installed(PathBuf);
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(&debug, &installed).unwrap();
+    let _installed = Installed(installed.clone());
+    let (lines, minflt, summary) = json_stacks("unwind-buildid", &program, "20000");
+    let from_debug = format!("{} .debug_frame", installed.display());
+    assert_eq!(
+        cfi_of(&summary, &program),
+        serde_json::json!([".eh_frame", from_debug])
+    );
+    check(&lines, minflt);
 }
 
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
