@@ -186,9 +186,14 @@ fn eh_frame<'d>(file: &object::File<'d>, data: &'d [u8]) -> Result<Option<(&'d [
         }
         return Ok(Some((bytes, bases)));
     }
+    // A file with section headers and no .eh_frame has none: its PT_GNU_EH_FRAME, if any,
+    // is what was left of it (objcopy --remove-section leaves the program header).
     let object::File::Elf64(elf) = file else {
         return Ok(None);
     };
+    if file.sections().next().is_some() {
+        return Ok(None);
+    }
     let endian = elf.endian();
     let Some(hdr) = elf
         .elf_program_headers()
