@@ -264,6 +264,69 @@ fn cfi_in_a_separate_debug_file_is_found_by_debuglink_and_by_build_id() {
     check(&lines, minflt);
 }
 
+/// `readelf --debug-dump=frames` of `program`: the CFI a workload is meant to exercise is
+/// checked to be there (a compiler that stops emitting it would leave the test proving
+/// nothing).
+fn assert_cfi_has(program: &Path, rule: &str) {
+    let dump = Command::new("readelf")
+        .arg("--debug-dump=frames")
+        .arg(program)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains(rule), "{} has no {rule:?}", program.display());
+}
+
+/// A 200 KiB frame: its CFA is rsp plus more than 32 KiB, and in its stack-clash probe loop
+/// r11 plus that, when the probes fault on the frame's fresh stack pages.
+#[test]
+fn a_big_frame_and_its_stack_clash_probes_keep_their_callers() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("big_frame");
+    assert_cfi_has(&program, "DW_CFA_def_cfa: r11 (r11) ofs 2048");
+    let (lines, minflt, _) = stacks_of("unwind-big-frame", &program, "5000", &[]);
+    let chain = ";__libc_start_call_main;main;big_frame";
+    let probes = |s: &str| leaf(s) == "big_frame";
+    let in_memset = |s: &str| leaf(s).starts_with("__memset");
+    let (probed, probed_with) = share(&lines, probes, |s| s.ends_with(chain));
+    let (memset, memset_with) = share(&lines, in_memset, |s| s.contains(&format!("{chain};__memset")));
+    // 5,000 pages by memset, 50 of stack by the probes.
+    assert!(
+        probed >= 40 && within(probed + memset, minflt, 1.0),
+        "{probed} faults in the probes and {memset} in memset, getrusage says {minflt}: {lines:#?}"
+    );
+    at_least_99_percent(probed_with, probed, "main;big_frame (probing)", &lines);
+    at_least_99_percent(memset_with, memset, "main;big_frame;memset", &lines);
+}
+
+/// A function that realigns its stack through an argument pointer: its CFA is read from its
+/// frame (DW_OP_breg6 N; DW_OP_deref), and its caller's rbp from where rbp points.
+#[test]
+fn a_realigned_frame_is_unwound_through_its_saved_argument_pointer() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("realign");
+    assert_cfi_has(&program, "DW_CFA_def_cfa_expression (DW_OP_breg6 (rbp): -");
+    assert_cfi_has(&program, "DW_CFA_expression: r6 (rbp) (DW_OP_breg6 (rbp): 0)");
+    let (lines, minflt, _) = stacks_of("unwind-realign", &program, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s).starts_with("__memset"),
+        |s| {
+            s.starts_with("realign;_start;")
+                && s.contains(";__libc_start_call_main;main;fill_realigned;__memset")
+        },
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in memset, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "_start..main;fill_realigned;memset", &lines);
+}
+
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
 /// interrupted, and on to main (a frame-pointer walk skips the interrupted function's caller).
 #[test]

@@ -409,6 +409,37 @@ fn is_signal_frame(expr: &[u8]) -> bool {
     expr == [0x77, 0xa0, 0x01, 0x06]
 }
 
+/// A DWARF register number of x86-64's general-purpose registers as `CFA_REG*` rows name it
+/// (`REG_*`: its `pt_regs` word).
+fn reg_of(r: gimli::Register) -> Option<u8> {
+    const BY_DWARF: [u8; 16] = [10, 12, 11, 5, 13, 14, REG_RBP, REG_RSP, 9, 8, 7, 6, 3, 2, 1, 0];
+    BY_DWARF.get(r.0 as usize).copied()
+}
+
+/// `DW_OP_bregN off; DW_OP_deref`: (N, off).
+fn breg_deref(expr: &[u8]) -> Option<(gimli::Register, i64)> {
+    let (&op, rest) = expr.split_first()?;
+    let mut rest = EndianSlice::new(rest, LittleEndian);
+    let off = gimli::Reader::read_sleb128(&mut rest).ok()?;
+    match (op, rest.slice()) {
+        (0x70..=0x7f, [0x06]) => Some((gimli::Register((op - 0x70) as u16), off)),
+        _ => None,
+    }
+}
+
+/// The CFA rule `register + offset` as a row's kind and `cfa_off`.
+fn reg_rule(register: gimli::Register, offset: i64) -> Option<(u8, i16)> {
+    let reg = reg_of(register)?;
+    match (reg, i16::try_from(offset)) {
+        (REG_RSP, Ok(off)) => Some((CFA_RSP, off)),
+        (REG_RBP, Ok(off)) => Some((CFA_RBP, off)),
+        (_, Ok(off)) => Some((CFA_REG | reg << 4, off)),
+        // A frame of more than 32 KiB: its size is a multiple of 8.
+        (_, Err(_)) if offset % 8 == 0 => Some((CFA_REG_X8 | reg << 4, i16::try_from(offset / 8).ok()?)),
+        _ => None,
+    }
+}
+
 fn rule<'a, S>(row: &gimli::UnwindTableRow<usize>, section: &S) -> UnwindRow
 where
     S: UnwindSection<EndianSlice<'a, LittleEndian>>,
@@ -429,28 +460,28 @@ where
         Some(RegisterRule::Undefined) => return UnwindRow { cfa: CFA_END, ..none },
         _ => return none,
     }
-    let (cfa, cfa_off) = match row.cfa() {
-        CfaRule::RegisterAndOffset { register, offset } => {
-            let Ok(off) = i16::try_from(*offset) else {
-                return none;
-            };
-            match *register {
-                X86_64::RSP => (CFA_RSP, off),
-                X86_64::RBP => (CFA_RBP, off),
-                _ => return none,
+    let cfa = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => reg_rule(*register, *offset),
+        CfaRule::Expression(_) => expr.and_then(|e| {
+            if let Some(n) = plt_threshold(e) {
+                return Some((CFA_PLT, n));
             }
-        }
-        CfaRule::Expression(_) => {
-            let Some(n) = expr.and_then(plt_threshold) else {
-                return none;
-            };
-            (CFA_PLT, n)
-        }
+            let (register, offset) = breg_deref(e)?;
+            Some((CFA_DEREF | reg_of(register)? << 4, i16::try_from(offset).ok()?))
+        }),
+    };
+    let Some((cfa, cfa_off)) = cfa else {
+        return none;
     };
     let rbp = match row.register(X86_64::RBP) {
         Some(RegisterRule::Offset(o)) if o % 8 == 0 && o != 0 => match i8::try_from(o / 8) {
-            Ok(v) => v,
-            Err(_) => return none,
+            Ok(v) if v != RBP_AT_RBP => v,
+            _ => return none,
+        },
+        Some(RegisterRule::Expression(e)) => match e.get(section).map(|e| e.0.slice()) {
+            // DW_OP_breg6 0
+            Ok([0x76, 0x00]) => RBP_AT_RBP,
+            _ => 0,
         },
         // Unchanged (the default), or kept somewhere the kernel side cannot follow: the caller
         // sees the value it has, as a frame-pointer walk would.
