@@ -26,8 +26,12 @@ pub const CFA_REG_X8: u8 = 7;
 /// CFA = the word at register + `cfa_off` (`DW_OP_bregN; DW_OP_deref`: gcc's stack
 /// realignment keeps the CFA, its argument pointer, in the frame).
 pub const CFA_DEREF: u8 = 8;
+/// CFA = the word at rsp + `cfa_off`, plus 8 times the kind's high nibble (OpenSSL's
+/// assembly: `DW_OP_breg7 N; DW_OP_deref; DW_OP_plus_uconst M`, rsp as it was at entry,
+/// saved in the frame, plus the return address and what was pushed before it was saved).
+pub const CFA_DEREF_RSP: u8 = 9;
 /// The kind's low nibble; the high one names the register of `CFA_REG`, `CFA_REG_X8` and
-/// `CFA_DEREF`.
+/// `CFA_DEREF`, and `CFA_DEREF_RSP`'s addend.
 pub const CFA_KIND: u8 = 15;
 /// A register, as `CFA_REG*` name it: its word in the kernel's x86-64 `struct pt_regs` (a
 /// uapi layout, `asm/ptrace.h`: r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx,

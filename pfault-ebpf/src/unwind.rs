@@ -177,8 +177,12 @@ fn unwind_frame(i: u64) -> i64 {
     );
     let (cfa, rbp) = match kind & CFA_KIND {
         CFA_RSP => (w.sp.wrapping_add(cfa_off as i64 as u64), rbp),
-        CFA_REG | CFA_REG_X8 | CFA_DEREF => {
-            let reg = kind >> 4;
+        CFA_REG | CFA_REG_X8 | CFA_DEREF | CFA_DEREF_RSP => {
+            let (reg, plus) = if kind & CFA_KIND == CFA_DEREF_RSP {
+                (REG_RSP, (kind >> 4) as u64 * 8)
+            } else {
+                (kind >> 4, 0)
+            };
             let base = if reg == REG_RSP {
                 w.sp
             } else if reg == REG_RBP {
@@ -197,7 +201,7 @@ fn unwind_frame(i: u64) -> i64 {
                 CFA_REG => base.wrapping_add(off),
                 CFA_REG_X8 => base.wrapping_add(off << 3),
                 _ => match unsafe { bpf_probe_read_user(base.wrapping_add(off) as *const u64) } {
-                    Ok(v) => v,
+                    Ok(v) => v.wrapping_add(plus),
                     Err(_) => return 1,
                 },
             };

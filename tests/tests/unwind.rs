@@ -327,6 +327,30 @@ fn a_realigned_frame_is_unwound_through_its_saved_argument_pointer() {
     at_least_99_percent(with, total, "_start..main;fill_realigned;memset", &lines);
 }
 
+/// Assembly in OpenSSL's style: the CFA is the entry rsp it saved in its frame, plus 8.
+#[test]
+fn a_cfa_saved_in_the_frame_as_openssl_keeps_it_leads_back_to_main() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("saved_rsp");
+    assert_cfi_has(
+        &program,
+        "DW_CFA_def_cfa_expression (DW_OP_breg7 (rsp): 40; DW_OP_deref; DW_OP_plus_uconst: 8)",
+    );
+    let (lines, minflt, _) = stacks_of("unwind-saved-rsp", &program, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "fill_saved_rsp",
+        |s| s.starts_with("saved_rsp;_start;") && s.ends_with(";__libc_start_call_main;main;fill_saved_rsp"),
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in fill_saved_rsp, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "_start..main;fill_saved_rsp", &lines);
+}
+
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
 /// interrupted, and on to main (a frame-pointer walk skips the interrupted function's caller).
 #[test]

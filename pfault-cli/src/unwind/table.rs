@@ -416,13 +416,33 @@ fn reg_of(r: gimli::Register) -> Option<u8> {
     BY_DWARF.get(r.0 as usize).copied()
 }
 
-/// `DW_OP_bregN off; DW_OP_deref`: (N, off).
-fn breg_deref(expr: &[u8]) -> Option<(gimli::Register, i64)> {
+/// `DW_OP_bregN off; DW_OP_deref`, then maybe `DW_OP_plus_uconst plus`: (N, off, plus).
+fn breg_deref(expr: &[u8]) -> Option<(gimli::Register, i64, u64)> {
     let (&op, rest) = expr.split_first()?;
     let mut rest = EndianSlice::new(rest, LittleEndian);
     let off = gimli::Reader::read_sleb128(&mut rest).ok()?;
-    match (op, rest.slice()) {
-        (0x70..=0x7f, [0x06]) => Some((gimli::Register((op - 0x70) as u16), off)),
+    let reg = gimli::Register(op.checked_sub(0x70).filter(|r| *r < 16)? as u16);
+    match rest.slice() {
+        [0x06] => Some((reg, off, 0)),
+        [0x06, 0x23, plus @ ..] => {
+            let mut plus = EndianSlice::new(plus, LittleEndian);
+            let n = gimli::Reader::read_uleb128(&mut plus).ok()?;
+            plus.slice().is_empty().then_some((reg, off, n))
+        }
+        _ => None,
+    }
+}
+
+/// The CFA rule `[register + offset] + plus` as a row's kind and `cfa_off`.
+fn deref_rule(register: gimli::Register, offset: i64, plus: u64) -> Option<(u8, i16)> {
+    let reg = reg_of(register)?;
+    let off = i16::try_from(offset).ok()?;
+    match plus {
+        0 => Some((CFA_DEREF | reg << 4, off)),
+        // OpenSSL's: rsp, plus up to 15 words (the return address and what was pushed).
+        _ if reg == REG_RSP && plus.is_multiple_of(8) && plus / 8 < 16 => {
+            Some((CFA_DEREF_RSP | ((plus / 8) as u8) << 4, off))
+        }
         _ => None,
     }
 }
@@ -466,8 +486,8 @@ where
             if let Some(n) = plt_threshold(e) {
                 return Some((CFA_PLT, n));
             }
-            let (register, offset) = breg_deref(e)?;
-            Some((CFA_DEREF | reg_of(register)? << 4, i16::try_from(offset).ok()?))
+            let (register, offset, plus) = breg_deref(e)?;
+            deref_rule(register, offset, plus)
         }),
     };
     let Some((cfa, cfa_off)) = cfa else {
@@ -549,6 +569,39 @@ mod tests {
         let libc = std::fs::read(file_offset_of(libc::memset as *const () as u64).0).unwrap();
         let t = alone(&libc).unwrap();
         assert!(t.rows.iter().any(|r| r.cfa == CFA_SIGNAL), "__restore_rt's row");
+    }
+
+    #[test]
+    fn cfa_rules_beyond_rsp_and_rbp_plus_a_small_offset() {
+        let (rsp, rbp, r11) = (X86_64::RSP, X86_64::RBP, X86_64::R11);
+        // gcc's stack-clash probe loop: r11 + 204808.
+        assert_eq!(reg_rule(r11, 204808), Some((CFA_REG_X8 | 6 << 4, 25601)));
+        assert_eq!(reg_rule(rsp, 24), Some((CFA_RSP, 24)));
+        assert_eq!(reg_rule(rsp, 40000), Some((CFA_REG_X8 | REG_RSP << 4, 5000)));
+        assert_eq!(reg_rule(rsp, 40001), None, "not a multiple of 8");
+        assert_eq!(reg_rule(rsp, 8 << 20), None, "beyond 256 KiB");
+        assert_eq!(reg_rule(X86_64::RA, 8), None, "not a general register");
+        // gcc's realigning prologue: DW_OP_breg6 -40; DW_OP_deref.
+        let drap = breg_deref(&[0x76, 0x58, 0x06]).unwrap();
+        assert_eq!(drap, (rbp, -40, 0));
+        assert_eq!(
+            deref_rule(drap.0, drap.1, drap.2),
+            Some((CFA_DEREF | REG_RBP << 4, -40))
+        );
+        // OpenSSL's: DW_OP_breg7 40; DW_OP_deref; DW_OP_plus_uconst 8.
+        let saved = breg_deref(&[0x77, 0x28, 0x06, 0x23, 0x08]).unwrap();
+        assert_eq!(saved, (rsp, 40, 8));
+        assert_eq!(
+            deref_rule(saved.0, saved.1, saved.2),
+            Some((CFA_DEREF_RSP | 1 << 4, 40))
+        );
+        assert_eq!(deref_rule(rbp, 40, 8), None, "an addend only to rsp");
+        assert_eq!(
+            breg_deref(&[0x77, 0x28, 0x06, 0x23, 0x08, 0x22]),
+            None,
+            "more after"
+        );
+        assert_eq!(breg_deref(&[0x92, 0x28, 0x06]), None, "DW_OP_bregx");
     }
 
     #[test]
