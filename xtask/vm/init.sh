@@ -317,13 +317,16 @@ $lost"
     verdict "$1" stackcount "${problems#?}" "$own of $paths distinct stacks counted once each on their own"
 }
 
-# CFI unwinding (the default): every fault inside memset names memset's caller, and code built
-# with -O2 -fomit-frame-pointer unwinds to main; at least 99% of each.
+# CFI unwinding (the default): every fault inside memset names memset's caller, also where
+# that caller's frame is 200 KiB (big_frame) or realigned (realign: its CFA read from the
+# frame), code built with -O2 -fomit-frame-pointer unwinds to main, and so does assembly
+# whose CFA is its entry rsp saved in the frame (saved_rsp); at least 99% of each.
 check_unwind() {
     dir=/tmp/unwind-$1
     mkdir -p "$dir"
     problems="" shown=""
-    for w in memset_caller:fill_pages:memset omit_fp:walk_pages:touch_pages_nofp; do
+    for w in memset_caller:fill_pages:memset omit_fp:walk_pages:touch_pages_nofp \
+        big_frame:big_frame:memset realign:fill_realigned:memset saved_rsp:main:fill_saved_rsp; do
         name=${w%%:*} rest=${w#*:}
         caller=${rest%%:*} leaf=${rest#*:}
         timeout $RUN_TIMEOUT pfault stackcount -U -f --probe "$1" --output "$dir/$name.folded" \
