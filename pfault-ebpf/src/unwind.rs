@@ -187,8 +187,10 @@ fn unwind_frame(i: u64) -> i64 {
                 w.sp
             } else if reg == REG_RBP {
                 w.bp
-            } else if n == 0 {
-                // The faulting frame's registers are the task's own.
+            } else if w.n == 1 {
+                // The faulting frame's registers are the task's own. (Told by `w.n`, not `n`:
+                // keeping `n` live this long has it spilled, and 6.1's verifier then loses its
+                // bound where it indexes the frames.)
                 let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
                 read(regs, reg as u32 * 8)
             } else {
