@@ -35,8 +35,8 @@ use crate::procfs;
 /// Which user-stack walk the kernel side does (`--unwind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Unwind {
-    /// The binaries' CFI (.eh_frame): right without frame pointers; the frame pointer where
-    /// code has no CFI
+    /// The binaries' CFI (.eh_frame, .debug_frame, debug files under /usr/lib/debug): right
+    /// without frame pointers; the frame pointer where code has no CFI
     Cfi,
     /// Frame pointers only (bpf_get_stack), as bcc and bpftrace walk: skips the caller of
     /// code that keeps none (memset, memcpy, -O2 C, Rust)
