@@ -642,6 +642,7 @@ mod tests {
         let t = alone(&bare).unwrap();
         assert_eq!(t.rows, whole.rows, "the same rows as with its sections");
         assert_eq!(t.sources, [".eh_frame"]);
+        assert_eq!(t.bad_fdes, whole.bad_fdes, "read to its terminator, not past");
     }
 
     #[test]
