@@ -16,6 +16,32 @@ pub const CFA_END: u8 = 4;
 /// A signal frame (`__restore_rt`): the interrupted rip, rsp and rbp are in the `ucontext`
 /// at rsp, and the interrupted rip is no return address (its own row, not the one before).
 pub const CFA_SIGNAL: u8 = 5;
+/// CFA = register + `cfa_off`: the register is named in the kind's high nibble (`CFA_REG |
+/// reg << 4`, `REG_*`). Registers but rsp and rbp are known only in the frame that faulted
+/// (`-fstack-clash-protection`'s probe loop keeps the CFA in r11, a realigning prologue in
+/// r10).
+pub const CFA_REG: u8 = 6;
+/// CFA = register + 8 * `cfa_off`: a frame larger than `cfa_off` holds (32 KiB).
+pub const CFA_REG_X8: u8 = 7;
+/// CFA = the word at register + `cfa_off` (`DW_OP_bregN; DW_OP_deref`: gcc's stack
+/// realignment keeps the CFA, its argument pointer, in the frame).
+pub const CFA_DEREF: u8 = 8;
+/// CFA = the word at rsp + `cfa_off`, plus 8 times the kind's high nibble (OpenSSL's
+/// assembly: `DW_OP_breg7 N; DW_OP_deref; DW_OP_plus_uconst M`, rsp as it was at entry,
+/// saved in the frame, plus the return address and what was pushed before it was saved).
+pub const CFA_DEREF_RSP: u8 = 9;
+/// The kind's low nibble; the high one names the register of `CFA_REG`, `CFA_REG_X8` and
+/// `CFA_DEREF`, and `CFA_DEREF_RSP`'s addend.
+pub const CFA_KIND: u8 = 15;
+/// A register, as `CFA_REG*` name it: its word in the kernel's x86-64 `struct pt_regs` (a
+/// uapi layout, `asm/ptrace.h`: r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx,
+/// rdx, rsi, rdi), or `REG_RSP`.
+pub const REG_RBP: u8 = 4;
+/// rsp, whose `pt_regs` word (19) does not fit a nibble.
+pub const REG_RSP: u8 = 15;
+/// `UnwindRow::rbp`: the caller's rbp was saved at rbp (where a realigning prologue
+/// pushes it: `DW_CFA_expression rbp: DW_OP_breg6 0`), not at a place relative to the CFA.
+pub const RBP_AT_RBP: i8 = i8::MIN;
 /// Where the kernel's x86-64 `ucontext` (at rsp in `__restore_rt`) keeps rbp, rsp and rip:
 /// `uc_mcontext.gregs[REG_RBP]`, `[REG_RSP]`, `[REG_RIP]`.
 pub const SIGFRAME_RBP: u64 = 120;
@@ -28,9 +54,10 @@ pub const SIGFRAME_RIP: u64 = 168;
 pub struct UnwindRow {
     pub off: u32,
     pub cfa_off: i16,
-    /// `CFA_*`
+    /// `CFA_*`, and for some the register (`CFA_KIND`).
     pub cfa: u8,
-    /// Where the caller's rbp was saved: at CFA + 8 * `rbp`; 0 when rbp is unchanged.
+    /// Where the caller's rbp was saved: at CFA + 8 * `rbp`, or `RBP_AT_RBP`; 0 when rbp is
+    /// unchanged.
     pub rbp: i8,
 }
 pod!(UnwindRow);

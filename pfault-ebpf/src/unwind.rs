@@ -202,8 +202,40 @@ fn unwind_frame(i: u64) -> i64 {
         (row >> 48) as u8,
         (row >> 56) as u8 as i8,
     );
-    let (cfa, rbp) = match kind {
+    let (cfa, rbp) = match kind & CFA_KIND {
         CFA_RSP => (w.sp.wrapping_add(cfa_off as i64 as u64), rbp),
+        CFA_REG | CFA_REG_X8 | CFA_DEREF | CFA_DEREF_RSP => {
+            let (reg, plus) = if kind & CFA_KIND == CFA_DEREF_RSP {
+                (REG_RSP, (kind >> 4) as u64 * 8)
+            } else {
+                (kind >> 4, 0)
+            };
+            let base = if reg == REG_RSP {
+                w.sp
+            } else if reg == REG_RBP {
+                w.bp
+            } else if w.n == 1 {
+                // The faulting frame's registers are the task's own. (Told by `w.n`, not `n`:
+                // keeping `n` live this long has it spilled, and 6.1's verifier then loses its
+                // bound where it indexes the frames.)
+                let regs = user_regs(current_task());
+                read(regs, reg as u32 * 8)
+            } else {
+                // A caller's other registers are not known (no compiler calls out of the
+                // code that keeps its CFA in one).
+                return 1;
+            };
+            let off = cfa_off as i64 as u64;
+            let cfa = match kind & CFA_KIND {
+                CFA_REG => base.wrapping_add(off),
+                CFA_REG_X8 => base.wrapping_add(off << 3),
+                _ => match unsafe { bpf_probe_read_user(base.wrapping_add(off) as *const u64) } {
+                    Ok(v) => v.wrapping_add(plus),
+                    Err(_) => return 1,
+                },
+            };
+            (cfa, rbp)
+        }
         CFA_RBP => (w.bp.wrapping_add(cfa_off as i64 as u64), rbp),
         CFA_PLT => {
             let pushed = if (w.pc & 15) >= cfa_off as u64 { 16 } else { 8 };
@@ -245,7 +277,11 @@ fn unwind_frame(i: u64) -> i64 {
         return 1;
     };
     if rbp != 0 {
-        let at = cfa.wrapping_add((rbp as i64 * 8) as u64);
+        let at = if rbp == RBP_AT_RBP {
+            w.bp
+        } else {
+            cfa.wrapping_add((rbp as i64 * 8) as u64)
+        };
         w.bp = unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
     }
     if !(MIN_USER_PC..USER_END).contains(&ra) {

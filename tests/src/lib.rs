@@ -101,6 +101,21 @@ pub fn rust_workload(name: &str) -> PathBuf {
     })
 }
 
+/// Builds `tests/workloads/NAME.go` with `go build` (Debian's golang-go), as Go builds by default.
+pub fn go_workload(name: &str) -> PathBuf {
+    build_once(&format!("{name}.go"), name, |src, out| {
+        let cache = root().join("target/go-cache");
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(out)
+            .arg(src)
+            // go wants a build cache; one under target/ does not depend on $HOME.
+            .env("GOCACHE", &cache)
+            .status()
+            .expect("go build (apt-get install golang-go)")
+    })
+}
+
 /// `target/workloads/NAME`, built from `tests/workloads/SOURCE` by `build` when older than it.
 fn build_once(
     source: &str,

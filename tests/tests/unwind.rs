@@ -20,6 +20,32 @@ fn stacks_of(name: &str, program: &Path, pages: &str, extra: &[&str]) -> (Vec<(S
     (folded_lines(&folded), num(&truth, "minflt"), stderr)
 }
 
+/// `stackcount -U -o json` over `program PAGES`: its stacks as `root;...;leaf` names, the
+/// workload's minor faults, and the run's JSON summary.
+fn json_stacks(name: &str, program: &Path, pages: &str) -> (Vec<(String, u64)>, u64, serde_json::Value) {
+    let out = scratch(name).join("stacks.json");
+    let (truth, stderr) = pfault_on_program(&["stackcount", "-U", "-o", "json"], &out, program, &[pages]);
+    let lines = json_lines(&out)
+        .iter()
+        .map(|r| {
+            let names: Vec<&str> = r["ustack"]
+                .as_array()
+                .map(|a| a.iter().rev().filter_map(|f| f["symbol"].as_str()).collect())
+                .unwrap_or_default();
+            (names.join(";"), r["count"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    (lines, num(&truth, "minflt"), summary(&stderr))
+}
+
+/// Where the table of `program` came from, as the JSON summary says.
+fn cfi_of(summary: &serde_json::Value, program: &Path) -> serde_json::Value {
+    summary["unwind"]["tables"]["tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["path"].as_str() == program.to_str()))
+        .map_or(serde_json::Value::Null, |t| t["cfi"].clone())
+}
+
 /// Of the faults on stacks that `is_leaf` picks, how many, and how many of those on stacks
 /// that hold `want`.
 fn share(lines: &[(String, u64)], is_leaf: impl Fn(&str) -> bool, want: impl Fn(&str) -> bool) -> (u64, u64) {
@@ -115,6 +141,214 @@ fn rust_without_frame_pointers_unwinds_to_start() {
         "_start..main..rust_nofp::run;touch_every_page",
         &lines,
     );
+}
+
+/// Go writes no .eh_frame, only a zlib-compressed .debug_frame: read decompressed, it keeps
+/// the caller of runtime.memmove (frameless assembly a frame-pointer walk skips).
+#[test]
+fn go_keeps_the_caller_of_runtime_memmove_from_its_debug_frame() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = go_workload("go_copy");
+    let (lines, minflt, summary) = json_stacks("unwind-go", &program, "20000");
+    assert_eq!(
+        cfi_of(&summary, &program),
+        serde_json::json!([".debug_frame"]),
+        "go_copy's table, from its .debug_frame: {summary}"
+    );
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "runtime.memmove",
+        |s| s.ends_with(";runtime.main;main.main;main.copyPages;runtime.memmove"),
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in runtime.memmove, getrusage says {minflt}"
+    );
+    at_least_99_percent(
+        with,
+        total,
+        "runtime.main;main.main;main.copyPages;runtime.memmove",
+        &lines,
+    );
+}
+
+/// `omit_fp` as a distribution ships it: its own code's CFI only in .debug_frame (gcc's
+/// -fno-asynchronous-unwind-tables), moved with the rest of its debug information into a
+/// separate, zlib-compressed debug file; the binary keeps the C runtime's .eh_frame.
+fn with_separate_debug_file(copy: &str) -> (PathBuf, PathBuf) {
+    let src = root().join("tests/workloads/omit_fp.c");
+    let dir = scratch(copy);
+    let (out, debug) = (dir.join(copy), dir.join(format!("{copy}.debug")));
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("cc")
+        .args(workload_cflags(&src))
+        .arg("-fno-asynchronous-unwind-tables")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src));
+    run(Command::new("objcopy")
+        .args(["--only-keep-debug", "--compress-debug-sections=zlib"])
+        .arg(&out)
+        .arg(&debug));
+    // Linked by its file name, found beside the binary.
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(format!("--add-gnu-debuglink={copy}.debug"))
+        .arg(&out)
+        .current_dir(&dir));
+    (out, debug)
+}
+
+#[test]
+fn cfi_in_a_separate_debug_file_is_found_by_debuglink_and_by_build_id() {
+    if !root_or_skip() {
+        return;
+    }
+    let check = |lines: &[(String, u64)], minflt: u64| {
+        let (total, with) = share(
+            lines,
+            |s| leaf(s) == "touch_pages_nofp",
+            |s| s.contains(";__libc_start_call_main;main;walk_pages;touch_pages_nofp"),
+        );
+        assert!(within(total, minflt, 1.0), "{total} faults vs {minflt}");
+        at_least_99_percent(with, total, "main;walk_pages;touch_pages_nofp", lines);
+    };
+    let (program, debug) = with_separate_debug_file("omit_fp_dbglink");
+    let (lines, minflt, summary) = json_stacks("unwind-debuglink", &program, "20000");
+    let from_debug = format!("{} .debug_frame", debug.display());
+    assert_eq!(
+        cfi_of(&summary, &program),
+        serde_json::json!([".eh_frame", from_debug])
+    );
+    check(&lines, minflt);
+
+    // Without the link, by its build id under /usr/lib/debug, where packages install them.
+    let (program, debug) = with_separate_debug_file("omit_fp_buildid");
+    let ok = Command::new("objcopy")
+        .arg("--remove-section=.gnu_debuglink")
+        .arg(&program)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "objcopy");
+    let id = Command::new("readelf").arg("-n").arg(&program).output().unwrap();
+    let id = String::from_utf8_lossy(&id.stdout)
+        .split("Build ID: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("a build id")
+        .to_string();
+    let installed = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &id[..2],
+        &id[2..]
+    ));
+    /// Removes the debug file this test installed, however the test ends.
+    struct Installed(PathBuf);
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(&debug, &installed).unwrap();
+    let _installed = Installed(installed.clone());
+    let (lines, minflt, summary) = json_stacks("unwind-buildid", &program, "20000");
+    let from_debug = format!("{} .debug_frame", installed.display());
+    assert_eq!(
+        cfi_of(&summary, &program),
+        serde_json::json!([".eh_frame", from_debug])
+    );
+    check(&lines, minflt);
+}
+
+/// `readelf --debug-dump=frames` of `program`: the CFI a workload is meant to exercise is
+/// checked to be there (a compiler that stops emitting it would leave the test proving
+/// nothing).
+fn assert_cfi_has(program: &Path, rule: &str) {
+    let dump = Command::new("readelf")
+        .arg("--debug-dump=frames")
+        .arg(program)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains(rule), "{} has no {rule:?}", program.display());
+}
+
+/// A 200 KiB frame: its CFA is rsp plus more than 32 KiB, and in its stack-clash probe loop
+/// r11 plus that, when the probes fault on the frame's fresh stack pages.
+#[test]
+fn a_big_frame_and_its_stack_clash_probes_keep_their_callers() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("big_frame");
+    assert_cfi_has(&program, "DW_CFA_def_cfa: r11 (r11) ofs 2048");
+    let (lines, minflt, _) = stacks_of("unwind-big-frame", &program, "5000", &[]);
+    let chain = ";__libc_start_call_main;main;big_frame";
+    let probes = |s: &str| leaf(s) == "big_frame";
+    let in_memset = |s: &str| leaf(s).starts_with("__memset");
+    let (probed, probed_with) = share(&lines, probes, |s| s.ends_with(chain));
+    let (memset, memset_with) = share(&lines, in_memset, |s| s.contains(&format!("{chain};__memset")));
+    // 5,000 pages by memset, 50 of stack by the probes.
+    assert!(
+        probed >= 40 && within(probed + memset, minflt, 1.0),
+        "{probed} faults in the probes and {memset} in memset, getrusage says {minflt}: {lines:#?}"
+    );
+    at_least_99_percent(probed_with, probed, "main;big_frame (probing)", &lines);
+    at_least_99_percent(memset_with, memset, "main;big_frame;memset", &lines);
+}
+
+/// A function that realigns its stack through an argument pointer: its CFA is read from its
+/// frame (DW_OP_breg6 N; DW_OP_deref), and its caller's rbp from where rbp points.
+#[test]
+fn a_realigned_frame_is_unwound_through_its_saved_argument_pointer() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("realign");
+    assert_cfi_has(&program, "DW_CFA_def_cfa_expression (DW_OP_breg6 (rbp): -");
+    assert_cfi_has(&program, "DW_CFA_expression: r6 (rbp) (DW_OP_breg6 (rbp): 0)");
+    let (lines, minflt, _) = stacks_of("unwind-realign", &program, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s).starts_with("__memset"),
+        |s| {
+            s.starts_with("realign;_start;")
+                && s.contains(";__libc_start_call_main;main;fill_realigned;__memset")
+        },
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in memset, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "_start..main;fill_realigned;memset", &lines);
+}
+
+/// Assembly in OpenSSL's style: the CFA is the entry rsp it saved in its frame, plus 8.
+#[test]
+fn a_cfa_saved_in_the_frame_as_openssl_keeps_it_leads_back_to_main() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("saved_rsp");
+    assert_cfi_has(
+        &program,
+        "DW_CFA_def_cfa_expression (DW_OP_breg7 (rsp): 40; DW_OP_deref; DW_OP_plus_uconst: 8)",
+    );
+    let (lines, minflt, _) = stacks_of("unwind-saved-rsp", &program, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "fill_saved_rsp",
+        |s| s.starts_with("saved_rsp;_start;") && s.ends_with(";__libc_start_call_main;main;fill_saved_rsp"),
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in fill_saved_rsp, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "_start..main;fill_saved_rsp", &lines);
 }
 
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal

@@ -131,6 +131,9 @@ const WORKLOADS: &[&str] = &[
     "many_stacks",
     "memset_caller",
     "omit_fp",
+    "big_frame",
+    "realign",
+    "saved_rsp",
 ];
 
 /// Pages of the file the guest reads for major faults (`/data/data.bin`).

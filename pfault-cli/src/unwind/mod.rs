@@ -15,7 +15,10 @@ pub(crate) mod table;
 use std::{
     collections::HashMap,
     fs::File,
-    os::{fd::AsFd, unix::fs::MetadataExt},
+    os::{
+        fd::AsFd,
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
     path::{Path, PathBuf},
     sync::{mpsc, Arc, Mutex},
     thread::JoinHandle,
@@ -32,8 +35,8 @@ use crate::procfs;
 /// Which user-stack walk the kernel side does (`--unwind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Unwind {
-    /// The binaries' CFI (.eh_frame): right without frame pointers; the frame pointer where
-    /// code has no CFI
+    /// The binaries' CFI (.eh_frame, .debug_frame, debug files under /usr/lib/debug): right
+    /// without frame pointers; the frame pointer where code has no CFI
     Cfi,
     /// Frame pointers only (bpf_get_stack), as bcc and bpftrace walk: skips the caller of
     /// code that keeps none (memset, memcpy, -O2 C, Rust)
@@ -70,10 +73,48 @@ fn build_file(file: &File, id: FileId, path: PathBuf) -> Built {
     // SAFETY: the map is read only; a file truncated under us could fault, as for any
     // reader of a mapped binary (the loader itself maps them the same way).
     let table = match unsafe { memmap2::Mmap::map(file) } {
-        Ok(data) => table::build(&data),
+        Ok(data) => table::build(&data, |elf| debug_file(elf, &path)),
         Err(e) => Err(NoCfi::CannotMap(e.to_string())),
     };
     Built { id, path, table }
+}
+
+/// Where distributions install separate debug files (`-dbg`, `-dbgsym`, `-debuginfo`).
+const DEBUG_DIR: &str = "/usr/lib/debug";
+
+/// The separate debug file of `elf` (at `path`), where gdb looks for it: by build id under
+/// [`DEBUG_DIR`], else by `.gnu_debuglink` beside it, in its `.debug/`, or under
+/// [`DEBUG_DIR`] at its own directory, with the CRC the link gives.
+fn debug_file(elf: &object::File, path: &Path) -> Option<table::DebugFile> {
+    use object::Object;
+    let map = |p: &Path| {
+        let file = File::open(p).ok()?;
+        // SAFETY: read only, as `build_file`'s own map.
+        unsafe { memmap2::Mmap::map(&file) }.ok()
+    };
+    if let Some(id) = elf.build_id().ok().flatten().filter(|id| id.len() > 1) {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let p = PathBuf::from(format!("{DEBUG_DIR}/.build-id/{}/{}.debug", &hex[..2], &hex[2..]));
+        if let Some(m) = map(&p) {
+            return Some((p, m));
+        }
+    }
+    let (name, crc) = elf.gnu_debuglink().ok().flatten()?;
+    let name = Path::new(std::ffi::OsStr::from_bytes(name));
+    let dir = path.parent()?;
+    let candidates = [
+        dir.join(name),
+        dir.join(".debug").join(name),
+        Path::new(DEBUG_DIR)
+            .join(dir.strip_prefix("/").unwrap_or(dir))
+            .join(name),
+    ];
+    candidates.into_iter().find_map(|p| {
+        let m = map(&p)?;
+        let mut sum = flate2::Crc::new();
+        sum.update(&m);
+        (sum.sum() == crc).then_some((p, m))
+    })
 }
 
 /// A code mapping of the target process, to fill `TEXT_VMAS` with ahead.
@@ -155,6 +196,8 @@ pub(crate) struct TableStat {
     pub(crate) path: String,
     pub(crate) rows: u64,
     pub(crate) bytes: u64,
+    /// Where its rows came from: `.eh_frame`, `.debug_frame`, a debug file's `.debug_frame`.
+    pub(crate) cfi: Vec<String>,
     /// FDEs that could not be read (a truncated or corrupt .eh_frame).
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) bad_fdes: u64,
@@ -266,6 +309,7 @@ impl Loader {
                         path,
                         rows: t.rows.len() as u64,
                         bytes: size_of_val(t.rows.as_slice()) as u64,
+                        cfi: t.sources,
                         bad_fdes: t.bad_fdes as u64,
                     },
                 );
@@ -449,7 +493,15 @@ pub(crate) fn describe(s: &Stats) -> String {
         .tables
         .iter()
         .take(4)
-        .map(|t| format!("{} {} rows", name(&t.path), t.rows))
+        .map(|t| {
+            // Said where it is not the usual .eh_frame alone.
+            let from = if t.cfi == [".eh_frame"] {
+                String::new()
+            } else {
+                format!(" from {}", t.cfi.join(" and "))
+            };
+            format!("{} {} rows{from}", name(&t.path), t.rows)
+        })
         .collect();
     let more = s.tables.len().saturating_sub(listed.len());
     let mut line = format!(

@@ -1,7 +1,8 @@
 //! A binary's call frame information as the kernel side's unwind rows.
 //!
-//! Every FDE of `.eh_frame` (or `.debug_frame`, where a binary has no `.eh_frame`) is run
-//! through gimli into rows; each row says, from its address on, how to find the CFA (rsp or
+//! Every FDE of `.eh_frame` and of `.debug_frame` (decompressed, as Go writes it; from a
+//! separate debug file where the binary has none) is run through gimli into rows, `.eh_frame`'s
+//! standing where both describe the same code; each row says, from its address on, how to find the CFA (rsp or
 //! rbp plus an offset, or the PLT rule) and where the caller's rbp was saved. Addresses
 //! become file offsets through the executable segments, so one table serves every process
 //! whatever address it maps the file at. Rows that change nothing are dropped, and the end of
@@ -11,7 +12,11 @@ use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
 };
-use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use std::{borrow::Cow, io::Read};
+
+use object::{
+    read::elf::ProgramHeader, CompressionFormat, Object, ObjectSection, ObjectSegment, SegmentFlags,
+};
 use pfault_common::*;
 
 /// A binary's rows, sorted by file offset.
@@ -20,6 +25,8 @@ pub(crate) struct Table {
     pub(crate) rows: Vec<UnwindRow>,
     /// FDEs that could not be read (a truncated or corrupt section): their code has no rows.
     pub(crate) bad_fdes: usize,
+    /// Where its rows came from: `.eh_frame`, `.debug_frame`, a debug file's `.debug_frame`.
+    pub(crate) sources: Vec<String>,
 }
 
 /// Why a file's code has no table (and is unwound by frame pointer).
@@ -80,9 +87,16 @@ struct Segment {
     offset: u64,
 }
 
-/// The rows of the ELF file `data`; an error says why it has none (not ELF, not x86-64, no
-/// CFI).
-pub(crate) fn build(data: &[u8]) -> Result<Table, NoCfi> {
+/// A separate debug file's contents (`/usr/lib/debug`), mapped by [`build`]'s caller.
+pub(crate) type DebugFile = (std::path::PathBuf, memmap2::Mmap);
+
+/// The rows of the ELF file `data`, from its `.eh_frame` and `.debug_frame` (or the
+/// `.debug_frame` of the separate debug file `debug_file` finds for it); an error says why
+/// it has none (not ELF, not x86-64, no CFI).
+pub(crate) fn build(
+    data: &[u8],
+    debug_file: impl FnOnce(&object::File) -> Option<DebugFile>,
+) -> Result<Table, NoCfi> {
     let file = object::File::parse(data).map_err(|e| NoCfi::NotElf(e.to_string()))?;
     if file.architecture() != object::Architecture::X86_64 {
         return Err(NoCfi::NotX86_64(format!("{:?}", file.architecture())));
@@ -96,13 +110,73 @@ pub(crate) fn build(data: &[u8]) -> Result<Table, NoCfi> {
             offset: s.file_range().0,
         })
         .collect();
-    let addr_of = |name: &str| file.section_by_name(name).map(|s| s.address());
     let mut rows = Rows::default();
+    let mut sources = Vec::new();
+    // A section that cannot be read loses only its own rows: said when no other has any.
+    let mut unreadable = None;
+    match eh_frame(&file, data) {
+        Ok(Some((bytes, bases))) => {
+            rows.section(&EhFrame::new(bytes, LittleEndian), &bases, &segments);
+            sources.push(".eh_frame".to_string());
+        }
+        Ok(None) => {}
+        Err(e) => unreadable = Some(e),
+    }
+    // Where .eh_frame covers code, its rows stand (it is what the program's own unwinder
+    // reads); .debug_frame fills in the rest.
+    rows.keep_covered();
+    match section_bytes(&file, ".debug_frame") {
+        Ok(Some(bytes)) => {
+            rows.section(&debug_frame(&bytes), &BaseAddresses::default(), &segments);
+            sources.push(".debug_frame".to_string());
+        }
+        Ok(None) => {
+            if let Some((path, map)) = debug_file(&file) {
+                let bytes = object::File::parse(&*map)
+                    .ok()
+                    .and_then(|f| section_bytes(&f, ".debug_frame").ok().flatten());
+                if let Some(bytes) = bytes {
+                    rows.section(&debug_frame(&bytes), &BaseAddresses::default(), &segments);
+                    sources.push(format!("{} .debug_frame", path.display()));
+                }
+            }
+        }
+        Err(e) => unreadable = unreadable.or(Some(e)),
+    }
+    if sources.is_empty() {
+        return Err(unreadable.unwrap_or(NoCfi::Stripped));
+    }
+    let mut table = rows.finish();
+    if table.rows.is_empty() {
+        return Err(unreadable.unwrap_or(NoCfi::DescribesNoCode));
+    }
+    if table.rows.len() > UNWIND_TABLE_MAX_ROWS {
+        return Err(NoCfi::TooManyRows(table.rows.len()));
+    }
+    table.sources = sources;
+    Ok(table)
+}
+
+fn debug_frame(bytes: &[u8]) -> DebugFrame<EndianSlice<'_, LittleEndian>> {
+    let mut frame = DebugFrame::new(bytes, LittleEndian);
+    frame.set_address_size(8);
+    frame
+}
+
+/// `.eh_frame`'s bytes and the addresses its pointers are relative to: by its section, or,
+/// in a file whose section headers are gone, through `PT_GNU_EH_FRAME` (`.eh_frame_hdr`,
+/// which the C library's own unwinder finds it by).
+fn eh_frame<'d>(file: &object::File<'d>, data: &'d [u8]) -> Result<Option<(&'d [u8], BaseAddresses)>, NoCfi> {
+    let addr_of = |name: &str| file.section_by_name(name).map(|s| s.address());
     if let Some(section) = file.section_by_name(".eh_frame") {
         let bytes = section.data().map_err(|e| NoCfi::Unreadable {
             section: ".eh_frame",
             error: e.to_string(),
         })?;
+        // Empty or NOBITS (a debug file's): no CFI of its own.
+        if bytes.is_empty() {
+            return Ok(None);
+        }
         let mut bases = BaseAddresses::default().set_eh_frame(section.address());
         if let Some(a) = addr_of(".text") {
             bases = bases.set_text(a);
@@ -110,26 +184,92 @@ pub(crate) fn build(data: &[u8]) -> Result<Table, NoCfi> {
         if let Some(a) = addr_of(".got") {
             bases = bases.set_got(a);
         }
-        rows.section(&EhFrame::new(bytes, LittleEndian), &bases, &segments);
-    } else if let Some(section) = file.section_by_name(".debug_frame") {
-        let bytes = section.data().map_err(|e| NoCfi::Unreadable {
-            section: ".debug_frame",
-            error: e.to_string(),
-        })?;
-        let mut frame = DebugFrame::new(bytes, LittleEndian);
-        frame.set_address_size(8);
-        rows.section(&frame, &BaseAddresses::default(), &segments);
-    } else {
-        return Err(NoCfi::Stripped);
+        return Ok(Some((bytes, bases)));
     }
-    let table = rows.finish();
-    if table.rows.is_empty() {
-        return Err(NoCfi::DescribesNoCode);
+    // A file with section headers and no .eh_frame has none: its PT_GNU_EH_FRAME, if any,
+    // is what was left of it (objcopy --remove-section leaves the program header).
+    let object::File::Elf64(elf) = file else {
+        return Ok(None);
+    };
+    if file.sections().next().is_some() {
+        return Ok(None);
     }
-    if table.rows.len() > UNWIND_TABLE_MAX_ROWS {
-        return Err(NoCfi::TooManyRows(table.rows.len()));
-    }
-    Ok(table)
+    let endian = elf.endian();
+    let Some(hdr) = elf
+        .elf_program_headers()
+        .iter()
+        .find(|p| p.p_type(endian) == object::elf::PT_GNU_EH_FRAME)
+    else {
+        return Ok(None);
+    };
+    let unreadable = |error: String| NoCfi::Unreadable {
+        section: ".eh_frame (by PT_GNU_EH_FRAME)",
+        error,
+    };
+    let hdr_addr = hdr.p_vaddr(endian);
+    let hdr_bytes = hdr
+        .data(endian, data)
+        .map_err(|_| unreadable("its header lies outside the file".into()))?;
+    let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_addr);
+    let parsed = gimli::EhFrameHdr::new(hdr_bytes, LittleEndian)
+        .parse(&bases, 8)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let gimli::Pointer::Direct(eh_addr) = parsed.eh_frame_ptr() else {
+        return Err(unreadable("its header points at it indirectly".into()));
+    };
+    // The section runs to its terminator, within the segment that loads it.
+    let bytes = file
+        .segments()
+        .find_map(|s| {
+            let (off, size) = s.file_range();
+            let at = eh_addr.checked_sub(s.address())?;
+            (at < size).then(|| data.get((off + at) as usize..(off + size) as usize))?
+        })
+        .ok_or_else(|| unreadable(format!("{eh_addr:#x} is in no segment")))?;
+    Ok(Some((bytes, bases.set_eh_frame(eh_addr))))
+}
+
+/// Decompressed sections beyond this are refused: a corrupt size would take pfault's memory.
+const MAX_SECTION_BYTES: u64 = 1 << 30;
+
+/// A section's bytes, decompressed where they are (`SHF_COMPRESSED`, as Go and `gcc -gz`
+/// write debug sections).
+fn section_bytes<'d>(file: &object::File<'d>, name: &'static str) -> Result<Option<Cow<'d, [u8]>>, NoCfi> {
+    let Some(section) = file.section_by_name(name) else {
+        return Ok(None);
+    };
+    let unreadable = |error: String| NoCfi::Unreadable { section: name, error };
+    let c = section.compressed_data().map_err(|e| unreadable(e.to_string()))?;
+    let bytes = match c.format {
+        CompressionFormat::None => Cow::Borrowed(c.data),
+        CompressionFormat::Zlib if c.uncompressed_size <= MAX_SECTION_BYTES => {
+            let mut out = Vec::with_capacity(c.uncompressed_size as usize);
+            flate2::read::ZlibDecoder::new(c.data)
+                .take(c.uncompressed_size)
+                .read_to_end(&mut out)
+                .map_err(|e| unreadable(format!("decompressing it: {e}")))?;
+            if out.len() as u64 != c.uncompressed_size {
+                return Err(unreadable(format!(
+                    "{} bytes decompressed, its header says {}",
+                    out.len(),
+                    c.uncompressed_size
+                )));
+            }
+            Cow::Owned(out)
+        }
+        CompressionFormat::Zlib => {
+            return Err(unreadable(format!(
+                "{} bytes once decompressed, more than pfault reads",
+                c.uncompressed_size
+            )))
+        }
+        other => {
+            return Err(unreadable(format!(
+                "compressed as {other:?}, which pfault cannot read"
+            )))
+        }
+    };
+    Ok((!bytes.is_empty()).then_some(bytes))
 }
 
 /// Rows as they are gathered: (file offset, is the end of an FDE, rule).
@@ -137,6 +277,10 @@ pub(crate) fn build(data: &[u8]) -> Result<Table, NoCfi> {
 struct Rows {
     raw: Vec<(u64, bool, UnwindRow)>,
     bad_fdes: usize,
+    /// The file offsets the FDEs read so far cover.
+    fdes: Vec<(u64, u64)>,
+    /// Of those, the ones a later section's FDEs must not overlap: sorted, disjoint.
+    covered: Vec<(u64, u64)>,
 }
 
 impl Rows {
@@ -170,6 +314,10 @@ impl Rows {
             let Some(end) = to_off(fde.end_address().saturating_sub(1)).map(|o| o + 1) else {
                 continue;
             };
+            let begin = to_off(fde.initial_address()).unwrap_or(end);
+            if self.covers(begin, end) {
+                continue;
+            }
             let Ok(mut table) = fde.rows(section, bases, &mut ctx) else {
                 self.bad_fdes += 1;
                 continue;
@@ -196,7 +344,26 @@ impl Rows {
                 continue;
             }
             self.raw.push((end, true, UnwindRow::default()));
+            self.fdes.push((begin, end));
         }
+    }
+
+    /// The code of the FDEs read so far is theirs: the next section's FDEs that overlap it
+    /// are passed over.
+    fn keep_covered(&mut self) {
+        let mut fdes = std::mem::take(&mut self.fdes);
+        fdes.sort_unstable();
+        for (begin, end) in fdes {
+            match self.covered.last_mut() {
+                Some(last) if begin <= last.1 => last.1 = last.1.max(end),
+                _ => self.covered.push((begin, end)),
+            }
+        }
+    }
+
+    fn covers(&self, begin: u64, end: u64) -> bool {
+        let i = self.covered.partition_point(|&(_, e)| e <= begin);
+        self.covered.get(i).is_some_and(|&(b, _)| b < end)
     }
 
     fn finish(mut self) -> Table {
@@ -217,6 +384,7 @@ impl Rows {
         Table {
             rows,
             bad_fdes: self.bad_fdes,
+            sources: Vec::new(),
         }
     }
 }
@@ -241,6 +409,57 @@ fn is_signal_frame(expr: &[u8]) -> bool {
     expr == [0x77, 0xa0, 0x01, 0x06]
 }
 
+/// A DWARF register number of x86-64's general-purpose registers as `CFA_REG*` rows name it
+/// (`REG_*`: its `pt_regs` word).
+fn reg_of(r: gimli::Register) -> Option<u8> {
+    const BY_DWARF: [u8; 16] = [10, 12, 11, 5, 13, 14, REG_RBP, REG_RSP, 9, 8, 7, 6, 3, 2, 1, 0];
+    BY_DWARF.get(r.0 as usize).copied()
+}
+
+/// `DW_OP_bregN off; DW_OP_deref`, then maybe `DW_OP_plus_uconst plus`: (N, off, plus).
+fn breg_deref(expr: &[u8]) -> Option<(gimli::Register, i64, u64)> {
+    let (&op, rest) = expr.split_first()?;
+    let mut rest = EndianSlice::new(rest, LittleEndian);
+    let off = gimli::Reader::read_sleb128(&mut rest).ok()?;
+    let reg = gimli::Register(op.checked_sub(0x70).filter(|r| *r < 16)? as u16);
+    match rest.slice() {
+        [0x06] => Some((reg, off, 0)),
+        [0x06, 0x23, plus @ ..] => {
+            let mut plus = EndianSlice::new(plus, LittleEndian);
+            let n = gimli::Reader::read_uleb128(&mut plus).ok()?;
+            plus.slice().is_empty().then_some((reg, off, n))
+        }
+        _ => None,
+    }
+}
+
+/// The CFA rule `[register + offset] + plus` as a row's kind and `cfa_off`.
+fn deref_rule(register: gimli::Register, offset: i64, plus: u64) -> Option<(u8, i16)> {
+    let reg = reg_of(register)?;
+    let off = i16::try_from(offset).ok()?;
+    match plus {
+        0 => Some((CFA_DEREF | reg << 4, off)),
+        // OpenSSL's: rsp, plus up to 15 words (the return address and what was pushed).
+        _ if reg == REG_RSP && plus.is_multiple_of(8) && plus / 8 < 16 => {
+            Some((CFA_DEREF_RSP | ((plus / 8) as u8) << 4, off))
+        }
+        _ => None,
+    }
+}
+
+/// The CFA rule `register + offset` as a row's kind and `cfa_off`.
+fn reg_rule(register: gimli::Register, offset: i64) -> Option<(u8, i16)> {
+    let reg = reg_of(register)?;
+    match (reg, i16::try_from(offset)) {
+        (REG_RSP, Ok(off)) => Some((CFA_RSP, off)),
+        (REG_RBP, Ok(off)) => Some((CFA_RBP, off)),
+        (_, Ok(off)) => Some((CFA_REG | reg << 4, off)),
+        // A frame of more than 32 KiB: its size is a multiple of 8.
+        (_, Err(_)) if offset % 8 == 0 => Some((CFA_REG_X8 | reg << 4, i16::try_from(offset / 8).ok()?)),
+        _ => None,
+    }
+}
+
 fn rule<'a, S>(row: &gimli::UnwindTableRow<usize>, section: &S) -> UnwindRow
 where
     S: UnwindSection<EndianSlice<'a, LittleEndian>>,
@@ -261,28 +480,28 @@ where
         Some(RegisterRule::Undefined) => return UnwindRow { cfa: CFA_END, ..none },
         _ => return none,
     }
-    let (cfa, cfa_off) = match row.cfa() {
-        CfaRule::RegisterAndOffset { register, offset } => {
-            let Ok(off) = i16::try_from(*offset) else {
-                return none;
-            };
-            match *register {
-                X86_64::RSP => (CFA_RSP, off),
-                X86_64::RBP => (CFA_RBP, off),
-                _ => return none,
+    let cfa = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } => reg_rule(*register, *offset),
+        CfaRule::Expression(_) => expr.and_then(|e| {
+            if let Some(n) = plt_threshold(e) {
+                return Some((CFA_PLT, n));
             }
-        }
-        CfaRule::Expression(_) => {
-            let Some(n) = expr.and_then(plt_threshold) else {
-                return none;
-            };
-            (CFA_PLT, n)
-        }
+            let (register, offset, plus) = breg_deref(e)?;
+            deref_rule(register, offset, plus)
+        }),
+    };
+    let Some((cfa, cfa_off)) = cfa else {
+        return none;
     };
     let rbp = match row.register(X86_64::RBP) {
         Some(RegisterRule::Offset(o)) if o % 8 == 0 && o != 0 => match i8::try_from(o / 8) {
-            Ok(v) => v,
-            Err(_) => return none,
+            Ok(v) if v != RBP_AT_RBP => v,
+            _ => return none,
+        },
+        Some(RegisterRule::Expression(e)) => match e.get(section).map(|e| e.0.slice()) {
+            // DW_OP_breg6 0
+            Ok([0x76, 0x00]) => RBP_AT_RBP,
+            _ => 0,
         },
         // Unchanged (the default), or kept somewhere the kernel side cannot follow: the caller
         // sees the value it has, as a frame-pointer walk would.
@@ -299,6 +518,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table of `data` by itself, without a separate debug file.
+    fn alone(data: &[u8]) -> Result<Table, NoCfi> {
+        build(data, |_| None)
+    }
 
     fn row_at(t: &Table, off: u32) -> UnwindRow {
         *t.rows.iter().rev().find(|r| r.off <= off).expect("a row")
@@ -318,7 +542,7 @@ mod tests {
     fn libc_memset_starts_with_the_return_address_on_top() {
         let addr = libc::memset as *const () as u64;
         let (path, off) = file_offset_of(addr);
-        let t = build(&std::fs::read(&path).unwrap()).unwrap();
+        let t = alone(&std::fs::read(&path).unwrap()).unwrap();
         assert!(t.rows.len() > 1000, "{} rows for {path}", t.rows.len());
         assert!(t.rows.windows(2).all(|w| w[0].off < w[1].off), "sorted, unique");
         // At a function's first instruction the CFA is rsp + 8 (just the return address).
@@ -334,7 +558,7 @@ mod tests {
     fn a_functions_body_saves_rbp_where_its_cfi_says() {
         // This test binary's own code: Rust keeps frame pointers off, so rows carry rsp rules;
         // somewhere rbp is saved (pushed by a function that uses it).
-        let t = build(&std::fs::read("/proc/self/exe").unwrap()).unwrap();
+        let t = alone(&std::fs::read("/proc/self/exe").unwrap()).unwrap();
         assert!(t.rows.iter().any(|r| r.cfa == CFA_RSP && r.cfa_off > 8));
         assert!(t.rows.iter().any(|r| r.rbp < 0));
         assert!(t.rows.iter().any(|r| r.cfa == CFA_NONE), "FDE ends");
@@ -343,8 +567,41 @@ mod tests {
     #[test]
     fn libc_has_its_signal_frame() {
         let libc = std::fs::read(file_offset_of(libc::memset as *const () as u64).0).unwrap();
-        let t = build(&libc).unwrap();
+        let t = alone(&libc).unwrap();
         assert!(t.rows.iter().any(|r| r.cfa == CFA_SIGNAL), "__restore_rt's row");
+    }
+
+    #[test]
+    fn cfa_rules_beyond_rsp_and_rbp_plus_a_small_offset() {
+        let (rsp, rbp, r11) = (X86_64::RSP, X86_64::RBP, X86_64::R11);
+        // gcc's stack-clash probe loop: r11 + 204808.
+        assert_eq!(reg_rule(r11, 204808), Some((CFA_REG_X8 | 6 << 4, 25601)));
+        assert_eq!(reg_rule(rsp, 24), Some((CFA_RSP, 24)));
+        assert_eq!(reg_rule(rsp, 40000), Some((CFA_REG_X8 | REG_RSP << 4, 5000)));
+        assert_eq!(reg_rule(rsp, 40001), None, "not a multiple of 8");
+        assert_eq!(reg_rule(rsp, 8 << 20), None, "beyond 256 KiB");
+        assert_eq!(reg_rule(X86_64::RA, 8), None, "not a general register");
+        // gcc's realigning prologue: DW_OP_breg6 -40; DW_OP_deref.
+        let drap = breg_deref(&[0x76, 0x58, 0x06]).unwrap();
+        assert_eq!(drap, (rbp, -40, 0));
+        assert_eq!(
+            deref_rule(drap.0, drap.1, drap.2),
+            Some((CFA_DEREF | REG_RBP << 4, -40))
+        );
+        // OpenSSL's: DW_OP_breg7 40; DW_OP_deref; DW_OP_plus_uconst 8.
+        let saved = breg_deref(&[0x77, 0x28, 0x06, 0x23, 0x08]).unwrap();
+        assert_eq!(saved, (rsp, 40, 8));
+        assert_eq!(
+            deref_rule(saved.0, saved.1, saved.2),
+            Some((CFA_DEREF_RSP | 1 << 4, 40))
+        );
+        assert_eq!(deref_rule(rbp, 40, 8), None, "an addend only to rsp");
+        assert_eq!(
+            breg_deref(&[0x77, 0x28, 0x06, 0x23, 0x08, 0x22]),
+            None,
+            "more after"
+        );
+        assert_eq!(breg_deref(&[0x92, 0x28, 0x06]), None, "DW_OP_bregx");
     }
 
     #[test]
@@ -358,7 +615,7 @@ mod tests {
     fn truncated_or_foreign_files_give_errors_not_panics() {
         let libc = std::fs::read(file_offset_of(libc::memset as *const () as u64).0).unwrap();
         for cut in [0, 16, 64, 4096, libc.len() / 2, libc.len() - 1] {
-            let _ = build(&libc[..cut]);
+            let _ = alone(&libc[..cut]);
         }
         // A copy whose .eh_frame is cut short in place.
         let file = object::File::parse(&*libc).unwrap();
@@ -368,8 +625,44 @@ mod tests {
         for b in &mut bad[(at + len / 2) as usize..(at + len) as usize] {
             *b = 0xff;
         }
-        let t = build(&bad).unwrap();
+        let t = alone(&bad).unwrap();
         assert!(t.bad_fdes > 0, "the corrupt half is counted");
-        assert!(build(b"not an elf").is_err());
+        assert!(alone(b"not an elf").is_err());
+    }
+
+    #[test]
+    fn without_section_headers_eh_frame_is_found_by_its_program_header() {
+        let libc = std::fs::read(file_offset_of(libc::memset as *const () as u64).0).unwrap();
+        let whole = alone(&libc).unwrap();
+        // e_shoff, e_shnum and e_shstrndx cleared, as `sstrip` and some packers leave files.
+        let mut bare = libc.clone();
+        bare[0x28..0x30].fill(0);
+        bare[0x3c..0x40].fill(0);
+        assert_eq!(object::File::parse(&*bare).unwrap().sections().count(), 0);
+        let t = alone(&bare).unwrap();
+        assert_eq!(t.rows, whole.rows, "the same rows as with its sections");
+        assert_eq!(t.sources, [".eh_frame"]);
+        assert_eq!(t.bad_fdes, whole.bad_fdes, "read to its terminator, not past");
+    }
+
+    #[test]
+    fn a_later_sections_fdes_give_way_where_an_earlier_ones_cover() {
+        let mut rows = Rows {
+            fdes: vec![(300, 400), (100, 200), (150, 250)],
+            ..Default::default()
+        };
+        rows.keep_covered();
+        assert_eq!(rows.covered, [(100, 250), (300, 400)]);
+        for (b, e, covered) in [
+            (0, 100, false),
+            (0, 101, true),
+            (249, 260, true),
+            (250, 300, false),
+            (260, 310, true),
+            (399, 500, true),
+            (400, 500, false),
+        ] {
+            assert_eq!(rows.covers(b, e), covered, "{b}..{e}");
+        }
     }
 }
