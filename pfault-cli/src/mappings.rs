@@ -8,6 +8,9 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -30,20 +33,35 @@ struct ProcMaps {
 /// How a process's maps are read: /proc/PID/maps, or what a test gives.
 type ReadMaps = Box<dyn FnMut(u32) -> Option<Vec<MapEntry>>>;
 
-/// Paths of the files seen mapped by any process, by `(dev, ino)`, and the reader of maps
-/// that finds them.
+/// Paths of the files seen mapped by any process, by `(dev, ino)`, the code files among them
+/// held open, and the reader of maps that finds them.
 struct Files {
     paths: HashMap<(u32, u64), String>,
+    /// Code files, opened as the processes mapping them see them: their frames are named from
+    /// these after the process is gone, never from a file the host has at the same path (a
+    /// container's C library is not the host's). Held open, an inode keeps its number: a
+    /// binary rebuilt in its place gets another, so it is never named from the old one.
+    held: HashMap<FileId, File>,
     read: ReadMaps,
 }
 
+/// The most code files held open for naming (past it, a file is named from the process's
+/// root while the process lives): as many as the kernel side has tables for.
+const MAX_HELD: usize = capacity::UNWIND_FILES as usize;
+
 impl Files {
-    /// A process's maps, every file's path remembered on the way; `None` when it is gone.
+    /// A process's maps, every file's path remembered and every code file held on the way;
+    /// `None` when it is gone.
     fn read(&mut self, pid: u32) -> Option<Vec<MapEntry>> {
         let entries = (self.read)(pid)?;
         for e in &entries {
             if let Some(p) = e.path.file() {
                 self.paths.entry((e.dev, e.ino)).or_insert_with(|| p.to_string());
+                if e.exec && self.held.len() < MAX_HELD && !self.held.contains_key(&e.file_id()) {
+                    if let Some((file, _)) = procfs::open_mapped(pid, e) {
+                        self.held.insert(e.file_id(), file);
+                    }
+                }
             }
         }
         Some(entries)
@@ -103,6 +121,7 @@ impl Mappings {
     fn with_reader(read: ReadMaps) -> Mappings {
         let mut files = Files {
             paths: HashMap::new(),
+            held: HashMap::new(),
             read,
         };
         // pfault's own maps: the C library and loader most processes map too.
@@ -114,15 +133,30 @@ impl Mappings {
         }
     }
 
-    /// Knows `path` by its device and inode from the start: the program pfault starts may
-    /// exit before its maps are read, and a notice of its mapping carries only a basename.
+    /// Knows `path` by its device and inode from the start, and holds it: the program pfault
+    /// starts may exit before its maps are read, and a notice of its mapping carries only a
+    /// basename.
     pub(crate) fn know_file(&mut self, path: &std::path::Path) {
-        use std::os::unix::fs::MetadataExt;
-        if let (Ok(meta), Ok(full)) = (std::fs::metadata(path), std::fs::canonicalize(path)) {
-            self.files.paths.insert(
-                (procfs::kernel_dev(meta.dev()), meta.ino()),
-                full.to_string_lossy().into_owned(),
-            );
+        let (Ok(file), Ok(full)) = (File::open(path), std::fs::canonicalize(path)) else {
+            return;
+        };
+        if let Some(id) = procfs::mapped_id(&file) {
+            self.files
+                .paths
+                .insert((id.dev, id.ino), full.to_string_lossy().into_owned());
+            self.files.held.insert(id, file);
+        }
+    }
+
+    /// Where pfault reads file `id` from, as the processes mapping it see it: the file held
+    /// open, or else its path under the root of `pid` (alive, past [`MAX_HELD`] files).
+    pub(crate) fn source(&self, pid: u32, id: FileId, path: &str) -> Option<PathBuf> {
+        match self.files.held.get(&id) {
+            Some(f) => Some(format!("/proc/self/fd/{}", f.as_raw_fd()).into()),
+            None => {
+                let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
+                p.exists().then_some(p)
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
     Input, Symbolized, Symbolizer,
 };
+use pfault_common::FileId;
 use serde::Serialize;
 
 use crate::{mappings::Mappings, procfs::MapPath, records::Record};
@@ -120,8 +121,10 @@ pub(crate) struct Symbols {
     /// The kernel's, kept: parsed once (tens of MiB at a time).
     kernel: Symbolizer,
     /// User frames by (binary, file offset): shared by every process mapping that binary,
-    /// and independent of the process still being alive. Kernel frames by ("", address).
-    cache: HashMap<(Rc<str>, u64), Rc<[Frame]>>,
+    /// and independent of the process still being alive. A binary is its device and inode as
+    /// the kernel names it, not its path (a container's /usr/lib/libc.so.6 is not the
+    /// host's). Kernel frames by ([`KERNEL`], address).
+    cache: HashMap<(FileId, u64), Rc<[Frame]>>,
     /// The files the symbolizer holds parsed.
     opened: HashSet<PathBuf>,
     pub(crate) maps: Mappings,
@@ -150,13 +153,20 @@ impl Default for Symbols {
     }
 }
 
+/// The key of kernel frames in the cache: no file has inode 0.
+const KERNEL: FileId = FileId {
+    ino: 0,
+    dev: 0,
+    _pad: 0,
+};
+
 /// Where a user address lies: the mapped binary and the offset in it.
 #[derive(Clone, Debug)]
 struct Located {
     /// The mapping's name ([vdso], a file's path or basename); empty for anonymous memory.
     path: Rc<str>,
     /// A file by its full path: one to symbolize.
-    file: bool,
+    file: Option<FileId>,
     file_offset: u64,
 }
 
@@ -200,7 +210,7 @@ impl Symbols {
                         MapPath::Anonymous => "".into(),
                         named => named.to_string().into(),
                     },
-                    file: e.path.file().is_some(),
+                    file: e.path.file().map(|_| e.file_id()),
                     file_offset: a - e.start + e.file_offset,
                 });
                 Placed { addr, at }
@@ -211,24 +221,24 @@ impl Symbols {
     /// Names placed frames: each file's new offsets in one symbolizer call, each offset once.
     /// `pid` is the process they were placed in, whose root holds files the host lacks.
     pub(crate) fn name(&mut self, pid: u32, placed: &[Placed]) -> Vec<Frame> {
-        let mut todo: HashMap<Rc<str>, Vec<u64>> = HashMap::new();
+        let mut todo: HashMap<FileId, (Rc<str>, Vec<u64>)> = HashMap::new();
         for l in placed.iter().filter_map(|p| p.at.as_ref()) {
-            if l.file && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
-                todo.entry(l.path.clone()).or_default().push(l.file_offset);
+            if let Some(id) = l.file {
+                if !self.cache.contains_key(&(id, l.file_offset)) {
+                    let file = todo.entry(id).or_insert_with(|| (l.path.clone(), Vec::new()));
+                    file.1.push(l.file_offset);
+                }
             }
         }
-        for (path, mut offsets) in todo {
+        for (id, (path, mut offsets)) in todo {
             offsets.sort_unstable();
             offsets.dedup();
-            self.resolve_elf(pid, path, &offsets);
+            self.resolve_elf(pid, id, &path, &offsets);
         }
         let mut out = Vec::with_capacity(placed.len());
         for Placed { addr, at: l } in placed {
             let addr = *addr;
-            match l
-                .as_ref()
-                .and_then(|l| self.cache.get(&(l.path.clone(), l.file_offset)))
-            {
+            match l.as_ref().and_then(|l| self.cache.get(&(l.file?, l.file_offset))) {
                 Some(frames) => out.extend(frames.iter().map(|f| Frame { addr, ..f.clone() })),
                 None => out.push(Frame {
                     addr,
@@ -246,11 +256,10 @@ impl Symbols {
 
     pub(crate) fn kernel(&mut self, stack: &[u64]) -> Vec<Frame> {
         let stack = until_null(stack);
-        let kernel: Rc<str> = "".into();
         let missing: Vec<u64> = stack
             .iter()
             .copied()
-            .filter(|a| !self.cache.contains_key(&(kernel.clone(), *a)))
+            .filter(|a| !self.cache.contains_key(&(KERNEL, *a)))
             .collect();
         if !missing.is_empty() {
             let results = self
@@ -258,15 +267,13 @@ impl Symbols {
                 .symbolize(&Source::Kernel(Kernel::default()), Input::AbsAddr(&missing))
                 .unwrap_or_default();
             for (i, &addr) in missing.iter().enumerate() {
-                self.cache.insert(
-                    (kernel.clone(), addr),
-                    frames_of(results.get(i), addr, None).into(),
-                );
+                self.cache
+                    .insert((KERNEL, addr), frames_of(results.get(i), addr, None).into());
             }
         }
         let frames = stack
             .iter()
-            .flat_map(|a| self.cache[&(kernel.clone(), *a)].iter().cloned());
+            .flat_map(|a| self.cache[&(KERNEL, *a)].iter().cloned());
         // An fexit program's stack starts in the program and its trampoline: not the fault's.
         frames
             .skip_while(|f| {
@@ -277,12 +284,17 @@ impl Symbols {
             .collect()
     }
 
-    fn resolve_elf(&mut self, pid: u32, path: Rc<str>, offsets: &[u64]) {
-        // A process in another mount namespace maps files we see under its root.
-        let mut file = PathBuf::from(&*path);
-        if !file.exists() {
-            file = format!("/proc/{pid}/root{path}").into();
-        }
+    /// Names `offsets` in file `id`, which `pid` maps as `path`. The file is read as the
+    /// process sees it, never from the host's file at the same path: one that cannot be read
+    /// leaves its frames named by module and offset.
+    fn resolve_elf(&mut self, pid: u32, id: FileId, path: &str, offsets: &[u64]) {
+        let Some(file) = self.maps.source(pid, id, path) else {
+            for &off in offsets {
+                let frames = frames_of(None, off, Some(path));
+                self.cache.insert((id, off), frames.into());
+            }
+            return;
+        };
         if !self.opened.contains(&file) {
             if self.opened.len() >= MAX_OPENED {
                 self.symbolizer = symbolizer();
@@ -295,8 +307,8 @@ impl Symbols {
             .symbolize(&Source::Elf(Elf::new(file)), Input::FileOffset(offsets))
             .unwrap_or_default();
         for (i, &off) in offsets.iter().enumerate() {
-            let frames = frames_of(results.get(i), off, Some(&path));
-            self.cache.insert((path.clone(), off), frames.into());
+            let frames = frames_of(results.get(i), off, Some(path));
+            self.cache.insert((id, off), frames.into());
         }
     }
 }
