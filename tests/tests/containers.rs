@@ -1,0 +1,254 @@
+//! Stacks of programs where production code lives: an overlayfs mount (every container's
+//! files), a btrfs subvolume (Fedora's root), a mount namespace with its own loader and C
+//! library. `stackcount -U` traces the whole host, started before the program, so nothing
+//! about the program is known ahead: its unwind tables are asked for by the kernel side,
+//! which names files by the inode the VMA maps (not what `stat` says on overlayfs and btrfs).
+//! The workload is built with -O2 -fomit-frame-pointer: a frame-pointer walk from memset does
+//! not reach main, only the CFI tables do.
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use pfault_tests::*;
+
+/// Pages the workload fills: its faults outnumber its start-up's a thousand to one.
+const PAGES: &str = "16384";
+
+/// The name the workload runs under, to pick its stacks among the host's.
+const COMM: &str = "ctr_memset";
+
+/// Mounts and loop devices a test made, undone when it ends, passed or failed.
+#[derive(Default)]
+struct Undo {
+    mounts: Vec<PathBuf>,
+    loops: Vec<String>,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        for l in &self.loops {
+            let _ = Command::new("losetup").args(["-d", l]).status();
+        }
+    }
+}
+
+/// Runs a command the test needs to set up; fails the test, saying what to install, when it
+/// is missing or fails.
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (btrfs-progs, util-linux and binutils are needed)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The workload, copied to `dir` under [`COMM`].
+fn place_workload(dir: &Path) -> PathBuf {
+    let to = dir.join(COMM);
+    std::fs::copy(workload("memset_nofp"), &to).unwrap();
+    to
+}
+
+/// Host-wide `stackcount -U -P`, started before `workload` (a command that runs the
+/// workload with `PAGES wait`): the folded lines of the workload's process (without its
+/// comm and pid) and the faults it counted itself while filling.
+fn host_wide(name: &str, workload: &mut Command) -> (Vec<(String, u64)>, u64) {
+    let out = scratch(name).join("folded.txt");
+    // Room for the tables of everything else the host runs, so the workload's fit.
+    let pfault = Attached::start(
+        pfault()
+            .args([
+                "stackcount",
+                "-a",
+                "-U",
+                "-P",
+                "--folded",
+                "--unwind-mb",
+                "128",
+                "--output",
+            ])
+            .arg(&out),
+    );
+    let (held, _) = hold(workload.args([PAGES, "wait"]));
+    let pid = held.pid;
+    // Held after its first faults in main: the kernel side has asked for its tables (and the C
+    // library's); time to build them, as a long-running process has.
+    std::thread::sleep(Duration::from_secs(3));
+    let truth = kv(&held.go());
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(pfault.pid() as i32, libc::SIGINT) };
+    pfault.wait(Duration::from_secs(60));
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let prefix = format!("{COMM}_[{pid}];");
+    let lines = folded_lines(&folded)
+        .into_iter()
+        .filter_map(|(s, n)| Some((s.strip_prefix(&prefix)?.to_string(), n)))
+        .collect();
+    (lines, num(&truth, "minflt"))
+}
+
+/// At least 99% of the faults the workload counted are on stacks from main through
+/// fill_with_memset into memset, whose leaf `memset` names.
+fn main_to_memset(lines: &[(String, u64)], minflt: u64, memset: impl Fn(&str) -> bool) {
+    let with: u64 = lines
+        .iter()
+        .filter(|(s, _)| {
+            let (callers, leaf) = s.rsplit_once(';').unwrap_or(("", s));
+            callers.ends_with("main;fill_with_memset") && memset(leaf)
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        with * 100 >= minflt * 99 && with <= minflt + 64,
+        "{with} faults on main;fill_with_memset;memset of the {minflt} the workload counted, on these stacks:\n{lines:#?}"
+    );
+}
+
+fn host_memset(leaf: &str) -> bool {
+    leaf.starts_with("__memset")
+}
+
+#[test]
+fn a_program_on_overlayfs_unwinds_to_main() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("containers-overlay");
+    let (lower, upper, work, merged) = (
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("merged"),
+    );
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    place_workload(&lower);
+    let mut undo = Undo::default();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    sh(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged));
+    undo.mounts.push(merged.clone());
+    let (lines, minflt) = host_wide("containers-overlay-run", &mut Command::new(merged.join(COMM)));
+    main_to_memset(&lines, minflt, host_memset);
+}
+
+#[test]
+fn a_program_in_a_btrfs_subvolume_unwinds_to_main() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("containers-btrfs");
+    let image = dir.join("btrfs.img");
+    std::fs::File::create(&image).unwrap().set_len(256 << 20).unwrap();
+    let mut undo = Undo::default();
+    let dev = sh(Command::new("losetup").args(["-f", "--show"]).arg(&image));
+    undo.loops.push(dev.clone());
+    sh(Command::new("mkfs.btrfs").args(["-q", &dev]));
+    let top = dir.join("top");
+    std::fs::create_dir_all(&top).unwrap();
+    sh(Command::new("mount").arg(&dev).arg(&top));
+    undo.mounts.push(top.clone());
+    let sub = top.join("sub");
+    sh(Command::new("btrfs").args(["subvolume", "create"]).arg(&sub));
+    let program = place_workload(&sub);
+    let (lines, minflt) = host_wide("containers-btrfs-run", &mut Command::new(program));
+    main_to_memset(&lines, minflt, host_memset);
+}
+
+/// The path of a file the test itself maps, the first that `is` picks.
+fn own_mapped(is: impl Fn(&str) -> bool) -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let path = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| is(p))
+        .unwrap_or_else(|| panic!("not in the test's maps:\n{maps}"));
+    PathBuf::from(path)
+}
+
+/// The bytes of a C string for a system call.
+fn c(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+#[test]
+fn a_program_in_a_mount_namespace_with_its_own_libc_is_named_from_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("containers-mntns");
+    let libc_path = own_mapped(|p| p.ends_with("/libc.so.6"));
+    let loader_path = own_mapped(|p| p.contains("/ld-linux"));
+    // The container's C library: the host's code (and CFI), but its own symbol table, whose
+    // one symbol names all of its code, and no link to the host's debug file. Its frames named
+    // from the host's file (at the same path) read __memset_*.
+    let own_libc = dir.join("libc.so.6");
+    sh(Command::new("objcopy")
+        .args([
+            "--remove-section",
+            ".gnu_debuglink",
+            "--add-symbol",
+            "pfault_container_libc=.text:0,function,global",
+        ])
+        .arg(&libc_path)
+        .arg(&own_libc));
+    let own_loader = dir.join("ld.so");
+    std::fs::copy(&loader_path, &own_loader).unwrap();
+    let program = place_workload(&dir);
+    let binds = [(c(&own_libc), c(&libc_path)), (c(&own_loader), c(&loader_path))];
+    let mut cmd = Command::new(program);
+    // SAFETY: only system calls between fork and exec, on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            let root = c"/";
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            for (from, to) in &binds {
+                if libc::mount(
+                    from.as_ptr(),
+                    to.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+            }
+            Ok(())
+        });
+    }
+    // Its mounts go with the namespace when the workload exits: nothing to undo.
+    let (lines, minflt) = host_wide("containers-mntns-run", &mut cmd);
+    main_to_memset(&lines, minflt, |leaf| leaf == "pfault_container_libc");
+}
