@@ -35,6 +35,10 @@ pub(crate) struct Frame {
     pub(crate) line: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) inlined: bool,
+    /// The GNU build id of the module's file, in hex, for pprof's mappings: read from the
+    /// file the process maps, which is not the host's file at its path in a container.
+    #[serde(skip)]
+    pub(crate) build_id: Option<Rc<str>>,
 }
 
 impl Frame {
@@ -68,6 +72,7 @@ impl Frame {
             file: None,
             line: None,
             inlined: false,
+            build_id: None,
         }
     }
 
@@ -127,6 +132,8 @@ pub(crate) struct Symbols {
     cache: HashMap<(FileId, u64), Rc<[Frame]>>,
     /// The files the symbolizer holds parsed.
     opened: HashSet<PathBuf>,
+    /// Each binary's build id, read once.
+    build_ids: HashMap<FileId, Option<Rc<str>>>,
     pub(crate) maps: Mappings,
 }
 
@@ -148,6 +155,7 @@ impl Default for Symbols {
             kernel: symbolizer(),
             cache: HashMap::new(),
             opened: HashSet::new(),
+            build_ids: HashMap::new(),
             maps: Mappings::default(),
         }
     }
@@ -248,6 +256,7 @@ impl Symbols {
                     file: None,
                     line: None,
                     inlined: false,
+                    build_id: None,
                 }),
             }
         }
@@ -268,7 +277,7 @@ impl Symbols {
                 .unwrap_or_default();
             for (i, &addr) in missing.iter().enumerate() {
                 self.cache
-                    .insert((KERNEL, addr), frames_of(results.get(i), addr, None).into());
+                    .insert((KERNEL, addr), frames_of(results.get(i), addr, None, None).into());
             }
         }
         let frames = stack
@@ -290,11 +299,16 @@ impl Symbols {
     fn resolve_elf(&mut self, pid: u32, id: FileId, path: &str, offsets: &[u64]) {
         let Some(file) = self.maps.source(pid, id, path) else {
             for &off in offsets {
-                let frames = frames_of(None, off, Some(path));
+                let frames = frames_of(None, off, Some(path), None);
                 self.cache.insert((id, off), frames.into());
             }
             return;
         };
+        let build_id = self
+            .build_ids
+            .entry(id)
+            .or_insert_with(|| build_id(&file))
+            .clone();
         if !self.opened.contains(&file) {
             if self.opened.len() >= MAX_OPENED {
                 self.symbolizer = symbolizer();
@@ -307,7 +321,7 @@ impl Symbols {
             .symbolize(&Source::Elf(Elf::new(file)), Input::FileOffset(offsets))
             .unwrap_or_default();
         for (i, &off) in offsets.iter().enumerate() {
-            let frames = frames_of(results.get(i), off, Some(path));
+            let frames = frames_of(results.get(i), off, Some(path), build_id.clone());
             self.cache.insert((id, off), frames.into());
         }
     }
@@ -318,8 +332,24 @@ fn until_null(stack: &[u64]) -> &[u64] {
     &stack[..stack.iter().position(|&a| a == 0).unwrap_or(stack.len())]
 }
 
+/// The GNU build id of an ELF file, in hex.
+fn build_id(path: &std::path::Path) -> Option<Rc<str>> {
+    use object::Object as _;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: read only; a file truncated under us could fault, as for any reader of a mapped
+    // binary.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let id = object::File::parse(&*data).ok()?.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect::<String>().into())
+}
+
 /// Frames for one symbolized address: inlined callees first (leaf first), then the function.
-fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Vec<Frame> {
+fn frames_of(
+    result: Option<&Symbolized>,
+    addr: u64,
+    module: Option<&str>,
+    build_id: Option<Rc<str>>,
+) -> Vec<Frame> {
     let Some(Symbolized::Sym(sym)) = result else {
         return vec![Frame {
             addr,
@@ -329,6 +359,7 @@ fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Ve
             file: None,
             line: None,
             inlined: false,
+            build_id,
         }];
     };
     let module = module.map(String::from);
@@ -348,6 +379,7 @@ fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Ve
                 .map(|c| c.file.to_string_lossy().into_owned()),
             line: f.code_info.as_ref().and_then(|c| c.line),
             inlined: true,
+            build_id: build_id.clone(),
         })
         .collect();
     frames.push(Frame {
@@ -358,6 +390,7 @@ fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Ve
         file: code.map(|c| c.file.to_string_lossy().into_owned()),
         line: code.and_then(|c| c.line),
         inlined: false,
+        build_id,
     });
     frames
 }

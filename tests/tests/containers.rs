@@ -60,24 +60,17 @@ fn place_workload(dir: &Path) -> PathBuf {
     to
 }
 
-/// Host-wide `stackcount -U -P`, started before `workload` (a command that runs the
-/// workload with `PAGES wait`): the folded lines of the workload's process (without its
-/// comm and pid) and the faults it counted itself while filling.
-fn host_wide(name: &str, workload: &mut Command) -> (Vec<(String, u64)>, u64) {
-    let out = scratch(name).join("folded.txt");
+/// Host-wide `stackcount -U -P` (writing `format` to a file), started before `workload` (a
+/// command that runs the workload with `PAGES wait`): the file, the workload's pid, and the
+/// faults it counted itself while filling.
+fn host_wide(name: &str, format: &[&str], workload: &mut Command) -> (PathBuf, u32, u64) {
+    let out = scratch(name).join("out");
     // Room for the tables of everything else the host runs, so the workload's fit.
     let pfault = Attached::start(
         pfault()
-            .args([
-                "stackcount",
-                "-a",
-                "-U",
-                "-P",
-                "--folded",
-                "--unwind-mb",
-                "128",
-                "--output",
-            ])
+            .args(["stackcount", "-a", "-U", "-P", "--unwind-mb", "128"])
+            .args(format)
+            .arg("--output")
             .arg(&out),
     );
     let (held, _) = hold(workload.args([PAGES, "wait"]));
@@ -89,13 +82,20 @@ fn host_wide(name: &str, workload: &mut Command) -> (Vec<(String, u64)>, u64) {
     // SAFETY: kill on our own child's pid.
     unsafe { libc::kill(pfault.pid() as i32, libc::SIGINT) };
     pfault.wait(Duration::from_secs(60));
+    (out, pid, num(&truth, "minflt"))
+}
+
+/// [`host_wide`] folded: the workload's lines (without its comm and pid), and the faults it
+/// counted.
+fn host_wide_folded(name: &str, workload: &mut Command) -> (Vec<(String, u64)>, u64) {
+    let (out, pid, minflt) = host_wide(name, &["--folded"], workload);
     let folded = std::fs::read_to_string(&out).unwrap();
     let prefix = format!("{COMM}_[{pid}];");
     let lines = folded_lines(&folded)
         .into_iter()
         .filter_map(|(s, n)| Some((s.strip_prefix(&prefix)?.to_string(), n)))
         .collect();
-    (lines, num(&truth, "minflt"))
+    (lines, minflt)
 }
 
 /// At least 99% of the faults the workload counted are on stacks from main through
@@ -146,7 +146,7 @@ fn a_program_on_overlayfs_unwinds_to_main() {
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(&merged));
     undo.mounts.push(merged.clone());
-    let (lines, minflt) = host_wide("containers-overlay-run", &mut Command::new(merged.join(COMM)));
+    let (lines, minflt) = host_wide_folded("containers-overlay-run", &mut Command::new(merged.join(COMM)));
     main_to_memset(&lines, minflt, host_memset);
 }
 
@@ -169,7 +169,7 @@ fn a_program_in_a_btrfs_subvolume_unwinds_to_main() {
     let sub = top.join("sub");
     sh(Command::new("btrfs").args(["subvolume", "create"]).arg(&sub));
     let program = place_workload(&sub);
-    let (lines, minflt) = host_wide("containers-btrfs-run", &mut Command::new(program));
+    let (lines, minflt) = host_wide_folded("containers-btrfs-run", &mut Command::new(program));
     main_to_memset(&lines, minflt, host_memset);
 }
 
@@ -210,45 +210,92 @@ fn a_program_in_a_mount_namespace_with_its_own_libc_is_named_from_it() {
         ])
         .arg(&libc_path)
         .arg(&own_libc));
+    // And a build id of its own, which pprof's mapping of it carries.
+    let host_id = build_id(&libc_path);
+    let own_id = edit_build_id(&own_libc, &host_id);
     let own_loader = dir.join("ld.so");
     std::fs::copy(&loader_path, &own_loader).unwrap();
     let program = place_workload(&dir);
     let binds = [(c(&own_libc), c(&libc_path)), (c(&own_loader), c(&loader_path))];
-    let mut cmd = Command::new(program);
-    // SAFETY: only system calls between fork and exec, on strings made before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return fail();
-            }
-            let root = c"/";
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail();
-            }
-            for (from, to) in &binds {
+    let in_namespace = || {
+        let binds = binds.clone();
+        let mut cmd = Command::new(&program);
+        // SAFETY: only system calls between fork and exec, on strings made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                let root = c"/";
                 if libc::mount(
-                    from.as_ptr(),
-                    to.as_ptr(),
                     std::ptr::null(),
-                    libc::MS_BIND,
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ) != 0
                 {
                     return fail();
                 }
-            }
-            Ok(())
-        });
-    }
+                for (from, to) in &binds {
+                    if libc::mount(
+                        from.as_ptr(),
+                        to.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return fail();
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd
+    };
     // Its mounts go with the namespace when the workload exits: nothing to undo.
-    let (lines, minflt) = host_wide("containers-mntns-run", &mut cmd);
+    let (lines, minflt) = host_wide_folded("containers-mntns-run", &mut in_namespace());
     main_to_memset(&lines, minflt, |leaf| leaf == "pfault_container_libc");
+    let (profile, _, _) = host_wide("containers-mntns-pprof", &["-o", "pprof"], &mut in_namespace());
+    let raw = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&profile)
+        .output()
+        .expect("go tool pprof");
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    let libc_name = libc_path.to_string_lossy();
+    assert!(
+        raw.lines()
+            .any(|l| l.contains(&*libc_name) && l.split_whitespace().nth(3) == Some(&own_id)),
+        "no mapping of {libc_name} with the container's build id {own_id} (the host's is {host_id}):\n{raw}"
+    );
+}
+
+/// The GNU build id of an ELF file, in hex, as `readelf -n` prints it.
+fn build_id(path: &Path) -> String {
+    let notes = sh(Command::new("readelf").arg("-n").arg(path));
+    notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build id in {path:?}:\n{notes}"))
+        .to_string()
+}
+
+/// Gives the ELF file at `path`, whose build id is `id`, another one; returns it.
+fn edit_build_id(path: &Path, id: &str) -> String {
+    let bytes: Vec<u8> = (0..id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
+        .collect();
+    let mut data = std::fs::read(path).unwrap();
+    let at = data
+        .windows(bytes.len())
+        .position(|w| w == bytes)
+        .unwrap_or_else(|| panic!("build id {id} not in {path:?}"));
+    let last = at + bytes.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(path, &data).unwrap();
+    build_id(path)
 }
