@@ -7,7 +7,7 @@
 //! not reach main, only the CFI tables do.
 
 use std::{
-    os::unix::process::CommandExt,
+    os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -60,10 +60,15 @@ fn place_workload(dir: &Path) -> PathBuf {
     to
 }
 
-/// Host-wide `stackcount -U -P` (writing `format` to a file), started before `workload` (a
-/// command that runs the workload with `PAGES wait`): the file, the workload's pid, and the
-/// faults it counted itself while filling.
-fn host_wide(name: &str, format: &[&str], workload: &mut Command) -> (PathBuf, u32, u64) {
+/// Host-wide `stackcount -U -P` (writing `format` to a file), started before `before` runs
+/// and then `workload` (a command that runs the workload with `PAGES wait`): the file, the
+/// workload's pid, and the faults it counted itself while filling.
+fn host_wide(
+    name: &str,
+    format: &[&str],
+    before: impl FnOnce(),
+    workload: &mut Command,
+) -> (PathBuf, u32, u64) {
     let out = scratch(name).join("out");
     // Room for the tables of everything else the host runs, so the workload's fit.
     let pfault = Attached::start(
@@ -73,22 +78,28 @@ fn host_wide(name: &str, format: &[&str], workload: &mut Command) -> (PathBuf, u
             .arg("--output")
             .arg(&out),
     );
-    let (held, _) = hold(workload.args([PAGES, "wait"]));
-    let pid = held.pid;
-    // Held after its first faults in main: the kernel side has asked for its tables (and the C
-    // library's); time to build them, as a long-running process has.
-    std::thread::sleep(Duration::from_secs(3));
-    let truth = kv(&held.go());
+    before();
+    let (pid, truth) = run_held(workload);
     // SAFETY: kill on our own child's pid.
     unsafe { libc::kill(pfault.pid() as i32, libc::SIGINT) };
     pfault.wait(Duration::from_secs(60));
     (out, pid, num(&truth, "minflt"))
 }
 
+/// Runs the workload `cmd` with `PAGES wait`: its pid, and what it printed.
+fn run_held(cmd: &mut Command) -> (u32, std::collections::HashMap<String, String>) {
+    let (held, _) = hold(cmd.args([PAGES, "wait"]));
+    let pid = held.pid;
+    // Held after its first faults in main: the kernel side has asked for its tables (and the C
+    // library's); time to build them, as a long-running process has.
+    std::thread::sleep(Duration::from_secs(3));
+    (pid, kv(&held.go()))
+}
+
 /// [`host_wide`] folded: the workload's lines (without its comm and pid), and the faults it
 /// counted.
-fn host_wide_folded(name: &str, workload: &mut Command) -> (Vec<(String, u64)>, u64) {
-    let (out, pid, minflt) = host_wide(name, &["--folded"], workload);
+fn host_wide_folded(name: &str, before: impl FnOnce(), workload: &mut Command) -> (Vec<(String, u64)>, u64) {
+    let (out, pid, minflt) = host_wide(name, &["--folded"], before, workload);
     let folded = std::fs::read_to_string(&out).unwrap();
     let prefix = format!("{COMM}_[{pid}];");
     let lines = folded_lines(&folded)
@@ -109,6 +120,7 @@ fn main_to_memset(lines: &[(String, u64)], minflt: u64, memset: impl Fn(&str) ->
         })
         .map(|(_, n)| n)
         .sum();
+    eprintln!("{with} of {minflt} faults on main;fill_with_memset;memset");
     assert!(
         with * 100 >= minflt * 99 && with <= minflt + 64,
         "{with} faults on main;fill_with_memset;memset of the {minflt} the workload counted, on these stacks:\n{lines:#?}"
@@ -146,7 +158,11 @@ fn a_program_on_overlayfs_unwinds_to_main() {
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(&merged));
     undo.mounts.push(merged.clone());
-    let (lines, minflt) = host_wide_folded("containers-overlay-run", &mut Command::new(merged.join(COMM)));
+    let (lines, minflt) = host_wide_folded(
+        "containers-overlay-run",
+        || {},
+        &mut Command::new(merged.join(COMM)),
+    );
     main_to_memset(&lines, minflt, host_memset);
 }
 
@@ -169,7 +185,35 @@ fn a_program_in_a_btrfs_subvolume_unwinds_to_main() {
     let sub = top.join("sub");
     sh(Command::new("btrfs").args(["subvolume", "create"]).arg(&sub));
     let program = place_workload(&sub);
-    let (lines, minflt) = host_wide_folded("containers-btrfs-run", &mut Command::new(program));
+    let (lines, minflt) = host_wide_folded("containers-btrfs-run", || {}, &mut Command::new(program));
+    main_to_memset(&lines, minflt, host_memset);
+}
+
+/// A binary run, deleted, and rebuilt at its path while pfault runs: a file system that hands
+/// the old inode number to the new file (ext4 does, at once) must not get the new binary the
+/// old one's table, or the old one's names. The old binary walks main -> walk_pages ->
+/// touch_pages_nofp, the new one main -> fill_with_memset -> memset.
+#[test]
+fn a_binary_rebuilt_in_place_gets_its_own_table() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch("containers-rebuilt");
+    let program = dir.join(COMM);
+    std::fs::copy(workload("omit_fp"), &program).unwrap();
+    let old_ino = std::fs::metadata(&program).unwrap().ino();
+    let (lines, minflt) = host_wide_folded(
+        "containers-rebuilt-run",
+        || {
+            let (_, truth) = run_held(&mut Command::new(&program));
+            assert!(num(&truth, "minflt") > 0);
+            std::fs::remove_file(&program).unwrap();
+            place_workload(&dir);
+        },
+        &mut Command::new(&program),
+    );
+    let new_ino = std::fs::metadata(&program).unwrap().ino();
+    eprintln!("the old binary's inode {old_ino}, the new one's {new_ino}");
     main_to_memset(&lines, minflt, host_memset);
 }
 
@@ -256,9 +300,14 @@ fn a_program_in_a_mount_namespace_with_its_own_libc_is_named_from_it() {
         cmd
     };
     // Its mounts go with the namespace when the workload exits: nothing to undo.
-    let (lines, minflt) = host_wide_folded("containers-mntns-run", &mut in_namespace());
+    let (lines, minflt) = host_wide_folded("containers-mntns-run", || {}, &mut in_namespace());
     main_to_memset(&lines, minflt, |leaf| leaf == "pfault_container_libc");
-    let (profile, _, _) = host_wide("containers-mntns-pprof", &["-o", "pprof"], &mut in_namespace());
+    let (profile, _, _) = host_wide(
+        "containers-mntns-pprof",
+        &["-o", "pprof"],
+        || {},
+        &mut in_namespace(),
+    );
     let raw = Command::new("go")
         .args(["tool", "pprof", "-raw"])
         .arg(&profile)
