@@ -149,15 +149,20 @@ impl Mappings {
     }
 
     /// Where pfault reads file `id` from, as the processes mapping it see it: the file held
-    /// open, or else its path under the root of `pid` (alive, past [`MAX_HELD`] files).
+    /// open, or else (past [`MAX_HELD`] files, or a file that could not be opened) the file
+    /// at its path that has its inode number: under the root of `pid` (another mount
+    /// namespace's paths are its own), or in pfault's (a chroot's paths are pfault's).
     pub(crate) fn source(&self, pid: u32, id: FileId, path: &str) -> Option<PathBuf> {
-        match self.files.held.get(&id) {
-            Some(f) => Some(format!("/proc/self/fd/{}", f.as_raw_fd()).into()),
-            None => {
-                let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
-                p.exists().then_some(p)
-            }
+        use std::os::unix::fs::MetadataExt;
+        if let Some(f) = self.files.held.get(&id) {
+            return Some(format!("/proc/self/fd/{}", f.as_raw_fd()).into());
         }
+        [
+            PathBuf::from(format!("/proc/{pid}/root{path}")),
+            PathBuf::from(path),
+        ]
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == id.ino))
     }
 
     /// Remembers a process's mappings now, while it lives.
@@ -475,6 +480,34 @@ mod tests {
         };
         m.notice(&Record::Map(seen));
         assert_eq!(path(&mut m, gone, 0x4800).as_deref(), Some("libx.so"));
+    }
+
+    /// A binary deleted and written again at its path (ext4 gives the new file the old
+    /// inode number at once, unless the old one is held) is read from the file it was.
+    #[test]
+    fn a_file_known_is_read_from_itself_after_another_takes_its_path() {
+        let dir = std::env::temp_dir().join(format!("pfault-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prog");
+        std::fs::write(&path, b"old binary").unwrap();
+        let id = procfs::mapped_id(&File::open(&path).unwrap()).unwrap();
+        let (mut m, _) = mappings();
+        m.know_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"new binary").unwrap();
+        let at = path.to_str().unwrap();
+        let read = |m: &Mappings, id| m.source(std::process::id(), id, at).map(std::fs::read);
+        assert_eq!(read(&m, id).unwrap().unwrap(), b"old binary");
+        // Not held: the file at its path only where it has the inode number asked for.
+        let new_id = procfs::mapped_id(&File::open(&path).unwrap()).unwrap();
+        let (fresh, _) = mappings();
+        assert_eq!(read(&fresh, new_id).unwrap().unwrap(), b"new binary");
+        let other = FileId {
+            ino: new_id.ino + 1,
+            ..new_id
+        };
+        assert!(read(&fresh, other).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
