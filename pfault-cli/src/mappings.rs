@@ -45,10 +45,6 @@ struct Files {
     read: ReadMaps,
 }
 
-/// The most code files held open for naming (past it, a file is named from the process's
-/// root while the process lives): as many as the kernel side has tables for.
-const MAX_HELD: usize = capacity::UNWIND_FILES as usize;
-
 impl Files {
     /// A process's maps, every file's path remembered and every code file held on the way;
     /// `None` when it is gone.
@@ -57,7 +53,11 @@ impl Files {
         for e in &entries {
             if let Some(p) = e.path.file() {
                 self.paths.entry((e.dev, e.ino)).or_insert_with(|| p.to_string());
-                if e.exec && self.held.len() < MAX_HELD && !self.held.contains_key(&e.file_id()) {
+                // Past what may be held, a file is read at its path (see `Mappings::source`).
+                if e.exec
+                    && !self.held.contains_key(&e.file_id())
+                    && self.held.len() < procfs::files_to_hold()
+                {
                     if let Some((file, _)) = procfs::open_mapped(pid, e) {
                         self.held.insert(e.file_id(), file);
                     }
@@ -149,8 +149,8 @@ impl Mappings {
     }
 
     /// Where pfault reads file `id` from, as the processes mapping it see it: the file held
-    /// open, or else (past [`MAX_HELD`] files, or a file that could not be opened) the file
-    /// at its path that has its inode number: under the root of `pid` (another mount
+    /// open, or else (past [`procfs::files_to_hold`], or a file that could not be opened) the
+    /// file at its path that has its inode number: under the root of `pid` (another mount
     /// namespace's paths are its own), or in pfault's (a chroot's paths are pfault's).
     pub(crate) fn source(&self, pid: u32, id: FileId, path: &str) -> Option<PathBuf> {
         use std::os::unix::fs::MetadataExt;

@@ -165,9 +165,9 @@ pub(crate) fn open_mapped(pid: u32, e: &MapEntry) -> Option<(std::fs::File, std:
 static OPEN_FILES_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 
 /// Raises the soft limit of open files to the hard one: pfault holds each file it unwinds or
-/// names open for the run (see `unwind` and `mappings`), thousands on a busy host. A command
-/// pfault starts gets the limit back ([`restore_open_files_limit`]): a program using
-/// select(2) breaks past 1024 descriptors.
+/// names open for the run (see `unwind` and `mappings`), thousands on a busy host, as many as
+/// [`files_to_hold`] says. A command pfault starts gets the limit back
+/// ([`restore_open_files_limit`]): a program using select(2) breaks past 1024 descriptors.
 pub(crate) fn raise_open_files_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -183,6 +183,21 @@ pub(crate) fn raise_open_files_limit() {
             }
         }
     }
+}
+
+/// How many files each of the two that hold files open for the run (unwind tables,
+/// symbolization) may hold: a quarter of the open-files limit each, half of it left for the
+/// rest (/proc reads, the maps and programs, the symbolizer's own).
+pub(crate) fn files_to_hold() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to read into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    (lim.rlim_cur / 4).try_into().unwrap_or(usize::MAX)
 }
 
 /// Puts back the soft limit of open files [`raise_open_files_limit`] raised: in a child

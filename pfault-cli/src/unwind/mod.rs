@@ -279,7 +279,10 @@ impl Loader {
         };
         drop(stats);
         self.done.insert(b.id, entry);
-        self.held.push(b.file);
+        // Past what may be held, a binary rebuilt in this one's place may get its table.
+        if self.held.len() < procfs::files_to_hold() {
+            self.held.push(b.file);
+        }
     }
 
     /// Fills `TEXT_VMAS` with process `pid`'s code mappings: the kernel side then walks its
