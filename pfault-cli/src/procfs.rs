@@ -164,23 +164,31 @@ pub(crate) fn open_mapped(pid: u32, e: &MapEntry) -> Option<(std::fs::File, std:
 /// The soft limit of open files pfault started with, where it raised it.
 static OPEN_FILES_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 
+/// The limit of open files now (async-signal-safe).
+fn open_files_limit() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to read into.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
+/// Sets the soft limit of open files (async-signal-safe); whether it took.
+fn set_open_files_soft(mut lim: libc::rlimit, soft: u64) -> bool {
+    lim.rlim_cur = soft;
+    // SAFETY: a valid rlimit to set.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 }
+}
+
 /// Raises the soft limit of open files to the hard one: pfault holds each file it unwinds or
 /// names open for the run (see `unwind` and `mappings`), thousands on a busy host, as many as
 /// [`files_to_hold`] says. A command pfault starts gets the limit back
 /// ([`restore_open_files_limit`]): a program using select(2) breaks past 1024 descriptors.
 pub(crate) fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to read into, then to set.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                OPEN_FILES_SOFT.store(soft, std::sync::atomic::Ordering::Relaxed);
-            }
+    if let Some(lim) = open_files_limit().filter(|l| l.rlim_cur < l.rlim_max) {
+        if set_open_files_soft(lim, lim.rlim_max) {
+            OPEN_FILES_SOFT.store(lim.rlim_cur, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -189,34 +197,15 @@ pub(crate) fn raise_open_files_limit() {
 /// symbolization) may hold: a quarter of the open-files limit each, half of it left for the
 /// rest (/proc reads, the maps and programs, the symbolizer's own).
 pub(crate) fn files_to_hold() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to read into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    (lim.rlim_cur / 4).try_into().unwrap_or(usize::MAX)
+    open_files_limit().map_or(0, |l| (l.rlim_cur / 4).try_into().unwrap_or(usize::MAX))
 }
 
 /// Puts back the soft limit of open files [`raise_open_files_limit`] raised: in a child
 /// between fork and exec (async-signal-safe).
 pub(crate) fn restore_open_files_limit() {
     let soft = OPEN_FILES_SOFT.load(std::sync::atomic::Ordering::Relaxed);
-    if soft == u64::MAX {
-        return;
-    }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit to read into, then to set.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = soft;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    if let Some(lim) = open_files_limit().filter(|_| soft != u64::MAX) {
+        set_open_files_soft(lim, soft);
     }
 }
 
