@@ -120,6 +120,7 @@ impl Held {
             unsafe {
                 // First, so a Ctrl-C while it is held acts on it as it would on the command.
                 signals.restore_in_child();
+                crate::procfs::restore_open_files_limit();
                 libc::close(fds[1]);
                 libc::close(errs[0]);
                 let mut b = 0u8;

@@ -39,6 +39,7 @@ pub fn main() -> ExitCode {
     if !cli.command.traces() {
         signals::uncatch();
     }
+    procfs::raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -8,6 +8,9 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -30,20 +33,35 @@ struct ProcMaps {
 /// How a process's maps are read: /proc/PID/maps, or what a test gives.
 type ReadMaps = Box<dyn FnMut(u32) -> Option<Vec<MapEntry>>>;
 
-/// Paths of the files seen mapped by any process, by `(dev, ino)`, and the reader of maps
-/// that finds them.
+/// Paths of the files seen mapped by any process, by `(dev, ino)`, the code files among them
+/// held open, and the reader of maps that finds them.
 struct Files {
     paths: HashMap<(u32, u64), String>,
+    /// Code files, opened as the processes mapping them see them: their frames are named from
+    /// these after the process is gone, never from a file the host has at the same path (a
+    /// container's C library is not the host's). Held open, an inode keeps its number: a
+    /// binary rebuilt in its place gets another, so it is never named from the old one.
+    held: HashMap<FileId, File>,
     read: ReadMaps,
 }
 
 impl Files {
-    /// A process's maps, every file's path remembered on the way; `None` when it is gone.
+    /// A process's maps, every file's path remembered and every code file held on the way;
+    /// `None` when it is gone.
     fn read(&mut self, pid: u32) -> Option<Vec<MapEntry>> {
         let entries = (self.read)(pid)?;
         for e in &entries {
             if let Some(p) = e.path.file() {
                 self.paths.entry((e.dev, e.ino)).or_insert_with(|| p.to_string());
+                // Past what may be held, a file is read at its path (see `Mappings::source`).
+                if e.exec
+                    && !self.held.contains_key(&e.file_id())
+                    && self.held.len() < procfs::files_to_hold()
+                {
+                    if let Some((file, _)) = procfs::open_mapped(pid, e) {
+                        self.held.insert(e.file_id(), file);
+                    }
+                }
             }
         }
         Some(entries)
@@ -103,6 +121,7 @@ impl Mappings {
     fn with_reader(read: ReadMaps) -> Mappings {
         let mut files = Files {
             paths: HashMap::new(),
+            held: HashMap::new(),
             read,
         };
         // pfault's own maps: the C library and loader most processes map too.
@@ -114,16 +133,36 @@ impl Mappings {
         }
     }
 
-    /// Knows `path` by its device and inode from the start: the program pfault starts may
-    /// exit before its maps are read, and a notice of its mapping carries only a basename.
+    /// Knows `path` by its device and inode from the start, and holds it: the program pfault
+    /// starts may exit before its maps are read, and a notice of its mapping carries only a
+    /// basename.
     pub(crate) fn know_file(&mut self, path: &std::path::Path) {
-        use std::os::unix::fs::MetadataExt;
-        if let (Ok(meta), Ok(full)) = (std::fs::metadata(path), std::fs::canonicalize(path)) {
-            self.files.paths.insert(
-                (procfs::kernel_dev(meta.dev()), meta.ino()),
-                full.to_string_lossy().into_owned(),
-            );
+        let (Ok(file), Ok(full)) = (File::open(path), std::fs::canonicalize(path)) else {
+            return;
+        };
+        if let Some(id) = procfs::mapped_id(&file) {
+            self.files
+                .paths
+                .insert((id.dev, id.ino), full.to_string_lossy().into_owned());
+            self.files.held.insert(id, file);
         }
+    }
+
+    /// Where pfault reads file `id` from, as the processes mapping it see it: the file held
+    /// open, or else (past [`procfs::files_to_hold`], or a file that could not be opened) the
+    /// file at its path that has its inode number: under the root of `pid` (another mount
+    /// namespace's paths are its own), or in pfault's (a chroot's paths are pfault's).
+    pub(crate) fn source(&self, pid: u32, id: FileId, path: &str) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(f) = self.files.held.get(&id) {
+            return Some(format!("/proc/self/fd/{}", f.as_raw_fd()).into());
+        }
+        [
+            PathBuf::from(format!("/proc/{pid}/root{path}")),
+            PathBuf::from(path),
+        ]
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == id.ino))
     }
 
     /// Remembers a process's mappings now, while it lives.
@@ -441,6 +480,34 @@ mod tests {
         };
         m.notice(&Record::Map(seen));
         assert_eq!(path(&mut m, gone, 0x4800).as_deref(), Some("libx.so"));
+    }
+
+    /// A binary deleted and written again at its path (ext4 gives the new file the old
+    /// inode number at once, unless the old one is held) is read from the file it was.
+    #[test]
+    fn a_file_known_is_read_from_itself_after_another_takes_its_path() {
+        let dir = std::env::temp_dir().join(format!("pfault-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prog");
+        std::fs::write(&path, b"old binary").unwrap();
+        let id = procfs::mapped_id(&File::open(&path).unwrap()).unwrap();
+        let (mut m, _) = mappings();
+        m.know_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"new binary").unwrap();
+        let at = path.to_str().unwrap();
+        let read = |m: &Mappings, id| m.source(std::process::id(), id, at).map(std::fs::read);
+        assert_eq!(read(&m, id).unwrap().unwrap(), b"old binary");
+        // Not held: the file at its path only where it has the inode number asked for.
+        let new_id = procfs::mapped_id(&File::open(&path).unwrap()).unwrap();
+        let (fresh, _) = mappings();
+        assert_eq!(read(&fresh, new_id).unwrap().unwrap(), b"new binary");
+        let other = FileId {
+            ino: new_id.ino + 1,
+            ..new_id
+        };
+        assert!(read(&fresh, other).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

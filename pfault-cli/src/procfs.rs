@@ -3,6 +3,7 @@
 //! tested (and fuzzed) without a live process.
 
 use anyhow::{bail, Result};
+use pfault_common::FileId;
 
 /// One line of /proc/PID/maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,10 +114,99 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
     })
 }
 
-/// A device number as the kernel keeps it in `super_block.s_dev` (major << 20 | minor), from
-/// `stat`'s `st_dev`.
-pub(crate) fn kernel_dev(dev: u64) -> u32 {
-    (libc::major(dev) << 20) | libc::minor(dev)
+impl MapEntry {
+    /// The mapped file as the kernel side names it: the device and inode /proc/PID/maps prints
+    /// are the VMA's inode's (`i_sb->s_dev`, `i_ino`), as the kernel side reads them. `stat`
+    /// says otherwise on btrfs, whose subvolumes each report a device of their own, and on
+    /// overlayfs (see [`stacked`]).
+    pub(crate) fn file_id(&self) -> FileId {
+        FileId {
+            ino: self.ino,
+            dev: self.dev,
+            _pad: 0,
+        }
+    }
+}
+
+/// The identity the kernel gives `file` once mapped, as /proc/self/maps prints it for a page
+/// of it mapped here: for a path (a program about to start), where no process maps it yet.
+pub(crate) fn mapped_id(file: &std::fs::File) -> Option<FileId> {
+    // SAFETY: one page, read only, unmapped when `page` drops; it is never read.
+    let page = unsafe { memmap2::MmapOptions::new().len(1).map(file) }.ok()?;
+    let at = page.as_ptr() as u64;
+    read_maps(std::process::id())?
+        .into_iter()
+        .find(|e| e.start == at)
+        .map(|e| e.file_id())
+}
+
+/// Whether an open file is on overlayfs, whose mappings are of the file in a layer below:
+/// the kernel side names that one, while /proc/PID/maps and `stat` name the overlay's inode
+/// (on one device, the same inode number; another device).
+pub(crate) fn stacked(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    // SAFETY: an all-zero statfs is valid for fstatfs to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a statfs to write.
+    unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) == 0 && fs.f_type as i64 == OVERLAYFS_SUPER_MAGIC }
+}
+
+/// The file behind process `pid`'s mapping `e`, opened as the process sees it (its own file,
+/// even deleted or replaced since, in its own mount namespace), and its path as it names it.
+pub(crate) fn open_mapped(pid: u32, e: &MapEntry) -> Option<(std::fs::File, std::path::PathBuf)> {
+    let link = std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end));
+    let file = std::fs::File::open(&link).ok()?;
+    let path = e.path.file().map(Into::into).unwrap_or(link);
+    Some((file, path))
+}
+
+/// The soft limit of open files pfault started with, where it raised it.
+static OPEN_FILES_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// The limit of open files now (async-signal-safe).
+fn open_files_limit() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to read into.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
+/// Sets the soft limit of open files (async-signal-safe); whether it took.
+fn set_open_files_soft(mut lim: libc::rlimit, soft: u64) -> bool {
+    lim.rlim_cur = soft;
+    // SAFETY: a valid rlimit to set.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 }
+}
+
+/// Raises the soft limit of open files to the hard one: pfault holds each file it unwinds or
+/// names open for the run (see `unwind` and `mappings`), thousands on a busy host, as many as
+/// [`files_to_hold`] says. A command pfault starts gets the limit back
+/// ([`restore_open_files_limit`]): a program using select(2) breaks past 1024 descriptors.
+pub(crate) fn raise_open_files_limit() {
+    if let Some(lim) = open_files_limit().filter(|l| l.rlim_cur < l.rlim_max) {
+        if set_open_files_soft(lim, lim.rlim_max) {
+            OPEN_FILES_SOFT.store(lim.rlim_cur, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// How many files each of the two that hold files open for the run (unwind tables,
+/// symbolization) may hold: a quarter of the open-files limit each, half of it left for the
+/// rest (/proc reads, the maps and programs, the symbolizer's own).
+pub(crate) fn files_to_hold() -> usize {
+    open_files_limit().map_or(0, |l| (l.rlim_cur / 4).try_into().unwrap_or(usize::MAX))
+}
+
+/// Puts back the soft limit of open files [`raise_open_files_limit`] raised: in a child
+/// between fork and exec (async-signal-safe).
+pub(crate) fn restore_open_files_limit() {
+    let soft = OPEN_FILES_SOFT.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(lim) = open_files_limit().filter(|_| soft != u64::MAX) {
+        set_open_files_soft(lim, soft);
+    }
 }
 
 /// A process's maps now; `None` when it is gone (an exiting process, a zombie, reads as empty:

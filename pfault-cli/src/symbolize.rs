@@ -17,6 +17,7 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
     Input, Symbolized, Symbolizer,
 };
+use pfault_common::FileId;
 use serde::Serialize;
 
 use crate::{
@@ -40,6 +41,10 @@ pub(crate) struct Frame {
     pub(crate) line: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) inlined: bool,
+    /// The GNU build id of the module's file, in hex, for pprof's mappings: read from the
+    /// file the process maps, which is not the host's file at its path in a container.
+    #[serde(skip)]
+    pub(crate) build_id: Option<Rc<str>>,
 }
 
 impl Frame {
@@ -73,6 +78,7 @@ impl Frame {
             file: None,
             line: None,
             inlined: false,
+            build_id: None,
         }
     }
 
@@ -126,10 +132,14 @@ pub(crate) struct Symbols {
     /// The kernel's, kept: parsed once (tens of MiB at a time).
     kernel: Symbolizer,
     /// User frames by (binary, file offset): shared by every process mapping that binary,
-    /// and independent of the process still being alive. Kernel frames by ("", address).
-    cache: HashMap<(Rc<str>, u64), Rc<[Frame]>>,
+    /// and independent of the process still being alive. A binary is its device and inode as
+    /// the kernel names it, not its path (a container's /usr/lib/libc.so.6 is not the
+    /// host's). Kernel frames by ([`KERNEL`], address).
+    cache: HashMap<(FileId, u64), Rc<[Frame]>>,
     /// The files the symbolizer holds parsed.
     opened: HashSet<PathBuf>,
+    /// Each binary's build id, read once.
+    build_ids: HashMap<FileId, Option<Rc<str>>>,
     pub(crate) maps: Mappings,
     /// Names of JIT-compiled code, by process.
     jit: PerfMaps,
@@ -153,11 +163,19 @@ impl Default for Symbols {
             kernel: symbolizer(),
             cache: HashMap::new(),
             opened: HashSet::new(),
+            build_ids: HashMap::new(),
             maps: Mappings::default(),
             jit: PerfMaps::default(),
         }
     }
 }
+
+/// The key of kernel frames in the cache: no file has inode 0.
+const KERNEL: FileId = FileId {
+    ino: 0,
+    dev: 0,
+    _pad: 0,
+};
 
 /// Where a user address lies: the mapped binary and the offset in it.
 #[derive(Clone, Debug)]
@@ -165,7 +183,7 @@ struct Located {
     /// The mapping's name ([vdso], a file's path or basename); empty for anonymous memory.
     path: Rc<str>,
     /// A file by its full path: one to symbolize.
-    file: bool,
+    file: Option<FileId>,
     file_offset: u64,
 }
 
@@ -185,7 +203,7 @@ impl Located {
     /// Memory no file backs (or a mapping named with `PR_SET_VMA_ANON_NAME`): where a JIT
     /// writes code.
     fn anonymous(&self) -> bool {
-        !self.file && (self.path.is_empty() || self.path.starts_with("[anon:"))
+        self.file.is_none() && (self.path.is_empty() || self.path.starts_with("[anon:"))
     }
 }
 
@@ -248,7 +266,7 @@ impl Symbols {
                         MapPath::Anonymous => "".into(),
                         named => named.to_string().into(),
                     },
-                    file: e.path.file().is_some(),
+                    file: e.path.file().map(|_| e.file_id()),
                     file_offset: a - e.start + e.file_offset,
                 });
                 Placed {
@@ -264,16 +282,19 @@ impl Symbols {
     /// Names placed frames: each file's new offsets in one symbolizer call, each offset once.
     /// `pid` is the process they were placed in, whose root holds files the host lacks.
     pub(crate) fn name(&mut self, pid: u32, placed: &[Placed]) -> Vec<Frame> {
-        let mut todo: HashMap<Rc<str>, Vec<u64>> = HashMap::new();
+        let mut todo: HashMap<FileId, (Rc<str>, Vec<u64>)> = HashMap::new();
         for l in placed.iter().filter_map(|p| p.at.as_ref()) {
-            if l.file && !self.cache.contains_key(&(l.path.clone(), l.file_offset)) {
-                todo.entry(l.path.clone()).or_default().push(l.file_offset);
+            if let Some(id) = l.file {
+                if !self.cache.contains_key(&(id, l.file_offset)) {
+                    let file = todo.entry(id).or_insert_with(|| (l.path.clone(), Vec::new()));
+                    file.1.push(l.file_offset);
+                }
             }
         }
-        for (path, mut offsets) in todo {
+        for (id, (path, mut offsets)) in todo {
             offsets.sort_unstable();
             offsets.dedup();
-            self.resolve_elf(pid, path, &offsets);
+            self.resolve_elf(pid, id, &path, &offsets);
         }
         let mut out = Vec::with_capacity(placed.len());
         for &Placed {
@@ -283,9 +304,7 @@ impl Symbols {
             taken,
         } in placed
         {
-            let cached = l
-                .as_ref()
-                .and_then(|l| self.cache.get(&(l.path.clone(), l.file_offset)));
+            let cached = l.as_ref().and_then(|l| self.cache.get(&(l.file?, l.file_offset)));
             // An address no mapping known holds may be code compiled since.
             let jit_code = cached.is_none() && l.as_ref().is_none_or(Located::anonymous);
             let jit = if jit_code {
@@ -303,6 +322,7 @@ impl Symbols {
                     file: None,
                     line: None,
                     inlined: false,
+                    build_id: None,
                 }),
                 (None, None) => out.push(Frame {
                     addr,
@@ -312,6 +332,7 @@ impl Symbols {
                     file: None,
                     line: None,
                     inlined: false,
+                    build_id: None,
                 }),
             }
         }
@@ -320,11 +341,10 @@ impl Symbols {
 
     pub(crate) fn kernel(&mut self, stack: &[u64]) -> Vec<Frame> {
         let stack = until_null(stack);
-        let kernel: Rc<str> = "".into();
         let missing: Vec<u64> = stack
             .iter()
             .copied()
-            .filter(|a| !self.cache.contains_key(&(kernel.clone(), *a)))
+            .filter(|a| !self.cache.contains_key(&(KERNEL, *a)))
             .collect();
         if !missing.is_empty() {
             let results = self
@@ -332,15 +352,13 @@ impl Symbols {
                 .symbolize(&Source::Kernel(Kernel::default()), Input::AbsAddr(&missing))
                 .unwrap_or_default();
             for (i, &addr) in missing.iter().enumerate() {
-                self.cache.insert(
-                    (kernel.clone(), addr),
-                    frames_of(results.get(i), addr, None).into(),
-                );
+                self.cache
+                    .insert((KERNEL, addr), frames_of(results.get(i), addr, None, None).into());
             }
         }
         let frames = stack
             .iter()
-            .flat_map(|a| self.cache[&(kernel.clone(), *a)].iter().cloned());
+            .flat_map(|a| self.cache[&(KERNEL, *a)].iter().cloned());
         // An fexit program's stack starts in the program and its trampoline: not the fault's.
         frames
             .skip_while(|f| {
@@ -351,12 +369,22 @@ impl Symbols {
             .collect()
     }
 
-    fn resolve_elf(&mut self, pid: u32, path: Rc<str>, offsets: &[u64]) {
-        // A process in another mount namespace maps files we see under its root.
-        let mut file = PathBuf::from(&*path);
-        if !file.exists() {
-            file = format!("/proc/{pid}/root{path}").into();
-        }
+    /// Names `offsets` in file `id`, which `pid` maps as `path`. The file is read as the
+    /// process sees it, never from the host's file at the same path: one that cannot be read
+    /// leaves its frames named by module and offset.
+    fn resolve_elf(&mut self, pid: u32, id: FileId, path: &str, offsets: &[u64]) {
+        let Some(file) = self.maps.source(pid, id, path) else {
+            for &off in offsets {
+                let frames = frames_of(None, off, Some(path), None);
+                self.cache.insert((id, off), frames.into());
+            }
+            return;
+        };
+        let build_id = self
+            .build_ids
+            .entry(id)
+            .or_insert_with(|| build_id(&file))
+            .clone();
         if !self.opened.contains(&file) {
             if self.opened.len() >= MAX_OPENED {
                 self.symbolizer = symbolizer();
@@ -369,8 +397,8 @@ impl Symbols {
             .symbolize(&Source::Elf(Elf::new(file)), Input::FileOffset(offsets))
             .unwrap_or_default();
         for (i, &off) in offsets.iter().enumerate() {
-            let frames = frames_of(results.get(i), off, Some(&path));
-            self.cache.insert((path.clone(), off), frames.into());
+            let frames = frames_of(results.get(i), off, Some(path), build_id.clone());
+            self.cache.insert((id, off), frames.into());
         }
     }
 }
@@ -380,8 +408,24 @@ fn until_null(stack: &[u64]) -> &[u64] {
     &stack[..stack.iter().position(|&a| a == 0).unwrap_or(stack.len())]
 }
 
+/// The GNU build id of an ELF file, in hex.
+fn build_id(path: &std::path::Path) -> Option<Rc<str>> {
+    use object::Object as _;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: read only; a file truncated under us could fault, as for any reader of a mapped
+    // binary.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let id = object::File::parse(&*data).ok()?.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect::<String>().into())
+}
+
 /// Frames for one symbolized address: inlined callees first (leaf first), then the function.
-fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Vec<Frame> {
+fn frames_of(
+    result: Option<&Symbolized>,
+    addr: u64,
+    module: Option<&str>,
+    build_id: Option<Rc<str>>,
+) -> Vec<Frame> {
     let Some(Symbolized::Sym(sym)) = result else {
         return vec![Frame {
             addr,
@@ -391,6 +435,7 @@ fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Ve
             file: None,
             line: None,
             inlined: false,
+            build_id,
         }];
     };
     let module = module.map(String::from);
@@ -410,6 +455,7 @@ fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Ve
                 .map(|c| c.file.to_string_lossy().into_owned()),
             line: f.code_info.as_ref().and_then(|c| c.line),
             inlined: true,
+            build_id: build_id.clone(),
         })
         .collect();
     frames.push(Frame {
@@ -420,6 +466,7 @@ fn frames_of(result: Option<&Symbolized>, addr: u64, module: Option<&str>) -> Ve
         file: code.map(|c| c.file.to_string_lossy().into_owned()),
         line: code.and_then(|c| c.line),
         inlined: false,
+        build_id,
     });
     frames
 }

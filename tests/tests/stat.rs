@@ -157,3 +157,38 @@ fn hist_draws_log2_buckets() {
         .collect();
     assert!(!bars.is_empty() && bars.iter().any(|l| l.contains('@')), "{text}");
 }
+
+/// pfault raises its own limit of open files (it holds the binaries it unwinds and names
+/// open); the command it starts gets the limit pfault was given, as it would without pfault
+/// (a program using select(2) breaks past 1024 descriptors).
+#[test]
+fn the_command_gets_the_open_files_limit_pfault_was_given() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cmd = pfault();
+    cmd.args(["stat", "--", "sh", "-c", "ulimit -Sn; ulimit -Hn"]);
+    // SAFETY: one system call between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = 512.min(lim.rlim_max);
+            lim.rlim_max = lim.rlim_max.max(4096);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let run = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(run.status.success(), "{}", stderr_of(&run));
+    let out = String::from_utf8_lossy(&run.stdout);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("512"), "{out}");
+    let hard: u64 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!(hard >= 4096, "{out}");
+}

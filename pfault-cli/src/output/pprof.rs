@@ -3,7 +3,7 @@
 //! The message types are profile.proto's, declared for prost's derive (which encodes them);
 //! [`Builder`] interns strings, functions, mappings and locations as the format wants.
 
-use std::{collections::HashMap, io::Write, path::Path};
+use std::{collections::HashMap, io::Write};
 
 use anyhow::Result;
 use flate2::{write::GzEncoder, Compression};
@@ -136,7 +136,8 @@ pub(crate) struct Builder {
     profile: Profile,
     strings: HashMap<String, i64>,
     functions: HashMap<(i64, i64), u64>,
-    mappings: HashMap<String, u64>,
+    /// By module and build id: a container's libc.so.6 is not the host's.
+    mappings: HashMap<(String, String), u64>,
     locations: HashMap<Vec<(u64, i64, u64)>, u64>,
 }
 
@@ -193,16 +194,16 @@ impl Builder {
         id
     }
 
-    fn mapping(&mut self, module: &str) -> u64 {
-        if let Some(&id) = self.mappings.get(module) {
+    fn mapping(&mut self, module: &str, build_id: &str) -> u64 {
+        let key = (module.to_string(), build_id.to_string());
+        if let Some(&id) = self.mappings.get(&key) {
             return id;
         }
         let id = self.profile.mapping.len() as u64 + 1;
-        let build_id = build_id(module).unwrap_or_default();
         let mapping = Mapping {
             id,
             filename: self.string(module),
-            build_id: self.string(&build_id),
+            build_id: self.string(build_id),
             has_functions: true,
             has_filenames: true,
             has_line_numbers: true,
@@ -210,7 +211,7 @@ impl Builder {
             ..Default::default()
         };
         self.profile.mapping.push(mapping);
-        self.mappings.insert(module.to_string(), id);
+        self.mappings.insert(key, id);
         id
     }
 
@@ -230,7 +231,7 @@ impl Builder {
                 (Some(m), false) => m.clone(),
                 (None, false) => "[unknown]".to_string(),
             };
-            let mapping_id = self.mapping(&module);
+            let mapping_id = self.mapping(&module, f.build_id.as_deref().unwrap_or_default());
             let lines: Vec<(u64, i64)> = group
                 .iter()
                 .map(|g| {
@@ -299,15 +300,6 @@ impl Builder {
     }
 }
 
-/// The GNU build id of an ELF file, in hex, as pprof's mappings carry it.
-fn build_id(path: &str) -> Option<String> {
-    use object::Object as _;
-    let data = std::fs::read(Path::new(path)).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let id = file.build_id().ok()??;
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +313,7 @@ mod tests {
             file: Some("prog.c".into()),
             line: Some(7),
             inlined,
+            build_id: None,
         }
     }
 

@@ -43,40 +43,31 @@ pub(crate) enum Unwind {
     Fp,
 }
 
-/// The file behind a mapping, opened through /proc so that it is the mapped file itself
-/// (even deleted or replaced since), with its identity as the kernel names it.
-fn open_mapped(pid: u32, start: u64, end: u64) -> Option<(File, FileId, PathBuf)> {
-    let link = PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"));
-    let file = File::open(&link).ok()?;
-    let id = file_id(&file.metadata().ok()?);
-    let path = std::fs::read_link(&link).unwrap_or(link);
-    Some((file, id, path))
-}
-
-/// A file's identity as the kernel side sees it (`s_dev` is major << 20 | minor).
-fn file_id(meta: &std::fs::Metadata) -> FileId {
-    FileId {
-        ino: meta.ino(),
-        dev: procfs::kernel_dev(meta.dev()),
-        _pad: 0,
-    }
-}
-
 /// A table built for a file, or why it has none.
 struct Built {
+    /// The file as the kernel side names it.
     id: FileId,
     path: PathBuf,
+    /// Held open for the run: a file's inode number is not given to another file while it
+    /// lives, so the kernel side's name for it (device and inode, all it can read cheaply)
+    /// keeps naming this file, and a binary rebuilt in its place never gets its table.
+    file: File,
     table: Result<table::Table, NoCfi>,
 }
 
-fn build_file(file: &File, id: FileId, path: PathBuf) -> Built {
+fn build_file(file: File, id: FileId, path: PathBuf) -> Built {
     // SAFETY: the map is read only; a file truncated under us could fault, as for any
     // reader of a mapped binary (the loader itself maps them the same way).
-    let table = match unsafe { memmap2::Mmap::map(file) } {
+    let table = match unsafe { memmap2::Mmap::map(&file) } {
         Ok(data) => table::build(&data, |elf| debug_file(elf, &path)),
         Err(e) => Err(NoCfi::CannotMap(e.to_string())),
     };
-    Built { id, path, table }
+    Built {
+        id,
+        path,
+        file,
+        table,
+    }
 }
 
 /// Where distributions install separate debug files (`-dbg`, `-dbgsym`, `-debuginfo`).
@@ -141,9 +132,9 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
         let mut out = BuiltAhead::default();
         if let Some(path) = program {
             if let Ok(file) = File::open(&path) {
-                if let Ok(id) = file.metadata().map(|m| file_id(&m)) {
+                if let Some(id) = procfs::mapped_id(&file) {
                     seen.push(id);
-                    out.tables.push(build_file(&file, id, path));
+                    out.tables.push(build_file(file, id, path));
                 }
             }
         }
@@ -155,9 +146,10 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
                 if pid == std::process::id() && own == Some(m.ino) {
                     continue;
                 }
-                let Some((file, id, path)) = open_mapped(pid, m.start, m.end) else {
+                let Some((file, path)) = procfs::open_mapped(pid, &m) else {
                     continue;
                 };
+                let id = m.file_id();
                 if i == 0 {
                     out.target.push(CodeMap {
                         start: m.start,
@@ -168,7 +160,7 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
                 }
                 if !seen.contains(&id) {
                     seen.push(id);
-                    out.tables.push(build_file(&file, id, path));
+                    out.tables.push(build_file(file, id, path));
                 }
             }
         }
@@ -276,6 +268,8 @@ struct Loader {
     text: BpfHashMap<MapData, TextKey, TextVma>,
     /// Files handled, and where their tables were left.
     done: HashMap<FileId, UnwindFile>,
+    /// The files of `done`, held open (see [`Built::file`]).
+    held: Vec<File>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -329,6 +323,10 @@ impl Loader {
         };
         drop(stats);
         self.done.insert(b.id, entry);
+        // Past what may be held, a binary rebuilt in this one's place may get its table.
+        if self.held.len() < procfs::files_to_hold() {
+            self.held.push(b.file);
+        }
     }
 
     /// Fills `TEXT_VMAS` with process `pid`'s code mappings: the kernel side then walks its
@@ -365,8 +363,24 @@ impl Loader {
             let _ = self.files.insert(need.file, *entry, 0);
             return;
         }
-        match open_mapped(need.pid, need.vm_start, need.vm_end) {
-            Some((file, id, path)) if id == need.file => self.load(build_file(&file, id, path)),
+        let mapped = procfs::read_maps(need.pid).and_then(|maps| {
+            let m = maps
+                .into_iter()
+                .find(|m| m.start == need.vm_start && m.end == need.vm_end)?;
+            let (file, path) = procfs::open_mapped(need.pid, &m)?;
+            Some((m, file, path))
+        });
+        match mapped {
+            Some((m, file, path)) if names(&m, &file, need.file) => {
+                match self.done.get(&m.file_id()).copied() {
+                    // Built ahead under the overlay's name: the same rows under the kernel's.
+                    Some(entry) => {
+                        let _ = self.files.insert(need.file, entry, 0);
+                        self.done.insert(need.file, entry);
+                    }
+                    None => self.load(build_file(file, need.file, path)),
+                }
+            }
             // The process is gone, or mapped something else there since: let the next process
             // that runs this code ask again.
             _ => {
@@ -374,6 +388,14 @@ impl Loader {
             }
         }
     }
+}
+
+/// Whether the mapping `m` (its file opened as `file`) is of the file the kernel side named
+/// `id`: the same device and inode, or on overlayfs, the overlay's file over it (the same
+/// inode number: layers on one file system keep their files' numbers, as Docker's and
+/// Podman's do; where they do not, its code is walked by frame pointer, as before).
+fn names(m: &procfs::MapEntry, file: &File, id: FileId) -> bool {
+    m.file_id() == id || m.ino == id.ino && procfs::stacked(file)
 }
 
 enum Job {
@@ -427,6 +449,7 @@ impl Unwinder {
             files: BpfHashMap::try_from(files)?,
             text: BpfHashMap::try_from(text)?,
             done: HashMap::new(),
+            held: Vec::new(),
             stats: stats.clone(),
         };
         // A panic there is a bug in pfault: said as one, not taken for "no tables".
