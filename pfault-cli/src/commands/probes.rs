@@ -151,7 +151,13 @@ pub(crate) fn report() -> Vec<(String, String)> {
             add(&format!("mode {}", mode.name()), verdict);
         }
         // The user-stack walk stackcount and trace -U take by default.
-        let mut stacks = crate::stacks::plan(true, false, &Default::default(), 1024);
+        let mut stacks = crate::stacks::plan(
+            true,
+            false,
+            &Default::default(),
+            1024,
+            &[crate::stacks::Weight::Faults],
+        );
         stacks.probe = best;
         crate::args::UnwindArgs::default().apply(&mut stacks);
         let rows = stacks.unwind_rows as u64 * size_of::<pfault_common::UnwindRow>() as u64;

@@ -24,7 +24,7 @@ pub(crate) use self::{
     plan::{Kind, Plan, ProbeMode, TaskFilter, Tunable},
 };
 use self::{
-    layout::kernel_layout,
+    layout::{kernel_layout, DirectMap},
     objects::{maps, BPF_OBJECT, CONFIG, LOG_LEVEL},
 };
 use crate::{
@@ -175,6 +175,20 @@ impl Engine {
         if filter.cgroup.is_some() {
             flags |= CFG_FILTER_CGROUP;
         }
+        let mut page_sizes_unknown = None;
+        let direct_map = if flags & CFG_PAGE_SIZE != 0 {
+            match DirectMap::of_running_kernel() {
+                Ok(d) => Some(d),
+                Err(why) if plan.page_sizes_optional => {
+                    flags &= !CFG_PAGE_SIZE;
+                    page_sizes_unknown = Some(why);
+                    None
+                }
+                Err(why) => anyhow::bail!("{why}"),
+            }
+        } else {
+            None
+        };
         let config = Config {
             tgid: filter.tgid,
             tid: filter.tid,
@@ -187,6 +201,10 @@ impl Engine {
             self_tgid: std::process::id(),
             cgroup_level: filter.cgroup.map_or(0, |c| c.level),
             cgroup_id: filter.cgroup.map_or(0, |c| c.id),
+            page_offset: direct_map.map_or(0, |d| d.base),
+            page_offset_at: direct_map.map_or(0, |d| d.base_at),
+            pgtable_l5: direct_map.is_some_and(|d| d.five_levels) as u32,
+            _pad: 0,
             off,
         };
         // Maps an output does not use shrink to one entry: they are preallocated.
@@ -238,7 +256,7 @@ impl Engine {
             }
             None => None,
         };
-        let (mode, refused, unwinder) =
+        let (mode, mut refused, unwinder) =
             attach::attach(&mut ebpf, plan, flags, hmf_btf_id, iter_btf_id, || {
                 unwind_maps
                     .map(|(rows, files, text, ahead)| {
@@ -246,6 +264,7 @@ impl Engine {
                     })
                     .transpose()
             })?;
+        refused.extend(page_sizes_unknown);
         Ok(Engine {
             ebpf,
             plan: plan.clone(),
@@ -359,10 +378,10 @@ impl Engine {
         Ok(entries)
     }
 
-    /// Fault counts per (process, kind, stack hashes, comm).
-    pub(crate) fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
+    /// Fault counts, latencies and bytes per (process, kind, stack hashes, comm).
+    pub(crate) fn stack_counts(&mut self, reset: bool) -> Result<Vec<StackCount>> {
         let counts: Vec<(u64, StackCount)> = self.read_hash(maps::STACK_COUNTS, reset)?;
-        Ok(counts.into_iter().map(|(_, c)| (c.key, c.count)).collect())
+        Ok(counts.into_iter().map(|(_, c)| c).collect())
     }
 
     pub(crate) fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {
