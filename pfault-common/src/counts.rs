@@ -136,6 +136,8 @@ pub struct ProcStats {
     pub latency_sum_ns: u64,
     /// Updated without atomics: two CPUs racing may keep the smaller of two new maxima.
     pub latency_max_ns: u64,
+    /// Bytes of the pages the minor and major faults mapped (`CFG_PAGE_SIZE`).
+    pub bytes: u64,
     /// The process's name (its main thread's) when its threads' counts were last folded in;
     /// the thread's own name in a per-thread row.
     pub comm: [u8; COMM_LEN],

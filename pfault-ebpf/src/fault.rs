@@ -242,8 +242,14 @@ pub(crate) fn feed_outputs(
         return;
     }
     let flags = conf!(flags);
+    let page_shift = if kind != KIND_ERROR {
+        page_shift(unsafe { (*p).addr })
+    } else {
+        0
+    };
+    let bytes = page_bytes(page_shift);
     if flags & CFG_OUT_PROCS != 0 {
-        count_thread(p, kind, latency);
+        count_thread(p, kind, latency, bytes);
     }
     if flags & (CFG_OUT_EVENTS | CFG_OUT_STACKS | CFG_OUT_FILES) == 0 {
         return;
@@ -255,11 +261,6 @@ pub(crate) fn feed_outputs(
         mapping_of(p);
     }
     let map = unsafe { &(*p).map };
-    let page_shift = if kind != KIND_ERROR {
-        page_shift(unsafe { (*p).addr })
-    } else {
-        0
-    };
     if flags & CFG_OUT_EVENTS != 0 {
         let d = Done {
             kind,
@@ -273,7 +274,6 @@ pub(crate) fn feed_outputs(
         };
         emit_event(ctx, p, &d);
     }
-    let bytes = page_bytes(page_shift);
     if flags & CFG_OUT_STACKS != 0 {
         let key = StackKey {
             tgid,

@@ -42,6 +42,8 @@ pub(crate) struct Engine {
     pub(crate) vm_fault_names: VmFaultNames,
     /// Why better modes were not used, when the mode was chosen automatically.
     pub(crate) refused: Vec<String>,
+    /// The kernel side notes the size of the page each fault mapped (`CFG_PAGE_SIZE`).
+    pub(crate) page_sizes: bool,
     /// Counts come from the kernel's own fault accounting (`CFG_ACCOUNTED`).
     pub(crate) accounted: bool,
     /// CLOCK_MONOTONIC when the probes were attached.
@@ -271,6 +273,7 @@ impl Engine {
             mode,
             vm_fault_names,
             refused,
+            page_sizes: flags & CFG_PAGE_SIZE != 0,
             accounted: flags & CFG_ACCOUNTED != 0,
             started_ns: procfs::monotonic_ns(),
             unwinder,
