@@ -7,7 +7,7 @@ use crate::{
     btf::Btf,
     engine::{
         features::{self, Tracefs},
-        layout::kernel_layout,
+        layout::{kernel_layout, DirectMap},
         plan, short_error, Engine, Plan, ProbeMode, TaskFilter,
     },
     output::table::bytes,
@@ -123,6 +123,16 @@ pub(crate) fn report() -> Vec<(String, String)> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    );
+    add(
+        "page sizes",
+        match DirectMap::of_running_kernel() {
+            Ok(d) if d.base_at != 0 => {
+                "read from the page tables (page_offset_base in /proc/kallsyms)".into()
+            }
+            Ok(_) => "read from the page tables (direct map not randomized)".into(),
+            Err(why) => format!("unknown: {why}"),
+        },
     );
     add(
         "lockdown",
