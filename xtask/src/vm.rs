@@ -133,6 +133,7 @@ const WORKLOADS: &[&str] = &[
     "many_stacks",
     "memset_caller",
     "omit_fp",
+    "thp_writer",
 ];
 
 /// Pages of the file the guest reads for major faults (`/data/data.bin`).

@@ -49,7 +49,7 @@ pub(crate) struct StackcountArgs {
     /// the bytes of the pages they mapped. A pprof profile carries all three
     #[arg(long, value_enum, default_value_t)]
     pub(crate) weight: Weight,
-    /// Folded output, one `comm;root;...;leaf COUNT` line per stack (flamegraph.pl, inferno)
+    /// Folded output, one `comm;root;...;leaf WEIGHT` line per stack (flamegraph.pl, inferno)
     #[arg(short = 'f', long, conflicts_with = "format")]
     pub(crate) folded: bool,
     /// Also draw a page-fault flame graph to FILE (SVG)
@@ -62,7 +62,7 @@ pub(crate) struct StackcountArgs {
     #[arg(short = 'v', long)]
     pub(crate) addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
-    /// they are used (104 bytes each)
+    /// they are used (120 bytes each)
     #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::STACK_COUNTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) map_entries: u32,
 }
