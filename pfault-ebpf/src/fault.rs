@@ -41,7 +41,13 @@ pub(crate) fn enter(
         if flags & CFG_OUT_STACKS != 0 {
             let kernel_mode = error_code & PF_USER == 0;
             (*p).ustack = publish(tgid, walk(ctx, true, kernel_mode), true);
-            (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
+            // At the exception tracepoint (no `vma`), a fault raised in user mode has no kernel
+            // stack of its own: the walk would find only the exception's entry and the
+            // tracepoint's call of this program (bpf_trace_run3), on top of every user stack.
+            // Counted at completion, from the fault's user registers, it has none either.
+            if kernel_mode || vma != 0 {
+                (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
+            }
         }
         if vma != 0 && flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
             (*p).map = core::mem::zeroed();

@@ -232,6 +232,38 @@ fn latency_weighs_major_faults_by_their_time() {
     );
 }
 
+/// `function`'s flat value in the pprof profile `file` under `-sample_index=index`, printed
+/// in `unit` ("" for a count).
+fn pprof_flat(file: &Path, index: &str, unit: &str, function: &str) -> u64 {
+    let mut cmd = Command::new("go");
+    cmd.args(["tool", "pprof", &format!("-sample_index={index}"), "-top"]);
+    if !unit.is_empty() {
+        cmd.arg(format!("-unit={unit}"));
+    }
+    let run = cmd.arg(file).output().expect("go tool pprof");
+    let top = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "go tool pprof -sample_index={index}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(top.contains(&format!("Type: {index}")), "{top}");
+    top.lines()
+        .find(|l| l.split_whitespace().last() == Some(function))
+        .and_then(|l| l.split_whitespace().next()?.strip_suffix(unit)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {function} in {unit} in:\n{top}"))
+}
+
+/// The BPF links process `pid` holds (a tool's attached probes).
+fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter(|e| {
+            std::fs::read_to_string(e.as_ref().unwrap().path()).is_ok_and(|i| i.contains("link_type:"))
+        })
+        .count()
+}
+
 /// One profile carries the three weights: `go tool pprof` reads each by its name, and each
 /// puts the workload's function on top with the workload's own numbers.
 #[test]
@@ -248,36 +280,64 @@ fn pprof_carries_faults_latency_and_bytes() {
         &["16", "small"],
     );
     let (bytes, faults) = mapped(&truth);
-    // touch_region's flat value under `-sample_index=INDEX`, printed in `unit`.
-    let flat = |index: &str, unit: &str| -> u64 {
-        let mut cmd = Command::new("go");
-        cmd.args(["tool", "pprof", &format!("-sample_index={index}"), "-top"]);
-        if !unit.is_empty() {
-            cmd.arg(format!("-unit={unit}"));
-        }
-        let run = cmd.arg(&out).output().expect("go tool pprof");
-        let top = String::from_utf8_lossy(&run.stdout);
-        assert!(
-            run.status.success(),
-            "go tool pprof -sample_index={index}: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert!(top.contains(&format!("Type: {index}")), "{top}");
-        top.lines()
-            .find(|l| l.split_whitespace().last() == Some("touch_region"))
-            .and_then(|l| l.split_whitespace().next()?.strip_suffix(unit)?.parse().ok())
-            .unwrap_or_else(|| panic!("no touch_region in {unit} in:\n{top}"))
-    };
-    let n = flat("faults", "");
+    let n = pprof_flat(&out, "faults", "", "touch_region");
     assert!(
         within(n, faults, 2.0),
         "touch_region: {n} faults, the workload took {faults}"
     );
-    let b = flat("bytes", "B");
+    let b = pprof_flat(&out, "bytes", "B", "touch_region");
     assert!(
         within(b, bytes, 2.0),
         "touch_region: {b} bytes, the workload mapped {bytes}"
     );
-    let ns = flat("latency", "ns");
-    assert!(ns > 0, "touch_region: no latency");
+    assert!(
+        pprof_flat(&out, "latency", "ns", "touch_region") > 0,
+        "touch_region: no latency"
+    );
+}
+
+/// The exporter's `/debug/pprof/faults` carries the three weights too: a THP workload run
+/// during the profile weighs what it mapped.
+#[test]
+fn exporter_profiles_carry_the_three_weights() {
+    if !root_or_skip() || !thp_madvise() {
+        return;
+    }
+    let dir = scratch("weight-exporter");
+    // A name of its own: the exporter profiles only it.
+    let comm = format!("thpw{}", std::process::id() % 100_000);
+    let bin = dir.join(&comm);
+    std::fs::copy(workload("thp_writer"), &bin).unwrap();
+    let port = free_port();
+    let exporter =
+        Attached::start(pfault().args(["exporter", "--listen", &format!("127.0.0.1:{port}"), "-c", &comm]));
+    let links = || bpf_links(exporter.pid());
+    let before = links();
+    let profile = std::thread::spawn(move || http_get(port, "/debug/pprof/faults?seconds=10"));
+    // The profile's own engine has attached when its links stop coming.
+    let mut seen = before;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = links();
+        if now > before && now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let run = Command::new(&bin).args(["16", "huge"]).output().unwrap();
+    assert!(run.status.success());
+    let (bytes, _) = mapped(&kv(&String::from_utf8_lossy(&run.stdout)));
+    let (status, body) = profile.join().unwrap().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let out = dir.join("profile.pb.gz");
+    std::fs::write(&out, &body).unwrap();
+    let b = pprof_flat(&out, "bytes", "B", "touch_region");
+    assert!(
+        within(b, bytes, 2.0),
+        "touch_region: {b} bytes, the workload mapped {bytes}"
+    );
+    assert!(
+        pprof_flat(&out, "latency", "ns", "touch_region") > 0,
+        "touch_region: no latency"
+    );
 }
