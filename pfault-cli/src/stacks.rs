@@ -45,11 +45,108 @@ pub(crate) struct Row {
     pub(crate) kstack: Vec<Frame>,
 }
 
-/// What the kernel side is asked for to count faults per user and/or kernel stack. Minor
-/// and major faults alone are counted at completion with one probe per fault (tracepoint
-/// path); errors and the filters that need each fault's entry take the entry probe.
-pub(crate) fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entries: u32) -> Plan {
+/// What a stack's faults are weighed by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Weight {
+    /// How many faults
+    #[default]
+    Faults,
+    /// Their time from entry to completion, summed (ns)
+    Latency,
+    /// The bytes of the pages they mapped: 4 KiB, 2 MiB for a transparent huge page, the
+    /// hugetlb page's size
+    Bytes,
+}
+
+impl Weight {
+    pub(crate) const ALL: [Weight; 3] = [Weight::Faults, Weight::Latency, Weight::Bytes];
+
+    /// As `--weight` and pprof's sample types name it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Weight::Faults => "faults",
+            Weight::Latency => "latency",
+            Weight::Bytes => "bytes",
+        }
+    }
+
+    /// Its unit, as pprof names it.
+    pub(crate) fn unit(self) -> &'static str {
+        match self {
+            Weight::Faults => "count",
+            Weight::Latency => "nanoseconds",
+            Weight::Bytes => "bytes",
+        }
+    }
+
+    /// Its unit where a number is printed (text, a flame graph's tooltips).
+    pub(crate) fn short_unit(self) -> &'static str {
+        match self {
+            Weight::Faults => "faults",
+            Weight::Latency => "ns",
+            Weight::Bytes => "bytes",
+        }
+    }
+
+    /// A flame graph's title.
+    pub(crate) fn title(self) -> &'static str {
+        match self {
+            Weight::Faults => "Page faults",
+            Weight::Latency => "Page-fault latency",
+            Weight::Bytes => "Memory mapped by page faults",
+        }
+    }
+}
+
+/// What the faults of a stack weigh, each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Weights {
+    pub(crate) faults: u64,
+    pub(crate) latency_ns: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Weights {
+    pub(crate) fn of(c: &StackCount) -> Weights {
+        Weights {
+            faults: c.count,
+            latency_ns: c.latency_ns,
+            bytes: c.bytes,
+        }
+    }
+
+    pub(crate) fn get(self, w: Weight) -> u64 {
+        match w {
+            Weight::Faults => self.faults,
+            Weight::Latency => self.latency_ns,
+            Weight::Bytes => self.bytes,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Weights {
+    fn add_assign(&mut self, o: Weights) {
+        self.faults += o.faults;
+        self.latency_ns += o.latency_ns;
+        self.bytes += o.bytes;
+    }
+}
+
+/// What the kernel side is asked for to count faults per user and/or kernel stack, and weigh
+/// them by each of `weights`. Minor and major faults alone are counted at completion with one
+/// probe per fault (tracepoint path), which also finds the size of the page each mapped;
+/// latency, errors and the filters that need each fault's entry take the entry probe too.
+pub(crate) fn plan(
+    user: bool,
+    kernel: bool,
+    filter: &FaultFilterArgs,
+    map_entries: u32,
+    weights: &[Weight],
+) -> Plan {
     let mut flags = CFG_OUT_STACKS | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    if weights.contains(&Weight::Bytes) {
+        flags |= CFG_PAGE_SIZE;
+    }
     if user {
         flags |= CFG_USTACK;
     }
@@ -60,7 +157,10 @@ pub(crate) fn plan(user: bool, kernel: bool, filter: &FaultFilterArgs, map_entri
     if filter.kind.is_empty() {
         filter.kind = vec![Kind::Minor, Kind::Major];
     }
-    if !filter.kind.contains(&Kind::Error) && !filter.needs_fault_entry() {
+    if !filter.kind.contains(&Kind::Error)
+        && !filter.needs_fault_entry()
+        && !weights.contains(&Weight::Latency)
+    {
         flags |= CFG_COMPLETION_ONLY;
     }
     let mut plan = filter.plan(flags);
@@ -77,7 +177,7 @@ fn pseudo(what: &str) -> Vec<Frame> {
 
 /// What [`StackCounts::gone`] found.
 pub(crate) struct Gone {
-    counts: Vec<(StackKey, u64)>,
+    counts: Vec<StackCount>,
     pids: HashSet<u32>,
 }
 
@@ -91,7 +191,7 @@ pub(crate) struct StackCounts {
     /// The hashes of each process's user stacks not placed yet.
     unplaced: HashMap<u32, Vec<u64>>,
     /// Rows of processes that are gone, whose counts were moved out of the kernel's map.
-    kept: HashMap<Row, u64>,
+    kept: HashMap<Row, Weights>,
     /// The most rows kept apart, and the frame that stands for the stacks past it.
     cap: Option<(usize, String)>,
     /// Rows per process (-P).
@@ -180,20 +280,21 @@ impl StackCounts {
     }
 
     /// The counts so far (with `reset`, of the interval), one per printed stack, least first.
-    pub(crate) fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, u64)>> {
+    pub(crate) fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, Weights)>> {
         let mut rows = if reset {
             std::mem::take(&mut self.kept)
         } else {
             self.kept.clone()
         };
-        for (key, count) in engine.stack_counts(reset)? {
-            self.add(&mut rows, &key, count);
+        for c in engine.stack_counts(reset)? {
+            self.add(&mut rows, &c);
         }
         Ok(sorted(rows))
     }
 
     /// Adds a count of the kernel's to its printed row, or past the cap to the row saying so.
-    fn add(&mut self, rows: &mut HashMap<Row, u64>, key: &StackKey, count: u64) {
+    fn add(&mut self, rows: &mut HashMap<Row, Weights>, c: &StackCount) {
+        let (key, count) = (&c.key, Weights::of(c));
         let row = Row {
             pid: self.per_pid.then_some(key.tgid),
             comm: cstr(&key.comm).to_string(),
@@ -223,12 +324,12 @@ impl StackCounts {
     pub(crate) fn gone(&self, engine: &mut Engine, alive: impl Fn(u32) -> bool) -> Result<Gone> {
         let mut seen: HashMap<u32, bool> = HashMap::new();
         let mut is_gone = |pid| !*seen.entry(pid).or_insert_with(|| alive(pid));
-        let counts: Vec<(StackKey, u64)> = engine
+        let counts: Vec<StackCount> = engine
             .stack_counts(false)?
             .into_iter()
-            .filter(|(k, _)| is_gone(k.tgid))
+            .filter(|c| is_gone(c.key.tgid))
             .collect();
-        let mut pids: HashSet<u32> = counts.iter().map(|(k, _)| k.tgid).collect();
+        let mut pids: HashSet<u32> = counts.iter().map(|c| c.key.tgid).collect();
         pids.extend(self.sent_to.keys().copied().filter(|&pid| is_gone(pid)));
         Ok(Gone { counts, pids })
     }
@@ -238,11 +339,11 @@ impl StackCounts {
     /// processes alive and the rows kept, not every process it met.
     pub(crate) fn fold(&mut self, engine: &mut Engine, gone: Gone) -> Result<()> {
         let mut rows = std::mem::take(&mut self.kept);
-        for (key, count) in &gone.counts {
-            self.add(&mut rows, key, *count);
+        for c in &gone.counts {
+            self.add(&mut rows, c);
         }
         self.kept = rows;
-        let keys: Vec<StackKey> = gone.counts.iter().map(|(k, _)| *k).collect();
+        let keys: Vec<StackKey> = gone.counts.iter().map(|c| c.key).collect();
         engine.forget_stacks(&keys)?;
         for pid in gone.pids {
             for h in self.sent_to.remove(&pid).unwrap_or_default() {
@@ -255,9 +356,10 @@ impl StackCounts {
     }
 
     /// The rows as a pprof profile of the time since this counter started: a sample per
-    /// row, labelled with comm, kind and (per process) pid.
-    pub(crate) fn pprof(&self, rows: &[(Row, u64)]) -> pprof::Builder {
-        let mut b = pprof::Builder::new(self.started.elapsed().as_nanos() as i64);
+    /// row, with each of its weights, labelled with comm, kind and (per process) pid.
+    pub(crate) fn pprof(&self, rows: &[(Row, Weights)]) -> pprof::Builder {
+        let types: Vec<(&str, &str)> = Weight::ALL.iter().map(|w| (w.name(), w.unit())).collect();
+        let mut b = pprof::Builder::new(self.started.elapsed().as_nanos() as i64, &types);
         // Heaviest first: pprof names a profile after its first mapping, the program's own.
         for (r, n) in rows.iter().rev() {
             let mut labels = vec![
@@ -267,15 +369,16 @@ impl StackCounts {
             if let Some(pid) = r.pid {
                 labels.push(("pid", LabelValue::Num(pid as i64)));
             }
-            b.add(&r.kstack, &r.ustack, *n, &labels);
+            let values: Vec<u64> = Weight::ALL.iter().map(|&w| n.get(w)).collect();
+            b.add(&r.kstack, &r.ustack, &values, &labels);
         }
         b
     }
 }
 
 /// Counted entries, least first (ties in a stable order, so runs compare line by line).
-pub(crate) fn sorted<K: Ord>(counts: HashMap<K, u64>) -> Vec<(K, u64)> {
-    let mut v: Vec<(K, u64)> = counts.into_iter().collect();
+pub(crate) fn sorted<K: Ord, V: Ord>(counts: HashMap<K, V>) -> Vec<(K, V)> {
+    let mut v: Vec<(K, V)> = counts.into_iter().collect();
     v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     v
 }

@@ -45,6 +45,9 @@ pub const CFG_BY_CGROUP: u32 = 1 << 16;
 /// Walk user stacks with the binaries' CFI (`UNWIND_*` maps), the frame pointer where there is
 /// none; else `bpf_get_stack`'s frame-pointer walk.
 pub const CFG_UNWIND_CFI: u32 = 1 << 17;
+/// Note the size of the page each completed fault mapped (4 KiB, 2 MiB, 1 GiB), from the
+/// process's page tables after the fault (`Config::page_offset`).
+pub const CFG_PAGE_SIZE: u32 = 1 << 18;
 
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;
@@ -79,6 +82,8 @@ pub struct Offsets {
     /// `pt_regs.orig_ax`: the syscall number at syscall exit.
     pub regs_orig_ax: u32,
     pub task_mm: u32,
+    /// `mm_struct.pgd`: the top page table, a direct-map address.
+    pub mm_pgd: u32,
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
@@ -142,6 +147,14 @@ pub struct Config {
     pub cgroup_level: u32,
     /// Only tasks in this cgroup v2 or below it (`CFG_FILTER_CGROUP`).
     pub cgroup_id: u64,
+    /// Where physical memory starts in the kernel's direct map (`page_offset_base`), to read
+    /// page tables by the physical addresses they hold (`CFG_PAGE_SIZE`)...
+    pub page_offset: u64,
+    /// ...or, where the kernel randomizes it, the address of the variable that holds it.
+    pub page_offset_at: u64,
+    /// Five levels of page tables (x86 `la57`), not four.
+    pub pgtable_l5: u32,
+    pub _pad: u32,
     pub off: Offsets,
 }
 pod!(Config);

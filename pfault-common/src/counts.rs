@@ -47,6 +47,10 @@ pod!(StackKey);
 pub struct StackCount {
     pub key: StackKey,
     pub count: u64,
+    /// Entry-to-completion time of the faults counted, summed (faults timed at entry only).
+    pub latency_ns: u64,
+    /// Bytes of the pages they mapped (`CFG_PAGE_SIZE`).
+    pub bytes: u64,
 }
 pod!(StackCount);
 
@@ -103,6 +107,8 @@ pod!(FileKey);
 pub struct FileCounts {
     /// Indexed by `KIND_*`.
     pub counts: [u64; 3],
+    /// Bytes of the pages the faults of `counts` mapped, by kind (`CFG_PAGE_SIZE`).
+    pub bytes: [u64; 3],
     /// The process's cgroup v2 id when the file was first counted (`CFG_BY_CGROUP`).
     pub cgroup: u64,
     pub name: [u8; NAME_LEN],
@@ -130,6 +136,8 @@ pub struct ProcStats {
     pub latency_sum_ns: u64,
     /// Updated without atomics: two CPUs racing may keep the smaller of two new maxima.
     pub latency_max_ns: u64,
+    /// Bytes of the pages the minor and major faults mapped (`CFG_PAGE_SIZE`).
+    pub bytes: u64,
     /// The process's name (its main thread's) when its threads' counts were last folded in;
     /// the thread's own name in a per-thread row.
     pub comm: [u8; COMM_LEN],

@@ -63,7 +63,10 @@ pub struct FaultEvent {
     /// Bytes of `FaultEventStacks::ustack` / `kstack` filled.
     pub ustack_bytes: u16,
     pub kstack_bytes: u16,
-    pub _pad2: [u8; 6],
+    /// Log2 of the size of the page the fault mapped (12, 21, 30; 0 for an error fault, or
+    /// without `CFG_PAGE_SIZE`).
+    pub page_shift: u8,
+    pub _pad2: [u8; 5],
     /// CLOCK_MONOTONIC at the fault's entry.
     pub ts_ns: u64,
     pub addr: u64,

@@ -30,7 +30,6 @@ pub(crate) fn enter(
         });
     }
     unsafe {
-        (*p).ts = bpf_ktime_get_ns();
         (*p).addr = addr;
         (*p).ip = ip;
         (*p).error_code = error_code;
@@ -43,7 +42,13 @@ pub(crate) fn enter(
             let kernel_mode = error_code & PF_USER == 0;
             (*p).busy = 1;
             (*p).ustack = publish(tgid, walk(ctx, true, kernel_mode), true);
-            (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
+            // At the exception tracepoint (no `vma`), a fault raised in user mode has no kernel
+            // stack of its own: the walk would find only the exception's entry and the
+            // tracepoint's call of this program (bpf_trace_run3), on top of every user stack.
+            // Counted at completion, from the fault's user registers, it has none either.
+            if kernel_mode || vma != 0 {
+                (*p).kstack = publish(tgid, walk(ctx, false, kernel_mode), false);
+            }
             (*p).busy = 0;
         }
         if vma != 0 && flags & (CFG_MAPPING | CFG_OUT_FILES) != 0 {
@@ -51,6 +56,9 @@ pub(crate) fn enter(
             read_vma(vma, addr, &mut (*p).map);
             (*p).has_map = 1;
         }
+        // Taken last: a fault's latency is the kernel's, not the time pfault took to walk its
+        // stacks and read its mapping here.
+        (*p).ts = bpf_ktime_get_ns();
         (*p).active = 1;
     }
 }
@@ -248,8 +256,14 @@ pub(crate) fn feed_outputs(
         return;
     }
     let flags = conf!(flags);
+    let page_shift = if kind != KIND_ERROR {
+        page_shift(unsafe { (*p).addr })
+    } else {
+        0
+    };
+    let bytes = page_bytes(page_shift);
     if flags & CFG_OUT_PROCS != 0 {
-        count_thread(p, kind, latency);
+        count_thread(p, kind, latency, bytes);
     }
     if flags & (CFG_OUT_EVENTS | CFG_OUT_STACKS | CFG_OUT_FILES) == 0 {
         return;
@@ -269,6 +283,7 @@ pub(crate) fn feed_outputs(
             tgid,
             tid,
             latency,
+            page_shift,
             comm,
         };
         emit_event(ctx, p, &d);
@@ -281,11 +296,74 @@ pub(crate) fn feed_outputs(
             kstack: unsafe { (*p).kstack },
             comm,
         };
-        count_stack(&key, comm_words(&comm));
+        count_stack(&key, comm_words(&comm), latency, bytes);
     }
     if flags & CFG_OUT_FILES != 0 {
-        count_file(map, kind, tgid, &comm);
+        count_file(map, kind, tgid, &comm, bytes);
     }
+}
+
+/// Bytes of a page of `1 << shift` bytes; 0 for no page (shift 0).
+#[inline(always)]
+pub(crate) fn page_bytes(shift: u8) -> u64 {
+    if shift == 0 {
+        0
+    } else {
+        1 << (shift & 63)
+    }
+}
+
+/// Log2 of the size of the page that maps `addr` in the current process now, just after its
+/// fault completed: 30 or 21 where a PUD or PMD entry maps the page itself (a hugetlb page, a
+/// transparent huge page), else 12; 0 unless `CFG_PAGE_SIZE`.
+///
+/// The page tables say what the fault left mapped, whichever path mapped it: the VMA would
+/// only say a huge page was allowed (`VM_HUGEPAGE`, `VM_HUGETLB`), not whether this fault got
+/// one (a THP fault falls back to 4 KiB pages where its 2 MiB range is not aligned, is
+/// partly mapped already, or no huge page is free), and finding the VMA at completion costs
+/// more than the fault. The walk is three or four probe reads (four or five with five-level
+/// tables), no lock and no clock. A page table that another CPU splits or frees meanwhile
+/// reads as what it then holds (a read that faults reads as empty: 4 KiB).
+#[inline(always)]
+pub(crate) fn page_shift(addr: u64) -> u8 {
+    if conf!(flags) & CFG_PAGE_SIZE == 0 {
+        return 0;
+    }
+    const PRESENT: u64 = 1;
+    /// A PUD or PMD entry that maps a page rather than a table (`_PAGE_PSE`).
+    const HUGE: u64 = 1 << 7;
+    /// The physical address bits of an entry (`PTE_PFN_MASK`).
+    const PHYS: u64 = 0x000f_ffff_ffff_f000;
+    let at = conf!(page_offset_at);
+    let base: u64 = if at != 0 { read(at, 0) } else { conf!(page_offset) };
+    // Entry `index` (9 bits of `addr` from `shift`) of the table at `table`.
+    let entry = |table: u64, shift: u32| -> u64 { read(table, (((addr >> shift) & 511) * 8) as u32) };
+    let next = |e: u64| base + (e & PHYS);
+    let mm: u64 = read(unsafe { bpf_get_current_task() }, conf!(off.task_mm));
+    let mut table: u64 = read(mm, conf!(off.mm_pgd));
+    if conf!(pgtable_l5) != 0 {
+        let e = entry(table, 48);
+        if e & PRESENT == 0 {
+            return 12;
+        }
+        table = next(e);
+    }
+    let p4d = entry(table, 39);
+    if p4d & PRESENT == 0 {
+        return 12;
+    }
+    let pud = entry(next(p4d), 30);
+    if pud & PRESENT == 0 {
+        return 12;
+    }
+    if pud & HUGE != 0 {
+        return 30;
+    }
+    let pmd = entry(next(pud), 21);
+    if pmd & PRESENT != 0 && pmd & HUGE != 0 {
+        return 21;
+    }
+    12
 }
 
 /// A finished fault: what the outputs need besides its parked entry.
@@ -297,5 +375,7 @@ pub(crate) struct Done {
     pub(crate) tgid: u32,
     pub(crate) tid: u32,
     pub(crate) latency: u64,
+    /// Log2 of the size of the page it mapped (0: not known).
+    pub(crate) page_shift: u8,
     pub(crate) comm: [u8; COMM_LEN],
 }

@@ -6,7 +6,7 @@ use crate::*;
 /// only touched when [`fold`] moves the counts there. A hash-map update per fault would cost
 /// more than the rest of both probes' work together.
 #[inline(always)]
-pub(crate) fn count_thread(p: *mut Pending, kind: u8, latency: u64) {
+pub(crate) fn count_thread(p: *mut Pending, kind: u8, latency: u64, bytes: u64) {
     let s = thread_stats(p);
     // Atomic, though only this thread adds: `fold` may be taking from another CPU.
     unsafe {
@@ -16,6 +16,9 @@ pub(crate) fn count_thread(p: *mut Pending, kind: u8, latency: u64) {
         }
         if kind != KIND_ERROR {
             atomic_add(addr_of_mut!((*s).latency_sum_ns), latency);
+            if bytes != 0 {
+                atomic_add(addr_of_mut!((*s).bytes), bytes);
+            }
             if latency > (*s).latency_max_ns {
                 (*s).latency_max_ns = latency;
             }
@@ -90,6 +93,7 @@ pub(crate) fn fold(task: *mut task_struct, t: *mut Thread) {
             addr_of_mut!((*s).latency_sum_ns),
             addr_of_mut!((*row).latency_sum_ns),
         );
+        take(addr_of_mut!((*s).bytes), addr_of_mut!((*row).bytes));
         let max = (*s).latency_max_ns;
         (*s).latency_max_ns = 0;
         if max > (*row).latency_max_ns {

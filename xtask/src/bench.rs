@@ -418,6 +418,21 @@ pub fn run() -> Result<()> {
                 },
             ],
         ),
+        (
+            "weigh per user stack",
+            vec![
+                pfault_tracer(
+                    "pfault stackcount -U --weight latency",
+                    &p,
+                    &["stackcount", "-U", "--weight", "latency", "--output", "/dev/null"],
+                ),
+                pfault_tracer(
+                    "pfault stackcount -U --weight bytes",
+                    &p,
+                    &["stackcount", "-U", "--weight", "bytes", "--output", "/dev/null"],
+                ),
+            ],
+        ),
         ("count per file", vec![pfault_tracer("pfault ffaults", &p, &["ffaults", "--output", "/dev/null"])]),
         (
             "count per process",
@@ -470,12 +485,14 @@ pub fn run() -> Result<()> {
         base * 1e6 / PAGES as f64
     );
     let mut commands = String::new();
+    let mut added_by = std::collections::HashMap::new();
     for (job, tracers) in &jobs {
         let mut ours = None;
         for t in tracers {
             let secs = secs.next().unwrap();
             let added = (secs - base) * 1e6 / PAGES as f64;
             say(format!("{}: {secs:.3} s, adds {added:.2} us per fault", t.name));
+            added_by.insert(t.name, added);
             let ratio = match ours {
                 None => {
                     ours = Some(added);
@@ -494,6 +511,15 @@ pub fn run() -> Result<()> {
             commands += &format!("- {}: `{cmd}`\n", t.name);
         }
     }
+    // What weighing stacks costs over counting them: latency, as timing costs stat; bytes, no
+    // clock read.
+    let over = |a: &str, b: &str| added_by[a] - added_by[b];
+    md += &format!(
+        "\nWeighing stacks, over `stackcount -U`: `--weight latency` adds {:.2} us per fault (`stat -a -L` over `stat -a`: {:.2} us), `--weight bytes` {:.2} us.\n",
+        over("pfault stackcount -U --weight latency", "pfault stackcount -U"),
+        over("pfault stat -a -L", "pfault stat -a"),
+        over("pfault stackcount -U --weight bytes", "pfault stackcount -U"),
+    );
     md += "\nIn the kernel (kernel.bpf_stats_enabled, one workload run each):\n\n\
            | job | tool | ns per fault | ns per program run |\n|---|---|---|---|\n";
     for (job, tracers) in &jobs {

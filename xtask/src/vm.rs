@@ -134,6 +134,7 @@ const WORKLOADS: &[&str] = &[
     "big_frame",
     "realign",
     "saved_rsp",
+    "thp_writer",
 ];
 
 /// Pages of the file the guest reads for major faults (`/data/data.bin`).

@@ -403,6 +403,43 @@ check_stat() {
         "$anon" "$(kv minflt "$dir/anon.out")" "$file" "$(kv majflt "$dir/file.out")" "$segv" 1
 }
 
+# Page sizes, from the page tables after each fault (page_offset_base from kallsyms where the
+# kernel randomizes its direct map): 16 MiB written through transparent huge pages adds up to
+# what the workload's smaps say it mapped, per fault in trace and per stack weighed by bytes,
+# and trace's 2 MiB faults to its huge pages.
+check_weight() {
+    dir=/tmp/weight-$1
+    mkdir -p "$dir"
+    timeout $RUN_TIMEOUT pfault trace --probe "$1" -o json --output "$dir/events.json" \
+        -- /w/thp_writer 16 huge >"$dir/trace.out" 2>"$dir/pfault.err"
+    status=$?
+    pid=$(kv pid "$dir/trace.out") rss=$(kv rss_kib "$dir/trace.out") huge=$(kv huge_kib "$dir/trace.out")
+    start=$(kv start "$dir/trace.out") end=$(kv end "$dir/trace.out")
+    if [ "$status" != 0 ] || [ -z "$rss" ]; then
+        verdict "$1" weight "$(run_problem)" "page sizes: no ground truth"
+        return
+    fi
+    events "$pid" "$start" "$end" <"$dir/events.json" >"$dir/region.json"
+    traced=$(sed -n 's/.*"page_size":\([0-9]*\).*/\1/p' "$dir/region.json" | awk '{ s += $1 } END { print s / 1024 }')
+    huge_traced=$(grep -c -F '"page_size":2097152' "$dir/region.json")
+    timeout $RUN_TIMEOUT pfault stackcount -U --weight bytes --probe "$1" -o json --output "$dir/stacks.json" \
+        -- /w/thp_writer 16 huge >"$dir/stacks.out" 2>"$dir/pfault.err"
+    status=$?
+    weighed=$(grep -F '"ustack":[{"symbol":"touch_region"' "$dir/stacks.json" | number bytes)
+    rss2=$(kv rss_kib "$dir/stacks.out")
+    problems=""
+    [ "$huge" -gt 0 ] || problems="$problems
+the guest gave the workload no huge page: $(cat "$dir/trace.out")"
+    [ "$traced" = "$rss" ] || problems="$problems
+trace's page sizes add up to $traced KiB, the workload's smaps say $rss"
+    [ $((huge_traced * 2048)) = "$huge" ] || problems="$problems
+$huge_traced faults of 2 MiB traced, the workload's smaps say $huge KiB of huge pages"
+    [ "$status" = 0 ] && [ -n "$weighed" ] && [ $((weighed / 1024)) = "$rss2" ] || problems="$problems
+stackcount --weight bytes: touch_region weighs ${weighed:-nothing} bytes, the workload's smaps say $rss2 KiB ($(tail -n 2 "$dir/pfault.err"))"
+    verdict "$1" weight "${problems#?}" \
+        "trace and stackcount --weight bytes: $traced KiB in $huge_traced huge pages and the rest in 4 KiB (smaps: $rss KiB, $huge huge)"
+}
+
 # The verifier's work differs between kernel builds: what it verified for each program that
 # `stackcount -U` loads, from fdinfo (verified_insns from 5.16 on; "-" before), read while
 # pfault runs (it says its probe mode once attached).
@@ -440,6 +477,11 @@ for mode in $MODES; do
     for tool in $TOOLS; do
         check_"$tool" "$mode"
     done
+done
+# Page sizes on the handle_mm_fault path (fentry; kprobe's is the same) and on the
+# tracepoint path, at completion after an entry (trace) and without one (stackcount).
+for mode in fentry tracepoint; do
+    check_weight "$mode"
 done
 # The entry path (fentry) and the completion-only path (tracepoint) take stacks apart.
 for mode in fentry tracepoint; do

@@ -64,7 +64,14 @@ struct Row {
     major: u64,
     errors: u64,
     total: u64,
+    /// Bytes of the pages the minor and major faults mapped: as measured where this kernel's
+    /// page tables can be read, else a page each.
     bytes: u64,
+    /// Of `bytes`, the minor and the major faults' (measured only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minor_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    major_bytes: Option<u64>,
 }
 
 struct Counter {
@@ -77,6 +84,7 @@ struct Counter {
 impl Counter {
     fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
         let page = page_size();
+        let sized = engine.page_sizes;
         let mut rows: Vec<Row> = engine
             .file_counts(reset)?
             .into_iter()
@@ -95,7 +103,13 @@ impl Counter {
                     major,
                     errors,
                     total,
-                    bytes: total * page,
+                    bytes: if sized {
+                        v.bytes[0] + v.bytes[1]
+                    } else {
+                        (minor + major) * page
+                    },
+                    minor_bytes: sized.then_some(v.bytes[0]),
+                    major_bytes: sized.then_some(v.bytes[1]),
                 }
             })
             .collect();
@@ -163,11 +177,12 @@ impl Handler for Counter {
 }
 
 pub(crate) async fn run(args: FfaultsArgs) -> Result<Option<i32>> {
-    let mut flags = CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    let mut flags = CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS | CFG_PAGE_SIZE;
     if args.cgroups.by_cgroup {
         flags |= CFG_BY_CGROUP;
     }
     let mut plan = args.filter.plan(flags);
+    plan.page_sizes_optional = true;
     plan.file_count_entries = args.map_entries;
     plan.tunables = vec![Tunable::FILE_COUNTS];
     // Only process notices go through the ring buffer here.

@@ -7,7 +7,7 @@ use crate::{
     btf::Btf,
     engine::{
         features::{self, Tracefs},
-        layout::kernel_layout,
+        layout::{kernel_layout, DirectMap},
         plan, short_error, Engine, Plan, ProbeMode, TaskFilter,
     },
     output::table::bytes,
@@ -138,6 +138,16 @@ pub(crate) fn report() -> Vec<(String, String)> {
         ),
     );
     add(
+        "page sizes",
+        match DirectMap::of_running_kernel() {
+            Ok(d) if d.base_at != 0 => {
+                "read from the page tables (page_offset_base in /proc/kallsyms)".into()
+            }
+            Ok(_) => "read from the page tables (direct map not randomized)".into(),
+            Err(why) => format!("unknown: {why}"),
+        },
+    );
+    add(
         "lockdown",
         match features::lockdown() {
             Ok(mode) => mode,
@@ -164,7 +174,13 @@ pub(crate) fn report() -> Vec<(String, String)> {
             add(&format!("mode {}", mode.name()), verdict);
         }
         // The user-stack walk stackcount and trace -U take by default.
-        let mut stacks = crate::stacks::plan(true, false, &Default::default(), 1024);
+        let mut stacks = crate::stacks::plan(
+            true,
+            false,
+            &Default::default(),
+            1024,
+            &[crate::stacks::Weight::Faults],
+        );
         stacks.probe = best;
         crate::args::UnwindArgs::default().apply(&mut stacks);
         let rows = stacks.unwind_rows as u64 * size_of::<pfault_common::UnwindRow>() as u64;

@@ -13,7 +13,7 @@ use crate::{
     output::{escape, flamegraph, folded, json, Format, Reserved},
     records::Record,
     session::{Handler, Session},
-    stacks::{self, sorted, Row, StackCounts},
+    stacks::{self, sorted, Row, StackCounts, Weight, Weights},
     symbolize::Frame,
 };
 
@@ -44,7 +44,12 @@ pub(crate) struct StackcountArgs {
     pub(crate) duration: DurationArgs,
     #[command(flatten)]
     pub(crate) interval: IntervalArgs,
-    /// Folded output, one `comm;root;...;leaf COUNT` line per stack (flamegraph.pl, inferno)
+    /// What each stack's faults weigh in text, folded, SVG and JSON output: how many they
+    /// are, their time from entry to completion (costs what `stat -L` costs over `stat`), or
+    /// the bytes of the pages they mapped. A pprof profile carries all three
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) weight: Weight,
+    /// Folded output, one `comm;root;...;leaf WEIGHT` line per stack (flamegraph.pl, inferno)
     #[arg(short = 'f', long, conflicts_with = "format")]
     pub(crate) folded: bool,
     /// Also draw a page-fault flame graph to FILE (SVG)
@@ -57,7 +62,7 @@ pub(crate) struct StackcountArgs {
     #[arg(short = 'v', long)]
     pub(crate) addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as
-    /// they are used (104 bytes each)
+    /// they are used (120 bytes each)
     #[arg(long, value_name = "N", default_value_t = pfault_common::capacity::STACK_COUNTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) map_entries: u32,
 }
@@ -80,6 +85,11 @@ struct JsonStack<'a> {
     comm: &'a str,
     kind: &'a str,
     count: u64,
+    /// Where measured (`--weight latency`, `--weight bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
     ustack: &'a [Frame],
     kstack: &'a [Frame],
 }
@@ -110,11 +120,11 @@ impl Counter {
     }
 
     /// Folded lines, one per distinct line (frames that differ only in what folding leaves
-    /// out, such as an address, make one line).
-    fn folded(&self, rows: &[(Row, u64)], with_kind: bool) -> Vec<String> {
+    /// out, such as an address, make one line), weighed by `--weight`.
+    fn folded(&self, rows: &[(Row, Weights)], with_kind: bool) -> Vec<String> {
         let mut lines: HashMap<Vec<String>, u64> = HashMap::new();
         for (r, n) in rows {
-            *lines.entry(self.fold(r, with_kind)).or_default() += n;
+            *lines.entry(self.fold(r, with_kind)).or_default() += n.get(self.args.weight);
         }
         sorted(lines)
             .into_iter()
@@ -122,7 +132,8 @@ impl Counter {
             .collect()
     }
 
-    fn print(&mut self, rows: &[(Row, u64)]) -> Result<()> {
+    fn print(&mut self, rows: &[(Row, Weights)]) -> Result<()> {
+        let weight = self.args.weight;
         if self.args.folded {
             let lines = self.folded(rows, false);
             return folded::write(&mut self.out, &lines);
@@ -133,14 +144,17 @@ impl Counter {
                 self.out.write_all(&profile.gzipped()?)?;
             }
             StackFormat::Json => {
-                for (r, count) in rows {
+                let measured = |w: Weight, v: u64| (weight == w).then_some(v);
+                for (r, n) in weighed(rows, weight) {
                     json::write_line(
                         &mut self.out,
                         &JsonStack {
                             pid: r.pid,
                             comm: &r.comm,
                             kind: r.kind.name(),
-                            count: *count,
+                            count: n.faults,
+                            latency_ns: measured(Weight::Latency, n.latency_ns),
+                            bytes: measured(Weight::Bytes, n.bytes),
                             ustack: &r.ustack,
                             kstack: &r.kstack,
                         },
@@ -151,7 +165,7 @@ impl Counter {
                 // As bcc prints: kernel frames, "--", user frames, who, then the count;
                 // least frequent first so the heaviest ends at the bottom of the terminal.
                 let addresses = self.args.addresses;
-                for (r, count) in rows {
+                for (r, n) in weighed(rows, weight) {
                     for f in &r.kstack {
                         writeln!(self.out, "  {}", escape(&f.label(addresses)))?;
                     }
@@ -162,12 +176,28 @@ impl Counter {
                         writeln!(self.out, "  {}", escape(&f.label(addresses)))?;
                     }
                     writeln!(self.out, "    {} ({} faults)", escape(&who(r)), r.kind.name())?;
-                    writeln!(self.out, "    {count}\n")?;
+                    match weight {
+                        Weight::Faults => writeln!(self.out, "    {}\n", n.faults)?,
+                        w => writeln!(
+                            self.out,
+                            "    {} {} in {} faults\n",
+                            n.get(w),
+                            w.short_unit(),
+                            n.faults
+                        )?,
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The rows, least first by `weight` (the kernel's map sorts them by count).
+fn weighed(rows: &[(Row, Weights)], weight: Weight) -> Vec<&(Row, Weights)> {
+    let mut v: Vec<&(Row, Weights)> = rows.iter().collect();
+    v.sort_by(|a, b| a.1.get(weight).cmp(&b.1.get(weight)).then_with(|| a.0.cmp(&b.0)));
+    v
 }
 
 /// `comm`, or `comm [pid]` with -P.
@@ -196,7 +226,8 @@ impl Handler for Counter {
         self.print(&rows)?;
         if last {
             if let Some(svg) = self.svg.take() {
-                flamegraph::write_svg(svg, "Page faults", &self.folded(&rows, true))?;
+                let w = self.args.weight;
+                flamegraph::write_svg(svg, w.title(), w.short_unit(), &self.folded(&rows, true))?;
             }
         }
         self.out.flush()?;
@@ -211,11 +242,17 @@ pub(crate) async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     if args.major {
         args.filter.kind = vec![Kind::Major];
     }
+    // A profile carries every weight; the other outputs the one asked for.
+    let weights = match args.output.format {
+        StackFormat::Pprof => Weight::ALL.to_vec(),
+        _ => vec![args.weight],
+    };
     let mut plan = stacks::plan(
         !args.kernel_stacks_only,
         !args.user_stacks_only,
         &args.filter,
         args.map_entries,
+        &weights,
     );
     args.unwind.apply(&mut plan);
     if args.output.format == StackFormat::Pprof && args.interval.interval.is_some() {

@@ -63,6 +63,9 @@ struct Row {
     major: u64,
     errors: u64,
     faults_per_sec: f64,
+    /// Bytes of the pages the minor and major faults mapped (timed faults in JSON only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_ns: Option<Percentiles>,
     #[serde(skip)]
@@ -82,6 +85,7 @@ impl Stats {
     fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<Row>> {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let timed = self.timed;
+        let sized = engine.page_sizes;
         let by_cgroup = self.args.cgroups.by_cgroup;
         let cgroups = &mut self.cgroups;
         let mut rows: Vec<Row> = engine
@@ -99,6 +103,7 @@ impl Stats {
                     major,
                     errors,
                     faults_per_sec: (done + errors) as f64 / secs,
+                    bytes: sized.then_some(v.bytes),
                     latency_ns: timed.then(|| {
                         let p = |q| hist::percentile(&v.hist, v.latency_max_ns, q);
                         Percentiles {
@@ -192,7 +197,12 @@ pub(crate) async fn run(args: StatArgs) -> Result<Option<i32>> {
     if !timed {
         flags |= CFG_ACCOUNTED;
     }
-    let plan = args.filter.plan(flags);
+    // What the timed faults mapped, where JSON has a field for it.
+    if timed && args.output.format == Format::Json {
+        flags |= CFG_PAGE_SIZE;
+    }
+    let mut plan = args.filter.plan(flags);
+    plan.page_sizes_optional = true;
     let out = args.output.reserve()?;
     let mut session = Session::start(&args.target, None, &plan)?;
     let out = out.open()?;

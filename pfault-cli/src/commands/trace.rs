@@ -79,8 +79,8 @@ impl Printer {
             };
             writeln!(
                 self.out,
-                "{:<12} {:>7} {:>7} {:<16} {:>18} {:<3} {:<4} {:<5} {:>9} {flags}MAPPING",
-                "TIME(s)", "PID", "TID", "COMM", "ADDRESS", "ACC", "MODE", "KIND", "LAT(us)"
+                "{:<12} {:>7} {:>7} {:<16} {:>18} {:<3} {:<4} {:<5} {:>4} {:>9} {flags}MAPPING",
+                "TIME(s)", "PID", "TID", "COMM", "ADDRESS", "ACC", "MODE", "KIND", "PAGE", "LAT(us)"
             )?;
         }
         Ok(())
@@ -116,6 +116,8 @@ impl Handler for Printer {
         };
         let flags = self.names.decode(ev.vm_fault);
         let latency = (ev.kind != KIND_ERROR).then_some(ev.latency_ns);
+        // 0: an error fault mapped nothing, or this kernel's page tables cannot be read.
+        let page_size = (ev.page_shift != 0).then(|| 1u64 << (ev.page_shift & 63));
         let offset = (ev.map.kind == MAP_FILE).then_some(ev.map.offset);
         match self.format {
             // Built by hand: serde's generic writer would cost more than the rest of the event.
@@ -134,6 +136,7 @@ impl Handler for Printer {
                     .str("kind", Kind::from_raw(ev.kind).name())
                     .strs("flags", &flags)
                     .opt_u64("latency_ns", latency)
+                    .opt_u64("page_size", page_size)
                     .str("mapping", &mapping)
                     .opt_u64("offset", offset);
                 if let Some(u) = &ustack {
@@ -157,7 +160,8 @@ impl Handler for Printer {
                     .hex(ev.addr, 18)
                     .left(acc_short, 3)
                     .left(&mode[..4], 4)
-                    .left(Kind::from_raw(ev.kind).name(), 5);
+                    .left(Kind::from_raw(ev.kind).name(), 5)
+                    .right(page_size.map_or("-", size_label), 4);
                 match latency {
                     Some(l) => c.fixed((l + 50) / 100, 1, 9, false),
                     None => c.right("-", 9),
@@ -191,6 +195,16 @@ impl Handler for Printer {
             self.out.flush()?;
         }
         Ok(())
+    }
+}
+
+/// A page size as the PAGE column shows it.
+fn size_label(bytes: u64) -> &'static str {
+    match bytes {
+        4096 => "4K",
+        0x20_0000 => "2M",
+        0x4000_0000 => "1G",
+        _ => "?",
     }
 }
 
@@ -229,7 +243,7 @@ pub(crate) async fn run(args: TraceArgs) -> Result<Option<i32>> {
     };
     // Processes are noted at their first fault and at exec, so their maps (full paths, and
     // symbols with -U) are read while they live.
-    let mut flags = CFG_OUT_EVENTS | CFG_MAPPING | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    let mut flags = CFG_OUT_EVENTS | CFG_MAPPING | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS | CFG_PAGE_SIZE;
     if args.user_stack {
         flags |= CFG_USTACK;
     }
@@ -237,6 +251,7 @@ pub(crate) async fn run(args: TraceArgs) -> Result<Option<i32>> {
         flags |= CFG_KSTACK;
     }
     let mut plan = args.filter.plan(flags);
+    plan.page_sizes_optional = true;
     args.unwind.apply(&mut plan);
     plan.ringbuf_bytes = ringbuf_mb.next_power_of_two() << 20;
     plan.tunables = vec![Tunable::RINGBUF];

@@ -91,6 +91,7 @@ pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         regs_bp: btf.offset_of("pt_regs", "bp")?,
         regs_orig_ax: btf.offset_of("pt_regs", "orig_ax")?,
         task_mm: btf.offset_of("task_struct", "mm")?,
+        mm_pgd: btf.offset_of("mm_struct", "pgd")?,
         task_pid: btf.offset_of("task_struct", "pid")?,
         task_tgid: btf.offset_of("task_struct", "tgid")?,
         task_comm: btf.offset_of("task_struct", "comm")?,
@@ -124,4 +125,103 @@ pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         .map(|(n, v)| (n.trim_start_matches("VM_FAULT_").to_string(), v as u32))
         .collect();
     Ok((off, VmFaultNames(names)))
+}
+
+/// Where the kernel's direct map of physical memory lies, for the kernel side to read page
+/// tables by the physical addresses their entries hold (`Config::page_offset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirectMap {
+    /// The base itself, where it is fixed...
+    pub(crate) base: u64,
+    /// ...or the address of `page_offset_base`, the variable that holds it.
+    pub(crate) base_at: u64,
+    pub(crate) five_levels: bool,
+}
+
+/// x86-64's direct-map bases when not randomized (`__PAGE_OFFSET_BASE_L4`/`_L5`).
+const DIRECT_MAP_L4: u64 = 0xffff_8880_0000_0000;
+const DIRECT_MAP_L5: u64 = 0xff11_0000_0000_0000;
+/// `_text` where the kernel image is not randomized (`__START_KERNEL`): nor is its direct map
+/// then, as both are randomized by KASLR alone.
+const TEXT_NOT_RANDOMIZED: u64 = 0xffff_ffff_8100_0000;
+
+impl DirectMap {
+    /// From `/proc/kallsyms` and `/proc/cpuinfo`.
+    pub(crate) fn of_running_kernel() -> Result<DirectMap, String> {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms")
+            .map_err(|e| format!("cannot read /proc/kallsyms: {e}"))?;
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        DirectMap::from(&kallsyms, &cpuinfo)
+    }
+
+    fn from(kallsyms: &str, cpuinfo: &str) -> Result<DirectMap, String> {
+        let symbol = |name: &str| {
+            kallsyms.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+                (f.nth(1)? == name && addr != 0).then_some(addr)
+            })
+        };
+        // The kernel clears `la57` where it runs with four levels on a CPU that has five.
+        let five_levels = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .is_some_and(|l| l.split_whitespace().any(|f| f == "la57"));
+        if let Some(at) = symbol("page_offset_base") {
+            return Ok(DirectMap {
+                base: 0,
+                base_at: at,
+                five_levels,
+            });
+        }
+        match symbol("_text") {
+            Some(TEXT_NOT_RANDOMIZED) => Ok(DirectMap {
+                base: if five_levels { DIRECT_MAP_L5 } else { DIRECT_MAP_L4 },
+                base_at: 0,
+                five_levels,
+            }),
+            Some(_) => Err("page sizes need the kernel's direct-map base: this kernel randomizes it (KASLR) and /proc/kallsyms does not list page_offset_base (CONFIG_KALLSYMS_ALL); boot with nokaslr to have them".into()),
+            None => Err("page sizes need /proc/kallsyms to show addresses (run as root; kernel.kptr_restrict below 2)".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLAGS_L5: &str = "processor\t: 0\nflags\t\t: fpu vme la57 pku\n";
+    const FLAGS_L4: &str = "processor\t: 0\nflags\t\t: fpu vme pku\n";
+
+    #[test]
+    fn a_listed_page_offset_base_is_read_where_it_lies() {
+        let k = "ffffffff9a000000 T _text\nffffffff9b812340 D page_offset_base\n";
+        assert_eq!(
+            DirectMap::from(k, FLAGS_L5),
+            Ok(DirectMap {
+                base: 0,
+                base_at: 0xffff_ffff_9b81_2340,
+                five_levels: true
+            })
+        );
+    }
+
+    #[test]
+    fn an_unrandomized_kernel_has_the_fixed_base_of_its_paging_mode() {
+        let k = "ffffffff81000000 T _text\nffffffff81000000 T _stext\n";
+        assert_eq!(DirectMap::from(k, FLAGS_L4).map(|d| d.base), Ok(DIRECT_MAP_L4));
+        assert_eq!(DirectMap::from(k, FLAGS_L5).map(|d| d.base), Ok(DIRECT_MAP_L5));
+    }
+
+    #[test]
+    fn a_randomized_base_that_is_not_listed_or_hidden_addresses_are_refused() {
+        let randomized = DirectMap::from("ffffffff9a000000 T _text\n", FLAGS_L4).unwrap_err();
+        assert!(randomized.contains("KALLSYMS_ALL"), "{randomized}");
+        let hidden = DirectMap::from(
+            "0000000000000000 T _text\n0000000000000000 D page_offset_base\n",
+            FLAGS_L4,
+        )
+        .unwrap_err();
+        assert!(hidden.contains("kptr_restrict"), "{hidden}");
+    }
 }

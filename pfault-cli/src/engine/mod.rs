@@ -24,7 +24,7 @@ pub(crate) use self::{
     plan::{Kind, Plan, ProbeMode, TaskFilter, Tunable},
 };
 use self::{
-    layout::kernel_layout,
+    layout::{kernel_layout, DirectMap},
     objects::{maps, BPF_OBJECT, BPF_OBJECT_COMPAT, CONFIG, LOG_LEVEL},
 };
 use crate::{
@@ -42,6 +42,8 @@ pub(crate) struct Engine {
     pub(crate) vm_fault_names: VmFaultNames,
     /// Why better modes were not used, when the mode was chosen automatically.
     pub(crate) refused: Vec<String>,
+    /// The kernel side notes the size of the page each fault mapped (`CFG_PAGE_SIZE`).
+    pub(crate) page_sizes: bool,
     /// Counts come from the kernel's own fault accounting (`CFG_ACCOUNTED`).
     pub(crate) accounted: bool,
     /// CLOCK_MONOTONIC when the probes were attached.
@@ -233,6 +235,20 @@ impl Engine {
         if filter.cgroup.is_some() {
             flags |= CFG_FILTER_CGROUP;
         }
+        let mut page_sizes_unknown = None;
+        let direct_map = if flags & CFG_PAGE_SIZE != 0 {
+            match DirectMap::of_running_kernel() {
+                Ok(d) => Some(d),
+                Err(why) if plan.page_sizes_optional => {
+                    flags &= !CFG_PAGE_SIZE;
+                    page_sizes_unknown = Some(why);
+                    None
+                }
+                Err(why) => anyhow::bail!("{why}"),
+            }
+        } else {
+            None
+        };
         let config = Config {
             tgid: filter.tgid,
             tid: filter.tid,
@@ -245,6 +261,10 @@ impl Engine {
             self_tgid: std::process::id(),
             cgroup_level: filter.cgroup.map_or(0, |c| c.level),
             cgroup_id: filter.cgroup.map_or(0, |c| c.id),
+            page_offset: direct_map.map_or(0, |d| d.base),
+            page_offset_at: direct_map.map_or(0, |d| d.base_at),
+            pgtable_l5: direct_map.is_some_and(|d| d.five_levels) as u32,
+            _pad: 0,
             off,
         };
         // Maps an output does not use shrink to one entry: they are preallocated.
@@ -323,12 +343,14 @@ impl Engine {
             let names: Vec<&str> = missing.iter().map(|h| h.what).collect();
             refused.push(format!("compat programs: the kernel lacks {}", names.join(", ")));
         }
+        refused.extend(page_sizes_unknown);
         Ok(Engine {
             ebpf,
             plan: plan.clone(),
             mode,
             vm_fault_names,
             refused,
+            page_sizes: flags & CFG_PAGE_SIZE != 0,
             accounted: flags & CFG_ACCOUNTED != 0,
             started_ns: procfs::monotonic_ns(),
             unwinder,
@@ -436,10 +458,10 @@ impl Engine {
         Ok(entries)
     }
 
-    /// Fault counts per (process, kind, stack hashes, comm).
-    pub(crate) fn stack_counts(&mut self, reset: bool) -> Result<Vec<(StackKey, u64)>> {
+    /// Fault counts, latencies and bytes per (process, kind, stack hashes, comm).
+    pub(crate) fn stack_counts(&mut self, reset: bool) -> Result<Vec<StackCount>> {
         let counts: Vec<(u64, StackCount)> = self.read_hash(maps::STACK_COUNTS, reset)?;
-        Ok(counts.into_iter().map(|(_, c)| (c.key, c.count)).collect())
+        Ok(counts.into_iter().map(|(_, c)| c).collect())
     }
 
     pub(crate) fn file_counts(&mut self, reset: bool) -> Result<Vec<(FileKey, FileCounts)>> {

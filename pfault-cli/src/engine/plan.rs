@@ -103,6 +103,9 @@ pub(crate) struct Plan {
     pub(crate) unwind_rows: u32,
     /// The maps this subcommand sizes from its flags.
     pub(crate) tunables: Vec<Tunable>,
+    /// `CFG_PAGE_SIZE` is dropped, with a note, where this kernel's page tables cannot be
+    /// read (else pfault stops and says why).
+    pub(crate) page_sizes_optional: bool,
 }
 
 impl Plan {
@@ -121,6 +124,7 @@ impl Plan {
             file_count_entries: capacity::FILE_COUNTS,
             unwind_rows: 0,
             tunables: Vec::new(),
+            page_sizes_optional: false,
         }
     }
 

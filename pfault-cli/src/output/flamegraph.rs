@@ -7,11 +7,13 @@ use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
 
 use super::Reserved;
 
-pub(crate) fn write_svg(out: Reserved, title: &str, folded: &[String]) -> Result<()> {
+/// Draws `folded` into `out`; `unit` names what the lines' numbers count (tooltips say
+/// "N unit").
+pub(crate) fn write_svg(out: Reserved, title: &str, unit: &str, folded: &[String]) -> Result<()> {
     let file = out.take()?;
     let mut opts = Options::default();
     opts.title = title.to_string();
-    opts.count_name = "faults".into();
+    opts.count_name = unit.into();
     opts.colors = Palette::Basic(BasicPalette::Mem);
     if folded.is_empty() {
         // inferno refuses an empty profile; an empty graph still says "nothing faulted".

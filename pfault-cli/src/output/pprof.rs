@@ -34,6 +34,9 @@ pub(crate) struct Profile {
     pub(crate) period_type: Option<ValueType>,
     #[prost(int64, tag = "12")]
     pub(crate) period: i64,
+    /// The sample type pprof shows unless told (`-sample_index`): a string index.
+    #[prost(int64, tag = "14")]
+    pub(crate) default_sample_type: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -131,7 +134,7 @@ pub(crate) enum LabelValue<'a> {
     Num(i64),
 }
 
-/// Builds one profile of fault counts.
+/// Builds one profile of page faults.
 pub(crate) struct Builder {
     profile: Profile,
     strings: HashMap<String, i64>,
@@ -142,8 +145,9 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    /// A profile whose samples count page faults, `duration_ns` long, ending now.
-    pub(crate) fn new(duration_ns: i64) -> Builder {
+    /// A profile `duration_ns` long, ending now, whose samples carry a value of each of
+    /// `sample_types` (type, unit); the first is the one shown by default, and the period's.
+    pub(crate) fn new(duration_ns: i64, sample_types: &[(&str, &str)]) -> Builder {
         let mut b = Builder {
             profile: Profile::default(),
             strings: HashMap::new(),
@@ -153,12 +157,15 @@ impl Builder {
         };
         // string_table[0] must be "".
         b.string("");
-        let kind = ValueType {
-            r#type: b.string("page_faults"),
-            unit: b.string("count"),
-        };
-        b.profile.sample_type = vec![kind.clone()];
-        b.profile.period_type = Some(kind);
+        b.profile.sample_type = sample_types
+            .iter()
+            .map(|(t, unit)| ValueType {
+                r#type: b.string(t),
+                unit: b.string(unit),
+            })
+            .collect();
+        b.profile.period_type = b.profile.sample_type.first().cloned();
+        b.profile.default_sample_type = b.profile.period_type.as_ref().map_or(0, |t| t.r#type);
         b.profile.period = 1;
         b.profile.duration_nanos = duration_ns;
         let now = std::time::SystemTime::now()
@@ -261,12 +268,13 @@ impl Builder {
         ids
     }
 
-    /// Adds `count` faults on a stack (kernel frames, then user frames, each leaf first).
+    /// Adds a sample of a stack (kernel frames, then user frames, each leaf first): a value
+    /// of each sample type.
     pub(crate) fn add(
         &mut self,
         kstack: &[Frame],
         ustack: &[Frame],
-        count: u64,
+        values: &[u64],
         labels: &[(&str, LabelValue)],
     ) {
         let mut location_id = self.locations(kstack, true);
@@ -287,7 +295,7 @@ impl Builder {
             .collect();
         self.profile.sample.push(Sample {
             location_id,
-            value: vec![count as i64],
+            value: values.iter().map(|&v| v as i64).collect(),
             label,
         });
     }
@@ -319,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_profile_decodes_with_its_samples_locations_and_inlined_lines() {
-        let mut b = Builder::new(1_000_000_000);
+        let mut b = Builder::new(1_000_000_000, &[("faults", "count"), ("bytes", "bytes")]);
         let stack = [
             frame("inner", 0x10, true),
             frame("outer", 0x10, false),
@@ -328,22 +336,26 @@ mod tests {
         b.add(
             &[],
             &stack,
-            5,
+            &[5, 20480],
             &[("comm", LabelValue::Str("prog")), ("pid", LabelValue::Num(42))],
         );
-        b.add(&[], &stack[2..], 3, &[("comm", LabelValue::Str("prog"))]);
+        b.add(
+            &[],
+            &stack[2..],
+            &[3, 12288],
+            &[("comm", LabelValue::Str("prog"))],
+        );
         let gz = b.gzipped().unwrap();
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
         let p = Profile::decode(&raw[..]).unwrap();
         assert_eq!(p.string_table[0], "");
         let s = |i: i64| p.string_table[i as usize].as_str();
-        assert_eq!(
-            (s(p.sample_type[0].r#type), s(p.sample_type[0].unit)),
-            ("page_faults", "count")
-        );
+        let types: Vec<(&str, &str)> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+        assert_eq!(types, [("faults", "count"), ("bytes", "bytes")]);
+        assert_eq!(s(p.default_sample_type), "faults");
         assert_eq!(p.sample.len(), 2);
-        assert_eq!(p.sample[0].value, vec![5]);
+        assert_eq!(p.sample[0].value, vec![5, 20480]);
         // Two locations: outer (with inner inlined) and main, shared by both samples.
         assert_eq!(p.location.len(), 2);
         assert_eq!(p.sample[0].location_id, vec![1, 2]);

@@ -37,7 +37,8 @@ pub(crate) fn fill_event(e: *mut FaultEvent, p: *const Pending, d: &Done) {
         (*e).ustack_bytes = 0;
         (*e).kstack_bytes = 0;
         (*e)._pad = 0;
-        (*e)._pad2 = [0; 6];
+        (*e).page_shift = d.page_shift;
+        (*e)._pad2 = [0; 5];
         (*e).rec = REC_FAULT;
         (*e).comm = d.comm;
         copy_mapping(addr_of_mut!((*e).map), addr_of!((*p).map));

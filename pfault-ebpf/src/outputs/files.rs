@@ -3,7 +3,7 @@
 use crate::*;
 
 #[inline(always)]
-pub(crate) fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]) {
+pub(crate) fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN], bytes: u64) {
     let key = FileKey {
         tgid,
         dev: m.dev,
@@ -19,6 +19,7 @@ pub(crate) fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]
     };
     let fresh = FileCounts {
         counts: [0; 3],
+        bytes: [0; 3],
         cgroup,
         name: m.name,
     };
@@ -26,4 +27,7 @@ pub(crate) fn count_file(m: &Mapping, kind: u8, tgid: u32, comm: &[u8; COMM_LEN]
         return;
     };
     atomic_add(unsafe { addr_of_mut!((*v).counts[(kind as usize) % 3]) }, 1);
+    if bytes != 0 {
+        atomic_add(unsafe { addr_of_mut!((*v).bytes[(kind as usize) % 3]) }, bytes);
+    }
 }

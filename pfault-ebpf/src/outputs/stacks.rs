@@ -14,6 +14,9 @@ const KERNEL_SCRATCH: u32 = 1;
 /// `regs->cs` in `struct pt_regs` (x86_64): its low two bits are the privilege level the fault
 /// was raised at.
 const PT_REGS_CS: usize = 17;
+/// `addr` in `struct bpf_perf_event_data` (after the 21 words of `pt_regs` and
+/// `sample_period`), in words: the perf sample's address.
+const PERF_DATA_ADDR: usize = 22;
 
 /// Walks the current user (or kernel) stack into its scratch slot and names it: a hash of its
 /// frames, `STACK_NONE` when it was not asked for or cannot be walked, `STACK_EXEC` for the
@@ -146,6 +149,9 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
     let task = current_task();
     let comm_at = |i: u32| task_u64(task, conf!(off.task_comm) + 8 * i);
     let comm = [comm_at(0), comm_at(1)];
+    // The perf sample's address is the fault's (mm_account_fault passes it on).
+    let addr = unsafe { *(ctx.ctx as *const u64).add(PERF_DATA_ADDR) };
+    let bytes = page_bytes(page_shift(addr));
     let mut key = StackKey {
         tgid,
         kind: kind as u32,
@@ -155,21 +161,39 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
     };
     // A stack this process has counted on before: its frames are with userspace.
     if let Some(v) = STACK_COUNTS.get_ptr_mut(&stack_key_hash(&key, comm)) {
-        atomic_add(unsafe { addr_of_mut!((*v).count) }, 1);
+        add_weights(v, 0, bytes);
         return 0;
     }
     key.ustack = publish(tgid, key.ustack, true);
     key.kstack = publish(tgid, key.kstack, false);
     key.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    count_stack(&key, comm);
+    count_stack(&key, comm, 0, bytes);
     0
 }
 
-/// Counts a fault under `key`, whose comm is also given as the words it was hashed from.
+/// Counts a fault under `key`, whose comm is also given as the words it was hashed from, with
+/// its latency and the bytes it mapped (0 where not measured).
 #[inline(always)]
-pub(crate) fn count_stack(key: &StackKey, comm: [u64; 2]) {
-    let fresh = StackCount { key: *key, count: 0 };
+pub(crate) fn count_stack(key: &StackKey, comm: [u64; 2], latency: u64, bytes: u64) {
+    let fresh = StackCount {
+        key: *key,
+        count: 0,
+        latency_ns: 0,
+        bytes: 0,
+    };
     if let Some(v) = get_or_insert(&STACK_COUNTS, &stack_key_hash(key, comm), &fresh) {
-        atomic_add(unsafe { addr_of_mut!((*v).count) }, 1);
+        add_weights(v, latency, bytes);
+    }
+}
+
+/// One fault more in `v`; the weights only where measured (an atomic add each).
+#[inline(always)]
+fn add_weights(v: *mut StackCount, latency: u64, bytes: u64) {
+    atomic_add(unsafe { addr_of_mut!((*v).count) }, 1);
+    if latency != 0 {
+        atomic_add(unsafe { addr_of_mut!((*v).latency_ns) }, latency);
+    }
+    if bytes != 0 {
+        atomic_add(unsafe { addr_of_mut!((*v).bytes) }, bytes);
     }
 }

@@ -11,7 +11,7 @@ use tokio::{io::unix::AsyncFd, sync::oneshot};
 use super::{collect::alive, release_free_memory, Exporter};
 use crate::{
     session::{self, Session},
-    stacks::{self, StackCounts},
+    stacks::{self, StackCounts, Weight},
 };
 
 /// A pprof profile being taken, by a second, stack-counting engine of its own.
@@ -49,6 +49,7 @@ impl Exporter {
             true,
             &self.args.filter,
             pfault_common::capacity::STACK_COUNTS,
+            &Weight::ALL,
         );
         self.args.unwind.apply(&mut plan);
         let started = Session::start(&self.args.session_target(), None, &plan).and_then(|mut session| {
