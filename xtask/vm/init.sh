@@ -108,14 +108,18 @@ without --probe: $auto" ;;
     esac
     # The optional features this kernel lacks (a "(5.17)"-style line answered "no: ..."), and
     # the compat programs said at start exactly when one is missing.
-    absent=$(sed -n 's/^\([^ ].*([0-9.]*)\)  *no: .*/\1/p' /tmp/probes.out | paste -sd, -)
-    case "$absent:$auto" in
-    :*"compat programs"*) problems="$problems
-compat programs with nothing missing: $auto" ;;
-    ?*:*"compat programs"*) ;;
-    ?*:*) problems="$problems
-$absent missing, but no compat programs: $auto" ;;
+    absent=$(sed -n 's/^\([^ ].*([0-9.]*)\)  *no: .*/\1/p' /tmp/probes.out | paste -sd, - | sed "s/,/, /g")
+    case $auto in
+    *"compat programs"*) compat=yes ;;
+    *) compat=no ;;
     esac
+    if [ -z "$absent" ] && [ $compat = yes ]; then
+        problems="$problems
+compat programs with nothing missing: $auto"
+    elif [ -n "$absent" ] && [ $compat = no ]; then
+        problems="$problems
+$absent missing, but no compat programs: $auto"
+    fi
     verdict - probes "${problems#?}" "$(echo "$MODES" | sed 's/ /, /g') available, kernel layout complete, fentry chosen by default, missing: ${absent:-nothing}"
 }
 
@@ -327,7 +331,7 @@ check_many_stacks() {
     problems=""
     [ $((own * 1000)) -ge $((paths * 999)) ] || problems="$problems
 $own of $paths paths counted once on their own stack; others, e.g.:
-$(awk -F';' '{ n = 0; for (i = 1; i <= NF; i++) if ($i == "left" || $i == "right") n++ } !/;walk 1$/ || n != 16' "$dir/folded" | head -n 4 | cut -c 1-400)"
+$(awk -F';' '{ n = 0; for (i = 1; i <= NF; i++) if ($i == "left" || $i == "right") n++ } /;(walk|left|right)/ && (!/;walk 1$/ || n != 16)' "$dir/folded" | head -n 4 | cut -c 1-400)"
     lost=$(grep lost "$dir/pfault.err")
     [ -z "$lost" ] || problems="$problems
 $lost"
