@@ -15,8 +15,10 @@ mod profile;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use pfault_common::*;
 use tokio::{
+    io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
@@ -29,6 +31,7 @@ use self::{
 use crate::{
     args::{FaultFilterArgs, ProcessArgs, TargetArgs, UnwindArgs, COLLECT_EVERY},
     cgroup,
+    engine::Engine,
     mappings::Mappings,
     output::prometheus::Metrics,
     session::{self, Session},
@@ -159,14 +162,13 @@ pub(crate) async fn run(args: ExporterArgs) -> Result<Option<i32>> {
             },
             _ = collect.tick() => exporter.collect(&mut session.engine)?,
             _ = tidy.tick() => exporter.tidy(),
+            // Records as they come, not at the next tick: a process that lives a few
+            // milliseconds has its maps read while it lives (its exec wakes the ring), so its
+            // frames are named after it exits.
+            _ = readable(ring.as_ref()) => exporter.notice_records(&session.engine, ring.as_mut())?,
+            _ = readable(exporter.profiling.as_ref().map(|p| &p.ring)) => exporter.tend_profile()?,
             _ = tend.tick() => {
-                if let Some(ring) = ring.as_mut() {
-                    let maps = &mut exporter.maps;
-                    session::drain_records(&session.engine, ring.get_mut(), |r| {
-                        maps.notice(&r);
-                        Ok(())
-                    })?;
-                }
+                exporter.notice_records(&session.engine, ring.as_mut())?;
                 exporter.tend_profile()?;
             }
         }
@@ -174,6 +176,37 @@ pub(crate) async fn run(args: ExporterArgs) -> Result<Option<i32>> {
     }
     server.abort();
     Ok(None)
+}
+
+/// Waits until `fd` has something to read (forever where there is none), and takes the
+/// readiness: what is there is read next, and a later record makes it ready again.
+async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) {
+    match fd {
+        Some(fd) => {
+            if let Ok(mut ready) = fd.readable().await {
+                ready.clear_ready();
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Exporter {
+    /// Notes the processes and files the exporter's own ring reports (`--by-file`).
+    fn notice_records(
+        &mut self,
+        engine: &Engine,
+        ring: Option<&mut AsyncFd<RingBuf<MapData>>>,
+    ) -> Result<()> {
+        if let Some(ring) = ring {
+            let maps = &mut self.maps;
+            session::drain_records(engine, ring.get_mut(), |r| {
+                maps.notice(&r);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
 }
 
 const TIDY_EVERY: Duration = Duration::from_secs(10);
