@@ -314,6 +314,7 @@ mod tests {
             line: Some(7),
             inlined,
             build_id: None,
+            by_fp: false,
         }
     }
 
