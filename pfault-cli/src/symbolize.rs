@@ -63,6 +63,8 @@ impl Frame {
             (Some(s), Some(m)) if self.inlined => format!("{s} (inlined) [{m}]"),
             (Some(s), Some(m)) => format!("{s}+{:#x} [{m}]", self.offset),
             (Some(s), None) if self.inlined => format!("{s} (inlined)"),
+            // A frame that is only a name (`[truncated]`): no code, no offset.
+            (Some(s), None) if self.addr == 0 => s.clone(),
             (Some(s), None) => format!("{s}+{:#x}", self.offset),
             (None, Some(m)) => format!("{:#x} [{m}+{:#x}]", self.addr, self.offset),
             (None, None) => format!("{:#x} [unknown]", self.addr),

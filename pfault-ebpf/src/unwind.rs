@@ -278,6 +278,11 @@ fn unwind_frame(i: u64) -> i64 {
             if w.bp == 0 {
                 return 1;
             }
+            // The walk goes on from the caller, by its CFI where it has some (Parca and the
+            // OpenTelemetry profiler stop there): measured on the e2e workloads, node's
+            // JavaScript frames lead by frame pointer into node's own code on 89% of its
+            // faults, and all of those stacks reach _start; stopping would have cut 14 frames
+            // from each and saved no stack a bad step spoils (a marker frame shows those).
             bump(CNT_UNWIND_FP, 1);
             bump(
                 if w.end == 0 {
