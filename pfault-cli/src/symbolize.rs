@@ -17,7 +17,10 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
     Input, Symbolized, Symbolizer,
 };
-use pfault_common::FileId;
+use pfault_common::{
+    FileId, FRAME_BY_FP, FRAME_MARK, STOP_BAD_CFA, STOP_BAD_RA, STOP_REGISTER, STOP_TRUNCATED,
+    STOP_UNREADABLE,
+};
 use serde::Serialize;
 
 use crate::{
@@ -45,6 +48,10 @@ pub(crate) struct Frame {
     /// file the process maps, which is not the host's file at its path in a container.
     #[serde(skip)]
     pub(crate) build_id: Option<Rc<str>>,
+    /// Reached by a frame-pointer step (the code it was called from had no CFI row): it may
+    /// not be that code's caller, and a frame between them may be missing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) by_fp: bool,
 }
 
 impl Frame {
@@ -56,6 +63,8 @@ impl Frame {
             (Some(s), Some(m)) if self.inlined => format!("{s} (inlined) [{m}]"),
             (Some(s), Some(m)) => format!("{s}+{:#x} [{m}]", self.offset),
             (Some(s), None) if self.inlined => format!("{s} (inlined)"),
+            // A frame that is only a name (`[truncated]`): no code, no offset.
+            (Some(s), None) if self.addr == 0 => s.clone(),
             (Some(s), None) => format!("{s}+{:#x}", self.offset),
             (None, Some(m)) => format!("{:#x} [{m}+{:#x}]", self.addr, self.offset),
             (None, None) => format!("{:#x} [unknown]", self.addr),
@@ -79,6 +88,7 @@ impl Frame {
             line: None,
             inlined: false,
             build_id: None,
+            by_fp: false,
         }
     }
 
@@ -93,6 +103,7 @@ impl Frame {
             addr: 0,
             offset: if self.symbol.is_some() { 0 } else { self.offset },
             line: None,
+            by_fp: false,
             ..self
         }
     }
@@ -101,7 +112,8 @@ impl Frame {
     /// and [`Self::text`], as bcc's -v prints.
     pub(crate) fn label(&self, addresses: bool) -> String {
         if addresses {
-            return format!("{:#018x} {}", self.addr, self.text());
+            let fp = if self.by_fp { " (by frame pointer)" } else { "" };
+            return format!("{:#018x} {}{fp}", self.addr, self.text());
         }
         match (&self.symbol, self.module.as_deref().map(basename)) {
             (Some(s), Some(m)) if self.inlined => format!("{s} (inlined) [{m}]"),
@@ -197,6 +209,10 @@ pub(crate) struct Placed {
     at: Option<Located>,
     /// What the process's perf map said when the stack arrived.
     taken: Taken,
+    /// Reached by a frame-pointer step (`FRAME_BY_FP`).
+    by_fp: bool,
+    /// Not a frame: the marker ending a walk cut short (`STOP_*`).
+    stop: Option<u64>,
 }
 
 impl Located {
@@ -259,7 +275,9 @@ impl Symbols {
         until_null(stack)
             .iter()
             .enumerate()
-            .map(|(i, &addr)| {
+            .map(|(i, &raw)| {
+                let stop = (raw & FRAME_MARK != 0).then_some(raw & !FRAME_MARK);
+                let addr = if stop.is_some() { 0 } else { raw & !FRAME_BY_FP };
                 let a = if i == 0 { addr } else { addr.saturating_sub(1) };
                 let at = self.maps.lookup(pid, a, None).map(|e| Located {
                     path: match &e.path {
@@ -272,8 +290,10 @@ impl Symbols {
                 Placed {
                     addr,
                     pc: a,
-                    at,
+                    at: at.filter(|_| stop.is_none()),
                     taken,
+                    by_fp: raw & FRAME_BY_FP != 0,
+                    stop,
                 }
             })
             .collect()
@@ -302,8 +322,14 @@ impl Symbols {
             pc,
             at: ref l,
             taken,
+            by_fp,
+            stop,
         } in placed
         {
+            if let Some(why) = stop {
+                out.push(Frame::named(stop_name(why)));
+                continue;
+            }
             let cached = l.as_ref().and_then(|l| self.cache.get(&(l.file?, l.file_offset)));
             // An address no mapping known holds may be code compiled since.
             let jit_code = cached.is_none() && l.as_ref().is_none_or(Located::anonymous);
@@ -313,7 +339,11 @@ impl Symbols {
                 None
             };
             match (cached, jit) {
-                (Some(frames), _) => out.extend(frames.iter().map(|f| Frame { addr, ..f.clone() })),
+                (Some(frames), _) => out.extend(frames.iter().map(|f| Frame {
+                    addr,
+                    by_fp,
+                    ..f.clone()
+                })),
                 (None, Some(j)) => out.push(Frame {
                     addr,
                     symbol: Some(j.name.to_string()),
@@ -323,6 +353,7 @@ impl Symbols {
                     line: None,
                     inlined: false,
                     build_id: None,
+                    by_fp,
                 }),
                 (None, None) => out.push(Frame {
                     addr,
@@ -333,6 +364,7 @@ impl Symbols {
                     line: None,
                     inlined: false,
                     build_id: None,
+                    by_fp,
                 }),
             }
         }
@@ -403,6 +435,18 @@ impl Symbols {
     }
 }
 
+/// The frame that ends a user stack cut short, as every output shows it (`STOP_*`).
+fn stop_name(why: u64) -> &'static str {
+    match why {
+        STOP_TRUNCATED => "[truncated]",
+        STOP_REGISTER => "[unwind stopped: CFA in a register not known]",
+        STOP_UNREADABLE => "[unwind stopped: stack unreadable]",
+        STOP_BAD_CFA => "[unwind stopped: bad frame]",
+        STOP_BAD_RA => "[unwind stopped: bad return address]",
+        _ => "[unwind stopped]",
+    }
+}
+
 fn until_null(stack: &[u64]) -> &[u64] {
     // A frame-pointer walk ends on a null return address.
     &stack[..stack.iter().position(|&a| a == 0).unwrap_or(stack.len())]
@@ -436,6 +480,7 @@ fn frames_of(
             line: None,
             inlined: false,
             build_id,
+            by_fp: false,
         }];
     };
     let module = module.map(String::from);
@@ -456,6 +501,7 @@ fn frames_of(
             line: f.code_info.as_ref().and_then(|c| c.line),
             inlined: true,
             build_id: build_id.clone(),
+            by_fp: false,
         })
         .collect();
     frames.push(Frame {
@@ -467,6 +513,7 @@ fn frames_of(
         line: code.and_then(|c| c.line),
         inlined: false,
         build_id,
+        by_fp: false,
     });
     frames
 }

@@ -14,7 +14,12 @@ pub const CNT_VMA_BUSY: u32 = 5;
 pub const CNT_UNWIND_FP: u32 = 6;
 /// User frames the CFI unwinder walked.
 pub const CNT_UNWIND_FRAMES: u32 = 7;
-pub const CNT_MAX: u32 = 8;
+/// Of `CNT_UNWIND_FP`, by why: `CNT_FP_TABLE + ` the state of the frame's table (`TABLE_*`;
+/// `TABLE_READY`: its table has no row for the frame, or one with a rule pfault cannot
+/// express), or `CNT_FP_NO_VMA` where its code mapping was not found (the mmap lock busy).
+pub const CNT_FP_TABLE: u32 = 8;
+pub const CNT_FP_NO_VMA: u32 = CNT_FP_TABLE + TABLE_STATES;
+pub const CNT_MAX: u32 = CNT_FP_NO_VMA + 1;
 
 /// Stack hashes that stand for no stack: none taken (not asked for, or not walkable).
 pub const STACK_NONE: u64 = 0;

@@ -17,6 +17,24 @@ pub const HIST_BUCKETS: usize = 160;
 /// kernel's.
 pub const USER_END: u64 = 1 << 47;
 
+/// A user frame the CFI unwinder reached by a frame-pointer step (its caller's code had no
+/// row): this bit is set on its address, which userspace clears before naming it.
+pub const FRAME_BY_FP: u64 = 1 << 62;
+/// A user stack's last frame may be a marker, not an address: `FRAME_MARK | STOP_*`, why the
+/// walk ended short of the stack's outermost frame.
+pub const FRAME_MARK: u64 = 1 << 63;
+/// The frame limit (`MAX_STACK`) was reached: the marker takes the last frame's place.
+pub const STOP_TRUNCATED: u64 = 1;
+/// The caller's CFA is in a register only the faulting frame's registers tell.
+pub const STOP_REGISTER: u64 = 2;
+/// A word of the stack (a return address, a saved CFA, a signal frame) could not be read.
+pub const STOP_UNREADABLE: u64 = 3;
+/// The caller's CFA was at or below the stack pointer, or outside user space: a bad row or
+/// a frame pointer that is not one.
+pub const STOP_BAD_CFA: u64 = 4;
+/// The return address was not in user space.
+pub const STOP_BAD_RA: u64 = 5;
+
 /// log2 of the most rows one unwind table may hold: the kernel side's binary search takes
 /// this many steps, and userspace refuses a larger table.
 pub const UNWIND_SEARCH_STEPS: u32 = 22;

@@ -76,8 +76,16 @@ pod!(FileId);
 pub const TABLE_ASKED: u32 = 0;
 /// Rows `first..first + rows` of `UNWIND_ROWS`.
 pub const TABLE_READY: u32 = 1;
-/// The file has no usable CFI (or no room was left): its frames follow the frame pointer.
+/// The file has no usable CFI: its frames follow the frame pointer.
 pub const TABLE_NONE: u32 = 2;
+/// The file's table did not fit in `UNWIND_ROWS` (`--unwind-mb`).
+pub const TABLE_NO_ROOM: u32 = 3;
+/// Never stored: `UNWIND_FILES` was full when the kernel side would have asked for the table.
+pub const TABLE_FILES_FULL: u32 = 4;
+/// Never stored: the code is in anonymous memory (a JIT's), no file's.
+pub const TABLE_ANON: u32 = 5;
+/// `TABLE_*` values, a power of two (the kernel side masks a state with `TABLE_STATES - 1`).
+pub const TABLE_STATES: u32 = 8;
 
 /// Value of `UNWIND_FILES`: where a binary's rows are, shared by every process mapping it.
 #[repr(C)]

@@ -20,11 +20,18 @@ fn stacks_of(name: &str, program: &Path, pages: &str, extra: &[&str]) -> (Vec<(S
     (folded_lines(&folded), num(&truth, "minflt"), stderr)
 }
 
-/// `stackcount -U -o json` over `program PAGES`: its stacks as `root;...;leaf` names, the
-/// workload's minor faults, and the run's JSON summary.
-fn json_stacks(name: &str, program: &Path, pages: &str) -> (Vec<(String, u64)>, u64, serde_json::Value) {
+/// `stackcount -U -o json` (plus `extra`) over `program WARGS`: its stacks as `root;...;leaf`
+/// names, the workload's minor faults, and the run's JSON summary.
+fn json_stacks(
+    name: &str,
+    program: &Path,
+    extra: &[&str],
+    wargs: &[&str],
+) -> (Vec<(String, u64)>, u64, serde_json::Value) {
     let out = scratch(name).join("stacks.json");
-    let (truth, stderr) = pfault_on_program(&["stackcount", "-U", "-o", "json"], &out, program, &[pages]);
+    let mut args = vec!["stackcount", "-U", "-o", "json"];
+    args.extend_from_slice(extra);
+    let (truth, stderr) = pfault_on_program(&args, &out, program, wargs);
     let lines = json_lines(&out)
         .iter()
         .map(|r| {
@@ -151,7 +158,7 @@ fn go_keeps_the_caller_of_runtime_memmove_from_its_debug_frame() {
         return;
     }
     let program = go_workload("go_copy");
-    let (lines, minflt, summary) = json_stacks("unwind-go", &program, "20000");
+    let (lines, minflt, summary) = json_stacks("unwind-go", &program, &[], &["20000"]);
     assert_eq!(
         cfi_of(&summary, &program),
         serde_json::json!([".debug_frame"]),
@@ -216,7 +223,7 @@ fn cfi_in_a_separate_debug_file_is_found_by_debuglink_and_by_build_id() {
         at_least_99_percent(with, total, "main;walk_pages;touch_pages_nofp", lines);
     };
     let (program, debug) = with_separate_debug_file("omit_fp_dbglink");
-    let (lines, minflt, summary) = json_stacks("unwind-debuglink", &program, "20000");
+    let (lines, minflt, summary) = json_stacks("unwind-debuglink", &program, &[], &["20000"]);
     let from_debug = format!("{} .debug_frame", debug.display());
     assert_eq!(
         cfi_of(&summary, &program),
@@ -255,7 +262,7 @@ fn cfi_in_a_separate_debug_file_is_found_by_debuglink_and_by_build_id() {
     std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
     std::fs::copy(&debug, &installed).unwrap();
     let _installed = Installed(installed.clone());
-    let (lines, minflt, summary) = json_stacks("unwind-buildid", &program, "20000");
+    let (lines, minflt, summary) = json_stacks("unwind-buildid", &program, &[], &["20000"]);
     let from_debug = format!("{} .debug_frame", installed.display());
     assert_eq!(
         cfi_of(&summary, &program),
@@ -535,5 +542,148 @@ fn trace_user_stacks_keep_the_caller_of_memset() {
     assert!(
         with * 100 >= total * 99,
         "{with} of {total} name fill_pages, main"
+    );
+}
+
+/// The run's count of frames walked by frame pointer because of `why` (`by_fp_because`).
+fn by_fp_because(summary: &serde_json::Value, why: &str) -> u64 {
+    let unwind = &summary["unwind"];
+    let reasons = unwind["by_fp_because"].as_object().expect("by_fp_because");
+    let sum: u64 = reasons.values().filter_map(|v| v.as_u64()).sum();
+    assert_eq!(
+        Some(sum),
+        unwind["frames_by_fp"].as_u64(),
+        "every frame walked by frame pointer has one reason: {unwind}"
+    );
+    reasons[why].as_u64().unwrap()
+}
+
+/// Frames of a binary stripped of its CFI are counted as walked by frame pointer for that
+/// reason, one per frame-pointer step through its code; -v marks them.
+#[test]
+fn frames_of_a_binary_without_cfi_are_counted_and_marked() {
+    if !root_or_skip() {
+        return;
+    }
+    let stripped = with_eh_frame(&workload("deep_recursion"), "deep_nocfi", None);
+    // main -> recurse x4 -> touch_pages: 6 steps through the binary's code per fault, the
+    // last (main's) to libc's __libc_start_call_main.
+    let (lines, minflt, summary) = json_stacks("unwind-fp-nocfi", &stripped, &[], &["5000", "3"]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "touch_pages",
+        |s| s.contains(";main;recurse;recurse;recurse;recurse;touch_pages"),
+    );
+    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
+    at_least_99_percent(with, total, "main;recurse x4;touch_pages", &lines);
+    let no_cfi = by_fp_because(&summary, "no_cfi");
+    // The loader's and exit's faults add a few steps through the binary's code.
+    assert!(
+        no_cfi >= 6 * total && no_cfi <= 6 * total + 6 * 100,
+        "{no_cfi} frame-pointer steps for no CFI, {total} faults of 6 steps: {summary}"
+    );
+    assert_eq!(by_fp_because(&summary, "table_space_full"), 0, "{summary}");
+
+    let out = scratch("unwind-fp-marked").join("stacks.json");
+    pfault_on_program(
+        &["stackcount", "-U", "-v", "-o", "json"],
+        &out,
+        &stripped,
+        &["5000", "3"],
+    );
+    let rows = json_lines(&out);
+    let touch = rows
+        .iter()
+        .filter(|r| r["ustack"][0]["symbol"].as_str() == Some("touch_pages"))
+        .max_by_key(|r| r["count"].as_u64())
+        .expect("a touch_pages stack");
+    let marked: Vec<(&str, bool)> = touch["ustack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["symbol"].as_str().unwrap_or("?"),
+                f["by_fp"].as_bool() == Some(true),
+            )
+        })
+        .collect();
+    // The leaf is where the fault was; each caller up to libc's was found by frame pointer,
+    // and libc's own CFI walks on from there.
+    let want = [
+        ("touch_pages", false),
+        ("recurse", true),
+        ("recurse", true),
+        ("recurse", true),
+        ("recurse", true),
+        ("main", true),
+        ("__libc_start_call_main", true),
+        ("__libc_start_main_impl", false),
+        ("_start", false),
+    ];
+    assert_eq!(marked, want, "{touch:#}");
+}
+
+/// A stack deeper than the 127 frames kept ends in a `[truncated]` frame, in every format.
+#[test]
+fn a_stack_past_the_frame_limit_ends_in_a_truncated_frame() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("deep_recursion");
+    let (lines, minflt, _) = json_stacks("unwind-truncated", &program, &[], &["5000", "200"]);
+    let deep = |s: &str| leaf(s) == "touch_pages";
+    let (total, with) = share(&lines, deep, |s| {
+        let frames: Vec<&str> = s.split(';').collect();
+        frames.len() == 127 && frames[0] == "[truncated]" && frames[1..126].iter().all(|f| *f == "recurse")
+    });
+    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
+    at_least_99_percent(with, total, "[truncated];recurse x125;touch_pages", &lines);
+
+    let (lines, _, _) = stacks_of("unwind-truncated-folded", &program, "5000", &[]);
+    let (total, with) = share(&lines, deep, |s| {
+        s.starts_with("deep_recursion;[truncated];recurse;")
+    });
+    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
+    at_least_99_percent(with, total, "folded: [truncated] at the root", &lines);
+
+    // A stack that fits has no marker.
+    let (lines, _, _) = json_stacks("unwind-not-truncated", &program, &[], &["5000", "100"]);
+    assert!(
+        lines
+            .iter()
+            .all(|(s, _)| !s.contains("[truncated]") && !s.contains("[unwind stopped")),
+        "{lines:#?}"
+    );
+}
+
+/// A table that does not fit in `--unwind-mb` leaves its binary's frames to the frame
+/// pointer, counted for that reason and said in the text summary.
+#[test]
+fn frames_whose_table_found_no_room_are_counted_as_table_space_full() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("big_cfi");
+    let (lines, minflt, summary) = json_stacks("unwind-no-room", &program, &["--unwind-mb", "1"], &["5000"]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "touch_pages",
+        |s| s.contains(";main;touch_pages"),
+    );
+    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
+    at_least_99_percent(with, total, "main;touch_pages by frame pointer", &lines);
+    // touch_pages -> main -> libc: 2 steps through the binary's code per fault.
+    let full = by_fp_because(&summary, "table_space_full");
+    assert!(
+        full >= 2 * total && full <= 2 * total + 2 * 100,
+        "{full} frame-pointer steps for want of room, {total} faults of 2 steps: {summary}"
+    );
+    assert_eq!(by_fp_because(&summary, "no_cfi"), 0, "{summary}");
+
+    let (_, _, stderr) = stacks_of("unwind-no-room-text", &program, "5000", &["--unwind-mb", "1"]);
+    assert!(
+        stderr.contains("table space full (raise --unwind-mb)"),
+        "the end-of-run line says why: {stderr}"
     );
 }

@@ -57,8 +57,9 @@ pub(crate) struct StackcountArgs {
     pub(crate) svg: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) output: OutputArgs<StackFormat>,
-    /// Print each frame's address and offset (as bcc's -v); stacks that differ in them are
-    /// then counted apart
+    /// Print each frame's address and offset (as bcc's -v), and mark the user frames reached
+    /// by a frame-pointer step ("(by frame pointer)"; "by_fp" in JSON); stacks that differ in
+    /// them are then counted apart
     #[arg(short = 'v', long)]
     pub(crate) addresses: bool,
     /// Count-map size: distinct (process, kind, stack) entries kept; entries are allocated as

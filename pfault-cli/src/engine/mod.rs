@@ -59,7 +59,48 @@ pub(crate) struct UnwindReport {
     /// User frames walked, and of those, by frame pointer (code without a table).
     pub(crate) frames: u64,
     pub(crate) frames_by_fp: u64,
+    /// Why `frames_by_fp` were not unwound from CFI.
+    pub(crate) by_fp_because: ByFpBecause,
     pub(crate) tables: unwind::Stats,
+}
+
+/// Frames walked by frame pointer, by why their code had no CFI row (`CNT_FP_*`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(crate) struct ByFpBecause {
+    /// The file's table was asked for and not loaded yet.
+    pub(crate) table_not_loaded: u64,
+    /// The file has no usable CFI (stripped, or none describing the code).
+    pub(crate) no_cfi: u64,
+    /// The table has no row for the address, or a rule pfault cannot express.
+    pub(crate) no_row: u64,
+    /// The file's table did not fit in the unwind-row map (`--unwind-mb`).
+    pub(crate) table_space_full: u64,
+    /// The table of binaries was full.
+    pub(crate) file_table_full: u64,
+    /// Code in anonymous memory (JIT).
+    pub(crate) anonymous_code: u64,
+    /// The code mapping was not found (mmap lock busy, or a bad frame pointer).
+    pub(crate) mapping_unknown: u64,
+}
+
+impl ByFpBecause {
+    /// "12 table not loaded yet, 3 no CFI": the reasons that occurred.
+    fn describe(&self) -> String {
+        [
+            (self.table_not_loaded, "table not loaded yet"),
+            (self.no_cfi, "no CFI in the file"),
+            (self.no_row, "no row or a rule pfault cannot express"),
+            (self.table_space_full, "table space full (raise --unwind-mb)"),
+            (self.file_table_full, "table of binaries full"),
+            (self.anonymous_code, "anonymous (JIT) code"),
+            (self.mapping_unknown, "code mapping not found or busy"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 impl UnwindReport {
@@ -70,9 +111,15 @@ impl UnwindReport {
         } else {
             100.0 * self.frames_by_fp as f64 / self.frames as f64
         };
+        let because = self.by_fp_because.describe();
         format!(
-            "unwind: cfi, {pct:.1}% of {} user frames by frame pointer; {}",
+            "unwind: cfi, {pct:.1}% of {} user frames by frame pointer{}; {}",
             self.frames,
+            if because.is_empty() {
+                because
+            } else {
+                format!(" ({because})")
+            },
             unwind::describe(&self.tables)
         )
     }
@@ -380,6 +427,15 @@ impl Engine {
         Ok(Some(UnwindReport {
             frames: self.counter(CNT_UNWIND_FRAMES)?,
             frames_by_fp: self.counter(CNT_UNWIND_FP)?,
+            by_fp_because: ByFpBecause {
+                table_not_loaded: self.counter(CNT_FP_TABLE + TABLE_ASKED)?,
+                no_cfi: self.counter(CNT_FP_TABLE + TABLE_NONE)?,
+                no_row: self.counter(CNT_FP_TABLE + TABLE_READY)?,
+                table_space_full: self.counter(CNT_FP_TABLE + TABLE_NO_ROOM)?,
+                file_table_full: self.counter(CNT_FP_TABLE + TABLE_FILES_FULL)?,
+                anonymous_code: self.counter(CNT_FP_TABLE + TABLE_ANON)?,
+                mapping_unknown: self.counter(CNT_FP_NO_VMA)?,
+            },
             tables: u.stats(),
         }))
     }

@@ -322,6 +322,7 @@ mod tests {
             line: Some(7),
             inlined,
             build_id: None,
+            by_fp: false,
         }
     }
 

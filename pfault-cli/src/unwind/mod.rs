@@ -310,9 +310,14 @@ impl Loader {
                 entry
             }
             Err(why) => {
+                let state = if matches!(why, NoCfi::NoRoom(_)) {
+                    TABLE_NO_ROOM
+                } else {
+                    TABLE_NONE
+                };
                 stats.without_cfi.push(NoTable { path, why });
                 let none = UnwindFile {
-                    state: TABLE_NONE,
+                    state,
                     ..Default::default()
                 };
                 // The kernel side stops asking for it; where even this fails (the table of
