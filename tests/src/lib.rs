@@ -280,7 +280,9 @@ impl Held {
 pub struct Attached {
     child: Child,
     head: String,
-    rest: Option<std::thread::JoinHandle<String>>,
+    /// stderr after `head`, as it comes (a profile's engine says its probe mode there too).
+    rest: std::sync::Arc<std::sync::Mutex<String>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Attached {
@@ -304,15 +306,34 @@ impl Attached {
             }
         }
         // Keep draining stderr so pfault never blocks on it.
-        let rest = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut err, &mut s);
-            s
+        let rest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let into = rest.clone();
+        let drain = std::thread::spawn(move || {
+            let mut line = String::new();
+            while err.read_line(&mut line).is_ok_and(|n| n > 0) {
+                into.lock().unwrap().push_str(&line);
+                line.clear();
+            }
         });
         Attached {
             child,
             head,
-            rest: Some(rest),
+            rest,
+            drain: Some(drain),
+        }
+    }
+
+    /// Waits until pfault's stderr since it attached holds `text` (panics after `limit`):
+    /// e.g. the probe mode an exporter's profile engine says once it has attached.
+    pub fn wait_for_stderr(&self, text: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.rest.lock().unwrap().contains(text) {
+            assert!(
+                start.elapsed() < limit,
+                "pfault did not say {text:?} within {limit:?}: {}",
+                self.rest.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -332,8 +353,10 @@ impl Attached {
             std::thread::sleep(Duration::from_millis(20));
         }
         let status = self.child.wait().unwrap();
-        let rest = self.rest.take().map(|r| r.join().unwrap()).unwrap_or_default();
-        let stderr = std::mem::take(&mut self.head) + &rest;
+        if let Some(drain) = self.drain.take() {
+            drain.join().unwrap();
+        }
+        let stderr = std::mem::take(&mut self.head) + &self.rest.lock().unwrap();
         assert!(status.success(), "pfault failed ({status}): {stderr}");
         stderr
     }

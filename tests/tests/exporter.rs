@@ -292,10 +292,10 @@ fn a_profile_names_jit_code_from_its_perf_map() {
     }
     let dir = scratch("exporter-jit");
     let port = free_port();
-    let _tracer = exporter(port, &["-c", "jit_writer"]);
+    let tracer = exporter(port, &["-c", "jit_writer"]);
     let profile = std::thread::spawn(move || http_get(port, "/debug/pprof/faults?seconds=6"));
-    // A profile loads an engine of its own when asked: a second or so on a busy host.
-    std::thread::sleep(Duration::from_secs(2));
+    // A profile loads an engine of its own when asked, and says its probe mode once attached.
+    tracer.wait_for_stderr("probe mode", Duration::from_secs(10));
     let out = Command::new(workload("jit_writer"))
         .args(["5000", "perfmap-at-exit"])
         .output()

@@ -254,16 +254,6 @@ fn pprof_flat(file: &Path, index: &str, unit: &str, function: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {function} in {unit} in:\n{top}"))
 }
 
-/// The BPF links process `pid` holds (a tool's attached probes).
-fn bpf_links(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter(|e| {
-            std::fs::read_to_string(e.as_ref().unwrap().path()).is_ok_and(|i| i.contains("link_type:"))
-        })
-        .count()
-}
-
 /// One profile carries the three weights: `go tool pprof` reads each by its name, and each
 /// puts the workload's function on top with the workload's own numbers.
 #[test]
@@ -311,19 +301,9 @@ fn exporter_profiles_carry_the_three_weights() {
     let port = free_port();
     let exporter =
         Attached::start(pfault().args(["exporter", "--listen", &format!("127.0.0.1:{port}"), "-c", &comm]));
-    let links = || bpf_links(exporter.pid());
-    let before = links();
     let profile = std::thread::spawn(move || http_get(port, "/debug/pprof/faults?seconds=10"));
-    // The profile's own engine has attached when its links stop coming.
-    let mut seen = before;
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = links();
-        if now > before && now == seen {
-            break;
-        }
-        seen = now;
-    }
+    // The profile's own engine says its probe mode once attached.
+    exporter.wait_for_stderr("probe mode", Duration::from_secs(10));
     let run = Command::new(&bin).args(["16", "huge"]).output().unwrap();
     assert!(run.status.success());
     let (bytes, _) = mapped(&kv(&String::from_utf8_lossy(&run.stdout)));
