@@ -2,7 +2,12 @@
 //! (`stackcount --weight`), per fault (`trace`), per file (`ffaults`), in a pprof profile;
 //! checked against what the workloads say the kernel mapped and how long they took.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use pfault_tests::*;
 use serde_json::Value;
@@ -304,7 +309,22 @@ fn exporter_profiles_carry_the_three_weights() {
     let profile = std::thread::spawn(move || http_get(port, "/debug/pprof/faults?seconds=10"));
     // The profile's own engine says its probe mode once attached.
     exporter.wait_for_stderr("probe mode", Duration::from_secs(10));
-    let run = Command::new(&bin).args(["16", "huge"]).output().unwrap();
+    // Held before its faults until the profile has read its maps: in the whole suite (not
+    // alone, in dozens of runs) a writer that lived a few milliseconds had its own frames
+    // unnamed (`thpw+0x154d`), its maps not read before it exited.
+    let mut child = Command::new(&bin)
+        .args(["16", "huge", "wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let run = child.wait_with_output().unwrap();
     assert!(run.status.success());
     let (bytes, _) = mapped(&kv(&String::from_utf8_lossy(&run.stdout)));
     let (status, body) = profile.join().unwrap().unwrap();

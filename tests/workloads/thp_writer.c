@@ -2,7 +2,7 @@
  * transparent huge pages asked for (MADV_HUGEPAGE: one fault maps 2 MiB) or refused
  * (MADV_NOHUGEPAGE: one fault per 4 KiB page). Says what the kernel mapped, from its own
  * /proc/self/smaps: rss_kib (the region's resident size) and huge_kib (of it, in THPs).
- * usage: thp_writer MIB huge|small */
+ * usage: thp_writer MIB huge|small [wait] */
 #include <stdint.h>
 #include "common.h"
 
@@ -43,6 +43,7 @@ int main(int argc, char **argv) {
     if (p != raw) munmap(raw, p - raw);
     munmap(p + bytes, (raw + bytes + (2 << 20)) - (p + bytes));
     if (madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE)) { perror("madvise"); return 1; }
+    maybe_wait(argc, argv, 3);
     begin();
     touch_region(p, bytes);
     end();
