@@ -35,14 +35,17 @@ fn fault_flag_macros() -> Vec<(String, u64)> {
     .collect()
 }
 
-/// x86-64's THREAD_SIZE, which BTF does not carry: 16 KiB, doubled under KASAN (whose
-/// functions then are in BTF). The user registers lie at its top.
-fn thread_size(btf: &Btf) -> u32 {
-    if btf.func_id("kasan_report").is_some() {
+/// Where the user registers lie above `task_struct.stack`, for the compat object alone: at
+/// the top of x86-64's THREAD_SIZE, which BTF does not carry: 16 KiB, doubled under KASAN
+/// (whose functions then are in BTF). Asked only when compat is chosen: finding a function
+/// scans every type, time every start would pay.
+pub(crate) fn user_regs_in_stack(btf: &Btf) -> Result<u32> {
+    let thread_size = if btf.func_id("kasan_report").is_some() {
         32 << 10
     } else {
         16 << 10
-    }
+    };
+    Ok(thread_size - btf.struct_size("pt_regs")?)
 }
 
 /// Kernel offsets and enum values the programs need, from the running kernel's BTF.
@@ -116,7 +119,7 @@ pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         rb_left: btf.offset_of("rb_node", "rb_left").unwrap_or(0),
         rb_right: btf.offset_of("rb_node", "rb_right").unwrap_or(0),
         task_stack: btf.offset_of("task_struct", "stack").unwrap_or(0),
-        user_regs_in_stack: thread_size(btf) - btf.struct_size("pt_regs")?,
+        user_regs_in_stack: 0,
     };
     // Single-bit reasons only: the HWPOISON index mask is not a flag.
     let names = reasons

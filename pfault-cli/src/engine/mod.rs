@@ -246,11 +246,12 @@ impl Engine {
         // The kernel's BTF (megabytes) is freed before attaching: the fentry attempt parses its
         // own copy, and the two need not coexist.
         let btf = Btf::from_sys_fs()?;
-        let (off, vm_fault_names) = kernel_layout(&btf)?;
+        let (mut off, vm_fault_names) = kernel_layout(&btf)?;
         let missing = features::missing_helpers(&btf)?;
         let object = if missing.is_empty() {
             BPF_OBJECT
         } else {
+            off.user_regs_in_stack = layout::user_regs_in_stack(&btf)?;
             check_compat(&off, &missing)?;
             BPF_OBJECT_COMPAT
         };
