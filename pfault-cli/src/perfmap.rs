@@ -6,10 +6,12 @@
 //! The file is the process's: under its own root (a container's /tmp is not the host's) and
 //! named by the pid it knows itself by (its pid namespace's). Both are found while it lives;
 //! a container's /tmp is held open, and the file once it exists, so that its frames are
-//! named after it exits and its root (a tmpfs on its /tmp) is gone with it. Runtimes append to the map as they compile, some through a buffer
-//! written out at exit: it is read on, from where the last read stopped, as stacks arrive and
-//! whenever a frame is not in what was read, and what was read is kept (a map deleted at exit
-//! still names).
+//! named after it exits and its root (a tmpfs on its /tmp) is gone with it. That /tmp is
+//! found when pfault reads the process's exec notice: a container's process gone before
+//! then (a few ms long, on a host that starves pfault) has its map looked for in ours.
+//! Runtimes append to the map as they compile, some through a buffer written out at exit:
+//! it is read on, from where the last read stopped, as stacks arrive and whenever a frame is
+//! not in what was read, and what was read is kept (a map deleted at exit still names).
 //!
 //! A runtime reuses the memory of code it dropped (V8 does within a second), so two functions
 //! of a map may hold one address. A stack is named by the newest of them written by the time
