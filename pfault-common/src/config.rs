@@ -48,6 +48,10 @@ pub const CFG_UNWIND_CFI: u32 = 1 << 17;
 /// Note the size of the page each completed fault mapped (4 KiB, 2 MiB, 1 GiB), from the
 /// process's page tables after the fault (`Config::page_offset`).
 pub const CFG_PAGE_SIZE: u32 = 1 << 18;
+/// With `CFG_ACCOUNTED`: the accounting's moves between two exceptions are the first one's,
+/// and count as kernel-mode faults (`ProcStats::kernel`) when it was raised in kernel mode.
+/// The exporter's mode label, with neither a completion probe nor a clock read.
+pub const CFG_ACCOUNTED_MODES: u32 = 1 << 19;
 
 /// `Config::modes` bits.
 pub const MODE_USER: u32 = 1;

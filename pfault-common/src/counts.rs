@@ -135,8 +135,7 @@ pod!(ProcKey);
 pub struct ProcStats {
     /// Indexed by `KIND_*`.
     pub counts: [u64; 3],
-    /// Of `counts`, the faults raised in kernel mode (timed faults only: the accounting path
-    /// does not see the mode).
+    /// Of `counts`, the faults raised in kernel mode (timed faults, or `CFG_ACCOUNTED_MODES`).
     pub kernel: [u64; 3],
     pub latency_sum_ns: u64,
     /// Updated without atomics: two CPUs racing may keep the smaller of two new maxima.

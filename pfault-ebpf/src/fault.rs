@@ -89,7 +89,7 @@ pub(crate) fn on_exception(ctx: &RawTracePointContext) -> u32 {
     if conf!(flags) & CFG_ACCOUNTED != 0 {
         let task = current_task();
         match THREADS.get(task, true) {
-            Some(t) => check_accounted(task, t),
+            Some(t) => check_accounted(task, t, (mode == MODE_KERNEL) as u8),
             None => count(CNT_PENDING_FULL),
         }
         return 0;

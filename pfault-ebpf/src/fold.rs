@@ -47,6 +47,9 @@ pub(crate) fn fold(task: *mut task_struct, t: *mut Thread) {
     let mut accounted = [0u64; 2];
     if conf!(flags) & CFG_ACCOUNTED != 0 && unsafe { read_volatile(addr_of!((*t).acct.ready)) } != 0 {
         let now = faults_accounted(task);
+        // Moded at the same `now` as folded: each row's kernel-mode counts stay within its
+        // counts.
+        give_mode(t, now);
         for k in 0..2 {
             let d = advance(unsafe { addr_of_mut!((*t).acct.folded[k]) }, now[k]);
             if conf!(kinds) & (1 << k) != 0 {

@@ -227,7 +227,8 @@ pub fn task_exit(ctx: RawTracePointContext) -> u32 {
         flush_error(ctx.as_ptr(), p, true);
     } else if let Some(p) = p {
         // A last fault never accounted is the one that killed the thread.
-        check_accounted(task, p as *mut Thread);
+        let t = p as *mut Thread;
+        check_accounted(task, t, unsafe { (*t).acct.in_kernel });
     }
     if flags & CFG_OUT_PROCS != 0 {
         if let Some(p) = p {

@@ -161,13 +161,18 @@ pub(crate) struct Accounted {
     /// The thread's `min_flt`, `maj_flt` already folded into `PROC_STATS` (at first sight:
     /// what it had faulted before).
     pub(crate) folded: [u64; 2],
+    /// The accounting already given a mode (`CFG_ACCOUNTED_MODES`): its moves past here are
+    /// the last entered fault's.
+    pub(crate) moded: [u64; 2],
     /// `min_flt + maj_flt` when the thread last entered the fault handler.
     pub(crate) at_entry: u64,
     /// `folded` is set ([`fold`] waits for it).
     pub(crate) ready: u8,
     /// `at_entry` is set.
     pub(crate) entered: u8,
-    pub(crate) _pad: [u8; 6],
+    /// The last fault entered was raised in kernel mode.
+    pub(crate) in_kernel: u8,
+    pub(crate) _pad: [u8; 5],
 }
 
 /// The current thread's parked entry: in `THREADS` when processes are counted, so that one
@@ -198,19 +203,50 @@ pub(crate) fn faults_accounted(task: *mut task_struct) -> [u64; 2] {
 
 /// `CFG_ACCOUNTED`: counts an error if the thread entered the fault handler since it was
 /// last seen and its accounting did not move (a fault that completes is always accounted),
-/// then notes where the accounting stands.
+/// gives the moves their mode, then notes where the accounting stands and the mode of the
+/// fault now entered (`in_kernel`; at exit, the last one's, passed back).
 #[inline(always)]
-pub(crate) fn check_accounted(task: *mut task_struct, t: *mut Thread) {
-    let [min, maj] = faults_accounted(task);
+pub(crate) fn check_accounted(task: *mut task_struct, t: *mut Thread, in_kernel: u8) {
+    let now = faults_accounted(task);
+    let [min, maj] = now;
     unsafe {
         let a = addr_of_mut!((*t).acct);
         if (*a).ready == 0 {
-            write_volatile(addr_of_mut!((*a).folded), [min, maj]);
+            write_volatile(addr_of_mut!((*a).folded), now);
+            write_volatile(addr_of_mut!((*a).moded), now);
             write_volatile(addr_of_mut!((*a).ready), 1);
-        } else if (*a).entered != 0 && (*a).at_entry == min + maj && conf!(kinds) & (1 << KIND_ERROR) != 0 {
-            atomic_add(addr_of_mut!((*t).stats.counts[KIND_ERROR as usize]), 1);
+        } else {
+            if (*a).entered != 0 && (*a).at_entry == min + maj && conf!(kinds) & (1 << KIND_ERROR) != 0 {
+                atomic_add(addr_of_mut!((*t).stats.counts[KIND_ERROR as usize]), 1);
+                if (*a).in_kernel != 0 {
+                    atomic_add(addr_of_mut!((*t).stats.kernel[KIND_ERROR as usize]), 1);
+                }
+            }
+            give_mode(t, now);
         }
         (*a).at_entry = min + maj;
         (*a).entered = 1;
+        (*a).in_kernel = in_kernel;
+    }
+}
+
+/// `CFG_ACCOUNTED_MODES`: the accounting's moves up to `now` not yet given a mode are the
+/// last entered fault's (and those of get_user_pages, which raise no exception, in
+/// between): kernel-mode faults if it was. Called at each entry and by [`fold`], each move
+/// taken once.
+#[inline(always)]
+pub(crate) fn give_mode(t: *mut Thread, now: [u64; 2]) {
+    if conf!(flags) & CFG_ACCOUNTED_MODES == 0 {
+        return;
+    }
+    unsafe {
+        let a = addr_of_mut!((*t).acct);
+        let in_kernel = read_volatile(addr_of!((*a).in_kernel)) != 0;
+        for (k, &now) in now.iter().enumerate() {
+            let d = advance(addr_of_mut!((*a).moded[k]), now);
+            if in_kernel && d != 0 && conf!(kinds) & (1 << k) != 0 {
+                atomic_add(addr_of_mut!((*t).stats.kernel[k]), d);
+            }
+        }
     }
 }

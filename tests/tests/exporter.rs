@@ -51,12 +51,74 @@ fn exporter(port: u16, more: &[&str]) -> Attached {
     )
 }
 
-/// The workload under a name of its own: its comm is the binary's basename.
-fn renamed_workload(name: &str) -> std::path::PathBuf {
+/// `workload` under a name of its own: its comm is the binary's basename.
+fn renamed(workload_name: &str, name: &str) -> std::path::PathBuf {
     let dir = scratch(&format!("exporter-{name}"));
     let bin = dir.join(name);
-    std::fs::copy(workload("anon_writer"), &bin).unwrap();
+    std::fs::copy(workload(workload_name), &bin).unwrap();
     bin
+}
+
+fn renamed_workload(name: &str) -> std::path::PathBuf {
+    renamed("anon_writer", name)
+}
+
+/// The exporter's `pfault_page_faults_total` for `comm`, by (kind, mode).
+fn faults_by_kind_and_mode(port: u16, comm: &str) -> std::collections::HashMap<(String, String), u64> {
+    let (status, body) = http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let prefix = format!("pfault_page_faults_total{{comm=\"{comm}\",kind=\"");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (kind, rest) = rest.split_once('"')?;
+            let mode = rest.strip_prefix(",mode=\"")?.split_once('"')?.0;
+            let n = l.rsplit_once(' ')?.1.parse::<f64>().ok()? as u64;
+            Some(((kind.to_string(), mode.to_string()), n))
+        })
+        .collect()
+}
+
+/// The mode label, without latencies (counts from the kernel's accounting, each move given
+/// the mode of the exception before it) and with them (each fault timed): the workload's
+/// faults in read(2)'s copy to user space are kernel-mode, its own writes user-mode, as its
+/// getrusage around each phase says.
+#[test]
+fn the_mode_label_tells_kernel_from_user_faults() {
+    if !root_or_skip() {
+        return;
+    }
+    for (i, more) in [&[][..], &["-L"][..]].into_iter().enumerate() {
+        let name = format!("pfm{i}{}", std::process::id() % 10_000);
+        let bin = renamed("kernel_then_user", &name);
+        let port = free_port();
+        let mut args = vec!["-c", &name];
+        args.extend(more);
+        let tracer = exporter(port, &args);
+        let out = Command::new(&bin).arg("20000").output().unwrap();
+        let truth = kv(&String::from_utf8_lossy(&out.stdout));
+        let (kernel, user) = (num(&truth, "kernel_minflt"), num(&truth, "user_minflt"));
+        let minor = |m: &std::collections::HashMap<(String, String), u64>, mode: &str| {
+            m.get(&("minor".to_string(), mode.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let mut seen = Default::default();
+        eventually(Duration::from_secs(20), || {
+            seen = faults_by_kind_and_mode(port, &name);
+            minor(&seen, "kernel") >= kernel && minor(&seen, "user") >= user
+        });
+        // The process's own start-up (the loader's reads, its first touches) adds to both.
+        let report = format!("{more:?}: exporter {seen:?}, getrusage kernel {kernel} user {user}");
+        eprintln!("{report}");
+        assert!(within(minor(&seen, "kernel"), kernel, 1.0), "{report}");
+        assert!(within(minor(&seen, "user"), user, 1.0), "{report}");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(tracer.pid() as i32, libc::SIGTERM) };
+        tracer.wait(Duration::from_secs(10));
+    }
 }
 
 /// A Prometheus server scraping the exporter every second counts the workload's minor

@@ -100,10 +100,15 @@ struct Exporter {
 }
 
 pub(crate) async fn run(args: ExporterArgs) -> Result<Option<i32>> {
-    // Faults are timed (entry and completion): the kernel's own accounting has no mode.
     let mut flags = CFG_OUT_PROCS | CFG_BY_CGROUP;
     if args.by_file {
         flags |= CFG_OUT_FILES | CFG_NOTIFY_TASKS | CFG_NOTIFY_MAPS;
+    }
+    // Counts alone come from the kernel's own accounting, each move given the mode of the
+    // exception before it: one cheap probe per fault, no clock read. Latencies, files and
+    // the filters that judge each fault time it from entry to completion.
+    if !args.latency && !args.by_file && !args.filter.needs_fault_entry() {
+        flags |= CFG_ACCOUNTED | CFG_ACCOUNTED_MODES;
     }
     let mut plan = args.filter.plan(flags);
     if args.by_file {
