@@ -470,6 +470,8 @@ mod tests {
                 _pad: [0; 3],
                 name,
             },
+            exec: 1,
+            _pad: [0; 7],
         };
         m.notice(&Record::Map(seen));
         assert_eq!(path(&mut m, gone, 0x4800).as_deref(), Some("/lib/libx.so"));

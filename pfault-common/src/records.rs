@@ -133,6 +133,10 @@ pub struct MapSeen {
     pub vm_end: u64,
     /// `offset` is the file offset of `vm_start`.
     pub map: Mapping,
+    /// The mapping is code (`VM_EXEC`): its file's unwind table is built now, before its
+    /// first stacks (a library a process loads with dlopen).
+    pub exec: u8,
+    pub _pad: [u8; 7],
 }
 pod!(MapSeen);
 

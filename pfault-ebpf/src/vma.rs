@@ -171,8 +171,12 @@ pub extern "C" fn notify_map(tgid: u32, addr: u64) -> i64 {
         (*s).pid = tgid;
         (*s).vm_end = v.end;
         copy_mapping(addr_of_mut!((*s).map), &v.map);
+        (*s).exec = (v.vm_flags & VM_EXEC != 0) as u8;
     }
-    seen.submit(wakeup_flag());
+    // Code is mapped rarely, and its table is wanted before its first faults: the reader is
+    // woken now, not at its next poll.
+    let code = v.vm_flags & VM_EXEC != 0;
+    seen.submit(if code { BPF_RB_FORCE_WAKEUP } else { wakeup_flag() });
     // A global function must return a scalar; nothing reads it.
     0
 }

@@ -414,6 +414,23 @@ impl Engine {
                 u.need(need);
                 None
             }
+            // Code a process just mapped (a library it loaded with dlopen, a Python
+            // extension module) gets its table before its first stacks come asking: built
+            // then, the stacks of the faults meanwhile stopped in it.
+            (Record::Map(seen), Some(u)) if seen.exec != 0 && seen.map.kind == MAP_FILE => {
+                u.need(UnwindNeed {
+                    rec: REC_UNWIND,
+                    pid: seen.pid,
+                    vm_start: seen.map.vm_start,
+                    vm_end: seen.vm_end,
+                    file: FileId {
+                        ino: seen.map.ino,
+                        dev: seen.map.dev,
+                        _pad: 0,
+                    },
+                });
+                Some(Record::Map(seen))
+            }
             (Record::Unwind(_), None) => None,
             (r, _) => Some(r),
         }

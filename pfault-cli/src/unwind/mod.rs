@@ -10,6 +10,7 @@
 //! stands in. Rows are never freed: a run that meets more code than `--unwind-mb` holds
 //! unwinds the rest by frame pointer, and says so.
 
+mod needed;
 pub(crate) mod table;
 
 use std::{
@@ -124,15 +125,18 @@ struct BuiltAhead {
 }
 
 /// Tables for the files `pids` have mapped as code (but pfault's own program, which it never
-/// traces), and for `program`, built on a thread of their own. The first pid is the target.
+/// traces), and for `program` and the libraries it will load, built on a thread of their
+/// own. The first pid is the target.
 fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhead> {
     std::thread::spawn(move || {
         let own = std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino());
         let mut seen = Vec::new();
         let mut out = BuiltAhead::default();
-        if let Some(path) = program {
-            if let Ok(file) = File::open(&path) {
-                if let Some(id) = procfs::mapped_id(&file) {
+        if let Some(program) = program {
+            let libraries = needed::libraries(&program);
+            for path in std::iter::once(program).chain(libraries) {
+                let Ok(file) = File::open(&path) else { continue };
+                if let Some(id) = procfs::mapped_id(&file).filter(|id| !seen.contains(id)) {
                     seen.push(id);
                     out.tables.push(build_file(file, id, path));
                 }
