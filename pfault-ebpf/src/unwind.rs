@@ -157,17 +157,19 @@ fn walk_frames() {
 }
 
 /// `bpf_loop` callback: frame `i`. Not `no_mangle`: the verifier wants a static callback.
-/// All of a step is inline here, down to `bpf_find_vma`'s own callback: 6.1 counts the stack
-/// of every frame of a call chain against one 512-byte budget (rounding each frame up to 32),
-/// and the programs' own frames take most of it.
 #[cfg(not(feature = "compat"))]
 #[inline(never)]
 extern "C" fn unwind_step(i: u64, _ctx: *mut c_void) -> i64 {
-    unwind_frame(i)
+    // A callback returns 0 or 1, and the verifier knows nothing of what a global returns:
+    // read back through memory, so that the compiler, which knows, keeps the test.
+    let r = unwind_step_global(i);
+    (unsafe { read_volatile(&r) } != 0) as i64
 }
 
-/// Frame `i`, for compat's loop.
-#[cfg(feature = "compat")]
+/// Frame `i`. A global function: the verifier checks it once, on its own, whatever calls it
+/// and however often. Inline in the `bpf_loop` callback, it was walked with the state of
+/// each program that unwinds, again for each state the callback can be entered with: 44,121
+/// instructions for each of stackcount's completion programs on one build of 6.18.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn unwind_step_global(i: u64) -> i64 {

@@ -52,9 +52,29 @@ pub(crate) fn walk(ctx: *mut c_void, user: bool, kernel_mode: bool) -> u64 {
     if n > MAX_STACK {
         n = MAX_STACK;
     }
+    let h = hash_frames(user as u64, n as u64);
+    unsafe {
+        (*s).rec = REC_STACK;
+        (*s).nframes = n as u32;
+        (*s).hash = h;
+    }
+    h
+}
+
+/// The hash of the first `n` frames of the user (`user` != 0) or kernel scratch slot. A
+/// global function: the verifier walks its loop once, not in each program and for each stack
+/// it hashes (unrolled inline: twice its 127 turns in each of stackcount's completion
+/// programs).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn hash_frames(user: u64, n: u64) -> u64 {
+    let Some(s) = STACK_SCRATCH.get_ptr(if user != 0 { USER_SCRATCH } else { KERNEL_SCRATCH }) else {
+        return STACK_NONE;
+    };
+    let n = n as usize;
     // FxHash steps (a bijection of the state for each frame, so stacks of one depth that
     // differ in any frame never collide), the depth, then murmur3's finalizer.
-    let mut h: u64 = if user {
+    let mut h: u64 = if user != 0 {
         0x9e37_79b9_7f4a_7c15
     } else {
         0xc2b2_ae3d_27d4_eb4f
@@ -76,11 +96,6 @@ pub(crate) fn walk(ctx: *mut c_void, user: bool, kernel_mode: bool) -> u64 {
     h ^= h >> 33;
     if h < STACK_FIRST {
         h += STACK_FIRST;
-    }
-    unsafe {
-        (*s).rec = REC_STACK;
-        (*s).nframes = n as u32;
-        (*s).hash = h;
     }
     h
 }
