@@ -83,8 +83,6 @@ pub struct Offsets {
     pub regs_ip: u32,
     pub regs_sp: u32,
     pub regs_bp: u32,
-    /// `pt_regs.orig_ax`: the syscall number at syscall exit.
-    pub regs_orig_ax: u32,
     pub task_mm: u32,
     /// `mm_struct.pgd`: the top page table, a direct-map address.
     pub mm_pgd: u32,

@@ -225,8 +225,7 @@ fn bpftrace(name: &'static str, out: PathBuf, program: &str) -> Tracer {
 const SYSCALLS: u64 = 3_000_000;
 
 /// What noticing the mmaps of traced processes adds to every system call on the host: pfault
-/// hooks `raw_syscalls:sys_exit` (its detach does not wait for a grace period), bpftrace
-/// the classic `syscalls:sys_exit_mmap` event.
+/// and bpftrace both hook the classic `syscalls:sys_exit_mmap` event.
 fn syscall_cost(pfault: &str, bpftrace_out: &Path) -> Result<String> {
     let bin = workload("syscalls")?;
     let tracers = [

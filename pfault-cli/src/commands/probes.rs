@@ -115,10 +115,10 @@ pub(crate) fn report() -> Vec<(String, String)> {
         if root_only {
             unseen()
         } else if std::path::Path::new(features::TRACEFS)
-            .join("events/raw_syscalls/sys_exit")
+            .join("events/syscalls/sys_exit_mmap")
             .exists()
         {
-            "yes (raw_syscalls:sys_exit, for mmap: short-lived processes' libraries are named)".into()
+            "yes (syscalls:sys_exit_mmap: short-lived processes' libraries are named)".into()
         } else {
             "no (no syscall tracepoint: maps come from /proc alone)".into()
         },

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        FEntry, FExit, KProbe, PerfEvent, Program, RawTracePoint,
+        FEntry, FExit, KProbe, PerfEvent, Program, RawTracePoint, TracePoint,
     },
     util::online_cpus,
     Btf as AyaBtf, Ebpf,
@@ -15,6 +15,7 @@ use pfault_common::*;
 
 use super::{
     features::{fentry_permitted, kprobes_available},
+    linger::{open_fds, Linger},
     plan::{Plan, ProbeMode},
     probes::{self, Accounted, Choice, Hook, Probe},
 };
@@ -51,6 +52,7 @@ fn load(program: &mut Program, probe: &Probe, btf: Option<&AyaBtf>) -> Result<()
     let btf = || btf.ok_or_else(|| anyhow!("no kernel BTF to load {} with", probe.program));
     match (program, probe.hook) {
         (Program::RawTracePoint(p), Hook::RawTracepoint(_)) => p.load()?,
+        (Program::TracePoint(p), Hook::Tracepoint(..)) => p.load()?,
         (Program::PerfEvent(p), Hook::Accounting(_)) => p.load()?,
         (Program::KProbe(p), Hook::KProbe(_) | Hook::KRetProbe(_)) => p.load()?,
         (Program::FEntry(p), Hook::FEntry(f)) => p.load(f, btf()?)?,
@@ -67,13 +69,20 @@ fn load(program: &mut Program, probe: &Probe, btf: Option<&AyaBtf>) -> Result<()
 }
 
 /// Attaches a loaded program to its hook.
-fn attach_one(ebpf: &mut Ebpf, probe: &Probe) -> Result<()> {
+fn attach_one(ebpf: &mut Ebpf, probe: &Probe, linger: &mut Linger) -> Result<()> {
     let name = probe.program;
     match probe.hook {
         Hook::RawTracepoint(event) => {
             program::<RawTracePoint>(ebpf, name)?
                 .attach(event)
                 .with_context(|| format!("attaching to raw tracepoint {event}"))?;
+        }
+        Hook::Tracepoint(category, event) => {
+            let before = open_fds();
+            program::<TracePoint>(ebpf, name)?
+                .attach(category, event)
+                .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
+            linger.note_since(&before);
         }
         Hook::Accounting(which) => {
             let event = match which {
@@ -112,7 +121,8 @@ fn load_and_attach(ebpf: &mut Ebpf, probe: &Probe, btf: Option<&AyaBtf>) -> Resu
         .program_mut(probe.program)
         .with_context(|| format!("pfault's eBPF object has no program {}", probe.program))?;
     load(p, probe, btf).with_context(|| format!("loading {}", probe.program))?;
-    attach_one(ebpf, probe)
+    // The handle_mm_fault hooks: none is a classic tracepoint.
+    attach_one(ebpf, probe, &mut Linger::default())
 }
 
 /// Attaches the `handle_mm_fault` hooks of `mode`, having asked the kernel the cheapest way
@@ -198,9 +208,10 @@ fn choose_mode(
 }
 
 /// Chooses and attaches a probe mode, then the rest of the probes the plan needs. Returns the
-/// mode with the reasons better modes (or optional probes) were refused, and what `ready`
-/// made: it runs once the programs are loaded, before the others attach, so what they need
-/// in place (the unwinder's tables) is built while the verifier works.
+/// mode with the reasons better modes (or optional probes) were refused, what `ready`
+/// made, and the classic tracepoints' descriptors to hand off at the end: `ready` runs once
+/// the programs are loaded, before the others attach, so what they need in place (the
+/// unwinder's tables) is built while the verifier works.
 pub(crate) fn attach<T>(
     ebpf: &mut Ebpf,
     plan: &Plan,
@@ -208,8 +219,9 @@ pub(crate) fn attach<T>(
     hmf_btf_id: Option<u32>,
     iter_btf_id: Option<u32>,
     ready: impl FnOnce() -> Result<T>,
-) -> Result<(ProbeMode, Vec<String>, T)> {
+) -> Result<(ProbeMode, Vec<String>, T, Linger)> {
     let mut refused = Vec::new();
+    let mut linger = Linger::default();
     let mode = choose_mode(ebpf, plan, flags, hmf_btf_id, &mut refused)?;
     let choice = Choice {
         mode,
@@ -225,11 +237,14 @@ pub(crate) fn attach<T>(
     let loaded = load_together(ebpf, &rest, iter_btf.as_ref());
     let ready = ready()?;
     for (probe, loaded) in rest.into_iter().zip(loaded) {
-        match (loaded.and_then(|()| attach_one(ebpf, probe)), probe.optional) {
+        match (
+            loaded.and_then(|()| attach_one(ebpf, probe, &mut linger)),
+            probe.optional,
+        ) {
             (Ok(()), _) => {}
             (Err(e), Some(what)) => refused.push(format!("{what}: {}", short_error(&e))),
             (Err(e), None) => return Err(e),
         }
     }
-    Ok((mode, refused, ready))
+    Ok((mode, refused, ready, linger))
 }

@@ -92,7 +92,6 @@ pub(crate) fn kernel_layout(btf: &Btf) -> Result<(Offsets, VmFaultNames)> {
         regs_ip: btf.offset_of("pt_regs", "ip")?,
         regs_sp: btf.offset_of("pt_regs", "sp")?,
         regs_bp: btf.offset_of("pt_regs", "bp")?,
-        regs_orig_ax: btf.offset_of("pt_regs", "orig_ax")?,
         task_mm: btf.offset_of("task_struct", "mm")?,
         mm_pgd: btf.offset_of("mm_struct", "pgd")?,
         task_pid: btf.offset_of("task_struct", "pid")?,

@@ -4,6 +4,7 @@
 mod attach;
 pub(crate) mod features;
 pub(crate) mod layout;
+mod linger;
 pub(crate) mod losses;
 pub(crate) mod objects;
 pub(crate) mod plan;
@@ -25,6 +26,7 @@ pub(crate) use self::{
 };
 use self::{
     layout::{kernel_layout, DirectMap},
+    linger::Linger,
     objects::{maps, BPF_OBJECT, BPF_OBJECT_COMPAT, CONFIG, LOG_LEVEL},
 };
 use crate::{
@@ -51,6 +53,14 @@ pub(crate) struct Engine {
     /// The CFI unwinder's tables (`CFG_UNWIND_CFI`).
     pub(crate) unwinder: Option<Unwinder>,
     log: Option<aya_log::EbpfLogger<StderrLog>>,
+    /// Last: the classic tracepoints' holder is let go once the rest is closed.
+    linger: Linger,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.linger.hand_off();
+    }
 }
 
 /// The CFI unwinder's account of a run.
@@ -374,7 +384,7 @@ impl Engine {
             }
             None => None,
         };
-        let (mode, mut refused, unwinder) =
+        let (mode, mut refused, unwinder, linger) =
             attach::attach(&mut ebpf, plan, flags, hmf_btf_id, iter_btf_id, || {
                 unwind_maps
                     .map(|(rows, files, text, ahead)| {
@@ -403,6 +413,7 @@ impl Engine {
             started_ns: procfs::monotonic_ns(),
             unwinder,
             log,
+            linger,
         })
     }
 

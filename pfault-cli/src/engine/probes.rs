@@ -12,6 +12,9 @@ pub(crate) enum Hook {
     /// A raw tracepoint: the kernel's arguments as they are, without a trace record built
     /// first, and a detach that does not wait for a grace period.
     RawTracepoint(&'static str),
+    /// A classic tracepoint (category, event): the kernel filters before any program runs,
+    /// and its detach waits for a grace period (handed off: `linger`).
+    Tracepoint(&'static str, &'static str),
     /// A perf software event on every online CPU, period 1: the kernel's fault accounting.
     Accounting(Accounted),
     KProbe(&'static str),
@@ -162,7 +165,7 @@ pub(crate) const PROBES: &[Probe] = &[
     // once are then read from /proc alone, and may come too late.
     Probe {
         program: "task_mmap",
-        hook: Hook::RawTracepoint("sys_exit"),
+        hook: Hook::Tracepoint("syscalls", "sys_exit_mmap"),
         mode_probe: None,
         wanted: |c| c.has(CFG_NOTIFY_MAPS),
         optional: Some("mmap notices"),
