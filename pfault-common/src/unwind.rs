@@ -30,8 +30,12 @@ pub const CFA_DEREF: u8 = 8;
 /// assembly: `DW_OP_breg7 N; DW_OP_deref; DW_OP_plus_uconst M`, rsp as it was at entry,
 /// saved in the frame, plus the return address and what was pushed before it was saved).
 pub const CFA_DEREF_RSP: u8 = 9;
+/// CFA = rsp + `cfa_off`, with the return address not in the word below the CFA but at
+/// CFA - 8 * (2 + the kind's high nibble): 16 to 136 bytes below (hand-written assembly that
+/// moves it, as a stack switch or a trampoline does).
+pub const CFA_RSP_RA: u8 = 10;
 /// The kind's low nibble; the high one names the register of `CFA_REG`, `CFA_REG_X8` and
-/// `CFA_DEREF`, and `CFA_DEREF_RSP`'s addend.
+/// `CFA_DEREF`, `CFA_DEREF_RSP`'s addend and `CFA_RSP_RA`'s return address.
 pub const CFA_KIND: u8 = 15;
 /// A register, as `CFA_REG*` name it: its word in the kernel's x86-64 `struct pt_regs` (a
 /// uapi layout, `asm/ptrace.h`: r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx,

@@ -218,8 +218,14 @@ fn unwind_frame(i: u64) -> i64 {
         (row >> 48) as u8,
         (row >> 56) as u8 as i8,
     );
+    // Where the return address lies below the CFA.
+    let mut ra_below = 8;
     let (cfa, rbp) = match kind & CFA_KIND {
         CFA_RSP => (w.sp.wrapping_add(cfa_off as i64 as u64), rbp),
+        CFA_RSP_RA => {
+            ra_below = 8 * (2 + (kind >> 4) as u64);
+            (w.sp.wrapping_add(cfa_off as i64 as u64), rbp)
+        }
         CFA_REG | CFA_REG_X8 | CFA_DEREF | CFA_DEREF_RSP => {
             let (reg, plus) = if kind & CFA_KIND == CFA_DEREF_RSP {
                 (REG_RSP, (kind >> 4) as u64 * 8)
@@ -303,7 +309,7 @@ fn unwind_frame(i: u64) -> i64 {
     if cfa <= w.sp || cfa >= USER_END {
         return stopped(STOP_BAD_CFA);
     }
-    let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+    let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - ra_below) as *const u64) }) else {
         return stopped(STOP_UNREADABLE);
     };
     if rbp != 0 {

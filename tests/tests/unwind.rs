@@ -358,6 +358,28 @@ fn a_cfa_saved_in_the_frame_as_openssl_keeps_it_leads_back_to_main() {
     at_least_99_percent(with, total, "_start..main;fill_saved_rsp", &lines);
 }
 
+/// Assembly that moved its return address from the word below the CFA to CFA - 24, its CFI
+/// saying so: the walk reads it there and goes on to main.
+#[test]
+fn a_return_address_moved_down_the_frame_is_read_where_its_cfi_says() {
+    if !root_or_skip() {
+        return;
+    }
+    let program = workload("moved_ra");
+    assert_cfi_has(&program, "DW_CFA_offset: r16 (rip) at cfa-24");
+    let (lines, minflt, _) = stacks_of("unwind-moved-ra", &program, "5000", &[]);
+    let (total, with) = share(
+        &lines,
+        |s| leaf(s) == "fill_moved_ra",
+        |s| s.starts_with("moved_ra;_start;") && s.ends_with(";__libc_start_call_main;main;fill_moved_ra"),
+    );
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in fill_moved_ra, getrusage says {minflt}"
+    );
+    at_least_99_percent(with, total, "_start..main;fill_moved_ra", &lines);
+}
+
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
 /// interrupted, and on to main (a frame-pointer walk skips the interrupted function's caller).
 #[test]

@@ -134,6 +134,7 @@ const WORKLOADS: &[&str] = &[
     "big_frame",
     "realign",
     "saved_rsp",
+    "moved_ra",
     "thp_writer",
 ];
 

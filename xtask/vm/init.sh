@@ -493,9 +493,10 @@ for mode in fentry tracepoint; do
 done
 # The CFI rules beyond a register plus a small offset, once (the walk is the same in every
 # mode): memset's caller with a 200 KiB frame (big_frame), realigned (realign: its CFA read
-# from the frame), and assembly whose CFA is its entry rsp saved in the frame (saved_rsp).
+# from the frame), assembly whose CFA is its entry rsp saved in the frame (saved_rsp), and
+# assembly that moved its return address down its frame (moved_ra).
 check_unwind tracepoint big_frame:big_frame:memset realign:fill_realigned:memset \
-    saved_rsp:main:fill_saved_rsp
+    saved_rsp:main:fill_saved_rsp moved_ra:main:fill_moved_ra
 # stat without -L or --probe counts from the threads' own accounting (no per-fault timing).
 check_stat auto
 echo "@@vm done"

@@ -475,11 +475,14 @@ where
             ..none
         };
     }
-    match row.register(X86_64::RA) {
-        Some(RegisterRule::Offset(-8)) => {}
+    // Where the return address is, when not where the call left it (CFA - 8): as
+    // `CFA_RSP_RA`'s nibble.
+    let ra_moved = match row.register(X86_64::RA) {
+        Some(RegisterRule::Offset(-8)) => None,
+        Some(RegisterRule::Offset(o)) if o % 8 == 0 && (-136..=-16).contains(&o) => Some((-o / 8 - 2) as u8),
         Some(RegisterRule::Undefined) => return UnwindRow { cfa: CFA_END, ..none },
         _ => return none,
-    }
+    };
     let cfa = match row.cfa() {
         CfaRule::RegisterAndOffset { register, offset } => reg_rule(*register, *offset),
         CfaRule::Expression(_) => expr.and_then(|e| {
@@ -490,9 +493,16 @@ where
             deref_rule(register, offset, plus)
         }),
     };
-    let Some((cfa, cfa_off)) = cfa else {
+    let Some((mut cfa, cfa_off)) = cfa else {
         return none;
     };
+    if let Some(n) = ra_moved {
+        // Only an rsp-based CFA leaves the kind's high nibble free for it.
+        if cfa != CFA_RSP {
+            return none;
+        }
+        cfa = CFA_RSP_RA | n << 4;
+    }
     let rbp = match row.register(X86_64::RBP) {
         Some(RegisterRule::Offset(o)) if o % 8 == 0 && o != 0 => match i8::try_from(o / 8) {
             Ok(v) if v != RBP_AT_RBP => v,
