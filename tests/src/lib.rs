@@ -394,6 +394,46 @@ pub fn summary(stderr: &str) -> serde_json::Value {
     v["summary"].take()
 }
 
+/// `kernel.bpf_stats_enabled`: while it is 1, each BPF program's fdinfo counts its runs and
+/// their time (two clock reads per run, so it is on only while measured).
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// BPF statistics on until dropped, then as they were.
+pub struct BpfStats(String);
+
+impl BpfStats {
+    pub fn enable() -> std::io::Result<BpfStats> {
+        let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+        std::fs::write(BPF_STATS, "1")?;
+        Ok(BpfStats(before.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// Run time (ns) and run count of every BPF program process `pid` holds, from their fdinfo
+/// (counted while [`BpfStats`] is on).
+pub fn bpf_run_stats(pid: u32) -> std::io::Result<(u64, u64)> {
+    let (mut ns, mut runs) = (0, 0);
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(e?.path()).unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(t), Some(c)) = (field("run_time_ns:"), field("run_cnt:")) {
+            ns += t;
+            runs += c;
+        }
+    }
+    Ok((ns, runs))
+}
+
 pub fn within(actual: u64, expected: u64, pct: f64) -> bool {
     (actual as f64 - expected as f64).abs() <= expected as f64 * pct / 100.0
 }

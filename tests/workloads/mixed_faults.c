@@ -2,7 +2,7 @@
  * each of MINOR fresh anonymous pages (touch_anon), then reads one byte from each of MAJOR
  * pages of a file it writes at PATH, dropped from the page cache and read at random
  * (read_file: one major fault, one disk read, per page). Says each phase's faults.
- * usage: mixed_faults PATH MINOR MAJOR [wait] */
+ * usage: mixed_faults PATH MINOR MAJOR [wait [linger]] */
 #include <fcntl.h>
 #include "common.h"
 
@@ -24,7 +24,7 @@ static long faults(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) { fprintf(stderr, "usage: mixed_faults PATH MINOR MAJOR [wait]\n"); return 2; }
+    if (argc < 4) { fprintf(stderr, "usage: mixed_faults PATH MINOR MAJOR [wait [linger]]\n"); return 2; }
     long minor = atol(argv[2]), major = atol(argv[3]);
     int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) { perror(argv[1]); return 1; }
@@ -49,5 +49,6 @@ int main(int argc, char **argv) {
     end();
     printf("anon_faults=%ld file_faults=%ld sum=%ld\n", anon_faults, file_faults, sum);
     fflush(stdout);
+    maybe_linger(argc, argv, 5);
     return 0;
 }

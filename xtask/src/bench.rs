@@ -152,47 +152,23 @@ fn measure(run: impl Fn() -> Result<f64>, tracers: &[Option<&Tracer>]) -> Result
     Ok(times.into_iter().map(median).collect())
 }
 
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-/// Run time and run count of every BPF program process `pid` holds (its fdinfo, filled while
-/// `kernel.bpf_stats_enabled` is on).
-fn bpf_run_stats(pid: u32) -> Result<(u64, u64)> {
-    let (mut ns, mut runs) = (0, 0);
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
-        let info = std::fs::read_to_string(e?.path()).unwrap_or_default();
-        let field = |k: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        if let (Some(t), Some(c)) = (field("run_time_ns:"), field("run_cnt:")) {
-            ns += t;
-            runs += c;
-        }
-    }
-    Ok((ns, runs))
-}
-
 /// Nanoseconds in the kernel per fault and per program run, of `t`'s programs over one
 /// workload run, from the kernel's own BPF statistics (on only for this: they cost two clock
 /// reads per run).
 fn kernel_cost(bin: &Path, t: &Tracer) -> Result<(f64, f64)> {
-    let before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let result = (|| {
+    let _stats = pfault_tests::BpfStats::enable().context("enabling kernel.bpf_stats_enabled")?;
+    (|| {
         let running = Running(start(t)?);
         // bpftrace says it is attaching before its last CPU is: faults then go uncounted.
         std::thread::sleep(Duration::from_secs(1));
         let pid = running.0.id();
-        let (ns0, runs0) = bpf_run_stats(pid)?;
+        let (ns0, runs0) = pfault_tests::bpf_run_stats(pid)?;
         run_workload(bin)?;
-        let (ns1, runs1) = bpf_run_stats(pid)?;
+        let (ns1, runs1) = pfault_tests::bpf_run_stats(pid)?;
         stop(running)?;
         let (ns, runs) = ((ns1 - ns0) as f64, (runs1 - runs0).max(1) as f64);
         Ok((ns / PAGES as f64, ns / runs))
-    })();
-    let _ = std::fs::write(BPF_STATS, before.trim());
-    result
+    })()
 }
 
 fn pfault_tracer(name: &'static str, pfault: &str, args: &[&str]) -> Tracer {
