@@ -78,6 +78,25 @@ fn at_least_99_percent(with: u64, total: u64, what: &str, lines: &[(String, u64)
     );
 }
 
+/// The faults on stacks that `is_leaf` picks are the workload's (its getrusage `minflt`,
+/// within 1%), and at least 99% of them are on stacks that hold `want` (`what` says which).
+/// Returns how many there are.
+fn assert_kept(
+    lines: &[(String, u64)],
+    minflt: u64,
+    is_leaf: impl Fn(&str) -> bool,
+    want: impl Fn(&str) -> bool,
+    what: &str,
+) -> u64 {
+    let (total, with) = share(lines, is_leaf, want);
+    assert!(
+        within(total, minflt, 1.0),
+        "{what}: {total} faults at its leaf, getrusage says {minflt}: {lines:#?}"
+    );
+    at_least_99_percent(with, total, what, lines);
+    total
+}
+
 #[test]
 fn the_caller_of_memset_is_kept() {
     if !root_or_skip() {
@@ -86,12 +105,13 @@ fn the_caller_of_memset_is_kept() {
     let program = workload("memset_caller");
     let (lines, minflt, _) = stacks_of("unwind-memset", &program, "20000", &[]);
     let in_memset = |s: &str| leaf(s).starts_with("__memset");
-    let (total, with) = share(&lines, in_memset, |s| s.contains(";main;fill_pages;__memset"));
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in memset, getrusage says {minflt}"
+    assert_kept(
+        &lines,
+        minflt,
+        in_memset,
+        |s| s.contains(";main;fill_pages;__memset"),
+        "main;fill_pages;memset",
     );
-    at_least_99_percent(with, total, "main;fill_pages;memset", &lines);
     // The frame-pointer walk skips fill_pages: what the CFI walk is for.
     let (lines, _, _) = stacks_of("unwind-memset-fp", &program, "20000", &["--unwind", "fp"]);
     let (total, with) = share(&lines, in_memset, |s| s.contains(";fill_pages;"));
@@ -107,19 +127,16 @@ fn c_built_with_o2_and_no_frame_pointers_unwinds_to_start() {
         return;
     }
     let (lines, minflt, _) = stacks_of("unwind-omit-fp", &workload("omit_fp"), "20000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "touch_pages_nofp",
         |s| {
             s.starts_with("omit_fp;_start;")
                 && s.contains(";__libc_start_call_main;main;walk_pages;touch_pages_nofp")
         },
+        "_start..main;walk_pages;touch_pages_nofp",
     );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in touch_pages_nofp, getrusage says {minflt}"
-    );
-    at_least_99_percent(with, total, "_start..main;walk_pages;touch_pages_nofp", &lines);
 }
 
 #[test]
@@ -129,24 +146,16 @@ fn rust_without_frame_pointers_unwinds_to_start() {
     }
     let (lines, minflt, _) = stacks_of("unwind-rust", &rust_workload("rust_nofp"), "20000", &[]);
     let toucher = "rust_nofp::pager::Toucher<T>::touch_every_page";
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| s.contains(toucher),
         |s| {
             s.starts_with("rust_nofp;_start;")
                 && s.contains(";main;std::rt::lang_start_internal;")
                 && s.contains(&format!(";rust_nofp::main;rust_nofp::run;{toucher}"))
         },
-    );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in touch_every_page, getrusage says {minflt}"
-    );
-    at_least_99_percent(
-        with,
-        total,
         "_start..main..rust_nofp::run;touch_every_page",
-        &lines,
     );
 }
 
@@ -164,20 +173,12 @@ fn go_keeps_the_caller_of_runtime_memmove_from_its_debug_frame() {
         serde_json::json!([".debug_frame"]),
         "go_copy's table, from its .debug_frame: {summary}"
     );
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "runtime.memmove",
         |s| s.ends_with(";runtime.main;main.main;main.copyPages;runtime.memmove"),
-    );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in runtime.memmove, getrusage says {minflt}"
-    );
-    at_least_99_percent(
-        with,
-        total,
         "runtime.main;main.main;main.copyPages;runtime.memmove",
-        &lines,
     );
 }
 
@@ -214,13 +215,13 @@ fn cfi_in_a_separate_debug_file_is_found_by_debuglink_and_by_build_id() {
         return;
     }
     let check = |lines: &[(String, u64)], minflt: u64| {
-        let (total, with) = share(
+        assert_kept(
             lines,
+            minflt,
             |s| leaf(s) == "touch_pages_nofp",
             |s| s.contains(";__libc_start_call_main;main;walk_pages;touch_pages_nofp"),
+            "main;walk_pages;touch_pages_nofp",
         );
-        assert!(within(total, minflt, 1.0), "{total} faults vs {minflt}");
-        at_least_99_percent(with, total, "main;walk_pages;touch_pages_nofp", lines);
     };
     let (program, debug) = with_separate_debug_file("omit_fp_dbglink");
     let (lines, minflt, summary) = json_stacks("unwind-debuglink", &program, &[], &["20000"]);
@@ -319,19 +320,16 @@ fn a_realigned_frame_is_unwound_through_its_saved_argument_pointer() {
     assert_cfi_has(&program, "DW_CFA_def_cfa_expression (DW_OP_breg6 (rbp): -");
     assert_cfi_has(&program, "DW_CFA_expression: r6 (rbp) (DW_OP_breg6 (rbp): 0)");
     let (lines, minflt, _) = stacks_of("unwind-realign", &program, "5000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s).starts_with("__memset"),
         |s| {
             s.starts_with("realign;_start;")
                 && s.contains(";__libc_start_call_main;main;fill_realigned;__memset")
         },
+        "_start..main;fill_realigned;memset",
     );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in memset, getrusage says {minflt}"
-    );
-    at_least_99_percent(with, total, "_start..main;fill_realigned;memset", &lines);
 }
 
 /// Assembly in OpenSSL's style: the CFA is the entry rsp it saved in its frame, plus 8.
@@ -346,16 +344,13 @@ fn a_cfa_saved_in_the_frame_as_openssl_keeps_it_leads_back_to_main() {
         "DW_CFA_def_cfa_expression (DW_OP_breg7 (rsp): 40; DW_OP_deref; DW_OP_plus_uconst: 8)",
     );
     let (lines, minflt, _) = stacks_of("unwind-saved-rsp", &program, "5000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "fill_saved_rsp",
         |s| s.starts_with("saved_rsp;_start;") && s.ends_with(";__libc_start_call_main;main;fill_saved_rsp"),
+        "_start..main;fill_saved_rsp",
     );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in fill_saved_rsp, getrusage says {minflt}"
-    );
-    at_least_99_percent(with, total, "_start..main;fill_saved_rsp", &lines);
 }
 
 /// Assembly that moved its return address from the word below the CFA to CFA - 24, its CFI
@@ -368,16 +363,13 @@ fn a_return_address_moved_down_the_frame_is_read_where_its_cfi_says() {
     let program = workload("moved_ra");
     assert_cfi_has(&program, "DW_CFA_offset: r16 (rip) at cfa-24");
     let (lines, minflt, _) = stacks_of("unwind-moved-ra", &program, "5000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "fill_moved_ra",
         |s| s.starts_with("moved_ra;_start;") && s.ends_with(";__libc_start_call_main;main;fill_moved_ra"),
+        "_start..main;fill_moved_ra",
     );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in fill_moved_ra, getrusage says {minflt}"
-    );
-    at_least_99_percent(with, total, "_start..main;fill_moved_ra", &lines);
 }
 
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
@@ -388,24 +380,16 @@ fn signal_handler_stacks_go_through_the_signal_frame() {
         return;
     }
     let (lines, minflt, _) = stacks_of("unwind-signal", &workload("in_signal"), "5000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "touch_in_handler",
         |s| {
             s.starts_with("in_signal;_start;")
                 && s.contains(";main;deliver;")
                 && s.ends_with(";on_signal;touch_in_handler")
         },
-    );
-    assert!(
-        within(total, minflt, 1.0),
-        "{total} faults in the handler, getrusage says {minflt}"
-    );
-    at_least_99_percent(
-        with,
-        total,
         "_start..main;deliver..on_signal;touch_in_handler",
-        &lines,
     );
 }
 
@@ -473,13 +457,13 @@ fn code_without_usable_cfi_falls_back_to_the_frame_pointer_and_says_so() {
     let anon = workload("anon_writer");
     let stripped = with_eh_frame(&anon, "anon_nocfi", None);
     let (lines, minflt, stderr) = stacks_of("unwind-stripped", &stripped, "5000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "touch_pages",
         |s| s.contains(";main;touch_pages"),
+        "main;touch_pages by frame pointer",
     );
-    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
-    at_least_99_percent(with, total, "main;touch_pages by frame pointer", &lines);
     assert!(
         stderr.contains("by frame pointer: anon_nocfi: no .eh_frame"),
         "says why: {stderr}"
@@ -495,13 +479,13 @@ fn code_without_usable_cfi_falls_back_to_the_frame_pointer_and_says_so() {
         }),
     );
     let (lines, minflt, stderr) = stacks_of("unwind-corrupt", &corrupt, "5000", &[]);
-    let (total, with) = share(
+    assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "touch_pages",
         |s| s.contains(";main;touch_pages"),
+        "main;touch_pages",
     );
-    assert!(within(total, minflt, 1.0), "{total} vs {minflt}: {stderr}");
-    at_least_99_percent(with, total, "main;touch_pages", &lines);
     assert!(stderr.contains("unwind: cfi"), "{stderr}");
 
     // Machine code in anonymous memory, as a JIT writes it. Only the faults of the store in
@@ -591,13 +575,13 @@ fn frames_of_a_binary_without_cfi_are_counted_and_marked() {
     // main -> recurse x4 -> touch_pages: 6 steps through the binary's code per fault, the
     // last (main's) to libc's __libc_start_call_main.
     let (lines, minflt, summary) = json_stacks("unwind-fp-nocfi", &stripped, &[], &["5000", "3"]);
-    let (total, with) = share(
+    let total = assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "touch_pages",
         |s| s.contains(";main;recurse;recurse;recurse;recurse;touch_pages"),
+        "main;recurse x4;touch_pages",
     );
-    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
-    at_least_99_percent(with, total, "main;recurse x4;touch_pages", &lines);
     let no_cfi = by_fp_because(&summary, "no_cfi");
     // The loader's and exit's faults add a few steps through the binary's code.
     assert!(
@@ -655,19 +639,27 @@ fn a_stack_past_the_frame_limit_ends_in_a_truncated_frame() {
     let program = workload("deep_recursion");
     let (lines, minflt, _) = json_stacks("unwind-truncated", &program, &[], &["5000", "200"]);
     let deep = |s: &str| leaf(s) == "touch_pages";
-    let (total, with) = share(&lines, deep, |s| {
-        let frames: Vec<&str> = s.split(';').collect();
-        frames.len() == 127 && frames[0] == "[truncated]" && frames[1..126].iter().all(|f| *f == "recurse")
-    });
-    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
-    at_least_99_percent(with, total, "[truncated];recurse x125;touch_pages", &lines);
+    assert_kept(
+        &lines,
+        minflt,
+        deep,
+        |s| {
+            let frames: Vec<&str> = s.split(';').collect();
+            frames.len() == 127
+                && frames[0] == "[truncated]"
+                && frames[1..126].iter().all(|f| *f == "recurse")
+        },
+        "[truncated];recurse x125;touch_pages",
+    );
 
     let (lines, _, _) = stacks_of("unwind-truncated-folded", &program, "5000", &[]);
-    let (total, with) = share(&lines, deep, |s| {
-        s.starts_with("deep_recursion;[truncated];recurse;")
-    });
-    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
-    at_least_99_percent(with, total, "folded: [truncated] at the root", &lines);
+    assert_kept(
+        &lines,
+        minflt,
+        deep,
+        |s| s.starts_with("deep_recursion;[truncated];recurse;"),
+        "folded: [truncated] at the root",
+    );
 
     // A stack that fits has no marker.
     let (lines, _, _) = json_stacks("unwind-not-truncated", &program, &[], &["5000", "100"]);
@@ -688,13 +680,13 @@ fn frames_whose_table_found_no_room_are_counted_as_table_space_full() {
     }
     let program = workload("big_cfi");
     let (lines, minflt, summary) = json_stacks("unwind-no-room", &program, &["--unwind-mb", "1"], &["5000"]);
-    let (total, with) = share(
+    let total = assert_kept(
         &lines,
+        minflt,
         |s| leaf(s) == "touch_pages",
         |s| s.contains(";main;touch_pages"),
+        "main;touch_pages by frame pointer",
     );
-    assert!(within(total, minflt, 1.0), "{total} vs {minflt}");
-    at_least_99_percent(with, total, "main;touch_pages by frame pointer", &lines);
     // touch_pages -> main -> libc: 2 steps through the binary's code per fault.
     let full = by_fp_because(&summary, "table_space_full");
     assert!(

@@ -2,12 +2,7 @@
 //! (`stackcount --weight`), per fault (`trace`), per file (`ffaults`), in a pprof profile;
 //! checked against what the workloads say the kernel mapped and how long they took.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use pfault_tests::*;
 use serde_json::Value;
@@ -323,21 +318,9 @@ fn exporter_profiles_carry_the_three_weights() {
     // Held before its faults until the profile has read its maps: in the whole suite (not
     // alone, in dozens of runs) a writer that lived a few milliseconds had its own frames
     // unnamed (`thpw+0x154d`), its maps not read before it exited.
-    let mut child = Command::new(&bin)
-        .args(["16", "huge", "wait"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let held = Held::start(Command::new(&bin).args(["16", "huge", "wait"]));
     std::thread::sleep(Duration::from_millis(500));
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let run = child.wait_with_output().unwrap();
-    assert!(run.status.success());
-    let (bytes, _) = mapped(&kv(&String::from_utf8_lossy(&run.stdout)));
+    let (bytes, _) = mapped(&kv(&held.go()));
     let (status, body) = profile.join().unwrap().unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let out = dir.join("profile.pb.gz");
