@@ -29,9 +29,18 @@ pub(crate) struct Linger {
 }
 
 impl Linger {
-    /// Notes what an attach opened: the descriptors open now that were not `before`.
+    /// Notes what an attach opened: the perf event and BPF link descriptors open now that
+    /// were not `before` (the unwinder's thread may open files meanwhile: those are not the
+    /// holder's to keep).
     pub(crate) fn note_since(&mut self, before: &HashSet<RawFd>) {
-        self.held.extend(open_fds().difference(before));
+        let attached = |fd: &RawFd| {
+            std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|l| {
+                l.to_str()
+                    .is_some_and(|l| l == "anon_inode:[perf_event]" || l == "anon_inode:bpf_link")
+            })
+        };
+        self.held
+            .extend(open_fds().difference(before).filter(|fd| attached(fd)));
     }
 
     /// Starts the holder: a grandchild (reparented at once, so nothing waits for it) with a

@@ -121,15 +121,15 @@ pub(crate) fn libraries(program: &Path) -> Vec<PathBuf> {
                 })
                 .collect()
         };
-        let rpath = if dynamic.runpath.is_empty() {
-            let mut r = expand(&dynamic.rpath);
-            r.extend(inherited.iter().cloned());
-            r
-        } else {
-            Vec::new()
-        };
-        if object == program && dynamic.runpath.is_empty() {
-            inherited = expand(&dynamic.rpath);
+        // DT_RPATH only where there is no DT_RUNPATH; the program's comes first, so what it
+        // leaves in `inherited` is its own.
+        let mut rpath = Vec::new();
+        if dynamic.runpath.is_empty() {
+            rpath = expand(&dynamic.rpath);
+            rpath.extend(inherited.iter().cloned());
+        }
+        if object == program {
+            inherited = rpath.clone();
         }
         let search: Vec<PathBuf> = rpath
             .into_iter()
