@@ -19,7 +19,10 @@ pub const CNT_UNWIND_FRAMES: u32 = 7;
 /// express), or `CNT_FP_NO_VMA` where its code mapping was not found (the mmap lock busy).
 pub const CNT_FP_TABLE: u32 = 8;
 pub const CNT_FP_NO_VMA: u32 = CNT_FP_TABLE + TABLE_STATES;
-pub const CNT_MAX: u32 = CNT_FP_NO_VMA + 1;
+/// Of `CNT_UNWIND_FRAMES`, those of a thread's last walk taken again: the walk started from
+/// the same registers and found the same stack words.
+pub const CNT_UNWIND_KEPT: u32 = CNT_FP_NO_VMA + 1;
+pub const CNT_MAX: u32 = CNT_UNWIND_KEPT + 1;
 
 /// Stack hashes that stand for no stack: none taken (not asked for, or not walkable).
 pub const STACK_NONE: u64 = 0;

@@ -53,6 +53,20 @@ pub(crate) fn task_u64(task: *mut task_struct, off: u32) -> u64 {
     }
 }
 
+/// A `u64` of a task's user registers (from [`user_regs`]): a plain load where the pointer is
+/// BTF-typed, as [`task_u64`].
+#[inline(always)]
+pub(crate) fn regs_u64(regs: u64, off: u32) -> u64 {
+    #[cfg(not(feature = "compat"))]
+    {
+        unsafe { read_volatile((regs as *const u8).add(off as usize) as *const u64) }
+    }
+    #[cfg(feature = "compat")]
+    {
+        read(regs, off)
+    }
+}
+
 /// `task`'s user registers (0: none to be had). Compat finds them where x86-64 keeps them,
 /// at the top of the task's kernel stack (`task_pt_regs()`); userspace says how far up.
 #[inline(always)]

@@ -12,6 +12,16 @@
 //! `CNT_UNWIND_FP` and by why (`CNT_FP_*`), and its caller's frame is marked `FRAME_BY_FP`.
 //! A walk that ends short of the outermost frame (at the frame limit, or on a step that
 //! fails) ends in a `FRAME_MARK` frame saying why.
+//!
+//! Two things make the walk cheap where a loop faults page after page from one place. A user
+//! read costs more than a frame's table search (about 90 ns on one 6.18 build, 150 for the
+//! first of a run): the stack is read a page at a time into `WINDOW` and each word taken from
+//! there. And each walk is kept per CPU and thread slot (`WALK_CACHE`) with every stack word
+//! it read and what the word held: a walk that starts from the same registers in the same
+//! process and finds the same words would end where that one did, so its frames are taken as
+//! they are, after one read of the stack. Walks whose outcome hung on anything else (a table
+//! still loading, a read that failed, a register other than rsp and rbp) are not kept; one
+//! that used the task's own rbp (and not one restored from the stack) holds for that rbp.
 
 use crate::*;
 
@@ -57,10 +67,104 @@ pub(crate) struct Walk {
     exact: u64,
     /// `FRAME_BY_FP` where `pc` was found by a frame-pointer step, else 0.
     by_fp: u64,
+    /// The thread's `WALK_CACHE` slot.
+    slot: u32,
+    _pad: u32,
+    /// The word [`stack_word_global`] read.
+    word: u64,
+    /// `bp` is still the task's own rbp (no step restored it from the stack); a step used it
+    /// so (`bp_used`): then the walk holds only for that rbp, where -O2 code keeps any value.
+    bp_own: u64,
+    bp_used: u64,
 }
 
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of user stack read at once: the rest of the page a word lies in, so that a read
+/// never runs into a mapping that may not be there.
+const WINDOW_BYTES: usize = 4096;
+const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
+
+/// User stack bytes read at once, per CPU.
+#[repr(C)]
+pub(crate) struct Window {
+    /// `words` hold the stack's `base..base + len` (`base` 8-aligned: BPF has no unaligned
+    /// load, and the stack's words are aligned).
+    base: u64,
+    len: u64,
+    words: [u64; WINDOW_WORDS],
+}
+
+#[map]
+static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
+
+/// Stack words a walk may read and still be kept.
+const WALK_READS: usize = 24;
+
+/// The most frames a kept walk has: one per word read, and a last step and a marker that read
+/// none.
+const KEPT_FRAMES: usize = WALK_READS + 2;
+
+/// `WalkReads::n` of a walk not kept: it read more than `WALK_READS` words, or its outcome
+/// hung on more than the words it read.
+const WALK_UNKEPT: u64 = u64::MAX;
+
+/// Every stack word a walk read, and what it held.
+#[repr(C)]
+struct WalkReads {
+    /// How many, or `WALK_UNKEPT`.
+    n: u64,
+    /// The stack they lie in: `lo..hi`.
+    lo: u64,
+    hi: u64,
+    addr: [u64; WALK_READS],
+    val: [u64; WALK_READS],
+}
+
+impl WalkReads {
+    #[inline(always)]
+    fn push(&mut self, addr: u64, val: u64) {
+        let at = self.n as usize;
+        if at >= WALK_READS {
+            self.n = WALK_UNKEPT;
+            return;
+        }
+        self.addr[at] = addr;
+        self.val[at] = val;
+        self.n += 1;
+        if at == 0 || addr < self.lo {
+            self.lo = addr;
+        }
+        if at == 0 || addr + 8 > self.hi {
+            self.hi = addr + 8;
+        }
+    }
+}
+
+/// A thread slot's last walk: where it started, what it read, the frames it left.
+#[repr(C)]
+pub(crate) struct WalkCache {
+    /// The process (`tgid` and `task->mm`: an exec has a new one) and the registers.
+    tgid: u64,
+    mm: u64,
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    /// A step used `bp` as it was in the task's registers.
+    bp_used: u64,
+    n: u64,
+    /// Its frame-pointer steps, all counted under `fp_why` (`CNT_FP_*`).
+    fp_steps: u64,
+    fp_why: u64,
+    reads: WalkReads,
+    frames: [u64; MAX_STACK],
+}
+
+/// The last walk per CPU and thread slot (by thread id; sized by the loader:
+/// `capacity::WALK_CACHE` with the CFI unwinder, else 1).
+#[map]
+static WALK_CACHE: PerCpuArray<WalkCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// At exec, before the new image runs: finds the code mapping at `addr` and asks for its
 /// table, so that userspace builds it while the loader starts (and not at the first fault).
@@ -112,22 +216,143 @@ pub(crate) fn unwind_user() -> usize {
         return 0;
     };
     let w = unsafe { &mut *w };
-    w.pc = read(regs, conf!(off.regs_ip));
-    w.sp = read(regs, conf!(off.regs_sp));
-    w.bp = read(regs, conf!(off.regs_bp));
+    w.pc = regs_u64(regs, conf!(off.regs_ip));
+    w.sp = regs_u64(regs, conf!(off.regs_sp));
+    w.bp = regs_u64(regs, conf!(off.regs_bp));
     w.n = 0;
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    w.tgid = tgid as u64;
-    w.gen = unsafe { EXEC_GEN.get(&tgid) }.map_or(0, |g| *g as u64);
+    w.bp_own = 1;
+    w.bp_used = 0;
     w.end = 0;
     w.exact = 0;
     w.by_fp = 0;
     if w.pc == 0 || w.pc >= USER_END {
         return 0;
     }
+    let Some(win) = WINDOW.get_ptr_mut(0) else {
+        return 0;
+    };
+    unsafe { (*win).len = 0 };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    w.tgid = tgid as u64;
+    w.slot = pid_tgid as u32 % capacity::WALK_CACHE;
+    let Some(c) = WALK_CACHE.get_ptr_mut(w.slot) else {
+        return 0;
+    };
+    let c = unsafe { &mut *c };
+    let mm = task_u64(current_task(), conf!(off.task_mm));
+    if c.tgid == w.tgid && c.mm == mm && c.pc == w.pc && c.sp == w.sp && (c.bp == w.bp || c.bp_used == 0) {
+        let n = replay_walk();
+        if n != 0 {
+            bump(CNT_UNWIND_FRAMES, n);
+            bump(CNT_UNWIND_KEPT, n);
+            if c.fp_steps != 0 {
+                bump(CNT_UNWIND_FP, c.fp_steps);
+                bump(c.fp_why as u32, c.fp_steps);
+            }
+            return n as usize;
+        }
+    }
+    w.gen = unsafe { EXEC_GEN.get(&tgid) }.map_or(0, |g| *g as u64);
+    c.tgid = w.tgid;
+    c.mm = mm;
+    c.pc = w.pc;
+    c.sp = w.sp;
+    c.bp = w.bp;
+    c.fp_steps = 0;
+    c.reads.n = 0;
     walk_frames();
-    bump(CNT_UNWIND_FRAMES, w.n);
-    w.n as usize
+    let n = w.n;
+    c.n = n;
+    c.bp_used = w.bp_used;
+    if c.reads.n <= WALK_READS as u64 {
+        if let Some(s) = STACK_SCRATCH.get_ptr(USER_SCRATCH) {
+            copy_frames(addr_of_mut!(c.frames), unsafe { addr_of!((*s).frames) }, n);
+        }
+    }
+    bump(CNT_UNWIND_FRAMES, n);
+    n as usize
+}
+
+/// Copies `n` frames (at most `MAX_STACK`) in one helper call.
+#[inline(always)]
+fn copy_frames(dst: *mut [u64; MAX_STACK], src: *const [u64; MAX_STACK], n: u64) {
+    let bytes = (n as u32).min(MAX_STACK as u32) * 8;
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst as *mut c_void, bytes, src as *const c_void);
+    }
+}
+
+/// The thread slot's last walk, which started from this walk's registers, where the stack
+/// still holds every word it read: its frames, into the scratch slot. Returns how many, 0
+/// where it is not kept or the stack changed. A global function, verified once.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn replay_walk() -> u64 {
+    let (Some(w), Some(s), Some(win)) = (
+        WALK.get_ptr_mut(0),
+        STACK_SCRATCH.get_ptr_mut(USER_SCRATCH),
+        WINDOW.get_ptr_mut(0),
+    ) else {
+        return 0;
+    };
+    let (w, win) = unsafe { (&mut *w, &mut *win) };
+    let Some(c) = WALK_CACHE.get_ptr(w.slot) else {
+        return 0;
+    };
+    let c = unsafe { &*c };
+    let (reads, lo, hi) = (c.reads.n, c.reads.lo & !7, c.reads.hi);
+    if reads > WALK_READS as u64 || c.n > KEPT_FRAMES as u64 || c.n == 0 {
+        return 0;
+    }
+    // The words in one read: a read costs far more than its bytes.
+    if reads != 0 {
+        let len = hi.wrapping_sub(lo);
+        if len > WINDOW_BYTES as u64
+            || unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    addr_of_mut!(win.words) as *mut c_void,
+                    len as u32,
+                    lo as *const c_void,
+                )
+            } != 0
+        {
+            return 0;
+        }
+    }
+    let mut k = 0;
+    while k < WALK_READS {
+        if k as u64 >= reads {
+            break;
+        }
+        // Kept walks read aligned words only.
+        let at = (c.reads.addr[k].wrapping_sub(lo) / 8) as usize;
+        if at >= WINDOW_WORDS || win.words[at] != c.reads.val[k] {
+            return 0;
+        }
+        k += 1;
+    }
+    // A kept walk's frames are few (each but the last read a word): copied in a loop, not by
+    // a helper call that costs more.
+    let mut k = 0;
+    while k < KEPT_FRAMES {
+        if k as u64 >= c.n {
+            break;
+        }
+        unsafe { (*s).frames[k] = c.frames[k] };
+        k += 1;
+    }
+    w.n = c.n;
+    c.n
+}
+
+/// Keeps the current walk from being taken again: its outcome hung on more than the stack
+/// words it read.
+#[inline(always)]
+fn unkept(w: &Walk) {
+    if let Some(c) = WALK_CACHE.get_ptr_mut(w.slot) {
+        unsafe { (*c).reads.n = WALK_UNKEPT };
+    }
 }
 
 /// Walks the frames, one [`unwind_frame`] each, until one ends the walk.
@@ -235,11 +460,12 @@ fn unwind_frame(i: u64) -> i64 {
             let base = if reg == REG_RSP {
                 w.sp
             } else if reg == REG_RBP {
-                w.bp
+                rbp_of(w)
             } else if w.n == 1 {
                 // The faulting frame's registers are the task's own. (Told by `w.n`, not `n`:
                 // keeping `n` live this long has it spilled, and 6.1's verifier then loses its
                 // bound where it indexes the frames.)
+                unkept(w);
                 let regs = user_regs(current_task());
                 read(regs, reg as u32 * 8)
             } else {
@@ -251,14 +477,14 @@ fn unwind_frame(i: u64) -> i64 {
             let cfa = match kind & CFA_KIND {
                 CFA_REG => base.wrapping_add(off),
                 CFA_REG_X8 => base.wrapping_add(off << 3),
-                _ => match unsafe { bpf_probe_read_user(base.wrapping_add(off) as *const u64) } {
-                    Ok(v) => v.wrapping_add(plus),
-                    Err(_) => return stopped(STOP_UNREADABLE),
+                _ => match stack_word(w, base.wrapping_add(off)) {
+                    Some(v) => v.wrapping_add(plus),
+                    None => return stopped(STOP_UNREADABLE),
                 },
             };
             (cfa, rbp)
         }
-        CFA_RBP => (w.bp.wrapping_add(cfa_off as i64 as u64), rbp),
+        CFA_RBP => (rbp_of(w).wrapping_add(cfa_off as i64 as u64), rbp),
         CFA_PLT => {
             let pushed = if (w.pc & 15) >= cfa_off as u64 { 16 } else { 8 };
             (w.sp + pushed, rbp)
@@ -267,8 +493,12 @@ fn unwind_frame(i: u64) -> i64 {
         CFA_SIGNAL => {
             // The kernel's signal frame: the interrupted registers, from the ucontext at rsp
             // (on the signal stack, which need not lie above the interrupted one).
-            let at = |off: u64| unsafe { bpf_probe_read_user((w.sp + off) as *const u64) };
-            let (Ok(ip), Ok(sp), Ok(bp)) = (at(SIGFRAME_RIP), at(SIGFRAME_RSP), at(SIGFRAME_RBP)) else {
+            let at = w.sp;
+            let (Some(ip), Some(sp), Some(bp)) = (
+                stack_word(w, at + SIGFRAME_RIP),
+                stack_word(w, at + SIGFRAME_RSP),
+                stack_word(w, at + SIGFRAME_RBP),
+            ) else {
                 return stopped(STOP_UNREADABLE);
             };
             if !(MIN_USER_PC..USER_END).contains(&ip) || sp == 0 || sp >= USER_END {
@@ -277,13 +507,14 @@ fn unwind_frame(i: u64) -> i64 {
             w.pc = ip;
             w.sp = sp;
             w.bp = bp;
+            w.bp_own = 0;
             w.exact = 1;
             return 0;
         }
         _ => {
             // The frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address.
             // None (as `_start` leaves it) ends the stack.
-            if w.bp == 0 {
+            if rbp_of(w) == 0 {
                 return 1;
             }
             // The walk goes on from the caller, by its CFI where it has some (Parca and the
@@ -291,15 +522,14 @@ fn unwind_frame(i: u64) -> i64 {
             // JavaScript frames lead by frame pointer into node's own code on 89% of its
             // faults, and all of those stacks reach _start; stopping would have cut 14 frames
             // from each and saved no stack a bad step spoils (a marker frame shows those).
+            let why = if w.end == 0 {
+                CNT_FP_NO_VMA
+            } else {
+                CNT_FP_TABLE + (w.state as u32 & (TABLE_STATES - 1))
+            };
             bump(CNT_UNWIND_FP, 1);
-            bump(
-                if w.end == 0 {
-                    CNT_FP_NO_VMA
-                } else {
-                    CNT_FP_TABLE + (w.state as u32 & (TABLE_STATES - 1))
-                },
-                1,
-            );
+            bump(why, 1);
+            kept_fp_step(w, why);
             w.by_fp = FRAME_BY_FP;
             (w.bp + 16, -2)
         }
@@ -309,16 +539,17 @@ fn unwind_frame(i: u64) -> i64 {
     if cfa <= w.sp || cfa >= USER_END {
         return stopped(STOP_BAD_CFA);
     }
-    let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - ra_below) as *const u64) }) else {
+    let Some(ra) = stack_word(w, cfa - ra_below) else {
         return stopped(STOP_UNREADABLE);
     };
     if rbp != 0 {
         let at = if rbp == RBP_AT_RBP {
-            w.bp
+            rbp_of(w)
         } else {
             cfa.wrapping_add((rbp as i64 * 8) as u64)
         };
-        w.bp = unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
+        w.bp = stack_word(w, at).unwrap_or(0);
+        w.bp_own = 0;
     }
     if !(MIN_USER_PC..USER_END).contains(&ra) {
         // A null return address ends a stack (as a thread's first frame may leave it).
@@ -327,6 +558,13 @@ fn unwind_frame(i: u64) -> i64 {
     w.pc = ra;
     w.sp = cfa;
     0
+}
+
+/// The walk's rbp, for a step that uses it: noted where it is still the task's own.
+#[inline(always)]
+fn rbp_of(w: &mut Walk) -> u64 {
+    w.bp_used |= w.bp_own;
+    w.bp
 }
 
 /// Ends the walk short of the outermost frame: a marker frame says `why` (`STOP_*`) after the
@@ -342,6 +580,89 @@ fn stopped(why: u64) -> i64 {
         unsafe { (*s).frames[n] = FRAME_MARK | why };
         w.n += 1;
     }
+    1
+}
+
+/// Counts a frame-pointer step (`why`, `CNT_FP_*`) in the walk's record, to be counted again
+/// when it is replayed. A walk keeps one reason; and a step taken because a mapping was not
+/// found (its lock busy) or a table not loaded yet would not be taken later.
+#[inline(always)]
+fn kept_fp_step(w: &Walk, why: u32) {
+    let Some(c) = WALK_CACHE.get_ptr_mut(w.slot) else {
+        return;
+    };
+    let c = unsafe { &mut *c };
+    if why == CNT_FP_NO_VMA
+        || why == CNT_FP_TABLE + TABLE_ASKED
+        || why == CNT_FP_TABLE + TABLE_FILES_FULL
+        || (c.fp_steps != 0 && c.fp_why != why as u64)
+    {
+        c.reads.n = WALK_UNKEPT;
+    }
+    c.fp_steps += 1;
+    c.fp_why = why as u64;
+}
+
+/// The stack word at `addr`, from `WINDOW`, and kept in the walk's record. `None` where it
+/// cannot be read (the walk is then not kept).
+#[inline(always)]
+fn stack_word(w: &Walk, addr: u64) -> Option<u64> {
+    if stack_word_global(addr) == 0 {
+        return None;
+    }
+    Some(unsafe { read_volatile(addr_of!(w.word)) })
+}
+
+/// [`stack_word`]'s read: 1 where the word is in `Walk::word`. A global function: inline at
+/// each of a step's reads, the record's bounds checks took 2,600 more instructions through the
+/// verifier.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn stack_word_global(addr: u64) -> i64 {
+    let (Some(w), Some(win)) = (WALK.get_ptr_mut(0), WINDOW.get_ptr_mut(0)) else {
+        return 0;
+    };
+    let (w, win) = unsafe { (&mut *w, &mut *win) };
+    let Some(c) = WALK_CACHE.get_ptr_mut(w.slot) else {
+        return 0;
+    };
+    let c = unsafe { &mut *c };
+    if addr & 7 != 0 {
+        // No aligned word (no compiler leaves one on the stack): read alone, and not kept.
+        c.reads.n = WALK_UNKEPT;
+        return match unsafe { bpf_probe_read_user(addr as *const u64) } {
+            Ok(v) => {
+                w.word = v;
+                1
+            }
+            Err(_) => 0,
+        };
+    }
+    if addr < win.base || addr.wrapping_add(8) > win.base.wrapping_add(win.len) {
+        // The rest of its page: one user read costs more than copying a page.
+        let len = WINDOW_BYTES as u64 - (addr & (WINDOW_BYTES as u64 - 1));
+        let got = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                addr_of_mut!(win.words) as *mut c_void,
+                len as u32,
+                addr as *const c_void,
+            )
+        };
+        if got != 0 {
+            win.len = 0;
+            c.reads.n = WALK_UNKEPT;
+            return 0;
+        }
+        win.base = addr;
+        win.len = len;
+    }
+    let at = (addr.wrapping_sub(win.base) / 8) as usize;
+    if at >= WINDOW_WORDS {
+        return 0;
+    }
+    let v = win.words[at];
+    w.word = v;
+    c.reads.push(addr, v);
     1
 }
 

@@ -372,6 +372,49 @@ fn a_return_address_moved_down_the_frame_is_read_where_its_cfi_says() {
     );
 }
 
+/// A walk is taken again from the thread's last only where the stack is the same: every
+/// fault of `same_leaf` starts from the same registers, and its two callers take turns eight
+/// pages at a time, so most walks are taken again and each turn must be told by the return
+/// address on the stack.
+#[test]
+fn a_walk_is_taken_again_only_where_the_stack_is_the_same() {
+    if !root_or_skip() {
+        return;
+    }
+    let pages = 20_000;
+    let (lines, minflt, summary) = json_stacks(
+        "unwind-same-leaf",
+        &workload("same_leaf"),
+        &[],
+        &[&pages.to_string()],
+    );
+    let is_leaf = |s: &str| leaf(s) == "touch_one";
+    let (total, _) = share(&lines, is_leaf, |_| true);
+    assert!(
+        within(total, minflt, 1.0),
+        "{total} faults in touch_one, getrusage says {minflt}: {lines:#?}"
+    );
+    for caller in ["via_even", "via_odd"] {
+        let (_, n) = share(&lines, is_leaf, |s| {
+            s.ends_with(&format!(";main;{caller};touch_one"))
+        });
+        assert!(
+            within(n, pages / 2, 1.0),
+            "{n} of {} faults under main;{caller}: {lines:#?}",
+            pages / 2
+        );
+    }
+    let unwind = &summary["unwind"];
+    let (frames, kept) = (
+        unwind["frames"].as_u64().unwrap_or(0),
+        unwind["frames_kept"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        kept * 2 > frames,
+        "{kept} of {frames} frames taken again: {unwind:#}"
+    );
+}
+
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
 /// interrupted, and on to main (a frame-pointer walk skips the interrupted function's caller).
 #[test]

@@ -135,6 +135,7 @@ const WORKLOADS: &[&str] = &[
     "realign",
     "saved_rsp",
     "moved_ra",
+    "same_leaf",
     "thp_writer",
 ];
 

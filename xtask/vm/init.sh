@@ -377,6 +377,26 @@ $(sort -t' ' -k2 -n "$dir/$name.folded" | tail -n 3 | cut -c 1-400)"
     verdict "$mode" unwind "${problems#?}" "callers kept:$shown"
 }
 
+# One leaf under two callers that take turns, every fault from the same registers
+# (same_leaf): half the faults under each, though most walks are a thread's last taken again.
+check_same_leaf() {
+    dir=/tmp/same-leaf
+    mkdir -p "$dir"
+    timeout $RUN_TIMEOUT pfault stackcount -U -f --probe "$1" --output "$dir/folded" \
+        -- /w/same_leaf $ANON_PAGES >"$dir/run.out" 2>"$dir/pfault.err"
+    status=$?
+    if [ "$status" != 0 ]; then
+        verdict "$1" kept-walk "$(run_problem)" "same_leaf"
+        return
+    fi
+    under() { awk -v s=";main;$1;touch_one" '{ n = $NF; sub(/ [0-9]+$/, "") } substr($0, length($0) - length(s) + 1) == s { c += n } END { print c + 0 }' "$dir/folded"; }
+    even=$(under via_even) odd=$(under via_odd) half=$((ANON_PAGES / 2))
+    problems=""
+    within "$even" "$half" && within "$odd" "$half" ||
+        problems="main;via_even $even and main;via_odd $odd faults in touch_one, $half each expected"
+    verdict "$1" kept-walk "$problems" "same_leaf: main;via_even $even, main;via_odd $odd of $ANON_PAGES"
+}
+
 # Counts per file: [anon] for the writer, the data file's path for the reader.
 check_ffaults() {
     run_tool ffaults "$1" -o json --output /tmp/ffaults-"$1"/files.json
@@ -497,6 +517,7 @@ done
 # assembly that moved its return address down its frame (moved_ra).
 check_unwind tracepoint big_frame:big_frame:memset realign:fill_realigned:memset \
     saved_rsp:main:fill_saved_rsp moved_ra:main:fill_moved_ra
+check_same_leaf tracepoint
 # stat without -L or --probe counts from the threads' own accounting (no per-fault timing).
 check_stat auto
 echo "@@vm done"

@@ -38,6 +38,8 @@ pub(crate) mod maps {
     pub(crate) const TEXT_VMAS: &str = "TEXT_VMAS";
     /// Each process's generation in `TEXT_VMAS` keys: bumped at exec and exit.
     pub(crate) const EXEC_GEN: &str = "EXEC_GEN";
+    /// Each thread slot's last user-stack walk, per CPU.
+    pub(crate) const WALK_CACHE: &str = "WALK_CACHE";
 
     #[cfg(test)]
     pub(crate) const ALL: &[&str] = &[
@@ -54,6 +56,7 @@ pub(crate) mod maps {
         UNWIND_FILES,
         TEXT_VMAS,
         EXEC_GEN,
+        WALK_CACHE,
     ];
 }
 
