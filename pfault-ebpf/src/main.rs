@@ -160,13 +160,10 @@ static PROC_TEMPLATE: PerCpuArray<ProcStats> = PerCpuArray::with_max_entries(1, 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
 
+/// Both exception tracepoints, `page_fault_user` and `page_fault_kernel`: one program
+/// attached twice is verified once (its error code tells the two apart).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
-pub fn page_fault_user(ctx: RawTracePointContext) -> u32 {
-    on_exception(&ctx)
-}
-
-#[raw_tracepoint(tracepoint = "page_fault_kernel")]
-pub fn page_fault_kernel(ctx: RawTracePointContext) -> u32 {
+pub fn page_fault(ctx: RawTracePointContext) -> u32 {
     on_exception(&ctx)
 }
 

@@ -142,16 +142,23 @@ fn attach_mode(ebpf: &mut Ebpf, mode: ProbeMode, hmf_btf_id: Option<u32>) -> Res
     Ok(())
 }
 
-/// Loads `chosen` side by side, a thread each: the verifier checks one program per call, and
-/// most of pfault's start-up is its time. Returns each program's result, in order.
+/// Loads the programs of `chosen` side by side, a thread each (a program two probes share,
+/// once): the verifier checks one program per call, and most of pfault's start-up is its
+/// time. Returns each probe's result, in order.
 fn load_together(ebpf: &mut Ebpf, chosen: &[&Probe], btf: Option<&AyaBtf>) -> Vec<Result<()>> {
-    let mut programs: Vec<(&Probe, Option<&mut Program>)> = chosen.iter().map(|p| (*p, None)).collect();
+    let mut programs: Vec<(&Probe, Option<&mut Program>)> = Vec::new();
+    for p in chosen {
+        if !programs.iter().any(|(q, _)| q.program == p.program) {
+            programs.push((p, None));
+        }
+    }
     for (name, program) in ebpf.programs_mut() {
         if let Some(slot) = programs.iter_mut().find(|(p, _)| p.program == name) {
             slot.1 = Some(program);
         }
     }
-    std::thread::scope(|s| {
+    let names: Vec<&str> = programs.iter().map(|(p, _)| p.program).collect();
+    let loaded: Vec<Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = programs
             .into_iter()
             .map(|(probe, program)| {
@@ -168,7 +175,23 @@ fn load_together(ebpf: &mut Ebpf, chosen: &[&Probe], btf: Option<&AyaBtf>) -> Ve
                     .unwrap_or_else(|_| Err(anyhow!("loading a program panicked")))
             })
             .collect()
-    })
+    });
+    // A shared program's result, for each probe that needs it.
+    let ok: Vec<bool> = loaded.iter().map(Result::is_ok).collect();
+    let mut loaded: Vec<Option<Result<()>>> = loaded.into_iter().map(Some).collect();
+    chosen
+        .iter()
+        .map(|p| {
+            let i = names.iter().position(|n| *n == p.program).unwrap_or(0);
+            loaded[i].take().unwrap_or_else(|| {
+                if ok[i] {
+                    Ok(())
+                } else {
+                    Err(anyhow!("loading {} failed", p.program))
+                }
+            })
+        })
+        .collect()
 }
 
 /// The innermost cause of an error, e.g. "Operation not permitted (os error 1)".

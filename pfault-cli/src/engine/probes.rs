@@ -82,15 +82,16 @@ pub(crate) struct Probe {
 pub(crate) const FOLD_THREADS: &str = "fold_threads";
 
 pub(crate) const PROBES: &[Probe] = &[
+    // One program for both exceptions: verified once.
     Probe {
-        program: "page_fault_user",
+        program: "page_fault",
         hook: Hook::RawTracepoint("page_fault_user"),
         mode_probe: None,
         wanted: |c| c.exception_entry(MODE_USER),
         optional: None,
     },
     Probe {
-        program: "page_fault_kernel",
+        program: "page_fault",
         hook: Hook::RawTracepoint("page_fault_kernel"),
         mode_probe: None,
         wanted: |c| c.exception_entry(MODE_KERNEL),
@@ -198,6 +199,8 @@ mod tests {
     const ALL_KINDS: u32 = 1 << KIND_MINOR | 1 << KIND_MAJOR | 1 << KIND_ERROR;
     const BOTH: u32 = MODE_USER | MODE_KERNEL;
 
+    /// The probes chosen: a raw tracepoint's by its event (one program may serve several),
+    /// the others by their program.
     fn names(mode: ProbeMode, flags: u32, kinds: u32, modes: u32) -> Vec<&'static str> {
         select(&Choice {
             mode,
@@ -206,7 +209,10 @@ mod tests {
             modes,
         })
         .iter()
-        .map(|p| p.program)
+        .map(|p| match p.hook {
+            Hook::RawTracepoint(event) if p.program == "page_fault" => event,
+            _ => p.program,
+        })
         .collect()
     }
 
