@@ -37,7 +37,8 @@ use core::{
 use aya_ebpf::{
     bindings::bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE,
     helpers::generated::{
-        bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs, bpf_task_storage_get,
+        bpf_find_vma, bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs,
+        bpf_task_storage_get,
     },
     macros::btf_map,
 };
@@ -167,11 +168,25 @@ pub fn page_fault(ctx: RawTracePointContext) -> u32 {
     on_exception(&ctx)
 }
 
+/// Both completion events, PAGE_FAULTS_MIN and PAGE_FAULTS_MAJ, each attached with its kind
+/// as the cookie: one program, verified once. The compat object (kernels before 5.15 have no
+/// attach cookies) has one program per event instead.
+#[cfg(not(feature = "compat"))]
+#[perf_event]
+pub fn fault_done(ctx: PerfEventContext) -> u32 {
+    // KIND_MINOR (0) or KIND_MAJOR (1): masked, not compared, so the verifier checks the
+    // rest once for a kind it does not know rather than once for each.
+    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & 1;
+    on_accounted(&ctx, kind as u8)
+}
+
+#[cfg(feature = "compat")]
 #[perf_event]
 pub fn fault_minor(ctx: PerfEventContext) -> u32 {
     on_accounted(&ctx, KIND_MINOR)
 }
 
+#[cfg(feature = "compat")]
 #[perf_event]
 pub fn fault_major(ctx: PerfEventContext) -> u32 {
     on_accounted(&ctx, KIND_MAJOR)

@@ -90,13 +90,19 @@ fn attach_one(ebpf: &mut Ebpf, probe: &Probe, linger: &mut Linger) -> Result<()>
                 Accounted::Major => SoftwareEvent::PageFaultsMaj,
             };
             let cpus = online_cpus().map_err(|(_, e)| e).context("reading online CPUs")?;
+            // The shared program learns the kind from its cookie.
+            let cookie = (name == probes::FAULT_DONE).then_some(match which {
+                Accounted::Minor => KIND_MINOR,
+                Accounted::Major => KIND_MAJOR,
+            } as u64);
             let pe: &mut PerfEvent = program(ebpf, name)?;
             for &cpu in &cpus {
-                pe.attach(
+                pe.attach_with_cookie(
                     PerfEventConfig::Software(event),
                     PerfEventScope::AllProcessesOneCpu { cpu },
                     SamplePolicy::Period(1),
                     false,
+                    cookie,
                 )
                 .with_context(|| format!("attaching {name} to the page-fault perf event on CPU {cpu}"))?;
             }
@@ -234,13 +240,15 @@ fn choose_mode(
 /// mode with the reasons better modes (or optional probes) were refused, what `ready`
 /// made, and the classic tracepoints' descriptors to hand off at the end: `ready` runs once
 /// the programs are loaded, before the others attach, so what they need in place (the
-/// unwinder's tables) is built while the verifier works.
+/// unwinder's tables) is built while the verifier works. `compat`: the compat object is
+/// loaded (its kernels attach no cookies).
 pub(crate) fn attach<T>(
     ebpf: &mut Ebpf,
     plan: &Plan,
     flags: u32,
     hmf_btf_id: Option<u32>,
     iter_btf_id: Option<u32>,
+    compat: bool,
     ready: impl FnOnce() -> Result<T>,
 ) -> Result<(ProbeMode, Vec<String>, T, Linger)> {
     let mut refused = Vec::new();
@@ -251,6 +259,7 @@ pub(crate) fn attach<T>(
         flags,
         kinds: plan.kinds,
         modes: plan.modes,
+        cookies: !compat,
     };
     let rest: Vec<&Probe> = probes::select(&choice)
         .into_iter()

@@ -122,7 +122,7 @@ pub(crate) enum Needs {
     Struct(&'static str),
 }
 
-pub(crate) const HELPERS: [Helper; 6] = [
+pub(crate) const HELPERS: [Helper; 7] = [
     Helper {
         name: Needs::Struct("bpf_mem_alloc"),
         what: "bpf_mem_alloc (6.1)",
@@ -137,6 +137,11 @@ pub(crate) const HELPERS: [Helper; 6] = [
         name: Needs::Helper("get_current_task_btf"),
         what: "bpf_get_current_task_btf (5.11)",
         without: "task fields read by bpf_probe_read_kernel",
+    },
+    Helper {
+        name: Needs::Helper("get_attach_cookie"),
+        what: "bpf_get_attach_cookie (5.15)",
+        without: "a program for minor and one for major faults, not one told by its cookie",
     },
     Helper {
         name: Needs::Helper("task_pt_regs"),

@@ -393,14 +393,21 @@ impl Engine {
             }
             None => None,
         };
-        let (mode, mut refused, unwinder, linger) =
-            attach::attach(&mut ebpf, plan, flags, hmf_btf_id, iter_btf_id, || {
+        let (mode, mut refused, unwinder, linger) = attach::attach(
+            &mut ebpf,
+            plan,
+            flags,
+            hmf_btf_id,
+            iter_btf_id,
+            !missing.is_empty(),
+            || {
                 unwind_maps
                     .map(|(rows, files, text, ahead)| {
                         Unwinder::start(rows, files, text, plan.unwind_rows, ahead)
                     })
                     .transpose()
-            })?;
+            },
+        )?;
         if mode == ProbeMode::Kprobe && kretprobe_cuts_stacks {
             refused.push(
                 "kernel stacks may end at kretprobe_trampoline: this kernel's kretprobes can hide their callers (fixed in 5.15); --probe fentry walks them whole".into(),

@@ -42,11 +42,18 @@ pub(crate) struct Choice {
     pub(crate) kinds: u32,
     /// `MODE_USER | MODE_KERNEL`.
     pub(crate) modes: u32,
+    /// Perf event programs can be attached with a cookie (not the compat object).
+    pub(crate) cookies: bool,
 }
 
 impl Choice {
     fn has(&self, bits: u32) -> bool {
         self.flags & bits != 0
+    }
+
+    /// The perf events of completed faults: the tracepoint path's completion.
+    fn accounting(&self) -> bool {
+        self.mode == ProbeMode::Tracepoint && !self.has(CFG_ACCOUNTED)
     }
 
     /// Counting at completion alone, with no entry probe (tracepoint mode).
@@ -81,6 +88,15 @@ pub(crate) struct Probe {
 
 pub(crate) const FOLD_THREADS: &str = "fold_threads";
 
+/// Both completion events' program, told the kind by the cookie it is attached with.
+pub(crate) const FAULT_DONE: &str = "fault_done";
+
+/// Programs only the compat object has (one per completion event), and only the default one.
+#[cfg(test)]
+pub(crate) const COMPAT_ONLY: [&str; 2] = ["fault_minor", "fault_major"];
+#[cfg(test)]
+pub(crate) const DEFAULT_ONLY: [&str; 1] = [FAULT_DONE];
+
 pub(crate) const PROBES: &[Probe] = &[
     // One program for both exceptions: verified once.
     Probe {
@@ -97,18 +113,34 @@ pub(crate) const PROBES: &[Probe] = &[
         wanted: |c| c.exception_entry(MODE_KERNEL),
         optional: None,
     },
+    // One program for both completions, verified once; the compat object's kernels have no
+    // cookies to tell it which, and get one program each.
+    Probe {
+        program: FAULT_DONE,
+        hook: Hook::Accounting(Accounted::Minor),
+        mode_probe: None,
+        wanted: |c| c.accounting() && c.cookies,
+        optional: None,
+    },
+    Probe {
+        program: FAULT_DONE,
+        hook: Hook::Accounting(Accounted::Major),
+        mode_probe: None,
+        wanted: |c| c.accounting() && c.cookies,
+        optional: None,
+    },
     Probe {
         program: "fault_minor",
         hook: Hook::Accounting(Accounted::Minor),
         mode_probe: None,
-        wanted: |c| c.mode == ProbeMode::Tracepoint && !c.has(CFG_ACCOUNTED),
+        wanted: |c| c.accounting() && !c.cookies,
         optional: None,
     },
     Probe {
         program: "fault_major",
         hook: Hook::Accounting(Accounted::Major),
         mode_probe: None,
-        wanted: |c| c.mode == ProbeMode::Tracepoint && !c.has(CFG_ACCOUNTED),
+        wanted: |c| c.accounting() && !c.cookies,
         optional: None,
     },
     Probe {
@@ -199,21 +231,52 @@ mod tests {
     const ALL_KINDS: u32 = 1 << KIND_MINOR | 1 << KIND_MAJOR | 1 << KIND_ERROR;
     const BOTH: u32 = MODE_USER | MODE_KERNEL;
 
-    /// The probes chosen: a raw tracepoint's by its event (one program may serve several),
-    /// the others by their program.
+    /// The probes chosen (by the default object, whose completion programs take cookies):
+    /// a shared program's by its event, the others by their program.
     fn names(mode: ProbeMode, flags: u32, kinds: u32, modes: u32) -> Vec<&'static str> {
+        names_in(true, mode, flags, kinds, modes)
+    }
+
+    fn names_in(cookies: bool, mode: ProbeMode, flags: u32, kinds: u32, modes: u32) -> Vec<&'static str> {
         select(&Choice {
             mode,
             flags,
             kinds,
             modes,
+            cookies,
         })
         .iter()
         .map(|p| match p.hook {
             Hook::RawTracepoint(event) if p.program == "page_fault" => event,
+            Hook::Accounting(Accounted::Minor) if p.program == FAULT_DONE => "fault_minor",
+            Hook::Accounting(Accounted::Major) if p.program == FAULT_DONE => "fault_major",
             _ => p.program,
         })
         .collect()
+    }
+
+    #[test]
+    fn the_compat_object_has_a_completion_program_per_kind() {
+        let flags = CFG_OUT_EVENTS | CFG_MAPPING;
+        let both = |cookies| {
+            select(&Choice {
+                mode: ProbeMode::Tracepoint,
+                flags,
+                kinds: ALL_KINDS,
+                modes: BOTH,
+                cookies,
+            })
+            .iter()
+            .filter(|p| matches!(p.hook, Hook::Accounting(_)))
+            .map(|p| p.program)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(both(true), [FAULT_DONE, FAULT_DONE]);
+        assert_eq!(both(false), ["fault_minor", "fault_major"]);
+        assert_eq!(
+            names_in(false, ProbeMode::Tracepoint, flags, ALL_KINDS, BOTH),
+            names(ProbeMode::Tracepoint, flags, ALL_KINDS, BOTH)
+        );
     }
 
     #[test]

@@ -454,6 +454,19 @@ impl PerfEvent {
         sample_policy: SamplePolicy,
         inherit: bool,
     ) -> Result<PerfEventLinkId, ProgramError> {
+        self.attach_with_cookie(config, scope, sample_policy, inherit, None)
+    }
+
+    /// [`Self::attach`], with a cookie the program reads with `bpf_get_attach_cookie`
+    /// (Linux 5.15+: a BPF link for the perf event).
+    pub fn attach_with_cookie(
+        &mut self,
+        config: PerfEventConfig,
+        scope: PerfEventScope,
+        sample_policy: SamplePolicy,
+        inherit: bool,
+        cookie: Option<u64>,
+    ) -> Result<PerfEventLinkId, ProgramError> {
         let prog_fd = self.fd()?;
         let prog_fd = prog_fd.as_fd();
 
@@ -470,7 +483,7 @@ impl PerfEvent {
             io_error,
         })?;
 
-        let link = perf_attach(prog_fd, perf_fd, None /* cookie */)?;
+        let link = perf_attach(prog_fd, perf_fd, cookie)?;
         self.data.links.insert(PerfEventLink::new(link))
     }
 }
