@@ -2,7 +2,8 @@
 # PID 1 of the `cargo xtask vm-test` guest. It speaks to the host in console lines:
 #   @@vm check MODE TOOL pass|fail TEXT   one check (the host counts these)
 #   @@vm note TEXT                        why the check above failed
-#   @@vm insns MODE TOOL TYPE:N...        instructions verified per program pfault loaded
+#   @@vm insns MODE TOOL startup=S TYPE:N...  start-up (s) and instructions verified per
+#                                         program pfault loaded
 #   @@vm done                             every check ran
 # A tool is tested by one function, check_TOOL MODE, which runs it on the workloads (run_tool)
 # and checks its output against their ground truth; add the tool to TOOLS.
@@ -470,6 +471,11 @@ stackcount --weight bytes: touch_region weighs ${weighed:-nothing} bytes, the wo
 report_insns() {
     dir=/tmp/insns-$1
     mkdir -p "$dir"
+    # Start-up (attach, then stop at once), to 10 ms: under TCG, emulated, so for comparing
+    # kernels with one another, not with a real machine.
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    timeout $RUN_TIMEOUT pfault stackcount -U --probe "$1" -d 0 --output /dev/null 2>/dev/null
+    startup=$(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.2f", b - a }')
     pfault stackcount -U --probe "$1" --output /dev/null 2>"$dir/pfault.err" &
     pid=$!
     waited=0
@@ -490,7 +496,7 @@ report_insns() {
     done
     kill -INT $pid
     wait $pid
-    echo "@@vm insns $1 stackcount$progs"
+    echo "@@vm insns $1 stackcount startup=$startup$progs"
 }
 
 check_probes
