@@ -707,7 +707,8 @@ fn boot(kernel: &Kernel, initramfs: &Path, disk: &Path, log: &Path) -> Result<Ta
                 Some("note") => println!("{:26}{}", "", words.trim_start_matches("note ")),
                 Some("insns") => {
                     let (mode, tool) = (w.next().unwrap_or("?"), w.next().unwrap_or("?"));
-                    let (startup, programs): (Vec<&str>, Vec<&str>) = w.partition(|p| p.starts_with("startup="));
+                    let (startup, programs): (Vec<&str>, Vec<&str>) =
+                        w.partition(|p| p.starts_with("startup="));
                     let startup = startup
                         .first()
                         .map(|s| format!("; -d 0 in {} s under TCG", s.trim_start_matches("startup=")))
