@@ -59,7 +59,7 @@ pub mod capacity {
     pub const EXEC_GEN: u32 = 8192;
     /// Code mappings the unwinder remembers (per process and 64 KiB): a few hundred processes'.
     pub const TEXT_VMAS: u32 = 16384;
-    /// Slots per CPU for the last walk of a thread (by thread id): 11 KiB each.
+    /// Slots per CPU for the last walk of a thread (by thread id): 1.5 KiB each.
     pub const WALK_CACHE: u32 = 2;
     /// Threads with a parked fault or counts, where the kernel has no task storage for
     /// tracing programs (the compat object keys them by thread id): a busy host's threads.

@@ -39,31 +39,24 @@ pub(crate) fn current_task() -> *mut task_struct {
     }
 }
 
-/// A `u64` field of `task`: a plain load where the pointer is BTF-typed (checked by the
-/// verifier, cheaper than a probe read on every fault), a probe read where it is not.
+/// A `u64` field of `task`.
 #[inline(always)]
 pub(crate) fn task_u64(task: *mut task_struct, off: u32) -> u64 {
-    #[cfg(not(feature = "compat"))]
-    {
-        unsafe { read_volatile((task as *const u8).add(off as usize) as *const u64) }
-    }
-    #[cfg(feature = "compat")]
-    {
-        read(task as u64, off)
-    }
+    btf_u64(task as u64, off)
 }
 
-/// A `u64` of a task's user registers (from [`user_regs`]): a plain load where the pointer is
-/// BTF-typed, as [`task_u64`].
+/// The `u64` at `base + off`, where `base` is a task or its user registers ([`user_regs`]): a
+/// plain load where the pointer is BTF-typed (checked by the verifier, cheaper than a probe
+/// read on every fault), a probe read where it is not.
 #[inline(always)]
-pub(crate) fn regs_u64(regs: u64, off: u32) -> u64 {
+pub(crate) fn btf_u64(base: u64, off: u32) -> u64 {
     #[cfg(not(feature = "compat"))]
     {
-        unsafe { read_volatile((regs as *const u8).add(off as usize) as *const u64) }
+        unsafe { read_volatile((base as *const u8).add(off as usize) as *const u64) }
     }
     #[cfg(feature = "compat")]
     {
-        read(regs, off)
+        read(base, off)
     }
 }
 

@@ -216,9 +216,9 @@ pub(crate) fn unwind_user() -> usize {
         return 0;
     };
     let w = unsafe { &mut *w };
-    w.pc = regs_u64(regs, conf!(off.regs_ip));
-    w.sp = regs_u64(regs, conf!(off.regs_sp));
-    w.bp = regs_u64(regs, conf!(off.regs_bp));
+    w.pc = btf_u64(regs, conf!(off.regs_ip));
+    w.sp = btf_u64(regs, conf!(off.regs_sp));
+    w.bp = btf_u64(regs, conf!(off.regs_bp));
     w.n = 0;
     w.bp_own = 1;
     w.bp_used = 0;
@@ -305,18 +305,11 @@ pub extern "C" fn replay_walk() -> u64 {
     if reads > WALK_READS as u64 || c.n > KEPT_FRAMES as u64 || c.n == 0 {
         return 0;
     }
-    // The words in one read: a read costs far more than its bytes.
+    // The words in one read: a read costs far more than its bytes. Left in the window, they
+    // serve the new walk where a word changed.
     if reads != 0 {
         let len = hi.wrapping_sub(lo);
-        if len > WINDOW_BYTES as u64
-            || unsafe {
-                aya_ebpf::helpers::generated::bpf_probe_read_user(
-                    addr_of_mut!(win.words) as *mut c_void,
-                    len as u32,
-                    lo as *const c_void,
-                )
-            } != 0
-        {
+        if len > WINDOW_BYTES as u64 || !fill_window(win, lo, len) {
             return 0;
         }
     }
@@ -603,6 +596,24 @@ fn kept_fp_step(w: &Walk, why: u32) {
     c.fp_why = why as u64;
 }
 
+/// Reads the stack's `addr..addr + len` into the window (at most `WINDOW_BYTES`, not across
+/// an end of its mapping: the caller sees to that). False where the read failed (the window
+/// then holds nothing).
+#[inline(always)]
+fn fill_window(win: &mut Window, addr: u64, len: u64) -> bool {
+    let got = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            addr_of_mut!(win.words) as *mut c_void,
+            len as u32,
+            addr as *const c_void,
+        )
+    };
+    let ok = got == 0;
+    win.base = addr;
+    win.len = if ok { len } else { 0 };
+    ok
+}
+
 /// The stack word at `addr`, from `WINDOW`, and kept in the walk's record. `None` where it
 /// cannot be read (the walk is then not kept).
 #[inline(always)]
@@ -641,20 +652,10 @@ pub extern "C" fn stack_word_global(addr: u64) -> i64 {
     if addr < win.base || addr.wrapping_add(8) > win.base.wrapping_add(win.len) {
         // The rest of its page: one user read costs more than copying a page.
         let len = WINDOW_BYTES as u64 - (addr & (WINDOW_BYTES as u64 - 1));
-        let got = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user(
-                addr_of_mut!(win.words) as *mut c_void,
-                len as u32,
-                addr as *const c_void,
-            )
-        };
-        if got != 0 {
-            win.len = 0;
+        if !fill_window(win, addr, len) {
             c.reads.n = WALK_UNKEPT;
             return 0;
         }
-        win.base = addr;
-        win.len = len;
     }
     let at = (addr.wrapping_sub(win.base) / 8) as usize;
     if at >= WINDOW_WORDS {
