@@ -188,7 +188,7 @@ impl Mappings {
         match record {
             Record::Task(t) => self.seen(t),
             Record::Map(m) => self.mapped(m),
-            Record::Fault(..) | Record::Stack { .. } | Record::Unwind(_) => {}
+            Record::Fault(..) | Record::Stack { .. } | Record::Unwind(_) | Record::Late(_) => {}
         }
     }
 

@@ -6,8 +6,8 @@ use std::fmt;
 
 use aya::Pod;
 use pfault_common::{
-    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, UnwindNeed, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK,
-    REC_TASK, REC_UNWIND, STACK_FRAMES_HEADER,
+    FaultEvent, FaultEventStacks, LateStack, MapSeen, TaskSeen, UnwindNeed, MAX_STACK, REC_FAULT, REC_LATE,
+    REC_MAP, REC_STACK, REC_TASK, REC_UNWIND, STACK_FRAMES_HEADER,
 };
 
 /// A fault's stacks (`trace -U/-K`), leaf first.
@@ -30,6 +30,8 @@ pub enum Record {
     /// The frames (leaf first) of a stack `stackcount` counts under `hash`, first counted by
     /// process `tgid`.
     Stack { hash: u64, tgid: u32, frames: Vec<u64> },
+    /// A fault's registers and user stack, for userspace to walk and count (`stackcount`).
+    Late(Box<LateStack>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +117,9 @@ pub fn decode(data: &[u8]) -> Result<Record, RecordError> {
                 .collect();
             Ok(Record::Stack { hash, tgid, frames })
         }
+        REC_LATE => read::<LateStack>(data)
+            .map(|l| Record::Late(Box::new(l)))
+            .ok_or_else(|| short(size_of::<LateStack>())),
         other => Err(RecordError::UnknownTag(other)),
     }
 }

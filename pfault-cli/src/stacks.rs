@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Instant,
 };
 
@@ -21,6 +22,11 @@ use crate::{
     procfs::cstr,
     records::Record,
     symbolize::{Frame, Placed, Symbols},
+    unwind::{
+        self,
+        late::{self, Code},
+        Tables, Unhandled,
+    },
 };
 
 /// A stack the kernel sent. User frames are placed in their files (by the process's maps)
@@ -170,6 +176,17 @@ pub(crate) fn plan(
     plan
 }
 
+/// Late stacks arrive 8 KiB each: at most this many (8.5 MiB) are held waiting for tables. A
+/// cold disk holds a table back a few ms, and a loop faults a few hundred times meanwhile.
+const LATE_HELD: usize = 1024;
+
+/// What a late walk does with a table the loader has not handled yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unready {
+    Wait,
+    Build,
+}
+
 /// Frames standing for what the kernel could not or need not walk.
 fn pseudo(what: &str) -> Vec<Frame> {
     vec![Frame::named(what)]
@@ -192,6 +209,16 @@ pub(crate) struct StackCounts {
     unplaced: HashMap<u32, Vec<u64>>,
     /// Rows of processes that are gone, whose counts were moved out of the kernel's map.
     kept: HashMap<Row, Weights>,
+    /// Stacks the kernel side handed over to walk (`LateStack`), with what the process's
+    /// perf map said when each arrived; walked once the tables they need are in.
+    late: Vec<(Box<LateStack>, Taken)>,
+    /// `Tables::handled` when they were last tried.
+    late_handled: usize,
+    /// Their counts, as the kernel's map would hold them.
+    late_counts: HashMap<StackKey, Weights>,
+    /// The CFI unwinder's tables, and those late walks read, by file (`None`: it has none).
+    tables: Option<Tables>,
+    late_rows: HashMap<FileId, Option<Arc<[UnwindRow]>>>,
     /// The most rows kept apart, and the frame that stands for the stacks past it.
     cap: Option<(usize, String)>,
     /// Rows per process (-P).
@@ -202,13 +229,19 @@ pub(crate) struct StackCounts {
 }
 
 impl StackCounts {
-    pub(crate) fn new(syms: Symbols, per_pid: bool, addresses: bool) -> StackCounts {
+    /// Counts named by `syms`; `tables` walks the stacks the kernel side hands over.
+    pub(crate) fn new(syms: Symbols, tables: Option<Tables>, per_pid: bool, addresses: bool) -> StackCounts {
         StackCounts {
             syms,
             stacks: HashMap::new(),
             sent_to: HashMap::new(),
             unplaced: HashMap::new(),
             kept: HashMap::new(),
+            late: Vec::new(),
+            late_handled: 0,
+            late_counts: HashMap::new(),
+            tables,
+            late_rows: HashMap::new(),
             cap: None,
             per_pid,
             addresses,
@@ -232,16 +265,22 @@ impl StackCounts {
                 // Counting at completion sends no notice of a process that was running before
                 // pfault: its first stack is one, while it lives.
                 self.syms.note_process(tgid);
-                let sent = match frames.first() {
-                    Some(&leaf) if leaf < USER_END => {
-                        self.unplaced.entry(tgid).or_default().push(hash);
-                        Sent::User(frames, self.syms.arrived(tgid))
-                    }
-                    _ => Sent::Kernel(frames),
-                };
-                // Sent once per process: placed by that process's maps.
-                self.sent_to.entry(tgid).or_default().push(hash);
-                self.stacks.insert((tgid, hash), sent);
+                let taken = self.syms.arrived(tgid);
+                self.sent(tgid, hash, frames, taken);
+            }
+            Record::Late(l) => {
+                let tgid = l.key.tgid;
+                // Its maps as they are now, while it lives: the code it ran may be newly
+                // mapped, and it may be gone by the time its stack is walked.
+                self.syms.maps.lookup(tgid, l.regs[PT_REGS_IP], None);
+                let taken = self.syms.arrived(tgid);
+                self.late.push((l, taken));
+                // Tried when the loader has handled another file, or past `LATE_HELD`.
+                let handled = self.tables.as_ref().map_or(0, Tables::handled);
+                if handled != self.late_handled || self.late.len() > LATE_HELD {
+                    self.late_handled = handled;
+                    self.walk_late(Unready::Wait);
+                }
             }
             Record::Task(t) => {
                 // An exec (or a new thread, or a fork): the maps it ran with are read again.
@@ -250,6 +289,95 @@ impl StackCounts {
             }
             notice => self.syms.notice(&notice),
         }
+    }
+
+    /// Keeps a stack's frames, named `hash` in process `tgid`.
+    fn sent(&mut self, tgid: u32, hash: u64, frames: Vec<u64>, taken: Taken) {
+        let sent = match frames.first() {
+            Some(&leaf) if leaf < USER_END => {
+                self.unplaced.entry(tgid).or_default().push(hash);
+                Sent::User(frames, taken)
+            }
+            _ => Sent::Kernel(frames),
+        };
+        // Sent once per process: placed by that process's maps.
+        if self.stacks.insert((tgid, hash), sent).is_none() {
+            self.sent_to.entry(tgid).or_default().push(hash);
+        }
+    }
+
+    /// Walks the stacks handed over so far and counts them. A stack that needs a table the
+    /// loader has not handled yet waits for it (`Unready::Wait`), but for the oldest past
+    /// `LATE_HELD`, and where the counts are read, the table is built here from the file the
+    /// process mapped (`Unready::Build`: the loader may never build it, its process gone).
+    fn walk_late(&mut self, unready: Unready) {
+        if self.late.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.late);
+        let build = pending.len().saturating_sub(LATE_HELD);
+        for (i, (l, taken)) in pending.into_iter().enumerate() {
+            let unready = if i < build { Unready::Build } else { unready };
+            match self.walk_one(&l, unready) {
+                Ok(frames) => self.count_late(&l, frames, taken),
+                Err(Unhandled) => self.late.push((l, taken)),
+            }
+        }
+    }
+
+    /// `late`'s frames, or `Err` where a table it needs is not handled yet and `unready` says
+    /// to wait.
+    fn walk_one(&mut self, late: &LateStack, unready: Unready) -> Result<Vec<u64>, Unhandled> {
+        let tgid = late.key.tgid;
+        let (maps, late_rows, tables) = (&mut self.syms.maps, &mut self.late_rows, &self.tables);
+        late::walk(late, |pc| {
+            let Some(m) = maps.lookup(tgid, pc, None).cloned() else {
+                return Ok(None);
+            };
+            let id = m.file_id();
+            let rows = match late_rows.get(&id) {
+                Some(rows) => rows.clone(),
+                None if m.ino == 0 => None,
+                None => {
+                    let rows = match tables.as_ref().map(|t| t.rows(id)) {
+                        Some(Ok(rows)) => rows,
+                        _ if unready == Unready::Wait => return Err(Unhandled),
+                        _ => maps
+                            .source(tgid, id, m.path.file().unwrap_or_default())
+                            .and_then(|path| unwind::rows_of_file(&path)),
+                    };
+                    late_rows.insert(id, rows.clone());
+                    rows
+                }
+            };
+            Ok(Some(Code {
+                start: m.start,
+                end: m.end,
+                bias: m.file_offset.wrapping_sub(m.start),
+                rows,
+            }))
+        })
+    }
+
+    /// Counts a late stack walked to `frames`, named as the kernel side names a stack.
+    fn count_late(&mut self, l: &LateStack, frames: Vec<u64>, taken: Taken) {
+        let tgid = l.key.tgid;
+        let hash = frames
+            .iter()
+            .fold(stack_hash_start(true), |h, &f| stack_hash_step(h, f));
+        let hash = stack_hash_end(hash, frames.len() as u64);
+        if !self.stacks.contains_key(&(tgid, hash)) {
+            self.sent(tgid, hash, frames, taken);
+        }
+        let key = StackKey {
+            ustack: hash,
+            ..l.key
+        };
+        *self.late_counts.entry(key).or_default() += Weights {
+            faults: 1,
+            latency_ns: l.latency_ns,
+            bytes: l.bytes,
+        };
     }
 
     /// Places the stacks `pid` was sent, by its maps now.
@@ -281,20 +409,28 @@ impl StackCounts {
 
     /// The counts so far (with `reset`, of the interval), one per printed stack, least first.
     pub(crate) fn rows(&mut self, engine: &mut Engine, reset: bool) -> Result<Vec<(Row, Weights)>> {
+        self.walk_late(Unready::Build);
         let mut rows = if reset {
             std::mem::take(&mut self.kept)
         } else {
             self.kept.clone()
         };
         for c in engine.stack_counts(reset)? {
-            self.add(&mut rows, &c);
+            self.add(&mut rows, &c.key, Weights::of(&c));
+        }
+        let late = if reset {
+            std::mem::take(&mut self.late_counts)
+        } else {
+            self.late_counts.clone()
+        };
+        for (key, count) in late {
+            self.add(&mut rows, &key, count);
         }
         Ok(sorted(rows))
     }
 
-    /// Adds a count of the kernel's to its printed row, or past the cap to the row saying so.
-    fn add(&mut self, rows: &mut HashMap<Row, Weights>, c: &StackCount) {
-        let (key, count) = (&c.key, Weights::of(c));
+    /// Adds a count to its printed row, or past the cap to the row saying so.
+    fn add(&mut self, rows: &mut HashMap<Row, Weights>, key: &StackKey, count: Weights) {
         let row = Row {
             pid: self.per_pid.then_some(key.tgid),
             comm: cstr(&key.comm).to_string(),
@@ -331,6 +467,12 @@ impl StackCounts {
             .collect();
         let mut pids: HashSet<u32> = counts.iter().map(|c| c.key.tgid).collect();
         pids.extend(self.sent_to.keys().copied().filter(|&pid| is_gone(pid)));
+        let late = self
+            .late
+            .iter()
+            .map(|(l, _)| &l.key)
+            .chain(self.late_counts.keys());
+        pids.extend(late.map(|k| k.tgid).filter(|&pid| is_gone(pid)));
         Ok(Gone { counts, pids })
     }
 
@@ -338,9 +480,20 @@ impl StackCounts {
     /// kernel, their stacks and their maps: a long profile's memory then follows the
     /// processes alive and the rows kept, not every process it met.
     pub(crate) fn fold(&mut self, engine: &mut Engine, gone: Gone) -> Result<()> {
+        self.walk_late(Unready::Build);
         let mut rows = std::mem::take(&mut self.kept);
         for c in &gone.counts {
-            self.add(&mut rows, c);
+            self.add(&mut rows, &c.key, Weights::of(c));
+        }
+        let late: Vec<StackKey> = self
+            .late_counts
+            .keys()
+            .filter(|k| gone.pids.contains(&k.tgid))
+            .copied()
+            .collect();
+        for key in late {
+            let count = self.late_counts.remove(&key).expect("listed above");
+            self.add(&mut rows, &key, count);
         }
         self.kept = rows;
         let keys: Vec<StackKey> = gone.counts.iter().map(|c| c.key).collect();

@@ -18,7 +18,7 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
 };
 use pfault_common::{
-    FileId, FRAME_BY_FP, FRAME_MARK, STOP_BAD_CFA, STOP_BAD_RA, STOP_REGISTER, STOP_TRUNCATED,
+    FileId, FRAME_BY_FP, FRAME_MARK, STOP_BAD_CFA, STOP_BAD_RA, STOP_COPY_END, STOP_REGISTER, STOP_TRUNCATED,
     STOP_UNREADABLE,
 };
 use serde::Serialize;
@@ -443,6 +443,7 @@ fn stop_name(why: u64) -> &'static str {
         STOP_UNREADABLE => "[unwind stopped: stack unreadable]",
         STOP_BAD_CFA => "[unwind stopped: bad frame]",
         STOP_BAD_RA => "[unwind stopped: bad return address]",
+        STOP_COPY_END => "[unwind stopped: past the stack copied]",
         _ => "[unwind stopped]",
     }
 }

@@ -13,8 +13,8 @@ use pfault::{
     records::{bytes_of, decode, Record, RecordError},
 };
 use pfault_common::{
-    FaultEvent, FaultEventStacks, MapSeen, TaskSeen, UnwindNeed, MAX_STACK, REC_FAULT, REC_MAP, REC_STACK,
-    REC_TASK, REC_UNWIND, STACK_FRAMES_HEADER,
+    FaultEvent, FaultEventStacks, LateStack, MapSeen, TaskSeen, UnwindNeed, MAX_STACK, REC_FAULT, REC_LATE,
+    REC_MAP, REC_STACK, REC_TASK, REC_UNWIND, STACK_FRAMES_HEADER,
 };
 use proptest::{collection::vec, prelude::*, test_runner::Config};
 
@@ -482,7 +482,7 @@ proptest! {
 
     #[test]
     fn records_from_random_bytes_never_panic(
-        data in vec(any::<u8>(), 0..2 * size_of::<FaultEventStacks>()),
+        data in vec(any::<u8>(), 0..size_of::<LateStack>() + 64),
         tag in prop_oneof![
             Just(None),
             Just(Some(REC_FAULT)),
@@ -490,6 +490,7 @@ proptest! {
             Just(Some(REC_MAP)),
             Just(Some(REC_STACK)),
             Just(Some(REC_UNWIND)),
+            Just(Some(REC_LATE)),
             any::<u32>().prop_map(Some)
         ],
     ) {
@@ -512,9 +513,10 @@ proptest! {
                 prop_assert!(frames.len() <= MAX_STACK);
                 prop_assert!(data.len() >= STACK_FRAMES_HEADER + frames.len() * 8);
             }
+            Ok(Record::Late(l)) => prop_assert!(l.rec == REC_LATE && data.len() >= size_of::<LateStack>()),
             Err(RecordError::Short { len, need, .. }) => prop_assert!(len == data.len() && len < need),
             Err(RecordError::UnknownTag(t)) => {
-                prop_assert!(![REC_FAULT, REC_TASK, REC_MAP, REC_STACK, REC_UNWIND].contains(&t))
+                prop_assert!(![REC_FAULT, REC_TASK, REC_MAP, REC_STACK, REC_UNWIND, REC_LATE].contains(&t))
             }
         }
     }

@@ -22,7 +22,13 @@ pub const CNT_FP_NO_VMA: u32 = CNT_FP_TABLE + TABLE_STATES;
 /// Of `CNT_UNWIND_FRAMES`, those of a thread's last walk taken again: the walk started from
 /// the same registers and found the same stack words.
 pub const CNT_UNWIND_KEPT: u32 = CNT_FP_NO_VMA + 1;
-pub const CNT_MAX: u32 = CNT_UNWIND_KEPT + 1;
+/// User stacks sent to userspace to be walked there (`LateStack`): the walk met code whose
+/// table was still loading, or whose mapping it could not look up.
+pub const CNT_UNWIND_LATE: u32 = CNT_UNWIND_KEPT + 1;
+/// Stacks that would have been sent so, but the ring buffer was three quarters full: counted
+/// as the kernel side walked them.
+pub const CNT_UNWIND_LATE_LOST: u32 = CNT_UNWIND_LATE + 1;
+pub const CNT_MAX: u32 = CNT_UNWIND_LATE_LOST + 1;
 
 /// Stack hashes that stand for no stack: none taken (not asked for, or not walkable).
 pub const STACK_NONE: u64 = 0;
@@ -33,6 +39,40 @@ pub const STACK_LOST: u64 = 1;
 pub const STACK_EXEC: u64 = 2;
 /// Real stacks hash to this or above.
 pub const STACK_FIRST: u64 = 3;
+
+/// A stack's name: FxHash steps over its frames, leaf first (a bijection of the state for
+/// each frame, so stacks of one depth that differ in any frame never collide), then the depth
+/// and murmur3's finalizer. The kernel side names the stacks it walks so, and userspace the
+/// stacks it walks from a copy ([`LateStack`]): the same frames are one stack either way.
+#[inline(always)]
+pub fn stack_hash_start(user: bool) -> u64 {
+    if user {
+        0x9e37_79b9_7f4a_7c15
+    } else {
+        0xc2b2_ae3d_27d4_eb4f
+    }
+}
+
+#[inline(always)]
+pub fn stack_hash_step(h: u64, frame: u64) -> u64 {
+    (h.rotate_left(5) ^ frame).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+/// The hash of `n` frames whose steps left `h`: never one of the `STACK_*` values below
+/// `STACK_FIRST`.
+#[inline(always)]
+pub fn stack_hash_end(mut h: u64, n: u64) -> u64 {
+    h ^= n;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    if h < STACK_FIRST {
+        h += STACK_FIRST;
+    }
+    h
+}
 
 /// What `stackcount` counts faults by. Stacks are named by a 64-bit hash of their frames; the
 /// frames go to userspace once per process and stack ([`StackFrames`]).

@@ -34,6 +34,8 @@ pub const STOP_UNREADABLE: u64 = 3;
 pub const STOP_BAD_CFA: u64 = 4;
 /// The return address was not in user space.
 pub const STOP_BAD_RA: u64 = 5;
+/// A walk of a stack's copy (`LateStack`) needed a word above what was copied.
+pub const STOP_COPY_END: u64 = 6;
 
 /// log2 of the most rows one unwind table may hold: the kernel side's binary search takes
 /// this many steps, and userspace refuses a larger table.

@@ -29,6 +29,7 @@ pub const REC_TASK: u32 = 2;
 pub const REC_STACK: u32 = 3;
 pub const REC_MAP: u32 = 4;
 pub const REC_UNWIND: u32 = 5;
+pub const REC_LATE: u32 = 6;
 
 /// Where a faulting address lies.
 #[repr(C)]
@@ -152,3 +153,36 @@ pub struct UnwindNeed {
     pub file: FileId,
 }
 pod!(UnwindNeed);
+
+/// Bytes of user stack a late walk copies at most: the rest of the page the stack pointer is
+/// in and the page above it (perf's `--call-graph dwarf` copies 8 KiB).
+pub const LATE_STACK_BYTES: usize = 8192;
+
+/// Words of the kernel's x86-64 `struct pt_regs` (a uapi layout, `asm/ptrace.h`), and where
+/// it keeps rip and rsp (rbp is `REG_RBP`).
+pub const PT_REGS_WORDS: usize = 21;
+pub const PT_REGS_IP: usize = 16;
+pub const PT_REGS_SP: usize = 19;
+
+/// A fault whose user stack the CFI unwinder met code it has no table for yet (`REC_LATE`):
+/// a table still loading, or a code mapping not found with the mmap lock busy. Its registers
+/// and a copy of its stack, to be walked by userspace once the tables are in, and what
+/// `stackcount` counts it under; the kernel side does not count it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LateStack {
+    pub rec: u32,
+    /// Bytes of `stack` copied: the stack from `regs[PT_REGS_SP]` up.
+    pub stack_len: u32,
+    /// Its `ustack` is `STACK_NONE`: the walk is userspace's.
+    pub key: StackKey,
+    pub latency_ns: u64,
+    pub bytes: u64,
+    /// The task's user registers, as `struct pt_regs`.
+    pub regs: [u64; PT_REGS_WORDS],
+    pub stack: [u8; LATE_STACK_BYTES],
+}
+pod!(LateStack);
+
+/// Bytes of a [`LateStack`] before its stack.
+pub const LATE_STACK_HEADER: usize = core::mem::offset_of!(LateStack, stack);

@@ -38,10 +38,13 @@ pub(crate) fn enter(
         (*p).has_map = 0;
         (*p).ustack = STACK_NONE;
         (*p).kstack = STACK_NONE;
+        (*p).late = 0;
         if flags & CFG_OUT_STACKS != 0 {
             let kernel_mode = error_code & PF_USER == 0;
             (*p).busy = 1;
-            (*p).ustack = publish(tgid, walk(ctx, true, kernel_mode), true);
+            let ustack = walk(ctx, true, kernel_mode);
+            (*p).late = walked_late(ustack) as u8;
+            (*p).ustack = publish(tgid, ustack, true);
             // At the exception tracepoint (no `vma`), a fault raised in user mode has no kernel
             // stack of its own: the walk would find only the exception's entry and the
             // tracepoint's call of this program (bpf_trace_run3), on top of every user stack.
@@ -296,7 +299,13 @@ pub(crate) fn feed_outputs(
             kstack: unsafe { (*p).kstack },
             comm,
         };
-        count_stack(&key, comm_words(&comm), latency, bytes);
+        // The user stack is still the fault's at its completion: a late walk's copy is
+        // taken now, with the latency it is counted with.
+        let sent =
+            unsafe { (*p).late } != 0 && send_late(tgid as u64, kind as u64, key.kstack, latency, bytes) != 0;
+        if !sent {
+            count_stack(&key, comm_words(&comm), latency, bytes);
+        }
     }
     if flags & CFG_OUT_FILES != 0 {
         count_file(map, kind, tgid, &comm, bytes);

@@ -3,6 +3,7 @@
 use crate::*;
 
 pub(crate) const BPF_RB_AVAIL_DATA: u64 = 0;
+pub(crate) const BPF_RB_RING_SIZE: u64 = 1;
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
 pub(crate) const PAGE_MASK: u64 = !0xfff;

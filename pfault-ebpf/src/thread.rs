@@ -134,7 +134,10 @@ pub(crate) struct Pending {
     /// thread, not per CPU: fentry and fexit programs can be preempted, and another thread's
     /// fault on that CPU meanwhile is its own.
     pub(crate) busy: u8,
-    pub(crate) _pad: [u8; 3],
+    /// The user stack's walk met code it has no table for yet (`walked_late`): it is sent
+    /// to userspace to walk at completion.
+    pub(crate) late: u8,
+    pub(crate) _pad: [u8; 2],
     pub(crate) map: Mapping,
     /// The thread's last VMA, valid while its mm's `mm_lock_seq` stays `cache_seq`: a fault
     /// storm in one mapping costs one `bpf_find_vma`, not one per fault.

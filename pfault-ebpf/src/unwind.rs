@@ -11,7 +11,10 @@
 //! code, a file without CFI, a table still loading) takes one frame-pointer step, counted in
 //! `CNT_UNWIND_FP` and by why (`CNT_FP_*`), and its caller's frame is marked `FRAME_BY_FP`.
 //! A walk that ends short of the outermost frame (at the frame limit, or on a step that
-//! fails) ends in a `FRAME_MARK` frame saying why.
+//! fails) ends in a `FRAME_MARK` frame saying why. A walk that met a table still loading, or
+//! a mapping it could not look up for the mmap lock, is `late`: its frame-pointer guess is not
+//! counted where stacks are counted, the fault's registers and stack are sent for userspace to
+//! walk once the table is in (`send_late`), as perf walks the stacks it copies.
 //!
 //! Two things make the walk cheap where a loop faults page after page from one place. A user
 //! read costs more than a frame's table search (about 90 ns on one 6.18 build, 150 for the
@@ -30,6 +33,8 @@ const MIN_USER_PC: u64 = 4096;
 
 /// `UNWIND_FILES.insert`'s error where another CPU inserted the file first.
 const EEXIST: i32 = 17;
+/// `bpf_find_vma`'s where no VMA holds the address.
+const ENOENT: i64 = 2;
 
 /// Adds `n` to one of `COUNTERS` without [`count`]'s log call: its stack frame would take the
 /// walk's chain of calls past the 512 bytes 6.1 allows them together.
@@ -76,6 +81,12 @@ pub(crate) struct Walk {
     /// so (`bp_used`): then the walk holds only for that rbp, where -O2 code keeps any value.
     bp_own: u64,
     bp_used: u64,
+    /// The walk met code it has no table for yet (still loading, or the mapping's lookup
+    /// found the mmap lock busy): its frames are the frame pointer's guess, and the fault's
+    /// stack is better sent to userspace to walk once the table is in (`send_late`).
+    late: u64,
+    /// The last mapping lookup failed for the lock, not for want of a mapping.
+    lookup_busy: u64,
 }
 
 #[map]
@@ -208,14 +219,15 @@ impl Walk {
 /// returns the frames walked (0 where the task has no user registers).
 #[inline(always)]
 pub(crate) fn unwind_user() -> usize {
-    let regs = user_regs(current_task());
-    if regs == 0 {
-        return 0;
-    }
     let Some(w) = WALK.get_ptr_mut(0) else {
         return 0;
     };
     let w = unsafe { &mut *w };
+    w.late = 0;
+    let regs = user_regs(current_task());
+    if regs == 0 {
+        return 0;
+    }
     w.pc = btf_u64(regs, conf!(off.regs_ip));
     w.sp = btf_u64(regs, conf!(off.regs_sp));
     w.bp = btf_u64(regs, conf!(off.regs_bp));
@@ -272,6 +284,15 @@ pub(crate) fn unwind_user() -> usize {
     }
     bump(CNT_UNWIND_FRAMES, n);
     n as usize
+}
+
+/// Whether the user stack just walked (named `ustack`) met code it has no table for yet (see
+/// `Walk::late`).
+#[inline(always)]
+pub(crate) fn walked_late(ustack: u64) -> bool {
+    ustack >= STACK_FIRST
+        && conf!(flags) & CFG_UNWIND_CFI != 0
+        && WALK.get_ptr(0).is_some_and(|w| unsafe { (*w).late } != 0)
 }
 
 /// Copies `n` frames (at most `MAX_STACK`) in one helper call.
@@ -421,8 +442,9 @@ fn unwind_frame(i: u64) -> i64 {
     w.exact = 0;
     if !(w.start <= pc && pc < w.end) {
         w.end = 0;
-        if let Some(v) = unwind_text_vma(pc, w.tgid, w.gen) {
-            w.take_vma(unsafe { &*v });
+        match unwind_text_vma(pc, w.tgid, w.gen) {
+            Ok(v) => w.take_vma(unsafe { &*v }),
+            Err(e) => w.lookup_busy = (e != -ENOENT) as u64,
         }
     }
     let row = if w.end != 0 && w.state == TABLE_READY as u64 {
@@ -505,6 +527,11 @@ fn unwind_frame(i: u64) -> i64 {
             return 0;
         }
         _ => {
+            // Code whose table is still loading: whatever the frame pointer says, userspace
+            // walks the stack again once the table is in.
+            if w.end != 0 && w.state == TABLE_ASKED as u64 || w.end == 0 && w.lookup_busy != 0 {
+                w.late = 1;
+            }
             // The frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address.
             // None (as `_start` leaves it) ends the stack.
             if rbp_of(w) == 0 {
@@ -705,15 +732,15 @@ fn unwind_find_row(first: u32, rows: u32, off: u64) -> u64 {
 }
 
 /// The code mapping holding `pc` in process `tgid` (generation `gen`), with its file's
-/// table: from `TEXT_VMAS`, else from `bpf_find_vma` (then remembered). `None` where no VMA
-/// holds it.
+/// table: from `TEXT_VMAS`, else from `bpf_find_vma` (then remembered). Else its error:
+/// `-ENOENT` where no VMA holds it.
 ///
 /// Where interrupts are off (the exception tracepoints, the perf overflow path),
 /// `bpf_find_vma` works once per program run (its unlock waits in an irq_work), so a stack
 /// that spans code mappings not yet met takes a few faults to be walked whole; userspace
 /// fills `TEXT_VMAS` ahead for the process it was pointed at (-p).
 #[inline(always)]
-fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> Option<*const TextVma> {
+fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> Result<*const TextVma, i64> {
     let key = TextKey {
         tgid: tgid as u32,
         gen: gen as u32,
@@ -731,16 +758,16 @@ fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> Option<*const TextVma> {
                     v.table.state = t.state;
                 }
             }
-            return Some(v);
+            return Ok(v);
         }
     }
-    let out = VMA_FOUND.get_ptr_mut(0)?;
+    let out = VMA_FOUND.get_ptr_mut(0).ok_or(-ENOENT)?;
     // Filled in place by the callback: the stack is short (its callers' frames and this
     // one's count against the same 512 bytes on 6.1).
     unsafe { (*out).file.ino = 0 };
     let ret = find_vma(pc, text_vma_found, core::ptr::null_mut());
     if ret != 0 {
-        return None;
+        return Err(ret);
     }
     let (first, rows, state) = unsafe {
         if (*out).file.ino != 0 {
@@ -755,7 +782,7 @@ fn unwind_text_vma(pc: u64, tgid: u64, gen: u64) -> Option<*const TextVma> {
         (*out).table.state = state;
         let _ = TEXT_VMAS.insert(&key, &*out, 0);
     }
-    Some(out)
+    Ok(out)
 }
 
 /// The table of `file` (first row, rows, state); asks userspace for it the first time any

@@ -285,7 +285,12 @@ pub(crate) async fn run(mut args: StackcountArgs) -> Result<Option<i32>> {
     let mut counter = Counter {
         out,
         svg,
-        counts: StackCounts::new(session.symbols(args.target.pid), args.per_pid, args.addresses),
+        counts: StackCounts::new(
+            session.symbols(args.target.pid),
+            session.engine.unwind_tables(),
+            args.per_pid,
+            args.addresses,
+        ),
         args,
     };
     let end = session

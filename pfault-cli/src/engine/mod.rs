@@ -72,6 +72,12 @@ pub(crate) struct UnwindReport {
     /// Of `frames`, those of a thread's last walk taken again (same registers, same stack
     /// words): no table searched for them.
     pub(crate) frames_kept: u64,
+    /// Stacks that met a table still loading (or a mapping not looked up), handed to
+    /// userspace with a copy of the stack and walked there once the table was in; and those
+    /// the ring buffer had no room for (three quarters full), counted as the kernel side
+    /// walked them.
+    pub(crate) stacks_walked_late: u64,
+    pub(crate) stacks_late_lost: u64,
     /// Why `frames_by_fp` were not unwound from CFI.
     pub(crate) by_fp_because: ByFpBecause,
     pub(crate) tables: unwind::Stats,
@@ -128,8 +134,15 @@ impl UnwindReport {
             }
         };
         let because = self.by_fp_because.describe();
+        let late = match (self.stacks_walked_late, self.stacks_late_lost) {
+            (0, 0) => String::new(),
+            (n, 0) => format!(", {n} stacks walked late from copies"),
+            (n, lost) => {
+                format!(", {n} stacks walked late from copies ({lost} more left as walked: ring buffer busy)")
+            }
+        };
         format!(
-            "unwind: cfi, {:.1}% of {} user frames by frame pointer{}, {:.1}% a thread's last walk again; {}",
+            "unwind: cfi, {:.1}% of {} user frames by frame pointer{}, {:.1}% a thread's last walk again{late}; {}",
             pct(self.frames_by_fp),
             self.frames,
             if because.is_empty() {
@@ -463,6 +476,11 @@ impl Engine {
         }
     }
 
+    /// The CFI unwinder's tables, for late walks.
+    pub(crate) fn unwind_tables(&self) -> Option<unwind::Tables> {
+        self.unwinder.as_ref().map(Unwinder::tables)
+    }
+
     /// How the CFI unwinder did: its tables, and the share of frames it could not unwind
     /// from CFI (walked by frame pointer instead). `None` when it was not used.
     pub(crate) fn unwind_report(&self) -> Result<Option<UnwindReport>> {
@@ -473,6 +491,8 @@ impl Engine {
             frames: self.counter(CNT_UNWIND_FRAMES)?,
             frames_by_fp: self.counter(CNT_UNWIND_FP)?,
             frames_kept: self.counter(CNT_UNWIND_KEPT)?,
+            stacks_walked_late: self.counter(CNT_UNWIND_LATE)?,
+            stacks_late_lost: self.counter(CNT_UNWIND_LATE_LOST)?,
             by_fp_because: ByFpBecause {
                 table_not_loaded: self.counter(CNT_FP_TABLE + TABLE_ASKED)?,
                 no_cfi: self.counter(CNT_FP_TABLE + TABLE_NONE)?,

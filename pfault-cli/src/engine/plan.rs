@@ -148,8 +148,10 @@ pub(crate) struct TaskFilter {
 }
 
 /// The ring buffer carries process notices and each new stack's frames, once: a program
-/// importing a large library sends tens of thousands in a second.
-pub(crate) const STACK_RINGBUF_BYTES: u32 = 1 << 20;
+/// importing a large library sends tens of thousands in a second. And the stacks that met a
+/// table still loading, 8 KiB each: a loop faulting meanwhile sends one per fault, and 4 MiB
+/// holds about 500 while the reader waits for the table.
+pub(crate) const STACK_RINGBUF_BYTES: u32 = 4 << 20;
 
 /// The most kernel memory stackcount's maps take with the default sizes, map by map: a hash
 /// map entry is its key and value behind a 48-byte element header.

@@ -7,9 +7,11 @@
 //! itself: the C library and loader most processes share) has mapped as code, while the
 //! programs load; after that, when the kernel side meets code of a file it has no table
 //! for, it asks (`REC_UNWIND`) and a worker thread builds it, meanwhile the frame pointer
-//! stands in. Rows are never freed: a run that meets more code than `--unwind-mb` holds
-//! unwinds the rest by frame pointer, and says so.
+//! stands in; a stack that met a table still loading is copied to userspace and walked here
+//! once the table is in ([`late`]). Rows are never freed: a run that meets more code than
+//! `--unwind-mb` holds unwinds the rest by frame pointer, and says so.
 
+pub(crate) mod late;
 mod needed;
 pub(crate) mod table;
 
@@ -107,6 +109,16 @@ fn debug_file(elf: &object::File, path: &Path) -> Option<table::DebugFile> {
         sum.update(&m);
         (sum.sum() == crc).then_some((p, m))
     })
+}
+
+/// The rows of the file at `path`, where it has CFI: for a late walk whose table the loader
+/// never built (its process exited before the request was served).
+pub(crate) fn rows_of_file(path: &Path) -> Option<Arc<[UnwindRow]>> {
+    let file = File::open(path).ok()?;
+    // SAFETY: read only, as `build_file`'s own map.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let table = table::build(&data, |elf| debug_file(elf, path)).ok()?;
+    Some(table.rows.into())
 }
 
 /// A code mapping of the target process, to fill `TEXT_VMAS` with ahead.
@@ -272,6 +284,9 @@ struct Loader {
     text: BpfHashMap<MapData, TextKey, TextVma>,
     /// Files handled, and where their tables were left.
     done: HashMap<FileId, UnwindFile>,
+    /// `done`, for late walks: also under the name /proc/PID/maps gives a file, where it
+    /// differs from the kernel's (btrfs subvolumes, overlayfs).
+    placed: Arc<Mutex<HashMap<FileId, UnwindFile>>>,
     /// The files of `done`, held open (see [`Built::file`]).
     held: Vec<File>,
     stats: Arc<Mutex<Stats>>,
@@ -332,10 +347,16 @@ impl Loader {
         };
         drop(stats);
         self.done.insert(b.id, entry);
+        self.publish(b.id, entry);
         // Past what may be held, a binary rebuilt in this one's place may get its table.
         if self.held.len() < procfs::files_to_hold() {
             self.held.push(b.file);
         }
+    }
+
+    /// Makes `entry` the table late walks find under `id`.
+    fn publish(&self, id: FileId, entry: UnwindFile) {
+        self.placed.lock().unwrap().insert(id, entry);
     }
 
     /// Fills `TEXT_VMAS` with process `pid`'s code mappings: the kernel side then walks its
@@ -386,8 +407,12 @@ impl Loader {
                     Some(entry) => {
                         let _ = self.files.insert(need.file, entry, 0);
                         self.done.insert(need.file, entry);
+                        self.publish(need.file, entry);
                     }
                     None => self.load(build_file(file, need.file, path)),
+                }
+                if let Some(&entry) = self.done.get(&need.file) {
+                    self.publish(m.file_id(), entry);
                 }
             }
             // The process is gone, or mapped something else there since: let the next process
@@ -417,7 +442,66 @@ enum Job {
 pub(crate) struct Unwinder {
     jobs: mpsc::Sender<Job>,
     stats: Arc<Mutex<Stats>>,
+    tables: Tables,
 }
+
+/// The tables as late walks read them: where each file's rows are, and the rows' map.
+#[derive(Clone)]
+pub(crate) struct Tables {
+    placed: Arc<Mutex<HashMap<FileId, UnwindFile>>>,
+    rows: Arc<File>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Tables {
+    /// The table of file `id` (as the kernel or /proc/PID/maps names it): its rows, `None`
+    /// where it has none; `Err` while it is not handled yet.
+    pub(crate) fn rows(&self, id: FileId) -> Result<Option<Arc<[UnwindRow]>>, Unhandled> {
+        let t = *self.placed.lock().unwrap().get(&id).ok_or(Unhandled)?;
+        if t.state != TABLE_READY {
+            return Ok(None);
+        }
+        let (first, n) = (t.first as usize, t.rows as usize);
+        let size = size_of::<UnwindRow>();
+        // A window of just the table's pages, as they are written (see `RowsMap`); rows are
+        // written before their table is published, and never again.
+        // SAFETY: a read-only window of an mmap-able BPF array, within it.
+        let Ok(window) = (unsafe {
+            memmap2::MmapOptions::new()
+                .offset((first * size) as u64)
+                .len(n * size)
+                .map(&*self.rows)
+        }) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            (0..n)
+                .map(|i| {
+                    // SAFETY: `n` rows lie in the window; unaligned reads of plain data.
+                    unsafe { std::ptr::read_unaligned(window.as_ptr().add(i * size).cast::<UnwindRow>()) }
+                })
+                .collect(),
+        ))
+    }
+
+    /// How many files the loader has handled: a late walk that waited for one is tried again
+    /// once this grows.
+    pub(crate) fn handled(&self) -> usize {
+        self.placed.lock().unwrap().len()
+    }
+
+    /// Waits for the loader to serve the requests so far.
+    pub(crate) fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.jobs.send(Job::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// A file the loader has not handled (yet).
+#[derive(Debug)]
+pub(crate) struct Unhandled;
 
 /// Tables being built ahead, before the maps exist.
 pub(crate) struct Ahead {
@@ -453,8 +537,16 @@ impl Unwinder {
             capacity_bytes: capacity_rows as u64 * size_of::<UnwindRow>() as u64,
             ..Default::default()
         }));
+        let rows = RowsMap::new(rows, capacity_rows as usize)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let tables = Tables {
+            placed: Arc::default(),
+            rows: Arc::new(rows.file.try_clone().context("duplicating the unwind-row map")?),
+            jobs: jobs.clone(),
+        };
         let mut loader = Loader {
-            rows: RowsMap::new(rows, capacity_rows as usize)?,
+            rows,
+            placed: tables.placed.clone(),
             files: BpfHashMap::try_from(files)?,
             text: BpfHashMap::try_from(text)?,
             done: HashMap::new(),
@@ -471,7 +563,6 @@ impl Unwinder {
         if let Some(pid) = ahead.pid {
             loader.prime(pid, &built.target);
         }
-        let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("pfault-unwind".into())
             .spawn(move || {
@@ -485,7 +576,7 @@ impl Unwinder {
                 }
             })
             .context("starting the unwind-table thread")?;
-        Ok(Unwinder { jobs, stats })
+        Ok(Unwinder { jobs, stats, tables })
     }
 
     /// The kernel side met code it has no table for.
@@ -493,12 +584,14 @@ impl Unwinder {
         let _ = self.jobs.send(Job::Need(need));
     }
 
+    /// The tables, for late walks.
+    pub(crate) fn tables(&self) -> Tables {
+        self.tables.clone()
+    }
+
     /// What the tables hold, once the requests so far are served.
     pub(crate) fn stats(&self) -> Stats {
-        let (tx, rx) = mpsc::channel();
-        if self.jobs.send(Job::Sync(tx)).is_ok() {
-            let _ = rx.recv();
-        }
+        self.tables.sync();
         let mut s = self.stats.lock().unwrap().clone();
         s.rows = s.tables.iter().map(|t| t.rows).sum();
         s.bytes = s.tables.iter().map(|t| t.bytes).sum();

@@ -72,32 +72,16 @@ pub extern "C" fn hash_frames(user: u64, n: u64) -> u64 {
         return STACK_NONE;
     };
     let n = n as usize;
-    // FxHash steps (a bijection of the state for each frame, so stacks of one depth that
-    // differ in any frame never collide), the depth, then murmur3's finalizer.
-    let mut h: u64 = if user != 0 {
-        0x9e37_79b9_7f4a_7c15
-    } else {
-        0xc2b2_ae3d_27d4_eb4f
-    };
+    let mut h = stack_hash_start(user != 0);
     let mut i = 0;
     while i < MAX_STACK {
         if i >= n {
             break;
         }
-        let frame = unsafe { (*s).frames[i] };
-        h = (h.rotate_left(5) ^ frame).wrapping_mul(0x517c_c1b7_2722_0a95);
+        h = stack_hash_step(h, unsafe { (*s).frames[i] });
         i += 1;
     }
-    h ^= n as u64;
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    if h < STACK_FIRST {
-        h += STACK_FIRST;
-    }
-    h
+    stack_hash_end(h, n as u64)
 }
 
 /// Is the current task in execve (`task_struct.in_execve`, a bit field)? A fault it takes in
@@ -174,6 +158,12 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
         kstack: walk(ctx.as_ptr(), false, kernel_mode),
         comm: [0; COMM_LEN],
     };
+    if walked_late(key.ustack) {
+        let kstack = publish(tgid, key.kstack, false);
+        if send_late(tgid as u64, kind as u64, kstack, 0, bytes) != 0 {
+            return 0;
+        }
+    }
     // A stack this process has counted on before: its frames are with userspace.
     if let Some(v) = STACK_COUNTS.get_ptr_mut(&stack_key_hash(&key, comm)) {
         add_weights(v, 0, bytes);
@@ -184,6 +174,81 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
     key.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     count_stack(&key, comm, 0, bytes);
     0
+}
+
+/// Sends the current fault's user registers and a copy of its stack for userspace to walk
+/// and count under (`tgid`, `kind`, no user stack, `kstack`, the task's comm), with its
+/// latency and bytes: a walk that met a table still loading guessed its frames by frame
+/// pointer, and userspace walks the copy once the table is in, as perf walks its copies of
+/// the stack. Returns 1 where sent (the caller then counts nothing). A global function,
+/// verified once.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn send_late(tgid: u64, kind: u64, kstack: u64, latency: u64, bytes: u64) -> i64 {
+    let regs = user_regs(current_task());
+    if regs == 0 {
+        return 0;
+    }
+    // A loop faulting while a table loads sends one copy per fault, faster than any reader
+    // takes them: a quarter of the ring is left to the notices and new stacks' frames, which
+    // nothing stands in for.
+    if EVENTS.query(BPF_RB_AVAIL_DATA) * 4 > EVENTS.query(BPF_RB_RING_SIZE) * 3 {
+        count(CNT_UNWIND_LATE_LOST);
+        return 0;
+    }
+    let Some(mut r) = EVENTS.reserve::<LateStack>(0) else {
+        count(CNT_UNWIND_LATE_LOST);
+        return 0;
+    };
+    let l = r.as_mut_ptr();
+    unsafe {
+        (*l).rec = REC_LATE;
+        (*l).key = StackKey {
+            tgid: tgid as u32,
+            kind: kind as u32,
+            ustack: STACK_NONE,
+            kstack,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        };
+        (*l).latency_ns = latency;
+        (*l).bytes = bytes;
+        let got = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            addr_of_mut!((*l).regs) as *mut c_void,
+            (PT_REGS_WORDS * 8) as u32,
+            regs as *const c_void,
+        );
+        if got != 0 {
+            r.discard(0);
+            return 0;
+        }
+        // A page at a time, never across a mapping's end: the rest of the stack pointer's
+        // page, then the page above (where the stack's top is, that read fails alone).
+        let sp = (*l).regs[PT_REGS_SP];
+        let first = 4096 - (sp & 4095);
+        let stack = addr_of_mut!((*l).stack) as *mut u8;
+        let mut len = 0;
+        if aya_ebpf::helpers::generated::bpf_probe_read_user(
+            stack as *mut c_void,
+            first as u32,
+            sp as *const c_void,
+        ) == 0
+        {
+            len = first;
+            let next = (sp & !4095) + 4096;
+            if aya_ebpf::helpers::generated::bpf_probe_read_user(
+                stack.add(first as usize) as *mut c_void,
+                4096,
+                next as *const c_void,
+            ) == 0
+            {
+                len += 4096;
+            }
+        }
+        (*l).stack_len = len as u32;
+    }
+    r.submit(wakeup_flag());
+    count(CNT_UNWIND_LATE);
+    1
 }
 
 /// Counts a fault under `key`, whose comm is also given as the words it was hashed from, with

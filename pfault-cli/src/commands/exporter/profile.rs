@@ -59,8 +59,13 @@ impl Exporter {
         match started {
             Ok((session, ring)) => {
                 let max = self.args.max_profile_stacks;
-                let counts = StackCounts::new(session.symbols(self.args.target.pid), false, false)
-                    .capped(max, format!("[stacks past --max-profile-stacks {max}]"));
+                let counts = StackCounts::new(
+                    session.symbols(self.args.target.pid),
+                    session.engine.unwind_tables(),
+                    false,
+                    false,
+                )
+                .capped(max, format!("[stacks past --max-profile-stacks {max}]"));
                 self.profiling = Some(Profiling {
                     counts,
                     folded: Instant::now(),
