@@ -86,14 +86,12 @@ fn host_wide(
     (out, pid, num(&truth, "minflt"))
 }
 
-/// Runs the workload `cmd` with `PAGES wait`: its pid, and what it printed.
+/// Runs the workload `cmd` with `PAGES wait`: its pid, and what it printed. It fills as soon
+/// as it is told, right after its first faults asked for its tables (and the C library's):
+/// the stacks that meet them loading are walked from copies.
 fn run_held(cmd: &mut Command) -> (u32, std::collections::HashMap<String, String>) {
     let (held, _) = hold(cmd.args([PAGES, "wait"]));
-    let pid = held.pid;
-    // Held after its first faults in main: the kernel side has asked for its tables (and the C
-    // library's); time to build them, as a long-running process has.
-    std::thread::sleep(Duration::from_secs(3));
-    (pid, kv(&held.go()))
+    (held.pid, kv(&held.go()))
 }
 
 /// [`host_wide`] folded: the workload's lines (without its comm and pid), and the faults it

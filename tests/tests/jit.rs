@@ -209,11 +209,12 @@ fn host_wide() -> Command {
     c
 }
 
-/// The faults of the script's touches that must be named: all but the few whose stacks the
-/// unwinder cuts short before the runtime's frames, which is not what is tested here (seen:
-/// 1,143 of 65,536 under CPython with four builds running on two cores; none when idle).
+/// The faults of the script's touches that must be named: all but a few. Stacks that met a
+/// table still loading, or a mapping not looked up while the mmap lock was busy (four builds
+/// on two cores once cut 1,143 of 65,536 short that way), are walked by userspace from
+/// copies; what may still cut one short is a copy the ring buffer had no room for.
 fn most(touches: u64) -> u64 {
-    touches - touches / 20
+    touches - touches / 100
 }
 
 /// `pfault stackcount -U -P -f ARGS`: its folded stacks and what the script printed.
@@ -252,20 +253,20 @@ fn named_as_perf_names(jit: Jit, name: &str) {
     );
     eprintln!("{name}: {report}");
     assert!(named >= most(touches), "{report}");
-    // perf names more than it should: its map lookup takes the longest name at an address,
-    // and V8 reuses the code memory of a function it dropped, so the frames of console.log at
-    // the script's end are named pfaultJsTouchPages, whose optimized code was there before
-    // (measured: 253 of perf's 65,870); pfault names them by the functions written by the
-    // time each stack arrived. The faults of V8's heap growing inside the function vary by
-    // about 150 from run to run. And pfault walks a library's code by frame pointer until its
-    // table is built, where perf unwinds later from copies of the stack: the tables of the
-    // libraries a command loads are built before it starts (libpython's was not: 1,358 of
-    // 65,536 touches unnamed after a cold page cache), and a library loaded later (the mmap
-    // extension module the script imports) gets its table as soon as it is mapped, a few ms
-    // after with a cold page cache, while CPython, without frame pointers, touches on (with the
-    // page cache dropped first: 0 to 2,015 unnamed, most runs 0). Hence 3%: that start-up
-    // loss is pfault's.
-    let slack = touches * 3 / 100;
+    as_many_as_perf(named, perf_named, touches, &report);
+}
+
+/// pfault names the script's function on at least as many faults as perf, but for how much
+/// perf's count varies. perf names more than it should: its map lookup takes the longest name
+/// at an address, and V8 reuses the code memory of a function it dropped, so the frames of
+/// console.log at the script's end are named pfaultJsTouchPages, whose optimized code was
+/// there before (measured: 253 of perf's 65,870); pfault names them by the functions written
+/// by the time each stack arrived. The faults of V8's heap growing inside the function vary
+/// by about 150 from run to run. (A library's table may be built a few ms after it is mapped,
+/// with a cold page cache: the stacks of the faults meanwhile are walked from copies, as
+/// perf walks every sample's, and lose nothing.)
+fn as_many_as_perf(named: u64, perf_named: u64, touches: u64, report: &str) {
+    let slack = touches / 200;
     assert!(named + slack >= perf_named, "{report}");
 }
 
@@ -290,11 +291,9 @@ fn named_host_wide(jit: Jit, name: &str, contained: bool) {
     let dir = scratch(name);
     let out = dir.join("folded.txt");
     let tracer = Attached::start(host_wide().arg(&out));
-    // Host-wide, a process's unwind tables load after its first stacks arrive, which are cut
-    // before they reach the runtime's code meanwhile: the script warms up first, and counts
-    // what comes after.
-    let mut args = jit.args();
-    args.extend(["32".into(), "warm".into()]);
+    // Host-wide, a process's tables are asked for by its first stacks, which are walked from
+    // copies until they are in: no warm-up.
+    let args = jit.args();
     let run = if contained {
         // The script is not under /tmp, which the tmpfs hides.
         run_with_timeout(&mut self::contained(&args.join(" ")), Duration::from_secs(120))
@@ -316,11 +315,20 @@ fn named_host_wide(jit: Jit, name: &str, contained: bool) {
     let stderr = tracer.wait(Duration::from_secs(60));
     let touches = num(&said, "touches");
     let (named, all) = faults_of(&std::fs::read_to_string(&out).unwrap(), jit.function);
-    assert!(
-        named >= most(touches),
+    let report = format!(
         "{} named on {named} of {all} faults, {touches} touches\n{stderr}",
         jit.function
     );
+    assert!(named >= most(touches), "{report}");
+    if !contained {
+        let (perf_named, perf_all) = perf_faults(&jit, &dir);
+        as_many_as_perf(
+            named,
+            perf_named,
+            touches,
+            &format!("{report}perf names it on {perf_named} of {perf_all}"),
+        );
+    }
 }
 
 #[test]

@@ -414,6 +414,37 @@ fn a_walk_is_taken_again_only_where_the_stack_is_the_same() {
     );
 }
 
+/// A library run as soon as it is loaded (as CPython runs an extension module it imports):
+/// its table is asked for as it is mapped, and its first faults come before it is built. Their
+/// stacks are copied to userspace and walked there once it is in: the caller that a
+/// frame-pointer step from the library's frameless leaf skips is kept on every fault.
+#[test]
+fn a_library_run_as_it_loads_is_walked_from_copies_of_its_stacks() {
+    if !root_or_skip() {
+        return;
+    }
+    let library = workload("late_lib");
+    let (lines, minflt, summary) = json_stacks(
+        "unwind-late",
+        &workload("late_table"),
+        &[],
+        &[library.to_str().unwrap(), "16384"],
+    );
+    assert_kept(
+        &lines,
+        minflt,
+        |s| leaf(s) == "lib_touch",
+        |s| s.ends_with(";main;via_lib;lib_touch"),
+        "main;via_lib;lib_touch",
+    );
+    let late = summary["unwind"]["stacks_walked_late"].as_u64().unwrap_or(0);
+    assert!(
+        late > 0,
+        "no stack met the library's table loading: {:#}",
+        summary["unwind"]
+    );
+}
+
 /// A fault in a signal handler: through the kernel's signal frame to the code the signal
 /// interrupted, and on to main (a frame-pointer walk skips the interrupted function's caller).
 #[test]
