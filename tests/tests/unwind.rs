@@ -417,7 +417,9 @@ fn a_walk_is_taken_again_only_where_the_stack_is_the_same() {
 /// A library run as soon as it is loaded (as CPython runs an extension module it imports):
 /// its table is asked for as it is mapped, and its first faults come before it is built. Their
 /// stacks are copied to userspace and walked there once it is in: the caller that a
-/// frame-pointer step from the library's frameless leaf skips is kept on every fault.
+/// frame-pointer step from the library's frameless leaf skips is kept on every fault, but
+/// those the kernel side left as it walked them, and said so (a C loop faults faster than
+/// 8 KiB copies drain on two CPUs: seen on 2 runs of 8, 941 and 1,427 of 16,384).
 #[test]
 fn a_library_run_as_it_loads_is_walked_from_copies_of_its_stacks() {
     if !root_or_skip() {
@@ -430,18 +432,28 @@ fn a_library_run_as_it_loads_is_walked_from_copies_of_its_stacks() {
         &[],
         &[library.to_str().unwrap(), "16384"],
     );
-    assert_kept(
+    let unwind = &summary["unwind"];
+    let late = unwind["stacks_walked_late"].as_u64().unwrap_or(0);
+    let left = unwind["stacks_late_lost"].as_u64().unwrap_or(0);
+    let (total, with) = share(
         &lines,
-        minflt,
         |s| leaf(s) == "lib_touch",
         |s| s.ends_with(";main;via_lib;lib_touch"),
-        "main;via_lib;lib_touch",
     );
-    let late = summary["unwind"]["stacks_walked_late"].as_u64().unwrap_or(0);
     assert!(
-        late > 0,
-        "no stack met the library's table loading: {:#}",
-        summary["unwind"]
+        within(total, minflt, 1.0),
+        "{total} faults in lib_touch, getrusage says {minflt}: {lines:#?}"
+    );
+    assert!(late > 0, "no stack met the library's table loading: {unwind:#}");
+    assert!(
+        left < total / 4,
+        "{left} of {total} stacks left as walked: {unwind:#}"
+    );
+    at_least_99_percent(
+        with + left,
+        total,
+        "main;via_lib;lib_touch, or left as walked",
+        &lines,
     );
 }
 

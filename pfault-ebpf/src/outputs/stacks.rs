@@ -158,11 +158,8 @@ pub(crate) fn count_stack_at_completion(ctx: &PerfEventContext, kind: u8) -> u32
         kstack: walk(ctx.as_ptr(), false, kernel_mode),
         comm: [0; COMM_LEN],
     };
-    if walked_late(key.ustack) {
-        let kstack = publish(tgid, key.kstack, false);
-        if send_late(tgid as u64, kind as u64, kstack, 0, bytes) != 0 {
-            return 0;
-        }
+    if walked_late(key.ustack) && send_late(tgid as u64, kind as u64, key.kstack, 0, bytes) != 0 {
+        return 0;
     }
     // A stack this process has counted on before: its frames are with userspace.
     if let Some(v) = STACK_COUNTS.get_ptr_mut(&stack_key_hash(&key, comm)) {
@@ -189,6 +186,9 @@ pub extern "C" fn send_late(tgid: u64, kind: u64, kstack: u64, latency: u64, byt
     if regs == 0 {
         return 0;
     }
+    // Its kernel stack's frames, where not sent yet (the entry program sent them where there
+    // is one).
+    let kstack = publish(tgid as u32, kstack, false);
     // A loop faulting while a table loads sends one copy per fault, faster than any reader
     // takes them: a quarter of the ring is left to the notices and new stacks' frames, which
     // nothing stands in for.
