@@ -4,16 +4,7 @@
  * usage: big_cfi PAGES */
 #include "common.h"
 
-__asm__(".text\n"
-        ".rept 100000\n"
-        ".cfi_startproc\n"
-        "push %rbp\n"
-        ".cfi_def_cfa_offset 16\n"
-        "pop %rbp\n"
-        ".cfi_def_cfa_offset 8\n"
-        "ret\n"
-        ".cfi_endproc\n"
-        ".endr\n");
+MANY_CFI_FUNCTIONS(100000);
 
 __attribute__((noinline)) void touch_pages(char *p, long pages) {
     for (long i = 0; i < pages; i++) p[i * 4096] = 'A';

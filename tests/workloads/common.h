@@ -56,3 +56,9 @@ static char *fresh_pages(long pages) {
     madvise(p, pages * 4096, MADV_NOHUGEPAGE);
     return p;
 }
+
+/* N tiny assembly functions that push and pop rbp: two rows of CFI each, each row distinct
+ * from its neighbour's, for a binary whose unwind table is large. */
+#define MANY_CFI_FUNCTIONS(n)                                                                  \
+    __asm__(".text\n.rept " #n "\n.cfi_startproc\npush %rbp\n.cfi_def_cfa_offset 16\n"       \
+            "pop %rbp\n.cfi_def_cfa_offset 8\nret\n.cfi_endproc\n.endr\n")
