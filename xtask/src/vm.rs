@@ -137,6 +137,7 @@ const WORKLOADS: &[&str] = &[
     "moved_ra",
     "same_leaf",
     "thp_writer",
+    "big_cfi",
 ];
 
 /// Pages of the file the guest reads for major faults (`/data/data.bin`).

@@ -398,6 +398,47 @@ check_same_leaf() {
     verdict "$1" kept-walk "$problems" "same_leaf: main;via_even $even, main;via_odd $odd of $ANON_PAGES"
 }
 
+# A program traced host-wide whose table (big_cfi: 200,000 rows) is built while it runs: the
+# stacks that meet it loading are copied to userspace and walked there once it is in (or left
+# as the kernel walked them, and said), and every fault keeps main.
+check_late() {
+    dir=/tmp/late-$1
+    mkdir -p "$dir"
+    # A file of its own: no table of it exists before it runs.
+    cp /w/big_cfi "$dir/late_cfi"
+    pfault stackcount -a -U -f --probe "$1" --output "$dir/folded" 2>"$dir/pfault.err" &
+    pid=$!
+    waited=0
+    until grep -q "probe mode" "$dir/pfault.err" 2>/dev/null; do
+        if [ $waited -ge $RUN_TIMEOUT ] || ! kill -0 $pid 2>/dev/null; then
+            verdict "$1" late-walk "pfault did not start: $(tail -n 2 "$dir/pfault.err")" "big_cfi"
+            kill $pid 2>/dev/null
+            wait $pid
+            return
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    "$dir/late_cfi" $ANON_PAGES >"$dir/run.out"
+    kill -INT $pid
+    wait $pid
+    minflt=$(kv minflt "$dir/run.out")
+    counts=$(awk '{ n = $NF; s = $0; sub(/ [0-9]+$/, "", s) }
+        index(s, "late_cfi;") == 1 && s ~ /;touch_pages$/ { all += n; if (s ~ /;main;touch_pages$/) with += n }
+        END { print all + 0, with + 0 }' "$dir/folded")
+    all=${counts% *} with=${counts#* }
+    late=$(sed -n 's/.* \([0-9]*\) stacks walked late from copies.*/\1/p' "$dir/pfault.err")
+    problems=""
+    within "$all" "${minflt:-0}" || problems="$problems
+$all faults in touch_pages, getrusage says $minflt"
+    [ $((with * 100)) -ge $((all * 99)) ] || problems="$problems
+$with of $all faults in touch_pages name main; stacks:
+$(sort -t' ' -k2 -n "$dir/folded" | grep '^late_cfi;' | tail -n 3 | cut -c 1-300)"
+    [ "${late:-0}" -gt 0 ] || problems="$problems
+no stack walked late: $(grep 'unwind:' "$dir/pfault.err" | cut -c 1-300)"
+    verdict "$1" late-walk "${problems#?}" "big_cfi host-wide: main;touch_pages $with/$all, ${late:-0} stacks walked late"
+}
+
 # Counts per file: [anon] for the writer, the data file's path for the reader.
 check_ffaults() {
     run_tool ffaults "$1" -o json --output /tmp/ffaults-"$1"/files.json
@@ -524,6 +565,11 @@ done
 check_unwind tracepoint big_frame:big_frame:memset realign:fill_realigned:memset \
     saved_rsp:main:fill_saved_rsp moved_ra:main:fill_moved_ra
 check_same_leaf tracepoint
+# A table built while its program runs: at completion with the latency timed from entry
+# (fentry), and at completion alone (tracepoint).
+for mode in fentry tracepoint; do
+    check_late "$mode"
+done
 # stat without -L or --probe counts from the threads' own accounting (no per-fault timing).
 check_stat auto
 echo "@@vm done"
