@@ -369,7 +369,9 @@ $name: $(run_problem)"
         } END { print all + 0, with + 0 }' "$dir/$name.folded")
         all=${counts% *} with=${counts#* }
         within "$all" "$minflt" || problems="$problems
-$name: $all faults in $leaf, getrusage says $minflt"
+$name: $all faults in $leaf, getrusage says $minflt; stacks:
+$(sort -t' ' -k2 -n "$dir/$name.folded" | tail -n 3 | cut -c 1-400)
+$(tail -n 3 "$dir/pfault.err" | cut -c 1-400)"
         [ $((with * 100)) -ge $((all * 99)) ] || problems="$problems
 $name: $with of $all faults in $leaf name main..$caller; stacks:
 $(sort -t' ' -k2 -n "$dir/$name.folded" | tail -n 3 | cut -c 1-400)"
