@@ -59,17 +59,22 @@ struct Built {
 }
 
 fn build_file(file: File, id: FileId, path: PathBuf) -> Built {
-    // SAFETY: the map is read only; a file truncated under us could fault, as for any
-    // reader of a mapped binary (the loader itself maps them the same way).
-    let table = match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(data) => table::build(&data, |elf| debug_file(elf, &path)),
-        Err(e) => Err(NoCfi::CannotMap(e.to_string())),
-    };
+    let table = table_of(&file, &path);
     Built {
         id,
         path,
         file,
         table,
+    }
+}
+
+/// The table of `file` (at `path`, where its separate debug file is looked for).
+fn table_of(file: &File, path: &Path) -> Result<table::Table, NoCfi> {
+    // SAFETY: the map is read only; a file truncated under us could fault, as for any
+    // reader of a mapped binary (the loader itself maps them the same way).
+    match unsafe { memmap2::Mmap::map(file) } {
+        Ok(data) => table::build(&data, |elf| debug_file(elf, path)),
+        Err(e) => Err(NoCfi::CannotMap(e.to_string())),
     }
 }
 
@@ -114,10 +119,7 @@ fn debug_file(elf: &object::File, path: &Path) -> Option<table::DebugFile> {
 /// The rows of the file at `path`, where it has CFI: for a late walk whose table the loader
 /// never built (its process exited before the request was served).
 pub(crate) fn rows_of_file(path: &Path) -> Option<Arc<[UnwindRow]>> {
-    let file = File::open(path).ok()?;
-    // SAFETY: read only, as `build_file`'s own map.
-    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-    let table = table::build(&data, |elf| debug_file(elf, path)).ok()?;
+    let table = table_of(&File::open(path).ok()?, path).ok()?;
     Some(table.rows.into())
 }
 
@@ -450,7 +452,6 @@ pub(crate) struct Unwinder {
 pub(crate) struct Tables {
     placed: Arc<Mutex<HashMap<FileId, UnwindFile>>>,
     rows: Arc<File>,
-    jobs: mpsc::Sender<Job>,
 }
 
 impl Tables {
@@ -488,14 +489,6 @@ impl Tables {
     /// once this grows.
     pub(crate) fn handled(&self) -> usize {
         self.placed.lock().unwrap().len()
-    }
-
-    /// Waits for the loader to serve the requests so far.
-    pub(crate) fn sync(&self) {
-        let (tx, rx) = mpsc::channel();
-        if self.jobs.send(Job::Sync(tx)).is_ok() {
-            let _ = rx.recv();
-        }
     }
 }
 
@@ -538,11 +531,9 @@ impl Unwinder {
             ..Default::default()
         }));
         let rows = RowsMap::new(rows, capacity_rows as usize)?;
-        let (jobs, rx) = mpsc::channel::<Job>();
         let tables = Tables {
             placed: Arc::default(),
             rows: Arc::new(rows.file.try_clone().context("duplicating the unwind-row map")?),
-            jobs: jobs.clone(),
         };
         let mut loader = Loader {
             rows,
@@ -563,6 +554,7 @@ impl Unwinder {
         if let Some(pid) = ahead.pid {
             loader.prime(pid, &built.target);
         }
+        let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("pfault-unwind".into())
             .spawn(move || {
@@ -591,7 +583,10 @@ impl Unwinder {
 
     /// What the tables hold, once the requests so far are served.
     pub(crate) fn stats(&self) -> Stats {
-        self.tables.sync();
+        let (tx, rx) = mpsc::channel();
+        if self.jobs.send(Job::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
         let mut s = self.stats.lock().unwrap().clone();
         s.rows = s.tables.iter().map(|t| t.rows).sum();
         s.bytes = s.tables.iter().map(|t| t.bytes).sum();
