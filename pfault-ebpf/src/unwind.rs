@@ -85,8 +85,6 @@ pub(crate) struct Walk {
     /// found the mmap lock busy): its frames are the frame pointer's guess, and the fault's
     /// stack is better sent to userspace to walk once the table is in (`send_late`).
     late: u64,
-    /// The last mapping lookup failed for the lock, not for want of a mapping.
-    lookup_busy: u64,
 }
 
 #[map]
@@ -444,7 +442,10 @@ fn unwind_frame(i: u64) -> i64 {
         w.end = 0;
         match unwind_text_vma(pc, w.tgid, w.gen) {
             Ok(v) => w.take_vma(unsafe { &*v }),
-            Err(e) => w.lookup_busy = (e != -ENOENT) as u64,
+            // Not for want of a mapping: the mmap lock was busy. No row then, so the step is
+            // the frame pointer's.
+            Err(e) if e != -ENOENT => w.late = 1,
+            Err(_) => {}
         }
     }
     let row = if w.end != 0 && w.state == TABLE_READY as u64 {
@@ -529,7 +530,7 @@ fn unwind_frame(i: u64) -> i64 {
         _ => {
             // Code whose table is still loading: whatever the frame pointer says, userspace
             // walks the stack again once the table is in.
-            if w.end != 0 && w.state == TABLE_ASKED as u64 || w.end == 0 && w.lookup_busy != 0 {
+            if w.end != 0 && w.state == TABLE_ASKED as u64 {
                 w.late = 1;
             }
             // The frame pointer: [rbp] is the caller's rbp, [rbp + 8] the return address.
