@@ -82,6 +82,22 @@ run_tool() {
     status=$?
 }
 
+# attached PID ERRFILE: waits until pfault (PID, started in the background) says its probe
+# mode in ERRFILE, as it does once attached; false, and pfault stopped, where it exits first
+# or takes RUN_TIMEOUT seconds.
+attached() {
+    waited=0
+    until grep -q "probe mode" "$2" 2>/dev/null; do
+        if [ $waited -ge $RUN_TIMEOUT ] || ! kill -0 "$1" 2>/dev/null; then
+            kill "$1" 2>/dev/null
+            wait "$1"
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
 # What went wrong with the last run_tool, for a failing check's notes.
 run_problem() {
     echo "pfault exited with status $status; its stderr ends:"
@@ -410,17 +426,10 @@ check_late() {
     cp /w/big_cfi "$dir/late_cfi"
     pfault stackcount -a -U -f --probe "$1" --output "$dir/folded" 2>"$dir/pfault.err" &
     pid=$!
-    waited=0
-    until grep -q "probe mode" "$dir/pfault.err" 2>/dev/null; do
-        if [ $waited -ge $RUN_TIMEOUT ] || ! kill -0 $pid 2>/dev/null; then
-            verdict "$1" late-walk "pfault did not start: $(tail -n 2 "$dir/pfault.err")" "big_cfi"
-            kill $pid 2>/dev/null
-            wait $pid
-            return
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
+    if ! attached $pid "$dir/pfault.err"; then
+        verdict "$1" late-walk "pfault did not start: $(tail -n 2 "$dir/pfault.err")" "big_cfi"
+        return
+    fi
     "$dir/late_cfi" $ANON_PAGES >"$dir/run.out"
     kill -INT $pid
     wait $pid
@@ -521,17 +530,10 @@ report_insns() {
     startup=$(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.2f", b - a }')
     pfault stackcount -U --probe "$1" --output /dev/null 2>"$dir/pfault.err" &
     pid=$!
-    waited=0
-    until grep -q "probe mode" "$dir/pfault.err" 2>/dev/null; do
-        if [ $waited -ge $RUN_TIMEOUT ] || ! kill -0 $pid 2>/dev/null; then
-            note "insns $1: pfault stackcount -U did not start: $(tail -n 2 "$dir/pfault.err")"
-            kill $pid 2>/dev/null
-            wait $pid
-            return
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
+    if ! attached $pid "$dir/pfault.err"; then
+        note "insns $1: pfault stackcount -U did not start: $(tail -n 2 "$dir/pfault.err")"
+        return
+    fi
     progs=""
     for f in /proc/$pid/fdinfo/*; do
         progs="$progs $(awk '/^prog_type:/ { t = $2 } /^verified_insns:/ { n = $2 }
