@@ -62,13 +62,14 @@ fn place_workload(dir: &Path) -> PathBuf {
 
 /// Host-wide `stackcount -U -P` (writing `format` to a file), started before `before` runs
 /// and then `workload` (a command that runs the workload with `PAGES wait`): the file, the
-/// workload's pid, and the faults it counted itself while filling.
+/// workload's pid, the faults it counted itself while filling, and pfault's last line (its
+/// counts of stacks walked late or left as walked).
 fn host_wide(
     name: &str,
     format: &[&str],
     before: impl FnOnce(),
     workload: &mut Command,
-) -> (PathBuf, u32, u64) {
+) -> (PathBuf, u32, u64, String) {
     let out = scratch(name).join("out");
     // Room for the tables of everything else the host runs, so the workload's fit.
     let pfault = Attached::start(
@@ -82,8 +83,9 @@ fn host_wide(
     let (pid, truth) = run_held(workload);
     // SAFETY: kill on our own child's pid.
     unsafe { libc::kill(pfault.pid() as i32, libc::SIGINT) };
-    pfault.wait(Duration::from_secs(60));
-    (out, pid, num(&truth, "minflt"))
+    let stderr = pfault.wait(Duration::from_secs(60));
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    (out, pid, num(&truth, "minflt"), last)
 }
 
 /// Runs the workload `cmd` with `PAGES wait`: its pid, and what it printed. It fills as soon
@@ -94,22 +96,30 @@ fn run_held(cmd: &mut Command) -> (u32, std::collections::HashMap<String, String
     (held.pid, kv(&held.go()))
 }
 
-/// [`host_wide`] folded: the workload's lines (without its comm and pid), and the faults it
-/// counted.
-fn host_wide_folded(name: &str, before: impl FnOnce(), workload: &mut Command) -> (Vec<(String, u64)>, u64) {
-    let (out, pid, minflt) = host_wide(name, &["--folded"], before, workload);
+/// A host-wide run folded: the workload's lines (without its comm and pid), the faults it
+/// counted, and pfault's last line.
+struct Folded {
+    lines: Vec<(String, u64)>,
+    minflt: u64,
+    last: String,
+}
+
+/// [`host_wide`] folded.
+fn host_wide_folded(name: &str, before: impl FnOnce(), workload: &mut Command) -> Folded {
+    let (out, pid, minflt, last) = host_wide(name, &["--folded"], before, workload);
     let folded = std::fs::read_to_string(&out).unwrap();
     let prefix = format!("{COMM}_[{pid}];");
     let lines = folded_lines(&folded)
         .into_iter()
         .filter_map(|(s, n)| Some((s.strip_prefix(&prefix)?.to_string(), n)))
         .collect();
-    (lines, minflt)
+    Folded { lines, minflt, last }
 }
 
 /// At least 99% of the faults the workload counted are on stacks from main through
 /// fill_with_memset into memset, whose leaf `memset` names.
-fn main_to_memset(lines: &[(String, u64)], minflt: u64, memset: impl Fn(&str) -> bool) {
+fn main_to_memset(run: &Folded, memset: impl Fn(&str) -> bool) {
+    let Folded { lines, minflt, last } = run;
     let with: u64 = lines
         .iter()
         .filter(|(s, _)| {
@@ -118,10 +128,14 @@ fn main_to_memset(lines: &[(String, u64)], minflt: u64, memset: impl Fn(&str) ->
         })
         .map(|(_, n)| n)
         .sum();
-    eprintln!("{with} of {minflt} faults on main;fill_with_memset;memset");
+    eprintln!("{with} of {minflt} faults on main;fill_with_memset;memset; pfault ended: {last}");
+    let mut top = lines.clone();
+    top.sort_by_key(|b| std::cmp::Reverse(b.1));
+    top.truncate(12);
     assert!(
         with * 100 >= minflt * 99 && with <= minflt + 64,
-        "{with} faults on main;fill_with_memset;memset of the {minflt} the workload counted, on these stacks:\n{lines:#?}"
+        "{with} faults on main;fill_with_memset;memset of the {minflt} the workload counted; \
+         pfault ended: {last}; its most common stacks:\n{top:#?}"
     );
 }
 
@@ -156,12 +170,12 @@ fn a_program_on_overlayfs_unwinds_to_main() {
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(&merged));
     undo.mounts.push(merged.clone());
-    let (lines, minflt) = host_wide_folded(
+    let run = host_wide_folded(
         "containers-overlay-run",
         || {},
         &mut Command::new(merged.join(COMM)),
     );
-    main_to_memset(&lines, minflt, host_memset);
+    main_to_memset(&run, host_memset);
 }
 
 #[test]
@@ -183,8 +197,8 @@ fn a_program_in_a_btrfs_subvolume_unwinds_to_main() {
     let sub = top.join("sub");
     sh(Command::new("btrfs").args(["subvolume", "create"]).arg(&sub));
     let program = place_workload(&sub);
-    let (lines, minflt) = host_wide_folded("containers-btrfs-run", || {}, &mut Command::new(program));
-    main_to_memset(&lines, minflt, host_memset);
+    let run = host_wide_folded("containers-btrfs-run", || {}, &mut Command::new(program));
+    main_to_memset(&run, host_memset);
 }
 
 /// A binary run, deleted, and rebuilt at its path while pfault runs: a file system that hands
@@ -205,7 +219,7 @@ fn a_binary_rebuilt_in_place_gets_its_own_table() {
     // 10,736 of 16,386, said on the end line).
     workload("memset_nofp");
     let old_ino = std::fs::metadata(&program).unwrap().ino();
-    let (lines, minflt) = host_wide_folded(
+    let run = host_wide_folded(
         "containers-rebuilt-run",
         || {
             let (_, truth) = run_held(&mut Command::new(&program));
@@ -217,7 +231,7 @@ fn a_binary_rebuilt_in_place_gets_its_own_table() {
     );
     let new_ino = std::fs::metadata(&program).unwrap().ino();
     eprintln!("the old binary's inode {old_ino}, the new one's {new_ino}");
-    main_to_memset(&lines, minflt, host_memset);
+    main_to_memset(&run, host_memset);
 }
 
 /// The path of a file the test itself maps, the first that `is` picks.
@@ -303,9 +317,9 @@ fn a_program_in_a_mount_namespace_with_its_own_libc_is_named_from_it() {
         cmd
     };
     // Its mounts go with the namespace when the workload exits: nothing to undo.
-    let (lines, minflt) = host_wide_folded("containers-mntns-run", || {}, &mut in_namespace());
-    main_to_memset(&lines, minflt, |leaf| leaf == "pfault_container_libc");
-    let (profile, _, _) = host_wide(
+    let run = host_wide_folded("containers-mntns-run", || {}, &mut in_namespace());
+    main_to_memset(&run, |leaf| leaf == "pfault_container_libc");
+    let (profile, ..) = host_wide(
         "containers-mntns-pprof",
         &["-o", "pprof"],
         || {},
