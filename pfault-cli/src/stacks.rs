@@ -25,7 +25,7 @@ use crate::{
     unwind::{
         self,
         late::{self, Code},
-        Tables, Unhandled,
+        Tables, Unhandled, Wanted,
     },
 };
 
@@ -176,9 +176,61 @@ pub(crate) fn plan(
     plan
 }
 
-/// Late stacks arrive 8 KiB each: at most this many (8.5 MiB) are held waiting for tables. A
-/// cold disk holds a table back a few ms, and a loop faults a few hundred times meanwhile.
+/// Late stacks arrive 8 KiB each: at most this many different copies (8.5 MiB) are held
+/// waiting for tables. A cold disk holds a table back a few ms, and a loop faults a few
+/// hundred times meanwhile, mostly with the same stack.
 const LATE_HELD: usize = 1024;
+
+/// And at most this many faults (168 bytes of registers each, 11 MiB) on them.
+const LATE_FAULTS_HELD: usize = 65536;
+
+/// A stack copy held until the tables it needs are in, with every fault that sent the same
+/// copy (the same stack bytes, stack pointer, frame pointer and pc): a loop faulting in one
+/// function sends the same copy fault after fault, and its faults walk alike.
+struct Held {
+    copy: Box<LateStack>,
+    /// What the process's perf map said when the first arrived.
+    taken: Taken,
+    /// Each fault's registers (the faulting frame's CFA may be in one besides rsp and rbp)
+    /// and weights.
+    faults: Vec<([u64; PT_REGS_WORDS], Weights)>,
+}
+
+impl Held {
+    fn new(copy: Box<LateStack>, taken: Taken) -> Held {
+        let faults = vec![(copy.regs, late_weights(&copy))];
+        Held { copy, taken, faults }
+    }
+
+    /// Takes `l`'s fault in where it sent the same copy.
+    fn merge(&mut self, l: &LateStack) -> bool {
+        let same = same_copy(&self.copy, l);
+        if same {
+            self.faults.push((l.regs, late_weights(l)));
+        }
+        same
+    }
+}
+
+/// Whether two stacks handed over walk alike but for the registers a faulting frame's CFA
+/// may be in: the same key, pc, stack and frame pointers, and stack bytes.
+fn same_copy(a: &LateStack, b: &LateStack) -> bool {
+    let len = |l: &LateStack| (l.stack_len as usize).min(LATE_STACK_BYTES);
+    a.key == b.key
+        && [PT_REGS_IP, PT_REGS_SP, REG_RBP as usize]
+            .iter()
+            .all(|&r| a.regs[r] == b.regs[r])
+        && a.stack_len == b.stack_len
+        && a.stack[..len(a)] == b.stack[..len(b)]
+}
+
+fn late_weights(l: &LateStack) -> Weights {
+    Weights {
+        faults: 1,
+        latency_ns: l.latency_ns,
+        bytes: l.bytes,
+    }
+}
 
 /// What a late walk does with a table the loader has not handled yet.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -209,9 +261,13 @@ pub(crate) struct StackCounts {
     unplaced: HashMap<u32, Vec<u64>>,
     /// Rows of processes that are gone, whose counts were moved out of the kernel's map.
     kept: HashMap<Row, Weights>,
-    /// Stacks the kernel side handed over to walk (`LateStack`), with what the process's
-    /// perf map said when each arrived; walked once the tables they need are in.
-    late: Vec<(Box<LateStack>, Taken)>,
+    /// Stacks the kernel side handed over to walk (`LateStack`), oldest first; walked once
+    /// the tables they need are in.
+    late: Vec<Held>,
+    /// The last of `late` by process and stack pointer, where the next copy of a storm goes.
+    late_last: HashMap<(u32, u64), usize>,
+    /// The faults of `late`.
+    late_faults: usize,
     /// `Tables::handled` when they were last tried.
     late_handled: usize,
     /// Their counts, as the kernel's map would hold them.
@@ -238,6 +294,8 @@ impl StackCounts {
             unplaced: HashMap::new(),
             kept: HashMap::new(),
             late: Vec::new(),
+            late_last: HashMap::new(),
+            late_faults: 0,
             late_handled: 0,
             late_counts: HashMap::new(),
             tables,
@@ -269,15 +327,13 @@ impl StackCounts {
                 self.sent(tgid, hash, frames, taken);
             }
             Record::Late(l) => {
-                let tgid = l.key.tgid;
-                // Its maps as they are now, while it lives: the code it ran may be newly
-                // mapped, and it may be gone by the time its stack is walked.
-                self.syms.maps.lookup(tgid, l.regs[PT_REGS_IP], None);
-                let taken = self.syms.arrived(tgid);
-                self.late.push((l, taken));
-                // Tried when the loader has handled another file, or past `LATE_HELD`.
+                self.hold(l);
+                // Tried when the loader has handled another file, or past the bounds.
                 let handled = self.tables.as_ref().map_or(0, Tables::handled);
-                if handled != self.late_handled || self.late.len() > LATE_HELD {
+                if handled != self.late_handled
+                    || self.late.len() > LATE_HELD
+                    || self.late_faults > LATE_FAULTS_HELD
+                {
                     self.late_handled = handled;
                     self.walk_late(Unready::Wait);
                 }
@@ -306,28 +362,78 @@ impl StackCounts {
         }
     }
 
+    /// Holds a stack handed over, with the last one its thread sent where it is the same.
+    fn hold(&mut self, l: Box<LateStack>) {
+        let at = (l.key.tgid, l.regs[PT_REGS_SP]);
+        self.late_faults += 1;
+        if let Some(&i) = self.late_last.get(&at) {
+            if self.late[i].merge(&l) {
+                return;
+            }
+        }
+        // Its maps as they are now, while it lives: the code it ran may be newly mapped, and
+        // it may be gone by the time its stack is walked.
+        self.syms.maps.lookup(at.0, l.regs[PT_REGS_IP], None);
+        let taken = self.syms.arrived(at.0);
+        self.late_last.insert(at, self.late.len());
+        self.late.push(Held::new(l, taken));
+    }
+
     /// Walks the stacks handed over so far and counts them. A stack that needs a table the
     /// loader has not handled yet waits for it (`Unready::Wait`), but for the oldest past
-    /// `LATE_HELD`, and where the counts are read, the table is built here from the file the
+    /// the bounds, and where the counts are read, the table is built here from the file the
     /// process mapped (`Unready::Build`: the loader may never build it, its process gone).
     fn walk_late(&mut self, unready: Unready) {
         if self.late.is_empty() {
             return;
         }
         let pending = std::mem::take(&mut self.late);
-        let build = pending.len().saturating_sub(LATE_HELD);
-        for (i, (l, taken)) in pending.into_iter().enumerate() {
-            let unready = if i < build { Unready::Build } else { unready };
-            match self.walk_one(&l, unready) {
-                Ok(frames) => self.count_late(&l, frames, taken),
-                Err(Unhandled) => self.late.push((l, taken)),
+        self.late_last.clear();
+        let (mut copies, mut faults) = (pending.len(), self.late_faults);
+        self.late_faults = 0;
+        for mut held in pending {
+            let unready = if copies > LATE_HELD || faults > LATE_FAULTS_HELD {
+                Unready::Build
+            } else {
+                unready
+            };
+            copies -= 1;
+            faults -= held.faults.len();
+            if self.walk_held(&mut held, unready).is_err() {
+                let at = (held.copy.key.tgid, held.copy.regs[PT_REGS_SP]);
+                self.late_last.insert(at, self.late.len());
+                self.late_faults += held.faults.len();
+                self.late.push(held);
             }
         }
     }
 
-    /// `late`'s frames, or `Err` where a table it needs is not handled yet and `unready` says
+    /// Walks and counts `held`'s faults: one walk for all, but where the faulting frame's CFA
+    /// is in another register, one each.
+    fn walk_held(&mut self, held: &mut Held, unready: Unready) -> Result<(), Unhandled> {
+        let first = self.walk_one(&held.copy, unready)?;
+        if !first.by_register {
+            let mut w = Weights::default();
+            for (_, f) in &held.faults {
+                w += *f;
+            }
+            self.count_late(&held.copy.key, first.frames, w, held.taken);
+            return Ok(());
+        }
+        let mut walks = Vec::with_capacity(held.faults.len());
+        for (regs, w) in &held.faults {
+            held.copy.regs = *regs;
+            walks.push((self.walk_one(&held.copy, unready)?.frames, *w));
+        }
+        for (frames, w) in walks {
+            self.count_late(&held.copy.key, frames, w, held.taken);
+        }
+        Ok(())
+    }
+
+    /// `late`'s walk, or `Err` where a table it needs is not handled yet and `unready` says
     /// to wait.
-    fn walk_one(&mut self, late: &LateStack, unready: Unready) -> Result<Vec<u64>, Unhandled> {
+    fn walk_one(&mut self, late: &LateStack, unready: Unready) -> Result<late::Walked, Unhandled> {
         let tgid = late.key.tgid;
         let (maps, late_rows, tables) = (&mut self.syms.maps, &mut self.late_rows, &self.tables);
         late::walk(late, |pc| {
@@ -341,7 +447,16 @@ impl StackCounts {
                 None => {
                     let rows = match tables.as_ref().map(|t| t.rows(id)) {
                         Some(Ok(rows)) => rows,
-                        _ if unready == Unready::Wait => return Err(Unhandled),
+                        _ if unready == Unready::Wait => {
+                            if let Some(t) = tables {
+                                t.want(Wanted {
+                                    pid: tgid,
+                                    start: m.start,
+                                    file: id,
+                                });
+                            }
+                            return Err(Unhandled);
+                        }
                         _ => maps
                             .source(tgid, id, m.path.file().unwrap_or_default())
                             .and_then(|path| unwind::rows_of_file(&path)),
@@ -359,9 +474,10 @@ impl StackCounts {
         })
     }
 
-    /// Counts a late stack walked to `frames`, named as the kernel side names a stack.
-    fn count_late(&mut self, l: &LateStack, frames: Vec<u64>, taken: Taken) {
-        let tgid = l.key.tgid;
+    /// Counts faults of a late stack walked to `frames` (its key's `ustack` aside), named as
+    /// the kernel side names a stack.
+    fn count_late(&mut self, key: &StackKey, frames: Vec<u64>, w: Weights, taken: Taken) {
+        let tgid = key.tgid;
         let hash = frames
             .iter()
             .fold(stack_hash_start(true), |h, &f| stack_hash_step(h, f));
@@ -369,15 +485,8 @@ impl StackCounts {
         if !self.stacks.contains_key(&(tgid, hash)) {
             self.sent(tgid, hash, frames, taken);
         }
-        let key = StackKey {
-            ustack: hash,
-            ..l.key
-        };
-        *self.late_counts.entry(key).or_default() += Weights {
-            faults: 1,
-            latency_ns: l.latency_ns,
-            bytes: l.bytes,
-        };
+        let key = StackKey { ustack: hash, ..*key };
+        *self.late_counts.entry(key).or_default() += w;
     }
 
     /// Places the stacks `pid` was sent, by its maps now.
@@ -470,7 +579,7 @@ impl StackCounts {
         let late = self
             .late
             .iter()
-            .map(|(l, _)| &l.key)
+            .map(|h| &h.copy.key)
             .chain(self.late_counts.keys());
         pids.extend(late.map(|k| k.tgid).filter(|&pid| is_gone(pid)));
         Ok(Gone { counts, pids })
@@ -534,4 +643,40 @@ pub(crate) fn sorted<K: Ord, V: Ord>(counts: HashMap<K, V>) -> Vec<(K, V)> {
     let mut v: Vec<(K, V)> = counts.into_iter().collect();
     v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(ip: u64, sp: u64, bytes: &[u8]) -> Box<LateStack> {
+        // SAFETY: all-zero bytes are a valid (Pod) LateStack.
+        let mut l: Box<LateStack> = Box::new(unsafe { std::mem::zeroed() });
+        l.regs[PT_REGS_IP] = ip;
+        l.regs[PT_REGS_SP] = sp;
+        l.stack[..bytes.len()].copy_from_slice(bytes);
+        l.stack_len = bytes.len() as u32;
+        l
+    }
+
+    #[test]
+    fn copies_are_the_same_only_in_every_byte_a_walk_reads() {
+        let a = copy(0x1000, 0x7000, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let mut b = copy(0x1000, 0x7000, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        // Registers a walk reads only where the faulting frame's CFA is in one: kept per
+        // fault, not compared.
+        b.regs[REG_RBP as usize + 1] = 99;
+        assert!(same_copy(&a, &b));
+        // A return address further up, another pc, stack pointer or process: not the same.
+        assert!(!same_copy(&a, &copy(0x1000, 0x7000, &[1, 2, 3, 4, 5, 6, 7, 9])));
+        assert!(!same_copy(&a, &copy(0x1001, 0x7000, &[1, 2, 3, 4, 5, 6, 7, 8])));
+        assert!(!same_copy(&a, &copy(0x1000, 0x7008, &[1, 2, 3, 4, 5, 6, 7, 8])));
+        let mut other = copy(0x1000, 0x7000, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        other.key.tgid = 7;
+        assert!(!same_copy(&a, &other));
+        // Bytes past the copy's length do not count.
+        let mut longer = copy(0x1000, 0x7000, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        longer.stack[9] = 1;
+        assert!(same_copy(&a, &longer));
+    }
 }

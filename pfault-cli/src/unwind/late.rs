@@ -40,13 +40,21 @@ impl Copy<'_> {
     }
 }
 
-/// The frames of `late`'s user stack, leaf first, as the kernel side would have left them
-/// (`FRAME_BY_FP`, a `FRAME_MARK` at a walk cut short): `code` finds the mapping an address
-/// is in, or gives up the walk (`E`).
+/// A walk's frames, leaf first, as the kernel side would have left them (`FRAME_BY_FP`, a
+/// `FRAME_MARK` at a walk cut short).
+pub(crate) struct Walked {
+    pub(crate) frames: Vec<u64>,
+    /// The faulting frame's CFA came from a register besides rsp and rbp (stack-clash
+    /// probing): copies of the same stack with other registers may walk otherwise.
+    pub(crate) by_register: bool,
+}
+
+/// Walks `late`'s user stack: `code` finds the mapping an address is in, or gives up the
+/// walk (`E`).
 pub(crate) fn walk<E>(
     late: &LateStack,
     mut code: impl FnMut(u64) -> Result<Option<Code>, E>,
-) -> Result<Vec<u64>, E> {
+) -> Result<Walked, E> {
     let regs = &late.regs;
     let len = (late.stack_len as usize).min(LATE_STACK_BYTES);
     let copy = Copy {
@@ -55,8 +63,10 @@ pub(crate) fn walk<E>(
     };
     let (mut pc, mut sp, mut bp) = (regs[PT_REGS_IP], regs[PT_REGS_SP], regs[REG_RBP as usize]);
     let mut frames = Vec::new();
+    let mut by_register = false;
+    let walked = |frames, by_register| Ok(Walked { frames, by_register });
     if pc == 0 || pc >= USER_END {
-        return Ok(frames);
+        return walked(frames, by_register);
     }
     let (mut exact, mut by_fp) = (false, 0);
     let mut here: Option<Code> = None;
@@ -64,7 +74,7 @@ pub(crate) fn walk<E>(
         let n = frames.len();
         if n >= MAX_STACK - 1 {
             frames.push(FRAME_MARK | STOP_TRUNCATED);
-            return Ok(frames);
+            return walked(frames, by_register);
         }
         frames.push(pc | by_fp);
         by_fp = 0;
@@ -78,6 +88,7 @@ pub(crate) fn walk<E>(
             .as_ref()
             .and_then(|c| find_row(c.rows.as_deref()?, at.wrapping_add(c.bias)))
             .unwrap_or_default();
+        by_register |= n == 0 && other_register(&row);
         match step(&copy, regs, n, row, pc, sp, bp) {
             Step::Caller { ra, cfa, rbp, fp } => {
                 pc = ra;
@@ -90,13 +101,20 @@ pub(crate) fn walk<E>(
             Step::Signal { ip, rsp, rbp } => {
                 (pc, sp, bp, exact) = (ip, rsp, rbp, true);
             }
-            Step::End => return Ok(frames),
+            Step::End => return walked(frames, by_register),
             Step::Stop(why) => {
                 frames.push(FRAME_MARK | why);
-                return Ok(frames);
+                return walked(frames, by_register);
             }
         }
     }
+}
+
+/// Whether `row` takes the CFA from a register other than rsp and rbp (in `step`, the
+/// task's own at the faulting frame).
+fn other_register(row: &UnwindRow) -> bool {
+    matches!(row.cfa & CFA_KIND, CFA_REG | CFA_REG_X8 | CFA_DEREF)
+        && !matches!(row.cfa >> 4, REG_RSP | REG_RBP)
 }
 
 enum Step {
@@ -237,6 +255,10 @@ mod tests {
     /// The frames of `l` where one file is mapped at 0x10000 (offset 0), whose rows are
     /// `rows`, and nothing else.
     fn walked(l: &LateStack, rows: Vec<UnwindRow>) -> Vec<u64> {
+        walk_in(l, rows).frames
+    }
+
+    fn walk_in(l: &LateStack, rows: Vec<UnwindRow>) -> Walked {
         let rows: Arc<[UnwindRow]> = rows.into();
         let code = |pc| {
             Ok::<_, ()>((0x10000..0x20000).contains(&pc).then(|| Code {
@@ -297,8 +319,10 @@ mod tests {
         let mut l = late(0x10100, sp, 0, &[0, 0, 0x10210, 0]);
         l.regs[6] = sp + 16;
         assert_eq!(
-            walked(&l, rows),
+            walked(&l, rows.clone()),
             vec![0x10100, 0x10210, FRAME_MARK | STOP_REGISTER]
         );
+        assert!(walk_in(&l, rows).by_register);
+        assert!(!walk_in(&l, Vec::new()).by_register, "no rows: by frame pointer");
     }
 }

@@ -8,11 +8,12 @@
 //! programs load; after that, when the kernel side meets code of a file it has no table
 //! for, it asks (`REC_UNWIND`) and a worker thread builds it, meanwhile the frame pointer
 //! stands in; a stack that met a table still loading is copied to userspace and walked here
-//! once the table is in ([`late`]). Rows are never freed: a run that meets more code than
+//! once the table is in ([`late`]), and its table goes ahead of the others ([`queue`]). Rows are never freed: a run that meets more code than
 //! `--unwind-mb` holds unwinds the rest by frame pointer, and says so.
 
 pub(crate) mod late;
 mod needed;
+mod queue;
 pub(crate) mod table;
 
 use std::{
@@ -32,7 +33,11 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use pfault_common::*;
 use serde::Serialize;
 
-use self::table::NoCfi;
+pub(crate) use self::queue::Wanted;
+use self::{
+    queue::{Job, Queue},
+    table::NoCfi,
+};
 use crate::procfs;
 
 /// Which user-stack walk the kernel side does (`--unwind`).
@@ -388,40 +393,58 @@ impl Loader {
         }
     }
 
-    /// The kernel side's request: the file behind one of `need.pid`'s mappings.
-    fn need(&mut self, need: &UnwindNeed) {
-        if let Some(entry) = self.done.get(&need.file) {
-            // Built already: the kernel side asked before it saw the table.
-            let _ = self.files.insert(need.file, *entry, 0);
-            return;
+    /// Answers a request for a file handled already (the kernel side asked before it saw
+    /// the table): whether it was.
+    fn answered(&mut self, need: &UnwindNeed) -> bool {
+        let Some(entry) = self.done.get(&need.file) else {
+            return false;
+        };
+        let _ = self.files.insert(need.file, *entry, 0);
+        true
+    }
+
+    /// Gives file `id` the table built ahead under `mapped`, the name /proc/PID/maps gives it
+    /// (an overlay's): whether there was one.
+    fn built_as(&mut self, id: FileId, mapped: FileId) -> bool {
+        let Some(entry) = self.done.get(&mapped).copied() else {
+            return false;
+        };
+        let _ = self.files.insert(id, entry, 0);
+        self.done.insert(id, entry);
+        self.publish(id, entry);
+        true
+    }
+}
+
+/// Serves the kernel side's request: the file behind one of `need.pid`'s mappings. The loader
+/// is locked only to look up and to load, not while the table is built: the other thread
+/// serves a wanted request meanwhile.
+fn serve(loader: &Mutex<Loader>, need: &UnwindNeed) {
+    if loader.lock().unwrap().answered(need) {
+        return;
+    }
+    let mapped = procfs::read_maps(need.pid).and_then(|maps| {
+        let m = maps
+            .into_iter()
+            .find(|m| m.start == need.vm_start && m.end == need.vm_end)?;
+        let (file, path) = procfs::open_mapped(need.pid, &m)?;
+        Some((m, file, path))
+    });
+    match mapped {
+        Some((m, file, path)) if names(&m, &file, need.file) => {
+            if !loader.lock().unwrap().built_as(need.file, m.file_id()) {
+                let built = build_file(file, need.file, path);
+                loader.lock().unwrap().load(built);
+            }
+            let loader = loader.lock().unwrap();
+            if let Some(&entry) = loader.done.get(&need.file) {
+                loader.publish(m.file_id(), entry);
+            }
         }
-        let mapped = procfs::read_maps(need.pid).and_then(|maps| {
-            let m = maps
-                .into_iter()
-                .find(|m| m.start == need.vm_start && m.end == need.vm_end)?;
-            let (file, path) = procfs::open_mapped(need.pid, &m)?;
-            Some((m, file, path))
-        });
-        match mapped {
-            Some((m, file, path)) if names(&m, &file, need.file) => {
-                match self.done.get(&m.file_id()).copied() {
-                    // Built ahead under the overlay's name: the same rows under the kernel's.
-                    Some(entry) => {
-                        let _ = self.files.insert(need.file, entry, 0);
-                        self.done.insert(need.file, entry);
-                        self.publish(need.file, entry);
-                    }
-                    None => self.load(build_file(file, need.file, path)),
-                }
-                if let Some(&entry) = self.done.get(&need.file) {
-                    self.publish(m.file_id(), entry);
-                }
-            }
-            // The process is gone, or mapped something else there since: let the next process
-            // that runs this code ask again.
-            _ => {
-                let _ = self.files.remove(&need.file);
-            }
+        // The process is gone, or mapped something else there since: let the next process
+        // that runs this code ask again.
+        _ => {
+            let _ = loader.lock().unwrap().files.remove(&need.file);
         }
     }
 }
@@ -434,15 +457,9 @@ fn names(m: &procfs::MapEntry, file: &File, id: FileId) -> bool {
     m.file_id() == id || m.ino == id.ino && procfs::stacked(file)
 }
 
-enum Job {
-    Need(UnwindNeed),
-    /// Answered once every job before it is done.
-    Sync(mpsc::Sender<()>),
-}
-
-/// The tables' loader thread, and what it loaded.
+/// The tables' loader threads, and what they loaded.
 pub(crate) struct Unwinder {
-    jobs: mpsc::Sender<Job>,
+    jobs: Arc<Queue>,
     stats: Arc<Mutex<Stats>>,
     tables: Tables,
 }
@@ -452,6 +469,7 @@ pub(crate) struct Unwinder {
 pub(crate) struct Tables {
     placed: Arc<Mutex<HashMap<FileId, UnwindFile>>>,
     rows: Arc<File>,
+    jobs: Arc<Queue>,
 }
 
 impl Tables {
@@ -490,6 +508,11 @@ impl Tables {
     pub(crate) fn handled(&self) -> usize {
         self.placed.lock().unwrap().len()
     }
+
+    /// Held stacks wait on `w`'s table: its request goes first.
+    pub(crate) fn want(&self, w: Wanted) {
+        self.jobs.want(w);
+    }
 }
 
 /// A file the loader has not handled (yet).
@@ -515,6 +538,12 @@ impl Ahead {
     }
 }
 
+impl Drop for Unwinder {
+    fn drop(&mut self) {
+        self.jobs.close();
+    }
+}
+
 impl Unwinder {
     /// Takes the unwind maps, loads the tables built ahead (and the target's code mappings),
     /// and starts the thread that builds the rest as the kernel side asks.
@@ -531,9 +560,11 @@ impl Unwinder {
             ..Default::default()
         }));
         let rows = RowsMap::new(rows, capacity_rows as usize)?;
+        let jobs = Arc::new(Queue::default());
         let tables = Tables {
             placed: Arc::default(),
             rows: Arc::new(rows.file.try_clone().context("duplicating the unwind-row map")?),
+            jobs: jobs.clone(),
         };
         let mut loader = Loader {
             rows,
@@ -554,26 +585,44 @@ impl Unwinder {
         if let Some(pid) = ahead.pid {
             loader.prime(pid, &built.target);
         }
-        let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("pfault-unwind".into())
-            .spawn(move || {
-                for job in rx {
+        let loader = Arc::new(Mutex::new(loader));
+        let in_order = {
+            let (jobs, loader) = (jobs.clone(), loader.clone());
+            move || {
+                while let Some(job) = jobs.next() {
                     match job {
-                        Job::Need(n) => loader.need(&n),
+                        Job::Need(n) => serve(&loader, &n),
                         Job::Sync(done) => {
                             let _ = done.send(());
                         }
                     }
                 }
-            })
-            .context("starting the unwind-table thread")?;
+            }
+        };
+        let wanted = {
+            let (jobs, loader) = (jobs.clone(), loader);
+            move || {
+                while let Some(n) = jobs.next_wanted() {
+                    serve(&loader, &n);
+                    jobs.hurried();
+                }
+            }
+        };
+        for (name, work) in [
+            ("pfault-unwind", Box::new(in_order) as Box<dyn FnOnce() + Send>),
+            ("pfault-unwind-w", Box::new(wanted)),
+        ] {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(work)
+                .context("starting the unwind-table threads")?;
+        }
         Ok(Unwinder { jobs, stats, tables })
     }
 
     /// The kernel side met code it has no table for.
     pub(crate) fn need(&self, need: UnwindNeed) {
-        let _ = self.jobs.send(Job::Need(need));
+        self.jobs.push(Job::Need(need));
     }
 
     /// The tables, for late walks.
@@ -584,9 +633,8 @@ impl Unwinder {
     /// What the tables hold, once the requests so far are served.
     pub(crate) fn stats(&self) -> Stats {
         let (tx, rx) = mpsc::channel();
-        if self.jobs.send(Job::Sync(tx)).is_ok() {
-            let _ = rx.recv();
-        }
+        self.jobs.push(Job::Sync(tx));
+        let _ = rx.recv();
         let mut s = self.stats.lock().unwrap().clone();
         s.rows = s.tables.iter().map(|t| t.rows).sum();
         s.bytes = s.tables.iter().map(|t| t.bytes).sum();
