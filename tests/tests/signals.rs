@@ -1,7 +1,8 @@
 //! Signals, pipes and files at the edges of a run: a SIGINT or SIGTERM at any moment of
 //! start-up ends pfault without releasing the command; the command gets the signal state
-//! pfault was given; a start that fails leaves the output files as they were; a closed output
-//! pipe keeps the command's exit status.
+//! and the nice value pfault was given (its ring reader runs raised); a start that fails
+//! leaves the output files as they were; a closed output pipe keeps the command's exit
+//! status.
 
 use std::{
     io::{BufRead, BufReader},
@@ -172,6 +173,49 @@ fn the_command_gets_the_signal_dispositions_and_mask_pfault_was_given() {
         let under = signal_state(&[tool, "--output", "/dev/null", "--"]);
         assert_eq!(under, alone, "{tool}: the command's signal state changed");
     }
+}
+
+/// The nice value of a thread, from its `stat` file.
+fn nice_of(stat: &str) -> i32 {
+    // Fields after the comm's ')': state is the 3rd field, nice the 19th.
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_ring_reader_runs_raised_and_the_command_at_the_nice_pfault_was_given() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cmd = pfault();
+    cmd.args([
+        "stackcount",
+        "--output",
+        "/dev/null",
+        "--",
+        "sh",
+        "-c",
+        "nice; exec sleep 5",
+    ]);
+    // SAFETY: setpriority(2) in the child before exec: pfault is given nice 3.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 3);
+            Ok(())
+        });
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut said = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    // The command runs once the reader is raised: pfault's main thread reads the ring.
+    let reader = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    assert_eq!(said.trim(), "3", "the command's nice value");
+    assert_eq!(nice_of(&reader), -5, "pfault's ring reader: {reader}");
 }
 
 #[test]
