@@ -1,9 +1,10 @@
 //! CFI unwinding's userspace half: the tables the kernel side unwinds user stacks with.
 //!
-//! Each binary's table ([`table::build`]) goes into `UNWIND_ROWS`, an mmap-able array that
-//! is written in place (one syscall per table, not per row), and its place into
+//! Each binary's table ([`table::Cfi::table`]) goes into `UNWIND_ROWS`, an mmap-able array
+//! that is written in place (one syscall per table, not per row), and its place into
 //! `UNWIND_FILES`, which the kernel side reads by file: one table serves every process that
-//! maps the file. Tables are built ahead for the files the target process (and pfault
+//! maps the file, and every file with the same CFI (a container's copy of a library).
+//! Tables are built ahead for the files the target process (and pfault
 //! itself: the C library and loader most processes share) has mapped as code, while the
 //! programs load; after that, when the kernel side meets code of a file it has no table
 //! for, it asks (`REC_UNWIND`) and a worker thread builds it, meanwhile the frame pointer
@@ -60,27 +61,46 @@ struct Built {
     /// lives, so the kernel side's name for it (device and inode, all it can read cheaply)
     /// keeps naming this file, and a binary rebuilt in its place never gets its table.
     file: File,
-    table: Result<table::Table, NoCfi>,
+    /// What its rows are made of, hashed ([`table::Cfi::digest`]), where it has CFI to read.
+    digest: Option<u64>,
+    /// Its table, or why it has none; `Ok(None)` where a file with the same CFI (`digest`)
+    /// has its rows in already.
+    table: Result<Option<table::Table>, NoCfi>,
 }
 
-fn build_file(file: File, id: FileId, path: PathBuf) -> Built {
-    let table = table_of(&file, &path);
+/// Builds the table of `file`, but where `loaded` says a file with the same CFI has one.
+fn build_file(file: File, id: FileId, path: PathBuf, loaded: impl FnOnce(u64) -> bool) -> Built {
+    let mut digest = None;
+    let table = with_cfi(&file, &path, |cfi| {
+        let d = cfi.digest(digests());
+        digest = Some(d);
+        if loaded(d) {
+            Ok(None)
+        } else {
+            cfi.table().map(Some)
+        }
+    });
     Built {
         id,
         path,
         file,
+        digest,
         table,
     }
 }
 
-/// The table of `file` (at `path`, where its separate debug file is looked for).
-fn table_of(file: &File, path: &Path) -> Result<table::Table, NoCfi> {
+/// The hasher of CFI digests: one per run, so no file can be made to collide with another.
+fn digests() -> &'static std::hash::RandomState {
+    static STATE: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(std::hash::RandomState::new)
+}
+
+/// `f` of the CFI of `file` (at `path`, where its separate debug file is looked for).
+fn with_cfi<T>(file: &File, path: &Path, f: impl FnOnce(table::Cfi) -> Result<T, NoCfi>) -> Result<T, NoCfi> {
     // SAFETY: the map is read only; a file truncated under us could fault, as for any
     // reader of a mapped binary (the loader itself maps them the same way).
-    match unsafe { memmap2::Mmap::map(file) } {
-        Ok(data) => table::build(&data, |elf| debug_file(elf, path)),
-        Err(e) => Err(NoCfi::CannotMap(e.to_string())),
-    }
+    let data = unsafe { memmap2::Mmap::map(file) }.map_err(|e| NoCfi::CannotMap(e.to_string()))?;
+    f(table::cfi(&data, |elf| debug_file(elf, path))?)
 }
 
 /// Where distributions install separate debug files (`-dbg`, `-dbgsym`, `-debuginfo`).
@@ -124,7 +144,7 @@ fn debug_file(elf: &object::File, path: &Path) -> Option<table::DebugFile> {
 /// The rows of the file at `path`, where it has CFI: for a late walk whose table the loader
 /// never built (its process exited before the request was served).
 pub(crate) fn rows_of_file(path: &Path) -> Option<Arc<[UnwindRow]>> {
-    let table = table_of(&File::open(path).ok()?, path).ok()?;
+    let table = with_cfi(&File::open(path).ok()?, path, |cfi| cfi.table()).ok()?;
     Some(table.rows.into())
 }
 
@@ -157,7 +177,7 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
                 let Ok(file) = File::open(&path) else { continue };
                 if let Some(id) = procfs::mapped_id(&file).filter(|id| !seen.contains(id)) {
                     seen.push(id);
-                    out.tables.push(build_file(file, id, path));
+                    out.tables.push(build_file(file, id, path, |_| false));
                 }
             }
         }
@@ -183,7 +203,7 @@ fn build_ahead(pids: Vec<u32>, program: Option<PathBuf>) -> JoinHandle<BuiltAhea
                 }
                 if !seen.contains(&id) {
                     seen.push(id);
-                    out.tables.push(build_file(file, id, path));
+                    out.tables.push(build_file(file, id, path, |_| false));
                 }
             }
         }
@@ -291,6 +311,8 @@ struct Loader {
     text: BpfHashMap<MapData, TextKey, TextVma>,
     /// Files handled, and where their tables were left.
     done: HashMap<FileId, UnwindFile>,
+    /// Tables by the digest of their CFI, and the file they were built for.
+    by_digest: HashMap<u64, (UnwindFile, String)>,
     /// `done`, for late walks: also under the name /proc/PID/maps gives a file, where it
     /// differs from the kernel's (btrfs subvolumes, overlayfs).
     placed: Arc<Mutex<HashMap<FileId, UnwindFile>>>,
@@ -306,33 +328,53 @@ impl Loader {
         }
         let path = b.path.display().to_string();
         let placed = b.table.and_then(|t| {
-            let first = self.rows.push(&t.rows)?;
-            let entry = UnwindFile {
-                first,
-                rows: t.rows.len() as u32,
-                state: TABLE_READY,
-                _pad: 0,
-            };
-            // Published after its rows: the kernel side reads rows only of a ready table.
-            self.files
-                .insert(b.id, entry, 0)
-                .map_err(|e| NoCfi::FileTableFull(e.to_string()))?;
-            Ok((entry, t))
-        });
-        let mut stats = self.stats.lock().unwrap();
-        let entry = match placed {
-            Ok((entry, t)) => {
-                let at = stats.tables.partition_point(|s| s.rows >= t.rows.len() as u64);
-                stats.tables.insert(
-                    at,
-                    TableStat {
+            let (entry, stat) = match (t, b.digest) {
+                (Some(t), digest) => {
+                    let first = self.rows.push(&t.rows)?;
+                    let entry = UnwindFile {
+                        first,
+                        rows: t.rows.len() as u32,
+                        state: TABLE_READY,
+                        _pad: 0,
+                    };
+                    if let Some(d) = digest {
+                        self.by_digest.insert(d, (entry, path.clone()));
+                    }
+                    let stat = TableStat {
                         path,
                         rows: t.rows.len() as u64,
                         bytes: size_of_val(t.rows.as_slice()) as u64,
                         cfi: t.sources,
                         bad_fdes: t.bad_fdes as u64,
-                    },
-                );
+                    };
+                    (entry, stat)
+                }
+                // The rows another file with the same CFI put in: a table, but no more bytes.
+                (None, digest) => {
+                    let (entry, of) = digest
+                        .and_then(|d| self.by_digest.get(&d).cloned())
+                        .expect("a table is shared only by a digest loaded");
+                    let stat = TableStat {
+                        path,
+                        rows: entry.rows as u64,
+                        bytes: 0,
+                        cfi: vec![format!("{of}'s table")],
+                        bad_fdes: 0,
+                    };
+                    (entry, stat)
+                }
+            };
+            // Published after its rows: the kernel side reads rows only of a ready table.
+            self.files
+                .insert(b.id, entry, 0)
+                .map_err(|e| NoCfi::FileTableFull(e.to_string()))?;
+            Ok((entry, stat))
+        });
+        let mut stats = self.stats.lock().unwrap();
+        let entry = match placed {
+            Ok((entry, stat)) => {
+                let at = stats.tables.partition_point(|s| s.rows >= stat.rows);
+                stats.tables.insert(at, stat);
                 entry
             }
             Err(why) => {
@@ -341,7 +383,10 @@ impl Loader {
                 } else {
                     TABLE_NONE
                 };
-                stats.without_cfi.push(NoTable { path, why });
+                stats.without_cfi.push(NoTable {
+                    path: b.path.display().to_string(),
+                    why,
+                });
                 let none = UnwindFile {
                     state,
                     ..Default::default()
@@ -433,7 +478,9 @@ fn serve(loader: &Mutex<Loader>, need: &UnwindNeed) {
     match mapped {
         Some((m, file, path)) if names(&m, &file, need.file) => {
             if !loader.lock().unwrap().built_as(need.file, m.file_id()) {
-                let built = build_file(file, need.file, path);
+                let built = build_file(file, need.file, path, |digest| {
+                    loader.lock().unwrap().by_digest.contains_key(&digest)
+                });
                 loader.lock().unwrap().load(built);
             }
             let loader = loader.lock().unwrap();
@@ -572,6 +619,7 @@ impl Unwinder {
             files: BpfHashMap::try_from(files)?,
             text: BpfHashMap::try_from(text)?,
             done: HashMap::new(),
+            by_digest: HashMap::new(),
             held: Vec::new(),
             stats: stats.clone(),
         };

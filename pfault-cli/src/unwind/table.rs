@@ -12,7 +12,11 @@ use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
 };
-use std::{borrow::Cow, io::Read};
+use std::{
+    borrow::Cow,
+    hash::{BuildHasher, Hash, Hasher},
+    io::Read,
+};
 
 use object::{
     read::elf::ProgramHeader, CompressionFormat, Object, ObjectSection, ObjectSegment, SegmentFlags,
@@ -90,13 +94,24 @@ struct Segment {
 /// A separate debug file's contents (`/usr/lib/debug`), mapped by [`build`]'s caller.
 pub(crate) type DebugFile = (std::path::PathBuf, memmap2::Mmap);
 
-/// The rows of the ELF file `data`, from its `.eh_frame` and `.debug_frame` (or the
-/// `.debug_frame` of the separate debug file `debug_file` finds for it); an error says why
-/// it has none (not ELF, not x86-64, no CFI).
-pub(crate) fn build(
+/// What a binary's rows are made of: its executable segments and its CFI, as read from it
+/// (and from its separate debug file).
+pub(crate) struct Cfi<'d> {
+    segments: Vec<Segment>,
+    eh_frame: Option<(&'d [u8], BaseAddresses)>,
+    /// Its `.debug_frame`, and where it came from (this file, or its debug file's path).
+    debug_frame: Option<(Cow<'d, [u8]>, String)>,
+    /// A section that could not be read loses only its own rows: said when no other has any.
+    unreadable: Option<NoCfi>,
+}
+
+/// The CFI of the ELF file `data`: its `.eh_frame` and `.debug_frame` (or the `.debug_frame`
+/// of the separate debug file `debug_file` finds for it); an error says why it has none to
+/// read (not ELF, not x86-64).
+pub(crate) fn cfi(
     data: &[u8],
     debug_file: impl FnOnce(&object::File) -> Option<DebugFile>,
-) -> Result<Table, NoCfi> {
+) -> Result<Cfi<'_>, NoCfi> {
     let file = object::File::parse(data).map_err(|e| NoCfi::NotElf(e.to_string()))?;
     if file.architecture() != object::Architecture::X86_64 {
         return Err(NoCfi::NotX86_64(format!("{:?}", file.architecture())));
@@ -110,51 +125,90 @@ pub(crate) fn build(
             offset: s.file_range().0,
         })
         .collect();
-    let mut rows = Rows::default();
-    let mut sources = Vec::new();
-    // A section that cannot be read loses only its own rows: said when no other has any.
     let mut unreadable = None;
-    match eh_frame(&file, data) {
-        Ok(Some((bytes, bases))) => {
-            rows.section(&EhFrame::new(bytes, LittleEndian), &bases, &segments);
+    let eh_frame = eh_frame(&file, data).unwrap_or_else(|e| {
+        unreadable = Some(e);
+        None
+    });
+    let debug_frame = match section_bytes(&file, ".debug_frame") {
+        Ok(Some(bytes)) => Some((bytes, ".debug_frame".to_string())),
+        Ok(None) => debug_file(&file).and_then(|(path, map)| {
+            // Copied out of the debug file's map, which goes with this call.
+            let f = object::File::parse(&*map).ok()?;
+            let bytes = section_bytes(&f, ".debug_frame").ok().flatten()?;
+            Some((
+                Cow::Owned(bytes.into_owned()),
+                format!("{} .debug_frame", path.display()),
+            ))
+        }),
+        Err(e) => {
+            unreadable = unreadable.or(Some(e));
+            None
+        }
+    };
+    Ok(Cfi {
+        segments,
+        eh_frame,
+        debug_frame,
+        unreadable,
+    })
+}
+
+impl Cfi<'_> {
+    /// A hash of everything its rows are made of: files with the same (a container's copy of
+    /// the host's C library, the same library in two images' layers) share one table.
+    pub(crate) fn digest(&self, state: &impl BuildHasher) -> u64 {
+        let mut h = state.build_hasher();
+        for s in &self.segments {
+            (s.vaddr, s.size, s.offset).hash(&mut h);
+        }
+        if let Some((bytes, bases)) = &self.eh_frame {
+            bytes.hash(&mut h);
+            format!("{bases:?}").hash(&mut h);
+        }
+        if let Some((bytes, _)) = &self.debug_frame {
+            bytes.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Its rows; an error says why it has none (no CFI, or CFI that describes no code).
+    pub(crate) fn table(self) -> Result<Table, NoCfi> {
+        let mut rows = Rows::default();
+        let mut sources = Vec::new();
+        if let Some((bytes, bases)) = &self.eh_frame {
+            rows.section(&EhFrame::new(bytes, LittleEndian), bases, &self.segments);
             sources.push(".eh_frame".to_string());
         }
-        Ok(None) => {}
-        Err(e) => unreadable = Some(e),
-    }
-    // Where .eh_frame covers code, its rows stand (it is what the program's own unwinder
-    // reads); .debug_frame fills in the rest.
-    rows.keep_covered();
-    match section_bytes(&file, ".debug_frame") {
-        Ok(Some(bytes)) => {
-            rows.section(&debug_frame(&bytes), &BaseAddresses::default(), &segments);
-            sources.push(".debug_frame".to_string());
+        // Where .eh_frame covers code, its rows stand (it is what the program's own unwinder
+        // reads); .debug_frame fills in the rest.
+        rows.keep_covered();
+        if let Some((bytes, source)) = &self.debug_frame {
+            rows.section(&debug_frame(bytes), &BaseAddresses::default(), &self.segments);
+            sources.push(source.clone());
         }
-        Ok(None) => {
-            if let Some((path, map)) = debug_file(&file) {
-                let bytes = object::File::parse(&*map)
-                    .ok()
-                    .and_then(|f| section_bytes(&f, ".debug_frame").ok().flatten());
-                if let Some(bytes) = bytes {
-                    rows.section(&debug_frame(&bytes), &BaseAddresses::default(), &segments);
-                    sources.push(format!("{} .debug_frame", path.display()));
-                }
-            }
+        if sources.is_empty() {
+            return Err(self.unreadable.unwrap_or(NoCfi::Stripped));
         }
-        Err(e) => unreadable = unreadable.or(Some(e)),
+        let mut table = rows.finish();
+        if table.rows.is_empty() {
+            return Err(self.unreadable.unwrap_or(NoCfi::DescribesNoCode));
+        }
+        if table.rows.len() > UNWIND_TABLE_MAX_ROWS {
+            return Err(NoCfi::TooManyRows(table.rows.len()));
+        }
+        table.sources = sources;
+        Ok(table)
     }
-    if sources.is_empty() {
-        return Err(unreadable.unwrap_or(NoCfi::Stripped));
-    }
-    let mut table = rows.finish();
-    if table.rows.is_empty() {
-        return Err(unreadable.unwrap_or(NoCfi::DescribesNoCode));
-    }
-    if table.rows.len() > UNWIND_TABLE_MAX_ROWS {
-        return Err(NoCfi::TooManyRows(table.rows.len()));
-    }
-    table.sources = sources;
-    Ok(table)
+}
+
+/// The rows of the ELF file `data` (see [`cfi`]).
+#[cfg(test)]
+pub(crate) fn build(
+    data: &[u8],
+    debug_file: impl FnOnce(&object::File) -> Option<DebugFile>,
+) -> Result<Table, NoCfi> {
+    cfi(data, debug_file)?.table()
 }
 
 fn debug_frame(bytes: &[u8]) -> DebugFrame<EndianSlice<'_, LittleEndian>> {
@@ -619,6 +673,28 @@ mod tests {
         let expr = [0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22];
         assert_eq!(plt_threshold(&expr), Some(11));
         assert_eq!(plt_threshold(&expr[..10]), None);
+    }
+
+    #[test]
+    fn files_with_the_same_cfi_share_a_digest_and_others_do_not() {
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let range = |name| {
+            let (off, len) = file.section_by_name(name).unwrap().file_range().unwrap();
+            off as usize..(off + len) as usize
+        };
+        let (eh, rodata) = (range(".eh_frame"), range(".rodata"));
+        let state = std::hash::RandomState::new();
+        let digest = |d: &[u8]| cfi(d, |_| None).unwrap().digest(&state);
+        let of = digest(&data);
+        // Another copy, its data changed (a container's library, another build id): the same.
+        let mut copy = data.clone();
+        copy[rodata.start + rodata.len() / 2] ^= 0xff;
+        assert_eq!(digest(&copy), of);
+        // A byte of its CFI changed: another table.
+        let mut copy = data.clone();
+        copy[eh.start + eh.len() / 2] ^= 0xff;
+        assert_ne!(digest(&copy), of);
     }
 
     #[test]
