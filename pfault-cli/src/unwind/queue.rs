@@ -3,8 +3,9 @@
 //! program the host starts asks for its tables, and a storm of faults in a library just
 //! loaded would otherwise wait behind all of them, each of its faults copying 8 KiB of stack
 //! until the ring buffer has no room and its stacks are left as the kernel side guessed them.
-//! A second thread serves only the wanted requests, so one waits neither behind the queue
-//! nor behind the build in progress (a 900,000-row libLLVM takes 130 ms).
+//! A second thread serves only the wanted requests of code up to [`QUICK_CODE`], so one waits
+//! neither behind the queue nor behind a build in progress (a 900,000-row libLLVM takes
+//! 130 ms, and a process running it at start-up wants it too).
 
 use std::{
     collections::VecDeque,
@@ -34,6 +35,10 @@ impl Wanted {
         need.pid == self.pid && need.vm_start == self.start || need.file == self.file
     }
 }
+
+/// The most code (bytes of the mapping a request names) the second thread builds a table of:
+/// the C library's is 1.3 MiB, libLLVM-14's 97 MiB.
+const QUICK_CODE: u64 = 16 << 20;
 
 /// At most this many mappings are wanted at once; a newer one pushes out the oldest (whose
 /// stacks are walked with tables built from their files, past `LATE_HELD`).
@@ -88,7 +93,7 @@ impl Queue {
             if s.closed {
                 return None;
             }
-            if let Some(need) = take_wanted(&mut s) {
+            if let Some(need) = take_wanted(&mut s, u64::MAX) {
                 return Some(Job::Need(need));
             }
             match s.jobs.front() {
@@ -100,15 +105,15 @@ impl Queue {
         }
     }
 
-    /// The next wanted job, for the second thread (which says [`Queue::hurried`] when done
-    /// with it); `None` once closed.
+    /// The next wanted job of code up to [`QUICK_CODE`], for the second thread (which says
+    /// [`Queue::hurried`] when done with it); `None` once closed.
     pub(super) fn next_wanted(&self) -> Option<UnwindNeed> {
         let mut s = self.state.lock().unwrap();
         loop {
             if s.closed {
                 return None;
             }
-            if let Some(need) = take_wanted(&mut s) {
+            if let Some(need) = take_wanted(&mut s, QUICK_CODE) {
                 s.hurrying += 1;
                 return Some(need);
             }
@@ -122,13 +127,14 @@ impl Queue {
     }
 }
 
-/// The queued request of the mapping wanted latest, taken out of the queue with its want.
-fn take_wanted(s: &mut State) -> Option<UnwindNeed> {
+/// The queued request of the mapping wanted latest (of code up to `code` bytes), taken out of
+/// the queue with its want.
+fn take_wanted(s: &mut State, code: u64) -> Option<UnwindNeed> {
     let (wi, ji) = s.wanted.iter().enumerate().find_map(|(wi, w)| {
         let ji = s
             .jobs
             .iter()
-            .position(|j| matches!(j, Job::Need(n) if w.asked_by(n)))?;
+            .position(|j| matches!(j, Job::Need(n) if w.asked_by(n) && n.vm_end - n.vm_start <= code))?;
         Some((wi, ji))
     })?;
     s.wanted.remove(wi);
@@ -180,6 +186,25 @@ mod tests {
         assert_eq!(pid_of(q.next()), 3);
         assert_eq!(pid_of(q.next()), 1);
         assert_eq!(pid_of(q.next()), 2);
+    }
+
+    #[test]
+    fn the_second_thread_leaves_big_code_to_the_first() {
+        let q = Queue::default();
+        let mut big = need(1, 0x1000, 1);
+        big.vm_end = big.vm_start + QUICK_CODE + 4096;
+        q.push(Job::Need(big));
+        q.push(Job::Need(need(2, 0x2000, 2)));
+        for (pid, start) in [(1, 0x1000), (2, 0x2000)] {
+            q.want(Wanted {
+                pid,
+                start,
+                file: FileId::default(),
+            });
+        }
+        assert_eq!(q.next_wanted().map(|n| n.pid), Some(2));
+        q.hurried();
+        assert_eq!(pid_of(q.next()), 1);
     }
 
     #[test]
