@@ -184,6 +184,11 @@ const LATE_HELD: usize = 1024;
 /// And at most this many faults (168 bytes of registers each, 11 MiB) on them.
 const LATE_FAULTS_HELD: usize = 65536;
 
+/// Whether `copies` holding `faults` are past what is held.
+fn past_held(copies: usize, faults: usize) -> bool {
+    copies > LATE_HELD || faults > LATE_FAULTS_HELD
+}
+
 /// A stack copy held until the tables it needs are in, with every fault that sent the same
 /// copy (the same stack bytes, stack pointer, frame pointer and pc): a loop faulting in one
 /// function sends the same copy fault after fault, and its faults walk alike.
@@ -197,6 +202,11 @@ struct Held {
 }
 
 impl Held {
+    /// Where the next copy of a storm goes: its process and stack pointer.
+    fn at(&self) -> (u32, u64) {
+        (self.copy.key.tgid, self.copy.regs[PT_REGS_SP])
+    }
+
     fn new(copy: Box<LateStack>, taken: Taken) -> Held {
         let faults = vec![(copy.regs, late_weights(&copy))];
         Held { copy, taken, faults }
@@ -330,10 +340,7 @@ impl StackCounts {
                 self.hold(l);
                 // Tried when the loader has handled another file, or past the bounds.
                 let handled = self.tables.as_ref().map_or(0, Tables::handled);
-                if handled != self.late_handled
-                    || self.late.len() > LATE_HELD
-                    || self.late_faults > LATE_FAULTS_HELD
-                {
+                if handled != self.late_handled || past_held(self.late.len(), self.late_faults) {
                     self.late_handled = handled;
                     self.walk_late(Unready::Wait);
                 }
@@ -365,9 +372,9 @@ impl StackCounts {
     /// Holds a stack handed over, with the last one its thread sent where it is the same.
     fn hold(&mut self, l: Box<LateStack>) {
         let at = (l.key.tgid, l.regs[PT_REGS_SP]);
-        self.late_faults += 1;
         if let Some(&i) = self.late_last.get(&at) {
             if self.late[i].merge(&l) {
+                self.late_faults += 1;
                 return;
             }
         }
@@ -375,8 +382,14 @@ impl StackCounts {
         // it may be gone by the time its stack is walked.
         self.syms.maps.lookup(at.0, l.regs[PT_REGS_IP], None);
         let taken = self.syms.arrived(at.0);
-        self.late_last.insert(at, self.late.len());
-        self.late.push(Held::new(l, taken));
+        self.keep(Held::new(l, taken));
+    }
+
+    /// Keeps `held` waiting, the last of its thread's copies.
+    fn keep(&mut self, held: Held) {
+        self.late_last.insert(held.at(), self.late.len());
+        self.late_faults += held.faults.len();
+        self.late.push(held);
     }
 
     /// Walks the stacks handed over so far and counts them. A stack that needs a table the
@@ -392,7 +405,7 @@ impl StackCounts {
         let (mut copies, mut faults) = (pending.len(), self.late_faults);
         self.late_faults = 0;
         for mut held in pending {
-            let unready = if copies > LATE_HELD || faults > LATE_FAULTS_HELD {
+            let unready = if past_held(copies, faults) {
                 Unready::Build
             } else {
                 unready
@@ -400,10 +413,7 @@ impl StackCounts {
             copies -= 1;
             faults -= held.faults.len();
             if self.walk_held(&mut held, unready).is_err() {
-                let at = (held.copy.key.tgid, held.copy.regs[PT_REGS_SP]);
-                self.late_last.insert(at, self.late.len());
-                self.late_faults += held.faults.len();
-                self.late.push(held);
+                self.keep(held);
             }
         }
     }

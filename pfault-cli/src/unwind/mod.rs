@@ -7,10 +7,11 @@
 //! Tables are built ahead for the files the target process (and pfault
 //! itself: the C library and loader most processes share) has mapped as code, while the
 //! programs load; after that, when the kernel side meets code of a file it has no table
-//! for, it asks (`REC_UNWIND`) and a worker thread builds it, meanwhile the frame pointer
+//! for, it asks (`REC_UNWIND`) and worker threads build it, meanwhile the frame pointer
 //! stands in; a stack that met a table still loading is copied to userspace and walked here
-//! once the table is in ([`late`]), and its table goes ahead of the others ([`queue`]). Rows are never freed: a run that meets more code than
-//! `--unwind-mb` holds unwinds the rest by frame pointer, and says so.
+//! once the table is in ([`late`]), and its table goes ahead of the others ([`queue`]).
+//! Rows are never freed: a run that meets more code than `--unwind-mb` holds unwinds the
+//! rest by frame pointer, and says so.
 
 pub(crate) mod late;
 mod needed;
@@ -217,7 +218,8 @@ pub(crate) struct Stats {
     /// Rows `UNWIND_ROWS` has room for, and their bytes.
     pub(crate) capacity_rows: u64,
     pub(crate) capacity_bytes: u64,
-    /// Of the tables, summed when the stats are read.
+    /// In `UNWIND_ROWS` (a table shared by files with the same CFI counted once), summed
+    /// when the stats are read.
     pub(crate) rows: u64,
     pub(crate) bytes: u64,
     /// Every table loaded, largest first.
@@ -328,8 +330,9 @@ impl Loader {
         }
         let path = b.path.display().to_string();
         let placed = b.table.and_then(|t| {
-            let (entry, stat) = match (t, b.digest) {
-                (Some(t), digest) => {
+            let path = path.clone();
+            let (entry, stat) = match t {
+                Some(t) => {
                     let first = self.rows.push(&t.rows)?;
                     let entry = UnwindFile {
                         first,
@@ -337,7 +340,7 @@ impl Loader {
                         state: TABLE_READY,
                         _pad: 0,
                     };
-                    if let Some(d) = digest {
+                    if let Some(d) = b.digest {
                         self.by_digest.insert(d, (entry, path.clone()));
                     }
                     let stat = TableStat {
@@ -350,8 +353,9 @@ impl Loader {
                     (entry, stat)
                 }
                 // The rows another file with the same CFI put in: a table, but no more bytes.
-                (None, digest) => {
-                    let (entry, of) = digest
+                None => {
+                    let (entry, of) = b
+                        .digest
                         .and_then(|d| self.by_digest.get(&d).cloned())
                         .expect("a table is shared only by a digest loaded");
                     let stat = TableStat {
@@ -383,10 +387,7 @@ impl Loader {
                 } else {
                     TABLE_NONE
                 };
-                stats.without_cfi.push(NoTable {
-                    path: b.path.display().to_string(),
-                    why,
-                });
+                stats.without_cfi.push(NoTable { path, why });
                 let none = UnwindFile {
                     state,
                     ..Default::default()
@@ -684,7 +685,8 @@ impl Unwinder {
         self.jobs.push(Job::Sync(tx));
         let _ = rx.recv();
         let mut s = self.stats.lock().unwrap().clone();
-        s.rows = s.tables.iter().map(|t| t.rows).sum();
+        // A shared table took no bytes: its rows are another's.
+        s.rows = s.tables.iter().filter(|t| t.bytes > 0).map(|t| t.rows).sum();
         s.bytes = s.tables.iter().map(|t| t.bytes).sum();
         s
     }

@@ -91,7 +91,7 @@ struct Segment {
     offset: u64,
 }
 
-/// A separate debug file's contents (`/usr/lib/debug`), mapped by [`build`]'s caller.
+/// A separate debug file's contents (`/usr/lib/debug`), mapped by [`cfi`]'s caller.
 pub(crate) type DebugFile = (std::path::PathBuf, memmap2::Mmap);
 
 /// What a binary's rows are made of: its executable segments and its CFI, as read from it
