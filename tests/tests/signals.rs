@@ -187,35 +187,37 @@ fn the_ring_reader_runs_raised_and_the_command_at_the_nice_pfault_was_given() {
     if !root_or_skip() {
         return;
     }
-    let mut cmd = pfault();
-    cmd.args([
-        "stackcount",
-        "--output",
-        "/dev/null",
-        "--",
-        "sh",
-        "-c",
-        "nice; exec sleep 5",
-    ]);
-    // SAFETY: setpriority(2) in the child before exec: pfault is given nice 3.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setpriority(libc::PRIO_PROCESS, 0, 3);
-            Ok(())
-        });
+    for tool in ["stat", "trace", "stackcount", "ffaults"] {
+        let mut cmd = pfault();
+        cmd.args([
+            tool,
+            "--output",
+            "/dev/null",
+            "--",
+            "sh",
+            "-c",
+            "nice; exec sleep 5",
+        ]);
+        // SAFETY: setpriority(2) in the child before exec: pfault is given nice 3.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 3);
+                Ok(())
+            });
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut said = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        // The command runs once the reader is raised: pfault's main thread reads the ring.
+        let reader = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+        assert_eq!(said.trim(), "3", "{tool}: the command's nice value");
+        assert_eq!(nice_of(&reader), -5, "{tool}: pfault's ring reader: {reader}");
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut said = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut said)
-        .unwrap();
-    // The command runs once the reader is raised: pfault's main thread reads the ring.
-    let reader = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-    // SAFETY: kill on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = child.wait();
-    assert_eq!(said.trim(), "3", "the command's nice value");
-    assert_eq!(nice_of(&reader), -5, "pfault's ring reader: {reader}");
 }
 
 #[test]
